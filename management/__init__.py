@@ -1,0 +1,1 @@
+"""The management layer: maps model requests onto Serve application configs."""
