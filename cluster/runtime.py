@@ -1,0 +1,146 @@
+"""Starting, joining and stopping the Ray cluster that modelpool runs on.
+
+``modelpool start`` launches a Ray head with ``ray start`` (a separate process tree that outlives
+the CLI, like ``ray start`` itself) unless told to join an existing cluster. The HAProxy ingress
+is switched on through environment variables that every Ray process inherits from the head.
+``stop`` must also end the haproxy child, which ``ray stop`` can leave behind on its ports.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import psutil
+
+from cluster.settings import Settings, load_settings
+
+logger = logging.getLogger(__name__)
+
+# Serve's HAProxy ingress and throughput mode: a 10x lever on this machine (ARCHITECTURE.md).
+SERVE_ENV = {
+    "RAY_SERVE_ENABLE_HA_PROXY": "1",
+    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    # Ray's token authentication (a token in ~/.ray/auth_token): nobody joins without it.
+    "RAY_AUTH_MODE": "token",
+}
+NAMESPACE = "modelpool"
+
+
+def prepare_environment() -> None:
+    """Export the Serve and auth settings; Ray reads them once, when it is first imported."""
+    for key, value in SERVE_ENV.items():
+        os.environ.setdefault(key, value)
+
+
+prepare_environment()  # before anything imports ray in this process
+STATE_FILE = "cluster.json"
+
+
+def ray_executable() -> str:
+    candidate = Path(sys.executable).with_name("ray")
+    return str(candidate) if candidate.exists() else (shutil.which("ray") or "ray")
+
+
+def state_path(settings: Settings) -> Path:
+    return settings.home_path / STATE_FILE
+
+
+def read_state(settings: Settings) -> Optional[dict]:
+    try:
+        return json.loads(state_path(settings).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def write_state(settings: Settings, state: dict) -> None:
+    path = state_path(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=2))
+    os.replace(tmp, path)
+
+
+def start_local_head(settings: Settings) -> str:
+    """Run ``ray start --head`` with the Serve environment; return the cluster address."""
+    env = {**SERVE_ENV, **os.environ}
+    command = [
+        ray_executable(), "start", "--head",
+        f"--port={settings.ray_port}",
+        "--include-dashboard=false",
+        "--disable-usage-stats",
+    ]
+    if settings.num_cpus:
+        command.append(f"--num-cpus={settings.num_cpus}")
+    result = subprocess.run(command, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"`{' '.join(command)}` failed:\n{result.stdout}\n{result.stderr}")
+    match = re.search(r"ray start --address='([^']+)'", result.stdout + result.stderr)
+    if match is None:
+        raise RuntimeError(f"could not find the cluster address in the output of `ray start`:\n{result.stdout}")
+    return match.group(1)
+
+
+def connect(address: str) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    ray.init(address=address, namespace=NAMESPACE, logging_level=logging.WARNING, log_to_driver=False)
+
+
+def start_serve(settings: Settings) -> None:
+    from ray import serve
+
+    http_options = {"host": settings.http_host, "port": settings.http_port}
+    if settings.request_timeout_s:
+        http_options["request_timeout_s"] = settings.request_timeout_s
+    serve.start(http_options=http_options)
+
+
+def haproxy_processes() -> list[psutil.Process]:
+    """haproxy processes started by Serve (recognised by the config directory Serve gives them)."""
+    found = []
+    for process in psutil.process_iter(["name", "cmdline"]):
+        try:
+            cmdline = " ".join(process.info.get("cmdline") or [])
+            if (process.info.get("name") == "haproxy" or "haproxy" in cmdline.split(" ")[0]) and "haproxy-serve" in cmdline:
+                found.append(process)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
+def kill_haproxy(timeout_s: float = 5.0) -> int:
+    processes = haproxy_processes()
+    for process in processes:
+        try:
+            process.send_signal(signal.SIGTERM)
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(processes, timeout=timeout_s)
+    for process in alive:
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
+    return len(processes)
+
+
+def stop_local_head() -> None:
+    subprocess.run([ray_executable(), "stop", "--force"], capture_output=True, text=True)
+    kill_haproxy()
+
+
+def load_settings_for_home(home: Path) -> Settings:
+    """Settings of the cluster whose state lives in ``home`` (for tools that join it)."""
+    return load_settings({"home": str(home)})

@@ -1,0 +1,132 @@
+"""Every knob of a modelpool cluster in one place.
+
+Each setting is a ``modelpool start`` flag and an environment variable ``MODELPOOL_<FLAG>`` (the
+flag's dashes as underscores), with a default. The precedence is flag > environment > default, so a
+container can be configured by environment alone and a person can override one value on the command
+line. Values are validated here, once, so a bad value is refused at start with the flag's name rather
+than surfacing later inside a replica.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+ENV_PREFIX = "MODELPOOL_"
+
+
+def _default_home() -> str:
+    return str(Path(os.environ.get("MODELPOOL_HOME", "~/.modelpool")).expanduser())
+
+
+class Settings(BaseModel):
+    """Cluster and serving settings; see the README's table for what each one does."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    home: str = Field(default_factory=_default_home, description="Directory for state, caches and the default model store.")
+    address: Optional[str] = Field(None, description="Ray cluster to join ('auto' or host:port); empty starts a local one. RAY_ADDRESS is honoured too.")
+    ray_port: int = Field(6379, ge=1, le=65535, description="GCS port of the local Ray head that `modelpool start` launches.")
+    num_cpus: Optional[int] = Field(None, ge=1, description="CPUs the local Ray head offers (default: all cores).")
+    http_host: str = Field("127.0.0.1", description="Address the HTTP ingress binds to.")
+    http_port: int = Field(8000, ge=1, le=65535, description="Port of the HTTP ingress (inference and management).")
+    model_store: Optional[str] = Field(None, description="Directory of model archives (default: HOME/model_store).")
+    examples: bool = Field(True, description="Build the example models into the model store and serve them at start.")
+    replica_num_cpus: float = Field(0.25, gt=0, le=64, description="CPUs reserved per model replica; fractional so several fit on a small machine.")
+    workers: int = Field(1, ge=0, le=1024, description="Initial replicas per model version.")
+    max_workers: int = Field(2, ge=1, le=1024, description="Upper bound of autoscaling per model version.")
+    threads: int = Field(128, ge=1, le=100_000, description="Max ongoing requests per replica; must cover the batch size or the batcher starves.")
+    max_batch_size: int = Field(64, ge=1, le=100_000, description="Largest batch the handler is given.")
+    max_batch_delay_ms: float = Field(5.0, ge=0, le=60_000, description="Longest a request waits for others to join its batch, only while more are arriving.")
+    target_ongoing_requests: float = Field(32.0, gt=0, description="Autoscaling target of ongoing requests per replica.")
+    upscale_delay_s: float = Field(5.0, ge=0, description="How long load must stay high before adding replicas.")
+    downscale_delay_s: float = Field(30.0, ge=0, description="How long load must stay low before removing replicas.")
+    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="Largest request body accepted; larger ones get 413.")
+    request_timeout_s: Optional[float] = Field(None, gt=0, description="End-to-end HTTP request timeout (default: none).")
+    log_level: str = Field("INFO", pattern="^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$", description="Log level of replicas and the CLI.")
+    start_timeout_s: float = Field(180.0, gt=0, description="How long `modelpool start` waits for everything to serve.")
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> "Settings":
+        if self.workers > self.max_workers:
+            raise ValueError(f"--workers ({self.workers}) must not exceed --max-workers ({self.max_workers})")
+        if self.threads < self.max_batch_size:
+            raise ValueError(
+                f"--threads ({self.threads}) must be at least --max-batch-size ({self.max_batch_size}): "
+                "a replica admits at most --threads requests, so a smaller value starves the batcher"
+            )
+        return self
+
+    @property
+    def home_path(self) -> Path:
+        return Path(self.home).expanduser()
+
+    @property
+    def model_store_path(self) -> Path:
+        return Path(self.model_store).expanduser() if self.model_store else self.home_path / "model_store"
+
+    @property
+    def cache_path(self) -> Path:
+        return self.home_path / "cache"
+
+    @property
+    def http_url(self) -> str:
+        host = "127.0.0.1" if self.http_host in ("0.0.0.0", "::") else self.http_host
+        return f"http://{host}:{self.http_port}"
+
+
+class SettingsError(ValueError):
+    """A setting has a bad value; the message names the flag and the environment variable."""
+
+
+def flag_name(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def env_name(field: str) -> str:
+    return ENV_PREFIX + field.upper()
+
+
+def _describe(error: dict[str, Any]) -> str:
+    loc = [str(part) for part in error.get("loc", ()) if part != "__root__"]
+    message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
+    if not loc:
+        return message
+    field = loc[0]
+    return f"{flag_name(field)} / {env_name(field)}: {message}"
+
+
+def load_settings(overrides: Optional[Mapping[str, Any]] = None, environ: Optional[Mapping[str, str]] = None) -> Settings:
+    """Settings from the environment, then ``overrides`` (parsed flags; None values are ignored)."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for field in Settings.model_fields:
+        raw = environ.get(env_name(field))
+        if raw is not None and raw != "":
+            values[field] = raw
+    if "address" not in values and environ.get("RAY_ADDRESS"):
+        values["address"] = environ["RAY_ADDRESS"]
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            values[key] = value
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        raise SettingsError("; ".join(_describe(e) for e in exc.errors())) from None
+
+
+def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per setting, each defaulting to None so the environment can fill it."""
+    for field, info in Settings.model_fields.items():
+        help_text = f"{info.description} [env {env_name(field)}]"
+        if info.annotation is bool:
+            parser.add_argument(flag_name(field), dest=field, default=None, action=argparse.BooleanOptionalAction, help=help_text)
+        else:
+            parser.add_argument(flag_name(field), dest=field, default=None, metavar=field.upper(), help=help_text)
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    return load_settings({field: getattr(args, field, None) for field in Settings.model_fields})

@@ -1,0 +1,358 @@
+"""Model archives: a directory or a zip (``.zip``/``.mar``) with ``MANIFEST.json`` at the root.
+
+Zips come from users, so every entry is checked (no absolute paths, no ``..``, no symlinks, a cap on
+the uncompressed size) *before* anything is written. Extraction goes to a content-addressed cache
+directory through a temp dir + ``os.rename``, so concurrent replicas loading the same archive never
+see a half-written model and reuse each other's work.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import shutil
+import stat
+import tempfile
+import zipfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Iterable, Optional
+
+from deployments.errors import RequestError
+from deployments.manifest import MANIFEST_NAME, SKLEARN_HANDLER, Manifest, split_handler
+
+logger = logging.getLogger(__name__)
+
+ARCHIVE_SUFFIXES = (".zip", ".mar")
+DEFAULT_MAX_BYTES = 2 * 1024**3
+MAX_MANIFEST_BYTES = 1024**2
+#: Fixed entry timestamp so that the same inputs give the same zip (and the same cache dir).
+_ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+_CHUNK = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class LoadedArchive:
+    """An archive ready to load: where its files are, and what its manifest says."""
+
+    model_dir: Path
+    manifest: Manifest
+    source: Path
+
+
+# --------------------------------------------------------------------------------------- building
+
+
+def build_archive(files: list[Path], manifest: Manifest, out: Path) -> Path:
+    """Zip ``files`` (by base name) with the manifest; ``out`` may be a directory.
+
+    The manifest's ``files`` is filled in from ``files``. The zip is written next to ``out`` and
+    renamed into place, so a reader never sees a partial archive.
+    """
+    paths = [Path(f) for f in files]
+    names = _check_build_inputs(paths)
+    manifest = Manifest(**{**manifest.model_dump(), "files": names})
+    check_required_files(manifest, set(names))
+    out = _archive_path(Path(out), manifest)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    try:
+        with zipfile.ZipFile(tmp_name, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            for path, name in zip(paths, names):
+                _write_entry(zf, name, path)
+            zf.writestr(_zip_info(MANIFEST_NAME, 0), manifest.to_json())
+        os.replace(tmp_name, out)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return out
+
+
+def _check_build_inputs(paths: list[Path]) -> list[str]:
+    """Every file must exist and base names must be unique; returns the base names."""
+    names: list[str] = []
+    for path in paths:
+        if not path.is_file():
+            what = "is a directory; list the files in it" if path.is_dir() else "does not exist"
+            raise RequestError(f"file {str(path)!r} {what}", field="files")
+        if path.name == MANIFEST_NAME:
+            raise RequestError(
+                f"do not pass {MANIFEST_NAME}; the manifest is written from the options", field="files"
+            )
+        if path.name in names:
+            raise RequestError(
+                f"two files are named {path.name!r}; archive entries use base names, rename one",
+                field="files",
+            )
+        names.append(path.name)
+    return names
+
+
+def _archive_path(out: Path, manifest: Manifest) -> Path:
+    if out.is_dir():
+        return out / f"{manifest.name}-{manifest.version}.zip"
+    if out.suffix.lower() not in ARCHIVE_SUFFIXES:
+        raise RequestError(
+            f"output {str(out)!r} must end in .zip or .mar (or be an existing directory)", field="out"
+        )
+    return out
+
+
+def _zip_info(name: str, size: int) -> zipfile.ZipInfo:
+    info = zipfile.ZipInfo(name, date_time=_ZIP_EPOCH)
+    info.compress_type = zipfile.ZIP_DEFLATED
+    info.external_attr = (stat.S_IFREG | 0o644) << 16
+    info.file_size = size
+    return info
+
+
+def _write_entry(zf: zipfile.ZipFile, name: str, path: Path) -> None:
+    """Stream one file into the zip (model files can be large)."""
+    with path.open("rb") as src, zf.open(_zip_info(name, path.stat().st_size), "w") as dst:
+        shutil.copyfileobj(src, dst, _CHUNK)
+
+
+# --------------------------------------------------------------------------------------- reading
+
+
+def required_files(manifest: Manifest) -> list[str]:
+    """Files the manifest needs: its ``files``, the model file and the handler module."""
+    needed = list(manifest.files)
+    if manifest.model_file and manifest.model_file not in needed:
+        needed.append(manifest.model_file)
+    if manifest.handler != SKLEARN_HANDLER:
+        module_file = split_handler(manifest.handler)[0] + ".py"
+        if module_file not in needed:
+            needed.append(module_file)
+    return needed
+
+
+def check_required_files(manifest: Manifest, present: Iterable[str]) -> None:
+    """Refuse a manifest that names files the archive does not hold."""
+    have = set(present)
+    for name in required_files(manifest):
+        if name in have:
+            continue
+        if name == manifest.model_file:
+            field = "manifest.model_file"
+        elif name in manifest.files:
+            field = "manifest.files"
+        else:
+            field = "manifest.handler"
+        raise RequestError(
+            f"archive {manifest.name}:{manifest.version} lacks {name!r} named by its manifest; "
+            "rebuild it with that file included",
+            field=field,
+        )
+
+
+def read_manifest(location: Path) -> Manifest:
+    """Read (and check) the manifest of a directory or zip archive without extracting it."""
+    location = Path(location)
+    if location.is_dir():
+        return _dir_manifest(location)
+    with _open_zip(location) as zf:
+        return _zip_manifest(zf, location)
+
+
+def _dir_manifest(directory: Path) -> Manifest:
+    path = directory / MANIFEST_NAME
+    if not path.is_file():
+        raise RequestError(
+            f"{str(directory)!r} has no {MANIFEST_NAME}; build an archive with `modelpool archive`",
+            field="url",
+        )
+    manifest = Manifest.parse(path.read_bytes())
+    check_required_files(manifest, (n for n in required_files(manifest) if (directory / n).is_file()))
+    return manifest
+
+
+def _open_zip(location: Path) -> zipfile.ZipFile:
+    if not location.exists():
+        raise RequestError(f"no model archive at {str(location)!r}", status=404, field="url")
+    try:
+        return zipfile.ZipFile(location)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise RequestError(
+            f"{str(location)!r} is not a directory or a readable zip archive ({exc})", field="url"
+        ) from None
+
+
+def _zip_manifest(zf: zipfile.ZipFile, location: Path) -> Manifest:
+    try:
+        info = zf.getinfo(MANIFEST_NAME)
+    except KeyError:
+        raise RequestError(
+            f"{str(location)!r} has no {MANIFEST_NAME} at its root; build it with `modelpool archive`",
+            field="url",
+        ) from None
+    if info.file_size > MAX_MANIFEST_BYTES:
+        raise RequestError(f"{MANIFEST_NAME} in {str(location)!r} is larger than 1 MiB", field="url")
+    manifest = Manifest.parse(zf.read(info))
+    check_required_files(manifest, zf.namelist())
+    return manifest
+
+
+# ------------------------------------------------------------------------------------- unpacking
+
+
+def unpack_archive(location: Path, cache_dir: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> LoadedArchive:
+    """Make an archive loadable: a directory is used in place, a zip is extracted (once) to
+    ``cache_dir/<name>/<version>/<sha256[:16]>/``."""
+    location = Path(location)
+    if location.is_dir():
+        return LoadedArchive(location.resolve(), _dir_manifest(location), location)
+    with _open_zip(location) as zf:
+        check_entries(zf.infolist(), max_bytes)
+        manifest = _zip_manifest(zf, location)
+        target = Path(cache_dir) / manifest.name / manifest.version / _sha256_prefix(location)
+        if not target.is_dir():
+            _extract_atomically(zf, Path(cache_dir), target)
+    return LoadedArchive(target.resolve(), manifest, location)
+
+
+def check_entries(infos: list[zipfile.ZipInfo], max_bytes: int) -> None:
+    """Refuse unsafe zip entries (zip-slip, symlinks, duplicates) and oversized archives."""
+    seen: set[str] = set()
+    total = 0
+    for info in infos:
+        name = info.filename
+        reason = _unsafe_reason(info)
+        if reason:
+            raise RequestError(f"archive entry {name!r} is refused: {reason}", field="url")
+        if name in seen:
+            raise RequestError(f"archive entry {name!r} appears twice; rebuild the archive", field="url")
+        seen.add(name)
+        total += info.file_size
+    if total > max_bytes:
+        raise RequestError(
+            f"archive unpacks to {total} bytes, more than the limit of {max_bytes}; "
+            "ship a smaller model or raise the limit",
+            field="url",
+        )
+
+
+def _unsafe_reason(info: zipfile.ZipInfo) -> Optional[str]:
+    name = info.filename
+    if not name or name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
+        return "absolute paths are not allowed"
+    if "\\" in name:
+        return "'\\' is not a valid separator in zip entries; use '/'"
+    if ".." in name.split("/"):
+        return "'..' path segments are not allowed"
+    if stat.S_ISLNK(info.external_attr >> 16):
+        return "symbolic links are not allowed"
+    return None
+
+
+def _sha256_prefix(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def _extract_atomically(zf: zipfile.ZipFile, cache_dir: Path, target: Path) -> None:
+    """Extract into a temp dir in ``cache_dir`` then rename; a concurrent winner is reused."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=cache_dir))
+    try:
+        try:
+            _extract(zf, tmp)
+        except (RuntimeError, zipfile.BadZipFile, zlib.error, FileExistsError, NotADirectoryError) as exc:
+            raise RequestError(
+                f"archive cannot be extracted ({type(exc).__name__}: {exc}); rebuild it", field="url"
+            ) from None
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not target.is_dir():
+                raise
+            logger.debug("archive already extracted to %s by someone else; reusing it", target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _extract(zf: zipfile.ZipFile, dest: Path) -> None:
+    """Write checked entries under ``dest`` (our own loop: paths are exactly the checked ones)."""
+    for info in zf.infolist():
+        target = dest.joinpath(*PurePosixPath(info.filename).parts)
+        if info.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with zf.open(info) as src, target.open("xb") as dst:
+            shutil.copyfileobj(src, dst, _CHUNK)
+
+
+# ----------------------------------------------------------------------------------- model store
+
+
+def is_archive(path: Path) -> bool:
+    """A directory with a manifest, or a file with an archive suffix."""
+    if path.is_dir():
+        return (path / MANIFEST_NAME).is_file()
+    return path.is_file() and path.suffix.lower() in ARCHIVE_SUFFIXES
+
+
+def list_store(store: Path) -> list[tuple[Manifest, Path]]:
+    """Every readable archive directly in ``store``, sorted by name then (natural) version."""
+    store = Path(store)
+    if not store.is_dir():
+        logger.warning("model store %s is not a directory; it holds no models", store)
+        return []
+    found: list[tuple[Manifest, Path]] = []
+    for path in sorted(store.iterdir()):
+        if path.name.startswith(".") or not is_archive(path):
+            continue  # hidden entries are temp files of build_archive and extractions
+        try:
+            found.append((read_manifest(path), path))
+        except (RequestError, OSError) as exc:
+            logger.warning("skipping unreadable archive %s: %s", path, exc)
+    found.sort(key=lambda item: (item[0].name, _natural(item[0].version), item[1].name))
+    return found
+
+
+def _natural(text: str) -> list:
+    """Sort key where "10" comes after "2"."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+
+
+def find_in_store(store: Path, reference: str) -> Path:
+    """Resolve a store-relative reference ("iris-1.zip", "iris") to a path inside the store."""
+    root = Path(store).resolve()
+    _check_reference(reference)
+    candidates = [reference]
+    if Path(reference).suffix.lower() not in ARCHIVE_SUFFIXES:
+        candidates += [reference + suffix for suffix in ARCHIVE_SUFFIXES]
+    for candidate in candidates:
+        path = root / candidate
+        if not path.exists() and not path.is_symlink():
+            continue
+        if not path.resolve().is_relative_to(root):
+            raise RequestError(
+                f"{reference!r} points outside the model store; reference an archive inside it",
+                field="url",
+            )
+        if is_archive(path):
+            return path
+    available = ", ".join(p.name for _, p in list_store(root)) or "none"
+    raise RequestError(
+        f"no archive {reference!r} in the model store (available: {available})", status=404, field="url"
+    )
+
+
+def _check_reference(reference: str) -> None:
+    parts = reference.replace("\\", "/").split("/")
+    if (not reference or reference.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", reference)
+            or ".." in parts or "\x00" in reference):
+        raise RequestError(
+            f"{reference!r} is not a store-relative archive name; use e.g. 'iris-1.zip' without "
+            "'..' or a leading '/'",
+            field="url",
+        )

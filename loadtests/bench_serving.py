@@ -1,0 +1,159 @@
+"""Serving benchmark: modelpool against plain Ray Serve, measured in the same run.
+
+Prints a table of req/s and p50/p99 for the iris LogisticRegression (one row per V2 request) at
+concurrency 1, 8 and 64 for:
+
+- ``plain-serve``: a plain Ray Serve deployment, Serve's default Python proxy, default
+  max_ongoing_requests, no batching (what a Ray Serve user writes first);
+- ``unbatched-haproxy``: the same plain handler deployed inside the modelpool cluster (HAProxy
+  ingress), i.e. an unbatched handler on the same stack;
+- ``modelpool``: the model as modelpool serves it (adaptive batcher, 64 rows / 5 ms).
+
+and the ratios the serving issue sets targets for. Needs wrk (``apt-get install -y wrk``).
+Usage: ``python -m loadtests.bench_serving [--seconds 10] [--out results/bench_serving.md]``
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from cluster import runtime  # noqa: F401  (sets Ray's environment before ray is imported)
+from loadtests.wrk import LoadResult, run_wrk
+from tests.conftest import free_port
+
+BODY = '{"inputs":[{"name":"input-0","shape":[1,4],"datatype":"FP64","data":[5.9,3.0,5.1,1.8]}]}'
+CONCURRENCY = (1, 8, 64)
+
+
+def wait_http(url: str, timeout_s: float = 120) -> None:
+    import requests
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if requests.post(url, data=BODY, timeout=5).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer within {timeout_s}s")
+
+
+def measure(name: str, url: str, seconds: int) -> dict[int, LoadResult]:
+    wait_http(url)
+    run_wrk(url, BODY, 8, 2)  # warm up connections, JIT-free but caches and allocators
+    results = {}
+    for connections in CONCURRENCY:
+        results[connections] = run_wrk(url, BODY, connections, seconds)
+        r = results[connections]
+        print(f"  {name:<18} c={connections:<3} {r.requests_per_s:>9.1f} req/s  p50 {r.p50_ms:7.2f} ms  p99 {r.p99_ms:8.2f} ms  errors {r.errors}", flush=True)
+    return results
+
+
+def iris_model_file(store: Path, cache: Path) -> Path:
+    from deployments.archive import unpack_archive
+
+    archive = unpack_archive(store / "iris-1.zip", cache)
+    return archive.model_dir / archive.manifest.model_file
+
+
+def bench_plain_serve(model_file: Path, seconds: int) -> dict[int, LoadResult]:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_SERVE_")}
+    server = subprocess.Popen([sys.executable, "-m", "loadtests.plain_serve", str(model_file), str(port), "default"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        line = server.stdout.readline()
+        if "READY" not in line:
+            raise RuntimeError(f"plain Ray Serve did not start: {line!r}")
+        return measure("plain-serve", f"http://127.0.0.1:{port}/", seconds)
+    finally:
+        server.stdin.close()
+        try:
+            server.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        subprocess.run([runtime.ray_executable(), "stop", "--force"], capture_output=True)
+
+
+def bench_modelpool(home: Path, model_file: Path, seconds: int) -> tuple[dict[int, LoadResult], dict[int, LoadResult]]:
+    port, ray_port = free_port(), free_port()
+    env = {**os.environ, "MODELPOOL_HOME": str(home), "MODELPOOL_HTTP_PORT": str(port), "MODELPOOL_RAY_PORT": str(ray_port)}
+    cli = [sys.executable, "-m", "modelpool.cli"]
+    started = subprocess.run([*cli, "start"], env=env, capture_output=True, text=True)
+    if started.returncode != 0:
+        subprocess.run([*cli, "stop"], env=env, capture_output=True)
+        raise RuntimeError(f"modelpool start failed:\n{started.stdout}\n{started.stderr}")
+    try:
+        import ray
+        from ray import serve
+
+        from loadtests.plain_serve import PlainIris
+
+        runtime.connect(runtime.read_state(runtime.load_settings_for_home(home))["address"])
+        serve.run(serve.deployment(PlainIris).options(max_ongoing_requests=128, ray_actor_options={"num_cpus": 0.25})
+                  .bind(str(model_file)), name="bench-unbatched", route_prefix="/bench/unbatched")
+        unbatched = measure("unbatched-haproxy", f"http://127.0.0.1:{port}/bench/unbatched", seconds)
+        serve.delete("bench-unbatched")
+        modelpool = measure("modelpool", f"http://127.0.0.1:{port}/v2/models/iris/versions/1/infer", seconds)
+        ray.shutdown()
+        return unbatched, modelpool
+    finally:
+        subprocess.run([*cli, "stop"], env=env, capture_output=True)
+
+
+def report(plain: dict, unbatched: dict, pool: dict, seconds: int) -> str:
+    lines = [
+        f"iris LogisticRegression, one row per V2 request, wrk -t1, {seconds}s per point, {os.cpu_count()} cores",
+        "",
+        "| server | c | req/s | p50 ms | p99 ms | errors |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, results in (("plain Ray Serve (default proxy, no batching)", plain),
+                          ("unbatched handler, HAProxy ingress", unbatched),
+                          ("modelpool (adaptive batching)", pool)):
+        for c, r in results.items():
+            lines.append(f"| {name} | {c} | {r.requests_per_s:.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.errors} |")
+    lines += ["", "| ratio | value | target |", "| --- | --- | --- |"]
+    for c in CONCURRENCY:
+        ratio = pool[c].requests_per_s / max(plain[c].requests_per_s, 1e-9)
+        target = ">= 6x" if c == 64 else ""
+        lines.append(f"| modelpool / plain Ray Serve req/s at c={c} | {ratio:.1f}x | {target} |")
+    for c in CONCURRENCY:
+        ratio = pool[c].requests_per_s / max(unbatched[c].requests_per_s, 1e-9)
+        lines.append(f"| modelpool / unbatched HAProxy handler req/s at c={c} | {ratio:.2f}x | |")
+    p50_ratio = pool[1].p50_ms / unbatched[1].p50_ms
+    lines.append(f"| modelpool p50 / unbatched handler p50 at c=1 | {p50_ratio:.2f}x | <= 1.2x |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--out", default="results/bench_serving.md")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="modelpool-bench-") as tmp:
+        home = Path(tmp)
+        from deployments.examples import build_examples
+
+        build_examples(home / "model_store")
+        model_file = iris_model_file(home / "model_store", home / "bench-cache")
+        print("plain Ray Serve (default proxy):", flush=True)
+        plain = bench_plain_serve(model_file, args.seconds)
+        print("modelpool cluster:", flush=True)
+        unbatched, pool = bench_modelpool(home, model_file, args.seconds)
+    table = report(plain, unbatched, pool, args.seconds)
+    print()
+    print(table)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(table + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,145 @@
+"""The pure mapping from a model's management settings to a Serve application config.
+
+No Ray here: this is the heart of the management layer and is read, and unit-tested, on its own.
+The mapping follows ARCHITECTURE.md:
+
+- workers (initial/min/max) -> ``autoscaling_config`` initial/min/max replicas
+- batch size and delay      -> ``user_config`` (applied live by ``reconfigure``)
+- threads                   -> ``max_ongoing_requests``
+- num_cpus / num_gpus       -> ``ray_actor_options``
+
+The deployment ``version`` is a fingerprint of everything that needs a new replica (the archive,
+its constructor arguments, actor resources, modelpool's own version) and of nothing else, so
+changing only autoscaling or user_config updates replicas in place instead of restarting them.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional
+
+MODEL_APP_PREFIX = "model:"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything management decides about one served model version."""
+
+    name: str
+    version: str
+    source: str                      # archive path (dir or zip) the replicas load
+    source_digest: str               # content fingerprint of the archive
+    is_default: bool = True
+    versions: tuple[str, ...] = ()   # every served version of this model, for metadata
+    initial_replicas: int = 1
+    min_replicas: int = 1
+    max_replicas: int = 2
+    max_batch_size: int = 64
+    max_batch_delay_ms: float = 5.0
+    max_ongoing_requests: int = 128
+    num_cpus: float = 0.25
+    num_gpus: float = 0
+    target_ongoing_requests: float = 32.0
+    upscale_delay_s: float = 5.0
+    downscale_delay_s: float = 30.0
+    max_body_bytes: int = 16 << 20
+    health_check_period_s: float = 10.0
+    health_check_timeout_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    """A Serve application: its name, route and the options of its single deployment."""
+
+    app_name: str
+    route_prefix: str
+    deployment_name: str
+    deployment_options: dict[str, Any]
+    init_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+def app_name(name: str, version: str) -> str:
+    return f"{MODEL_APP_PREFIX}{name}:{version}"
+
+
+def parse_app_name(app: str) -> Optional[tuple[str, str]]:
+    """(name, version) of a model app, or None for any other app."""
+    if not app.startswith(MODEL_APP_PREFIX):
+        return None
+    name, _, version = app[len(MODEL_APP_PREFIX):].rpartition(":")
+    return (name, version) if name else None
+
+
+def route_prefix(name: str, version: str, is_default: bool) -> str:
+    """The default version owns the short path; others get the longer versioned one.
+
+    Routing is longest prefix by whole segments, so ``/v2/models/iris/versions/2/infer`` reaches
+    version 2's app while ``/v2/models/iris/infer`` reaches the default one.
+    """
+    base = f"/v2/models/{name}"
+    return base if is_default else f"{base}/versions/{version}"
+
+
+def _fingerprint(payload: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def model_app_config(model: ModelConfig, cache_dir: str, code_version: str) -> AppConfig:
+    """Serve options for one model version (pure)."""
+    if model.min_replicas > model.max_replicas:
+        raise ValueError(f"min replicas {model.min_replicas} > max replicas {model.max_replicas}")
+    init_kwargs = {
+        "source": model.source,
+        "cache_dir": cache_dir,
+        "name": model.name,
+        "version": model.version,
+        "max_body_bytes": model.max_body_bytes,
+    }
+    ray_actor_options = {"num_cpus": model.num_cpus}
+    if model.num_gpus:
+        ray_actor_options["num_gpus"] = model.num_gpus
+    version = _fingerprint({
+        "digest": model.source_digest,
+        "init": init_kwargs,
+        "actor": ray_actor_options,
+        "code": code_version,
+    })
+    initial = min(max(model.initial_replicas, model.min_replicas), model.max_replicas)
+    options: dict[str, Any] = {
+        "name": deployment_name(model.name, model.version),
+        "version": version,
+        "ray_actor_options": ray_actor_options,
+        "max_ongoing_requests": model.max_ongoing_requests,
+        "autoscaling_config": {
+            "min_replicas": model.min_replicas,
+            "initial_replicas": initial,
+            "max_replicas": model.max_replicas,
+            "target_ongoing_requests": model.target_ongoing_requests,
+            "upscale_delay_s": model.upscale_delay_s,
+            "downscale_delay_s": model.downscale_delay_s,
+        },
+        "user_config": {
+            "max_batch_size": model.max_batch_size,
+            "max_batch_delay_ms": model.max_batch_delay_ms,
+            "versions": list(model.versions or (model.version,)),
+            "max_body_bytes": model.max_body_bytes,
+        },
+        "health_check_period_s": model.health_check_period_s,
+        "health_check_timeout_s": model.health_check_timeout_s,
+    }
+    return AppConfig(
+        app_name=app_name(model.name, model.version),
+        route_prefix=route_prefix(model.name, model.version, model.is_default),
+        deployment_name=options["name"],
+        deployment_options=options,
+        init_kwargs=init_kwargs,
+    )
+
+
+def deployment_name(name: str, version: str) -> str:
+    return f"{name}_v{version}".replace(".", "_")
+
+
+def describe(model: ModelConfig) -> dict[str, Any]:
+    return asdict(model)

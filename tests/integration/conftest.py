@@ -1,0 +1,81 @@
+"""One real local Ray cluster for the whole integration session, started like a user would.
+
+``modelpool start`` runs as a subprocess with a private home directory and free ports; the test
+process joins the same Ray cluster to inspect and reconfigure it. ``modelpool stop`` at the end must
+leave no Ray or haproxy process behind, and the fixture checks that it did.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.integration
+
+MODELPOOL = [sys.executable, "-m", "modelpool.cli"]
+
+
+@dataclass
+class RunningCluster:
+    url: str
+    home: Path
+    address: str
+    env: dict
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return subprocess.run([*MODELPOOL, *args], env=self.env, capture_output=True, text=True, check=check, timeout=300)
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory) -> RunningCluster:
+    home = tmp_path_factory.mktemp("modelpool-home")
+    http_port, ray_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "MODELPOOL_HOME": str(home),
+        "MODELPOOL_HTTP_PORT": str(http_port),
+        "MODELPOOL_RAY_PORT": str(ray_port),
+        "MODELPOOL_MAX_BODY_BYTES": str(256 * 1024),
+        "MODELPOOL_REPLICA_NUM_CPUS": "0.1",
+    }
+    env.pop("RAY_ADDRESS", None)
+    started = subprocess.run([*MODELPOOL, "start"], env=env, capture_output=True, text=True, timeout=400)
+    running = RunningCluster(url=f"http://127.0.0.1:{http_port}", home=home, address=f"127.0.0.1:{ray_port}", env=env)
+    if started.returncode != 0:
+        running.cli("stop", check=False)
+        pytest.fail(f"modelpool start failed:\n{started.stdout}\n{started.stderr}")
+    assert f"serving on {running.url}" in started.stdout
+    try:
+        yield running
+    finally:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+        stopped = running.cli("stop", check=False)
+        assert stopped.returncode == 0, stopped.stderr
+        from cluster.runtime import haproxy_processes
+
+        assert not haproxy_processes(), "modelpool stop left haproxy running"
+
+
+@pytest.fixture(scope="session")
+def ray_client(cluster):
+    """The test process joined to the cluster, for inspecting and reconfiguring Serve."""
+    from cluster.runtime import connect
+
+    connect(cluster.address)
+    return cluster
+
+
+@pytest.fixture()
+def http() -> requests.Session:
+    with requests.Session() as session:
+        yield session

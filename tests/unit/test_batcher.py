@@ -1,0 +1,135 @@
+"""The adaptive batcher: no wait at low load, batches under load, live reconfiguration."""
+import asyncio
+import time
+
+import pytest
+
+from deployments.batcher import AdaptiveBatcher
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def recording_batcher(max_batch_size=64, max_delay_s=0.05, work_s=0.0):
+    calls: list[list] = []
+
+    async def batch_fn(items):
+        calls.append(list(items))
+        if work_s:
+            await asyncio.sleep(work_s)
+        return [item * 10 for item in items]
+
+    return AdaptiveBatcher(batch_fn, max_batch_size, max_delay_s), calls
+
+
+def test_single_request_is_not_delayed_by_the_batch_wait():
+    async def main():
+        batcher, calls = recording_batcher(max_delay_s=0.5)
+        started = time.perf_counter()
+        result = await batcher.submit(3)
+        return result, time.perf_counter() - started, calls
+
+    result, elapsed, calls = run(main())
+    assert result == 30
+    assert calls == [[3]]
+    assert elapsed < 0.1, "a lone request must flush at once, not wait max_delay"
+
+
+def test_requests_arriving_while_a_batch_computes_form_the_next_batch():
+    async def main():
+        batcher, calls = recording_batcher(work_s=0.05)
+        first = asyncio.create_task(batcher.submit(0))
+        await asyncio.sleep(0.01)  # first batch is computing now
+        rest = [asyncio.create_task(batcher.submit(i)) for i in range(1, 21)]
+        results = await asyncio.gather(first, *rest)
+        return results, calls
+
+    results, calls = run(main())
+    assert results == [i * 10 for i in range(21)]
+    assert [len(c) for c in calls] == [1, 20]
+
+
+def test_batches_never_exceed_the_max_and_size_changes_live():
+    async def main():
+        batcher, calls = recording_batcher(max_batch_size=4, work_s=0.01)
+        await asyncio.gather(*(batcher.submit(i) for i in range(10)))
+        sizes_before = [len(c) for c in calls]
+        calls.clear()
+        batcher.configure(max_batch_size=1, max_delay_s=0.0)
+        await asyncio.gather(*(batcher.submit(i) for i in range(5)))
+        return sizes_before, [len(c) for c in calls]
+
+    before, after = run(main())
+    assert max(before) == 4 and sum(before) == 10
+    assert after == [1] * 5
+
+
+def test_waits_for_requests_still_on_their_way_in_up_to_the_delay():
+    async def main():
+        batcher, calls = recording_batcher(max_delay_s=0.2)
+
+        async def slow_arrival(value, delay):
+            with batcher.incoming() as token:
+                await asyncio.sleep(delay)  # reading the body
+                token.release()
+                return await batcher.submit(value)
+
+        results = await asyncio.gather(batcher.submit(1), slow_arrival(2, 0.02))
+        return results, calls
+
+    results, calls = run(main())
+    assert results == [10, 20]
+    assert calls == [[1, 2]], "the batcher should wait for a request it knows is arriving"
+
+
+def test_items_with_different_keys_never_share_a_batch():
+    async def main():
+        batcher, calls = recording_batcher(work_s=0.02)
+        first = asyncio.create_task(batcher.submit(0, key="a"))
+        await asyncio.sleep(0.005)
+        tasks = [asyncio.create_task(batcher.submit(i, key="a" if i % 2 else "b")) for i in range(1, 7)]
+        await asyncio.gather(first, *tasks)
+        return calls
+
+    calls = run(main())
+    for batch in calls:
+        keys = {"a" if (i == 0 or i % 2) else "b" for i in batch}
+        assert len(keys) == 1
+    assert sorted(i for batch in calls for i in batch) == list(range(7))
+
+
+def test_a_failed_item_fails_alone_and_the_batcher_keeps_serving():
+    async def batch_fn(items):
+        return [ValueError(f"bad {i}") if i < 0 else i for i in items]
+
+    async def main():
+        batcher = AdaptiveBatcher(batch_fn, 8, 0.0)
+        outcomes = await asyncio.gather(*(batcher.submit(i) for i in (1, -1, 2)), return_exceptions=True)
+        again = await batcher.submit(5)
+        return outcomes, again
+
+    outcomes, again = run(main())
+    assert outcomes[0] == 1 and outcomes[2] == 2
+    assert isinstance(outcomes[1], ValueError) and "bad -1" in str(outcomes[1])
+    assert again == 5
+
+
+def test_a_raising_batch_function_fails_every_caller_with_its_error():
+    async def batch_fn(items):
+        raise RuntimeError("model exploded")
+
+    async def main():
+        batcher = AdaptiveBatcher(batch_fn, 8, 0.0)
+        return await asyncio.gather(batcher.submit(1), batcher.submit(2), return_exceptions=True)
+
+    outcomes = run(main())
+    assert all(isinstance(o, RuntimeError) and "exploded" in str(o) for o in outcomes)
+
+
+def test_configure_refuses_nonsense():
+    batcher, _ = recording_batcher()
+    with pytest.raises(ValueError):
+        batcher.configure(0, 0.0)
+    with pytest.raises(ValueError):
+        batcher.configure(4, -1)

@@ -1,0 +1,56 @@
+"""The pure mapping from model settings to Serve application configs."""
+import pytest
+
+from management.serve_configs import ModelConfig, app_name, model_app_config, parse_app_name, route_prefix
+
+
+def config(**overrides):
+    base = dict(name="iris", version="1", source="/store/iris-1.zip", source_digest="abc")
+    base.update(overrides)
+    return ModelConfig(**base)
+
+
+def test_default_version_owns_the_short_route_and_others_the_versioned_one():
+    assert route_prefix("iris", "1", True) == "/v2/models/iris"
+    assert route_prefix("iris", "2", False) == "/v2/models/iris/versions/2"
+
+
+def test_workers_map_to_autoscaling_and_batching_to_user_config():
+    app = model_app_config(config(initial_replicas=2, min_replicas=1, max_replicas=4, max_batch_size=32,
+                                  max_batch_delay_ms=3, max_ongoing_requests=100, num_cpus=0.5), "/cache", "0.1")
+    options = app.deployment_options
+    assert options["autoscaling_config"]["min_replicas"] == 1
+    assert options["autoscaling_config"]["max_replicas"] == 4
+    assert options["autoscaling_config"]["initial_replicas"] == 2
+    assert options["user_config"]["max_batch_size"] == 32
+    assert options["user_config"]["max_batch_delay_ms"] == 3
+    assert options["max_ongoing_requests"] == 100
+    assert options["ray_actor_options"] == {"num_cpus": 0.5}
+    assert app.app_name == "model:iris:1"
+    assert app.route_prefix == "/v2/models/iris"
+
+
+def test_live_settings_keep_the_deployment_version_so_replicas_are_not_restarted():
+    base = model_app_config(config(), "/cache", "0.1").deployment_options["version"]
+    live = model_app_config(config(max_batch_size=1, max_batch_delay_ms=0, min_replicas=2, max_replicas=5,
+                                   initial_replicas=3, target_ongoing_requests=2), "/cache", "0.1")
+    assert live.deployment_options["version"] == base
+
+
+def test_a_new_archive_or_resources_change_the_version():
+    base = model_app_config(config(), "/cache", "0.1").deployment_options["version"]
+    assert model_app_config(config(source_digest="other"), "/cache", "0.1").deployment_options["version"] != base
+    assert model_app_config(config(num_cpus=1.0), "/cache", "0.1").deployment_options["version"] != base
+    assert model_app_config(config(), "/cache", "0.2").deployment_options["version"] != base
+
+
+def test_initial_replicas_are_clamped_into_min_max_and_min_above_max_is_refused():
+    app = model_app_config(config(initial_replicas=9, min_replicas=1, max_replicas=3), "/c", "0")
+    assert app.deployment_options["autoscaling_config"]["initial_replicas"] == 3
+    with pytest.raises(ValueError):
+        model_app_config(config(min_replicas=3, max_replicas=2), "/c", "0")
+
+
+def test_app_names_round_trip_and_other_apps_are_not_models():
+    assert parse_app_name(app_name("iris_report", "1.2")) == ("iris_report", "1.2")
+    assert parse_app_name("management") is None
