@@ -24,7 +24,7 @@ from pathlib import Path
 
 from cluster import runtime  # noqa: F401  (sets Ray's environment before ray is imported)
 from loadtests.wrk import LoadResult, run_wrk
-from tests.conftest import free_port
+from cluster.net import free_port
 
 BODY = '{"inputs":[{"name":"input-0","shape":[1,4],"datatype":"FP64","data":[5.9,3.0,5.1,1.8]}]}'
 CONCURRENCY = (1, 8, 64)

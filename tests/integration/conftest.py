@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import free_port
+from cluster.net import free_port
 
 pytestmark = pytest.mark.integration
 
