@@ -34,11 +34,15 @@ class ModelContext:
 
     ``artifact_root`` is set by batch scoring for each chunk (None when serving online), so a
     handler can write per-row files next to its predictions without knowing about jobs.
+    ``requested_outputs`` names the outputs the current call's requests asked for (None: the
+    handler's default outputs), so a handler can skip work nobody will read, such as
+    ``predict_proba``.
     """
 
     model_dir: Path
     manifest: Manifest
     artifact_root: Optional[Path] = None
+    requested_outputs: Optional[tuple[str, ...]] = None
 
     def artifact_dir(self, row: int) -> Optional[Path]:
         """``artifact_root/<row>`` (created now), or None when no artifacts are wanted.
@@ -178,14 +182,15 @@ class SklearnHandler(Handler):
         self._n_features: Optional[int] = getattr(self.model, "n_features_in_", None)
         names = getattr(self.model, "feature_names_in_", None)
         self._feature_names: Optional[list[str]] = None if names is None else [str(n) for n in names]
-        self._with_proba = ("predict_proba" in context.manifest.output_names
-                            and hasattr(self.model, "predict_proba"))
+        self._has_proba = hasattr(self.model, "predict_proba")
 
     def predict(self, data: Any) -> dict[str, Any]:
+        """``predict`` always; ``predict_proba`` only when a request asks for it (as MLServer does)."""
         X = self._model_input(data)
+        requested = self.context.requested_outputs
         try:
             out = {"predict": self.model.predict(X)}
-            if self._with_proba:
+            if self._has_proba and requested and "predict_proba" in requested:
                 out["predict_proba"] = self.model.predict_proba(X)
         except ValueError as exc:  # scikit-learn's input validation (NaN, strings, ...)
             raise RequestError(f"model {self._model_id()} rejected the input: {exc}",

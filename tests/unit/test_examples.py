@@ -59,7 +59,9 @@ def test_iris_manifest_declares_its_tensors(store):
 @pytest.mark.parametrize("archive", ["iris-1.zip", "iris-2.zip"])
 def test_iris_versions_classify_the_training_set(store, cache, archive):
     iris = load_iris()
-    out = load(store, cache, archive).handle({"input-0": iris.data})
+    handler = load(store, cache, archive)
+    handler.context.requested_outputs = ("predict", "predict_proba")
+    out = handler.handle({"input-0": iris.data})
     assert (out["predict"] == iris.target).mean() > 0.9
     assert out["predict_proba"].shape == (150, 3)
     np.testing.assert_allclose(out["predict_proba"].sum(axis=1), 1.0)

@@ -148,9 +148,12 @@ def test_sklearn_handler_predicts_one_row_without_dataframes(tmp_path, xy, class
     assert out["predict"][0] == classifier.predict(X[:1])[0]
 
 
-def test_sklearn_handler_adds_proba_only_when_declared(tmp_path, xy, classifier):
+def test_sklearn_handler_computes_proba_only_when_requested(tmp_path, xy, classifier):
     X, _ = xy
-    out = sklearn_handler(tmp_path, classifier, outputs=("predict", "predict_proba")).handle({"x": X})
+    handler = sklearn_handler(tmp_path, classifier, outputs=("predict", "predict_proba"))
+    assert set(handler.handle({"x": X})) == {"predict"}, "predict_proba costs as much as predict: only on request"
+    handler.context.requested_outputs = ("predict_proba",)
+    out = handler.handle({"x": X})
     assert out["predict_proba"].shape == (60, 2)
     np.testing.assert_allclose(out["predict_proba"].sum(axis=1), 1.0)
 

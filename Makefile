@@ -1,0 +1,36 @@
+# The two commands a fresh clone needs: `make start` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: install start stop status test unit bench clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e ".[test]"
+	touch $@
+
+install: $(BIN)/.installed
+
+start: install ## install, then start a local cluster serving the example models on 127.0.0.1:8000
+	$(BIN)/modelpool start
+
+stop:
+	$(BIN)/modelpool stop
+
+status:
+	$(BIN)/modelpool status
+
+test: install ## install with the test extras, then run the whole suite (unit + real local Ray)
+	$(BIN)/pytest -q
+
+unit: install
+	$(BIN)/pytest -q tests/unit
+
+bench: install ## serving benchmark (needs wrk: apt-get install -y wrk)
+	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	$(BIN)/python -m loadtests.bench_serving
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache
