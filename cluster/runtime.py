@@ -120,6 +120,15 @@ def haproxy_processes() -> list[psutil.Process]:
     return found
 
 
+def ray_processes() -> list[psutil.Process]:
+    """The Ray daemons of this machine (what `ray stop` is expected to end)."""
+    found = []
+    for process in psutil.process_iter(["name"]):
+        if process.info.get("name") in ("raylet", "gcs_server"):
+            found.append(process)
+    return found
+
+
 def kill_haproxy(timeout_s: float = 5.0) -> int:
     processes = haproxy_processes()
     for process in processes:

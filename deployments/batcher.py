@@ -59,7 +59,8 @@ class AdaptiveBatcher(Generic[T]):
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_delay_s
         self._queue: List[_Pending[T]] = []
-        self._arrived = asyncio.Event()
+        self._arrived: Optional[asyncio.Event] = None
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._incoming = 0
         self._worker: Optional[asyncio.Task] = None
         self.stats = BatchStats()
@@ -80,6 +81,8 @@ class AdaptiveBatcher(Generic[T]):
     async def submit(self, item: T, key: Hashable = None) -> Any:
         """Queue ``item`` and wait for its result."""
         loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # asyncio primitives belong to one loop: bind to the caller's
+            self._loop, self._arrived, self._worker = loop, asyncio.Event(), None
         pending = _Pending(item, key, loop.create_future())
         self._queue.append(pending)
         self._arrived.set()
@@ -88,14 +91,21 @@ class AdaptiveBatcher(Generic[T]):
         return await pending.future
 
     async def _run(self) -> None:
-        while True:
-            while not self._queue:
-                self._arrived.clear()
-                await self._arrived.wait()
-            await self._gather()
-            batch = self._take_batch()
-            self.stats.record(len(batch))
-            await self._execute(batch)
+        try:
+            while True:
+                while not self._queue:
+                    self._arrived.clear()
+                    await self._arrived.wait()
+                await self._gather()
+                batch = self._take_batch()
+                self.stats.record(len(batch))
+                await self._execute(batch)
+        except BaseException as exc:  # never leave a caller waiting on a dead worker
+            for pending in self._queue:
+                if not pending.future.done():
+                    pending.future.set_exception(RuntimeError(f"batcher stopped: {exc!r}"))
+            self._queue = []
+            raise
 
     async def _gather(self) -> None:
         """Wait for more items only while requests are on their way in and the delay allows."""

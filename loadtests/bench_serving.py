@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -44,15 +45,40 @@ def wait_http(url: str, timeout_s: float = 120) -> None:
     raise TimeoutError(f"{url} did not answer within {timeout_s}s")
 
 
+def _show(name: str, connections: int, r: LoadResult) -> None:
+    print(f"  {name:<18} c={connections:<3} {r.requests_per_s:>9.1f} req/s  p50 {r.p50_ms:7.2f} ms  "
+          f"p99 {r.p99_ms:8.2f} ms  errors {r.errors}", flush=True)
+
+
+def _median(results: list[LoadResult]) -> LoadResult:
+    return LoadResult(
+        requests_per_s=statistics.median(r.requests_per_s for r in results),
+        p50_ms=statistics.median(r.p50_ms for r in results),
+        p99_ms=statistics.median(r.p99_ms for r in results),
+        errors=sum(r.errors for r in results),
+    )
+
+
 def measure(name: str, url: str, seconds: int) -> dict[int, LoadResult]:
-    wait_http(url)
-    run_wrk(url, BODY, 8, 2)  # warm up connections, JIT-free but caches and allocators
-    results = {}
+    return measure_interleaved({name: url}, seconds, rounds=1)[name]
+
+
+def measure_interleaved(urls: dict[str, str], seconds: int, rounds: int) -> dict[str, dict[int, LoadResult]]:
+    """Alternate between servers point by point, so machine noise hits every server alike.
+
+    Each point is the median of ``rounds`` runs of ``seconds``.
+    """
+    for url in urls.values():
+        wait_http(url)
+        run_wrk(url, BODY, 8, 2)  # warm up connections, caches and allocators
+    runs: dict[str, dict[int, list[LoadResult]]] = {name: {c: [] for c in CONCURRENCY} for name in urls}
     for connections in CONCURRENCY:
-        results[connections] = run_wrk(url, BODY, connections, seconds)
-        r = results[connections]
-        print(f"  {name:<18} c={connections:<3} {r.requests_per_s:>9.1f} req/s  p50 {r.p50_ms:7.2f} ms  p99 {r.p99_ms:8.2f} ms  errors {r.errors}", flush=True)
-    return results
+        for _ in range(rounds):
+            for name, url in urls.items():
+                result = run_wrk(url, BODY, connections, seconds)
+                runs[name][connections].append(result)
+                _show(name, connections, result)
+    return {name: {c: _median(results) for c, results in per_c.items()} for name, per_c in runs.items()}
 
 
 def iris_model_file(store: Path, cache: Path) -> Path:
@@ -81,7 +107,7 @@ def bench_plain_serve(model_file: Path, seconds: int) -> dict[int, LoadResult]:
         subprocess.run([runtime.ray_executable(), "stop", "--force"], capture_output=True)
 
 
-def bench_modelpool(home: Path, model_file: Path, seconds: int) -> tuple[dict[int, LoadResult], dict[int, LoadResult]]:
+def bench_modelpool(home: Path, model_file: Path, seconds: int, rounds: int) -> tuple[dict[int, LoadResult], dict[int, LoadResult]]:
     port, ray_port = free_port(), free_port()
     env = {**os.environ, "MODELPOOL_HOME": str(home), "MODELPOOL_HTTP_PORT": str(port), "MODELPOOL_RAY_PORT": str(ray_port)}
     cli = [sys.executable, "-m", "modelpool.cli"]
@@ -98,18 +124,20 @@ def bench_modelpool(home: Path, model_file: Path, seconds: int) -> tuple[dict[in
         runtime.connect(runtime.read_state(runtime.load_settings_for_home(home))["address"])
         serve.run(serve.deployment(PlainIris).options(max_ongoing_requests=128, ray_actor_options={"num_cpus": 0.25})
                   .bind(str(model_file)), name="bench-unbatched", route_prefix="/bench/unbatched")
-        unbatched = measure("unbatched-haproxy", f"http://127.0.0.1:{port}/bench/unbatched", seconds)
-        serve.delete("bench-unbatched")
-        modelpool = measure("modelpool", f"http://127.0.0.1:{port}/v2/models/iris/versions/1/infer", seconds)
+        results = measure_interleaved({
+            "unbatched-haproxy": f"http://127.0.0.1:{port}/bench/unbatched",
+            "modelpool": f"http://127.0.0.1:{port}/v2/models/iris/versions/1/infer",
+        }, seconds, rounds)
         ray.shutdown()
-        return unbatched, modelpool
+        return results["unbatched-haproxy"], results["modelpool"]
     finally:
         subprocess.run([*cli, "stop"], env=env, capture_output=True)
 
 
-def report(plain: dict, unbatched: dict, pool: dict, seconds: int) -> str:
+def report(plain: dict, unbatched: dict, pool: dict, seconds: int, rounds: int) -> str:
     lines = [
-        f"iris LogisticRegression, one row per V2 request, wrk -t1, {seconds}s per point, {os.cpu_count()} cores",
+        f"iris LogisticRegression, one row per V2 request, wrk -t1, {os.cpu_count()} cores; plain Ray Serve: one "
+        f"{seconds}s run per point; on the modelpool cluster the two servers alternate, median of {rounds} runs of {seconds}s",
         "",
         "| server | c | req/s | p50 ms | p99 ms | errors |",
         "| --- | --- | --- | --- | --- | --- |",
@@ -135,6 +163,7 @@ def report(plain: dict, unbatched: dict, pool: dict, seconds: int) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating runs per point on the modelpool cluster")
     parser.add_argument("--out", default="results/bench_serving.md")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="modelpool-bench-") as tmp:
@@ -146,8 +175,8 @@ def main() -> None:
         print("plain Ray Serve (default proxy):", flush=True)
         plain = bench_plain_serve(model_file, args.seconds)
         print("modelpool cluster:", flush=True)
-        unbatched, pool = bench_modelpool(home, model_file, args.seconds)
-    table = report(plain, unbatched, pool, args.seconds)
+        unbatched, pool = bench_modelpool(home, model_file, args.seconds, args.rounds)
+    table = report(plain, unbatched, pool, args.seconds, args.rounds)
     print()
     print(table)
     out = Path(args.out)

@@ -61,9 +61,10 @@ def cluster(tmp_path_factory) -> RunningCluster:
             ray.shutdown()
         stopped = running.cli("stop", check=False)
         assert stopped.returncode == 0, stopped.stderr
-        from cluster.runtime import haproxy_processes
+        from cluster.runtime import haproxy_processes, ray_processes
 
         assert not haproxy_processes(), "modelpool stop left haproxy running"
+        assert not ray_processes(), "modelpool stop left Ray processes running"
 
 
 @pytest.fixture(scope="session")

@@ -133,3 +133,11 @@ def test_configure_refuses_nonsense():
         batcher.configure(0, 0.0)
     with pytest.raises(ValueError):
         batcher.configure(4, -1)
+
+
+def test_the_batcher_works_across_event_loops():
+    """A replica may be driven by a new loop (tests, restarts); asyncio primitives are per loop."""
+    batcher, calls = recording_batcher()
+    assert run(batcher.submit(1)) == 10
+    assert run(batcher.submit(2)) == 20
+    assert calls == [[1], [2]]
