@@ -8,9 +8,6 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
-
-
 @dataclass(frozen=True)
 class LoadResult:
     requests_per_s: float
@@ -26,29 +23,26 @@ def require_wrk() -> str:
     return path
 
 
-def _ms(text: str) -> float:
-    match = re.fullmatch(r"([\d.]+)(us|ms|s)", text.strip())
-    if not match:
-        return float("nan")
-    return float(match.group(1)) * _UNITS[match.group(2)]
+# wrk's own summary is human-formatted; a done() hook prints exact numbers (latency in microseconds).
+_SCRIPT = """wrk.method = "POST"
+wrk.body = [[%s]]
+wrk.headers["Content-Type"] = "application/json"
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("MODELPOOL_WRK %%d %%d %%d %%d %%d\\n", summary.requests, summary.duration,
+    latency:percentile(50), latency:percentile(99), e.connect + e.read + e.write + e.status + e.timeout))
+end
+"""
 
 
 def run_wrk(url: str, body: str, connections: int, seconds: int) -> LoadResult:
-    script = f"""wrk.method = "POST"
-wrk.body = [[{body}]]
-wrk.headers["Content-Type"] = "application/json"
-"""
     with tempfile.TemporaryDirectory() as tmp:
         lua = Path(tmp) / "post.lua"
-        lua.write_text(script)
-        out = subprocess.run([require_wrk(), "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "--timeout", "10s",
+        lua.write_text(_SCRIPT % body)
+        out = subprocess.run([require_wrk(), "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s",
                               "-s", str(lua), url], capture_output=True, text=True, check=True).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    p50 = _ms(re.search(r"50%\s+(\S+)", out).group(1))
-    p99 = _ms(re.search(r"99%\s+(\S+)", out).group(1))
-    errors = 0
-    for pattern in (r"Non-2xx or 3xx responses:\s+(\d+)", r"Socket errors:.*?timeout (\d+)"):
-        match = re.search(pattern, out)
-        if match:
-            errors += int(match.group(1))
-    return LoadResult(rps, p50, p99, errors)
+    match = re.search(r"MODELPOOL_WRK (\d+) (\d+) (\d+) (\d+) (\d+)", out)
+    if match is None:
+        raise RuntimeError(f"could not read wrk's summary:\n{out}")
+    requests, duration_us, p50_us, p99_us, errors = map(int, match.groups())
+    return LoadResult(requests / (duration_us / 1e6), p50_us / 1000, p99_us / 1000, errors)

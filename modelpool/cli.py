@@ -159,7 +159,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from ray import serve
 
     status = serve.status()
-    rows = {name: {"status": str(app.status), "deployments": {d: {"status": str(s.status), "replicas": s.replica_states}
+    rows = {name: {"status": _plain(app.status), "deployments": {d: {"status": _plain(s.status), "replicas": s.replica_states}
                                                               for d, s in app.deployments.items()}}
             for name, app in status.applications.items()}
     if args.json:
@@ -170,6 +170,11 @@ def cmd_status(args: argparse.Namespace) -> int:
             replicas = sum(sum(d["replicas"].values()) for d in row["deployments"].values())
             print(f"  {name:<32} {row['status']:<10} replicas={replicas}")
     return 0
+
+
+def _plain(value: object) -> str:
+    """Serve's status enums print as 'ApplicationStatus.RUNNING'; people and scripts want 'RUNNING'."""
+    return str(getattr(value, "value", value))
 
 
 def cmd_archive(args: argparse.Namespace) -> int:
