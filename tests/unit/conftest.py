@@ -1,0 +1,37 @@
+"""Shared unit-test fixtures: a real S3 endpoint (moto, own process) and a store on each backend."""
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from cluster.object_store import ObjectStore
+from tests.s3server import S3Server, running_s3_server
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """One moto server per session; its AWS env vars are exported (pyarrow reads them) and restored."""
+    with running_s3_server() as server:
+        saved = {name: os.environ.get(name) for name in server.env}
+        os.environ.update(server.env)
+        try:
+            yield server
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+
+
+@pytest.fixture(params=["local", "s3"])
+def object_store(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
+    """The same tests on a local directory and on S3 (a fresh prefix per test: no cross-talk)."""
+    if request.param == "local":
+        return ObjectStore(str(tmp_path / "store"))
+    server: S3Server = request.getfixturevalue("s3_server")
+    return ObjectStore(f"s3://{server.bucket}/t-{uuid.uuid4().hex}", s3_endpoint=server.endpoint)
