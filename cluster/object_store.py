@@ -11,9 +11,13 @@ Guarantees callers rely on:
   target; on S3 one PUT (objects >= 10 MiB: one multipart upload, also committed atomically).
   Streaming writes (:meth:`ObjectStore.open_output`, :meth:`ObjectStore.upload_file`) go to a temp
   object that is moved into place only when the stream closes without error.
-* Whole-object reads never return a torn object. Locally the open file is a snapshot of one inode.
-  On S3, pyarrow reads with HEAD (size) then a ranged GET, which can mix two versions when a write
-  lands in between; such reads are detected (length + MD5/ETag check) and retried.
+* Whole-object reads (:meth:`ObjectStore.read_bytes`, ``read_json``, ``download_file``) never
+  return a torn object. Locally the open file is a snapshot of one inode. On S3, pyarrow reads
+  with HEAD (size) then ranged GETs, which mix two versions when a write lands in between; such
+  reads are detected and retried. The check is exact when the ETag is the object's MD5 (any
+  single PUT, so everything this store writes below 10 MiB); for multipart or SSE-KMS ETags it
+  is a second HEAD showing the same version, which misses a version replaced *and restored*
+  within one read.
 * Temp objects (``.tmp-<hex>...``) left behind by a crash are never listed.
 """
 from __future__ import annotations
@@ -40,8 +44,12 @@ _TEMP_NAME = re.compile(r"^\.tmp-[0-9a-f]{32}(-|$)")
 _PLAIN_ETAG = re.compile(r"^[0-9a-f]{32}$")
 #: How long a reader keeps retrying an S3 object that is rewritten during every read.
 _READ_RETRY_S = 30.0
-#: A plain ETag that is stable but not the MD5 (e.g. SSE-KMS) is trusted after this many reads.
+#: A plain ETag that is not the MD5 (SSE-KMS) is trusted after this many identical reads in a row.
 _STABLE_MISMATCHES = 3
+#: Attempts per S3 request (pyarrow's default is 3).
+_S3_ATTEMPTS = 6
+#: Writes that check (one HEAD each) whether the bucket's ETags are MD5s, until one proves it.
+_ETAG_PROBES = 3
 
 
 class ObjectNotFound(KeyError):
@@ -131,6 +139,9 @@ def _s3_filesystem(endpoint: Optional[str], region: Optional[str]) -> pafs.S3Fil
     options: dict[str, Any] = {
         # Delayed open lets objects < 10 MiB go up as one PutObject (ETag = MD5, 1 request).
         "allow_delayed_open": True,
+        # S3 asks clients to retry 500/503; 3 attempts (the default) gives up too early when
+        # many writers share one key (moto's server also answers 500 to some concurrent PUTs).
+        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=_S3_ATTEMPTS),
     }
     if region:
         options["region"] = region
@@ -154,6 +165,9 @@ class ObjectStore:
         scheme, root = _parse_uri(uri)
         self.is_s3 = scheme == "s3"
         self.root = root
+        #: S3 only: set once an ETag proved to be the MD5 of the object; then a mismatch is torn.
+        self._md5_etags = False
+        self._etag_probes_left = _ETAG_PROBES
         if self.is_s3:
             self.uri = f"s3://{root}"
             self.filesystem: pafs.FileSystem = _s3_filesystem(s3_endpoint, s3_region)
@@ -182,6 +196,8 @@ class ObjectStore:
         if self.is_s3:
             with self.filesystem.open_output_stream(path, compression=None) as out:
                 out.write(data)  # committed by one PUT (or multipart completion) on close
+            if not self._md5_etags and self._etag_probes_left > 0:
+                self._learn_etag_style(path, data)
             return
         with self._atomic_output(path) as out:
             out.write(data)
@@ -249,7 +265,8 @@ class ObjectStore:
         """Copy one complete version of ``key`` into ``sink``, retrying reads that saw a rewrite."""
         path = self.path(key)
         deadline = time.monotonic() + _READ_RETRY_S
-        stable_mismatches = 0
+        unproven: Optional[tuple[str, str]] = None  # (ETag, MD5) of the last unprovable read
+        repeats = 0
         for attempt in itertools.count():
             sink.seek(0)
             sink.truncate()
@@ -259,10 +276,14 @@ class ObjectStore:
             verdict = self._check_version(path, meta, nbytes, digest)
             if verdict == "ok":
                 return
-            if verdict == "stable":
-                stable_mismatches += 1
-                if stable_mismatches >= _STABLE_MISMATCHES:
-                    return
+            if verdict == "unproven":
+                seen = (_meta_text(meta, "ETag"), digest)
+                repeats = repeats + 1 if seen == unproven else 1
+                unproven = seen
+                if repeats >= _STABLE_MISMATCHES:
+                    return  # the same bytes under the same ETag, read after read
+            else:
+                unproven, repeats = None, 0
             if time.monotonic() > deadline:
                 raise OSError(f"object {key!r} in {self.uri} changed during every read for "
                               f"{_READ_RETRY_S:.0f}s; giving up")
@@ -286,24 +307,42 @@ class ObjectStore:
         return meta, nbytes, digest.hexdigest()
 
     def _check_version(self, path: str, meta: dict, nbytes: int, digest: str) -> str:
-        """``"ok"``: provably one version; ``"changed"``: torn, retry; ``"stable"``: unprovable.
+        """Did one S3 read see one version? ``"ok"``, ``"changed"`` (retry) or ``"unproven"``.
 
-        A plain ETag is the object's MD5 (single PUT), which proves the bytes exactly. Multipart
-        ETags are not, so a second HEAD must show the same ETag as before the read.
+        A plain ETag is the MD5 of the object (single PUT, no SSE-KMS), which proves the bytes
+        exactly. Otherwise (multipart or KMS ETags) the best check is a second HEAD showing the
+        same version as the one before the read; it cannot see a version that was replaced and
+        then restored within one read.
         """
         etag = _meta_text(meta, "ETag").strip('"')
         if nbytes != int(_meta_text(meta, "Content-Length") or -1):
             return "changed"
         if etag == digest:
+            self._md5_etags = True
             return "ok"
-        if self._head_etag(path) != etag:
+        if self._head_version(path) != _version_of(meta):
             return "changed"
-        return "stable" if _PLAIN_ETAG.match(etag) else "ok"
+        if not _PLAIN_ETAG.match(etag):
+            return "ok"  # multipart ETag: not a content hash, and stable across the read
+        # A plain ETag that is not our MD5: torn, unless this store's ETags are not MD5s (KMS).
+        return "changed" if self._md5_etags else "unproven"
 
-    def _head_etag(self, path: str) -> Optional[str]:
+    def _learn_etag_style(self, path: str, data: bytes) -> None:
+        """A HEAD after one of the first writes: does this bucket give a PUT its MD5 as ETag?
+
+        Knowing it early lets the very first reads reject torn data outright. Limited to a few
+        probes so a KMS bucket (ETags are never MD5s) does not pay a HEAD on every write.
+        """
+        self._etag_probes_left -= 1
+        version = self._head_version(path)
+        expected = hashlib.md5(data, usedforsecurity=False).hexdigest()
+        if version is not None and version[0].strip('"') == expected:
+            self._md5_etags = True
+
+    def _head_version(self, path: str) -> Optional[tuple[str, str, str]]:
         try:
             with self.filesystem.open_input_file(path) as source:
-                return _meta_text(dict(source.metadata() or {}), "ETag").strip('"')
+                return _version_of(dict(source.metadata() or {}))
         except FileNotFoundError:
             return None
 
@@ -363,6 +402,11 @@ class ObjectStore:
         """
         strip = len(prefix) + 1 if prefix else 0
         return sorted({key[strip:].split("/", 1)[0] for key in self.list(prefix)})
+
+
+def _version_of(meta: dict) -> tuple[str, str, str]:
+    """What identifies one S3 object version in HEAD metadata."""
+    return tuple(_meta_text(meta, name) for name in ("ETag", "Content-Length", "Last-Modified"))
 
 
 def _meta_text(meta: dict, name: str) -> str:

@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
+from cluster.url_patterns import parse_allowed_urls
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 ENV_PREFIX = "MODELPOOL_"
@@ -34,7 +35,18 @@ class Settings(BaseModel):
     http_host: str = Field("127.0.0.1", description="Address the HTTP ingress binds to.")
     http_port: int = Field(8000, ge=1, le=65535, description="Port of the HTTP ingress (inference and management).")
     model_store: Optional[str] = Field(None, description="Directory of model archives (default: HOME/model_store).")
-    examples: bool = Field(True, description="Build the example models into the model store and serve them at start.")
+    examples: bool = Field(True, description="Build the example models into the model store at start.")
+    register_store: bool = Field(True, description="Register every archive of the model store that is not registered yet, at start.")
+    object_store: Optional[str] = Field(None, description="Object storage URI for the registry, model copies and batch results: a directory, file:///dir or s3://bucket/prefix (default: HOME/objects).")
+    s3_endpoint: Optional[str] = Field(None, description="S3-compatible endpoint for s3:// URIs, e.g. http://127.0.0.1:9000 (credentials from AWS_* variables).")
+    s3_region: Optional[str] = Field(None, description="Region for s3:// URIs.")
+    allowed_urls: str = Field("", description="Comma-separated regular expressions; model URLs (http, https, s3) are fetched only when one matches in full.")
+    allow_private_networks: bool = Field(False, description="Let model URLs resolve to loopback, private or link-local addresses (off: SSRF protection).")
+    max_download_bytes: int = Field(2 << 30, ge=1, description="Largest model archive fetched from a URL.")
+    management_token: Optional[str] = Field(None, description="Bearer token for the management API (default: generated at start, written to HOME/management_token, mode 0600).")
+    pool_models_per_replica: int = Field(8, ge=1, le=1000, description="Models each generic-pool replica keeps loaded (LRU).")
+    pool_min_replicas: int = Field(1, ge=1, le=1024, description="Replicas of the generic pool at least.")
+    pool_max_replicas: int = Field(2, ge=1, le=1024, description="Replicas of the generic pool at most.")
     replica_num_cpus: float = Field(0.25, gt=0, le=64, description="CPUs reserved per model replica; fractional so several fit on a small machine.")
     workers: int = Field(1, ge=0, le=1024, description="Initial replicas per model version.")
     max_workers: int = Field(2, ge=1, le=1024, description="Upper bound of autoscaling per model version.")
@@ -53,6 +65,10 @@ class Settings(BaseModel):
     def _check_bounds(self) -> "Settings":
         if self.workers > self.max_workers:
             raise ValueError(f"--workers ({self.workers}) must not exceed --max-workers ({self.max_workers})")
+        if self.pool_min_replicas > self.pool_max_replicas:
+            raise ValueError(f"--pool-min-replicas ({self.pool_min_replicas}) must not exceed --pool-max-replicas ({self.pool_max_replicas})")
+        if self.allowed_urls:
+            parse_allowed_urls(self.allowed_urls)
         if self.threads < self.max_batch_size:
             raise ValueError(
                 f"--threads ({self.threads}) must be at least --max-batch-size ({self.max_batch_size}): "
@@ -67,6 +83,19 @@ class Settings(BaseModel):
     @property
     def model_store_path(self) -> Path:
         return Path(self.model_store).expanduser() if self.model_store else self.home_path / "model_store"
+
+    @property
+    def object_store_uri(self) -> str:
+        return self.object_store or str(self.home_path / "objects")
+
+    @property
+    def object_store_config(self) -> dict:
+        """What replicas need to open the same object store (a plain dict: it crosses processes)."""
+        return {"uri": self.object_store_uri, "s3_endpoint": self.s3_endpoint, "s3_region": self.s3_region}
+
+    @property
+    def token_path(self) -> Path:
+        return self.home_path / "management_token"
 
     @property
     def cache_path(self) -> Path:

@@ -37,6 +37,8 @@ import socket
 import tempfile
 import time
 from contextlib import contextmanager
+
+from cluster.url_patterns import compile_pattern as _compile, parse_allowed_urls  # noqa: F401 (re-exported)
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -61,7 +63,6 @@ _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _CHUNK = 1024 * 1024
 _MAX_NAME = 100
 #: Separators of ``parse_allowed_urls``: newlines, and commas not inside a ``{m,n}`` quantifier.
-_SEPARATOR = re.compile(r"\n|,(?![^{}]*\})")
 #: Characters never legitimate in a URL we fetch; refusing them removes parser-differential tricks.
 _BAD_URL_CHARS = re.compile(r"[^\x21-\x7e]|\\")
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
@@ -94,27 +95,6 @@ class UrlPolicy:
 
     def allows(self, url: str) -> bool:
         return any(_compile(pattern).fullmatch(url) for pattern in self.allowed_urls)
-
-
-def parse_allowed_urls(text: str) -> tuple[str, ...]:
-    """Split a flag/env value into regexes: one per line or comma-separated.
-
-    A comma inside a ``{m,n}`` quantifier does not split; any other comma in a pattern needs the
-    one-per-line form. Each pattern is compiled so a typo fails at startup (``ValueError``).
-    """
-    patterns = (part.strip() for part in _SEPARATOR.split(text or ""))
-    result = tuple(p for p in patterns if p)
-    for pattern in result:
-        _compile(pattern)
-    return result
-
-
-@lru_cache(maxsize=256)
-def _compile(pattern: str) -> re.Pattern[str]:
-    try:
-        return re.compile(pattern)
-    except re.error as exc:
-        raise ValueError(f"allowed URL pattern {pattern!r} is not a valid regular expression: {exc}") from None
 
 
 # ------------------------------------------------------------------------------------ entry point

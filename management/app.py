@@ -1,27 +1,20 @@
-"""The management application at route prefix ``/``: health, server metadata, and the fallback.
+"""The management application at route prefix ``/``: a Serve deployment around the FastAPI API.
 
-Requests for models that have no application of their own land here (longest-prefix routing), so
-an unknown model gets a clear 404 naming the models that are served.
+On start it reconciles Serve with the registry in the background (registering new model-store
+archives first if asked), so a restarted replica or cluster brings every model and pool back;
+``/v2/health/ready`` answers 503 until that is done and every application runs.
 """
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
 from ray import serve
 
-from deployments.errors import RequestError
-from management.serve_configs import parse_app_name
-from modelpool import __version__
-
-api = FastAPI(title="modelpool management", version=__version__)
-
-
-@api.exception_handler(RequestError)
-async def _request_error(_: Request, exc: RequestError) -> JSONResponse:
-    return JSONResponse(exc.to_dict(), status_code=exc.status)
+from cluster.settings import Settings
+from management.api import api
+from management.service import ModelManager
 
 
 class _StatusCache:
@@ -40,50 +33,38 @@ class _StatusCache:
         return self._value
 
 
-_status = _StatusCache()
-
-
-def served_models() -> dict[str, list[str]]:
-    models: dict[str, list[str]] = {}
-    for app_name, app in _status.get().applications.items():
-        parsed = parse_app_name(app_name)
-        if parsed and app.status == "RUNNING":
-            models.setdefault(parsed[0], []).append(parsed[1])
-    return models
-
-
 @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=256)
 @serve.ingress(api)
 class Management:
-    """Health and metadata now; the model, pool and batch APIs join this app."""
+    """Owns no state but the registry in object storage; any replica can answer any request."""
 
-    @api.get("/ping")
-    def ping(self) -> dict:
-        return {"status": "Healthy"}
+    def __init__(self, settings: dict, token: str) -> None:
+        # Imported here, not at module level: Serve pickles this class by value, which would give
+        # it a private copy of a module-level ``state`` instead of the one the routes read.
+        from management import api as routes
 
-    @api.get("/v2/health/live")
-    def live(self) -> dict:
-        return {"live": True}
+        self.manager = ModelManager(Settings(**settings))
+        self._status = _StatusCache()
+        routes.state.manager = self.manager
+        routes.state.token = token
+        routes.state.readiness = self.readiness
+        threading.Thread(target=self._reconcile, name="reconcile", daemon=True).start()
 
-    @api.get("/v2/health/ready")
-    def ready(self) -> JSONResponse:
-        status = _status.get()
-        not_running = {name: app.status for name, app in status.applications.items() if app.status != "RUNNING"}
-        body = {"ready": not not_running}
+    def _reconcile(self) -> None:
+        try:
+            self.manager.reconcile()
+        except Exception:  # noqa: BLE001 - logged; readiness reports it
+            import logging
+
+            logging.getLogger("ray.serve").exception("reconciling Serve with the registry failed")
+
+    def readiness(self) -> dict:
+        if not self.manager.reconciled.is_set():
+            return {"ready": False, "notReady": {"management": "restoring models from the registry"}}
+        status = self._status.get()
+        not_running = {name: str(getattr(app.status, "value", app.status))
+                       for name, app in status.applications.items() if app.status != "RUNNING"}
+        body: dict = {"ready": not not_running}
         if not_running:
             body["notReady"] = not_running
-        return JSONResponse(body, status_code=200 if not not_running else 503)
-
-    @api.get("/v2")
-    def server_metadata(self) -> dict:
-        return {"name": "modelpool", "version": __version__, "extensions": ["model_repository"]}
-
-    @api.api_route("/v2/models/{name}", methods=["GET", "POST"])
-    @api.api_route("/v2/models/{name}/{rest:path}", methods=["GET", "POST"])
-    def unknown_model(self, name: str, rest: str = "") -> JSONResponse:
-        models = served_models()
-        if name in models:  # a version that is not served: the model app answers for known ones
-            raise RequestError(f"model '{name}' has no such version; served versions: {', '.join(sorted(models[name]))}",
-                               status=404, field="version")
-        known = ", ".join(sorted(models)) or "none"
-        raise RequestError(f"unknown model '{name}'; served models: {known}", status=404, field="model_name")
+        return body

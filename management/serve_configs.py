@@ -19,6 +19,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
+from deployments.http_routes import GENERIC_POOL_APP, GENERIC_POOL_DEPLOYMENT, GENERIC_POOL_ROUTE
+
 MODEL_APP_PREFIX = "model:"
 
 
@@ -46,6 +48,9 @@ class ModelConfig:
     max_body_bytes: int = 16 << 20
     health_check_period_s: float = 10.0
     health_check_timeout_s: float = 30.0
+    request_timeout_s: float = 120.0
+    pool_versions: tuple[str, ...] = ()  # versions of this model served by the generic pool
+    object_store: Optional[dict] = None  # how replicas open the object store holding the archive
 
 
 @dataclass(frozen=True)
@@ -95,12 +100,14 @@ def model_app_config(model: ModelConfig, cache_dir: str, code_version: str) -> A
         "name": model.name,
         "version": model.version,
         "max_body_bytes": model.max_body_bytes,
+        "object_store": model.object_store,
     }
     ray_actor_options = {"num_cpus": model.num_cpus}
     if model.num_gpus:
         ray_actor_options["num_gpus"] = model.num_gpus
     version = _fingerprint({
         "digest": model.source_digest,
+        "timeout": model.request_timeout_s,
         "init": init_kwargs,
         "actor": ray_actor_options,
         "code": code_version,
@@ -123,10 +130,12 @@ def model_app_config(model: ModelConfig, cache_dir: str, code_version: str) -> A
             "max_batch_size": model.max_batch_size,
             "max_batch_delay_ms": model.max_batch_delay_ms,
             "versions": list(model.versions or (model.version,)),
+            "pool_versions": list(model.pool_versions),
             "max_body_bytes": model.max_body_bytes,
         },
         "health_check_period_s": model.health_check_period_s,
         "health_check_timeout_s": model.health_check_timeout_s,
+        "graceful_shutdown_timeout_s": model.request_timeout_s,
     }
     return AppConfig(
         app_name=app_name(model.name, model.version),
@@ -135,6 +144,46 @@ def model_app_config(model: ModelConfig, cache_dir: str, code_version: str) -> A
         deployment_options=options,
         init_kwargs=init_kwargs,
     )
+
+
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    """The generic pool: replicas, what each keeps loaded, and the catalog of versions it serves."""
+
+    min_replicas: int = 1
+    max_replicas: int = 2
+    models_per_replica: int = 8
+    num_cpus: float = 0.25
+    max_ongoing_requests: int = 128
+    target_ongoing_requests: float = 32.0
+    max_body_bytes: int = 16 << 20
+    object_store: Optional[dict] = None
+
+
+def generic_pool_app_config(pool: PoolConfig, catalog: dict, known_models: list[str], cache_dir: str,
+                            code_version: str) -> AppConfig:
+    """Serve options for the generic pool; the catalog travels in user_config (live updates)."""
+    init_kwargs = {"cache_dir": cache_dir, "object_store": pool.object_store, "max_body_bytes": pool.max_body_bytes}
+    ray_actor_options = {
+        "num_cpus": pool.num_cpus,
+        "runtime_env": {"env_vars": {"MODELPOOL_POOL_MODELS_PER_REPLICA": str(pool.models_per_replica)}},
+    }
+    options: dict[str, Any] = {
+        "name": GENERIC_POOL_DEPLOYMENT,
+        "version": _fingerprint({"init": init_kwargs, "actor": ray_actor_options, "code": code_version}),
+        "ray_actor_options": ray_actor_options,
+        "max_ongoing_requests": pool.max_ongoing_requests,
+        "autoscaling_config": {
+            "min_replicas": pool.min_replicas,
+            "initial_replicas": pool.min_replicas,
+            "max_replicas": pool.max_replicas,
+            "target_ongoing_requests": pool.target_ongoing_requests,
+        },
+        "user_config": {"catalog": catalog, "known_models": sorted(known_models), "max_body_bytes": pool.max_body_bytes},
+    }
+    return AppConfig(GENERIC_POOL_APP, GENERIC_POOL_ROUTE, GENERIC_POOL_DEPLOYMENT, options, init_kwargs)
 
 
 def deployment_name(name: str, version: str) -> str:

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import secrets
 import signal
 import sys
 import time
@@ -36,19 +38,30 @@ def _http_ready(url: str, timeout_s: float) -> None:
     raise TimeoutError(f"{url}/v2/health/ready not ready after {timeout_s:.0f}s ({last})")
 
 
-def deploy_all(settings: Settings) -> list[str]:
-    """Management app plus every model version in the store; returns the model app names."""
+def management_token(settings: Settings) -> str:
+    """The configured token, else the one saved in HOME, else a new one saved there (mode 0600)."""
+    if settings.management_token:
+        return settings.management_token
+    path = settings.token_path
+    if path.exists():
+        return path.read_text().strip()
+    token = secrets.token_urlsafe(32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(token)
+    return token
+
+
+def deploy_management(settings: Settings, token: str) -> None:
+    """The management app restores or registers every model itself; this only starts it."""
     from ray import serve
     from ray.serve.api import RunTarget
 
     from management.app import Management
-    from management.deployer import deploy_models, store_model_configs
 
-    serve.run_many([RunTarget(target=Management.bind(), name="management", route_prefix="/")],
+    serve.run_many([RunTarget(target=Management.bind(settings.model_dump(), token), name="management", route_prefix="/")],
                    wait_for_applications_running=False)
-    models = store_model_configs(settings)
-    apps = deploy_models(models, settings.cache_path, wait=False)
-    return ["management"] + [app.app_name for app in apps]
 
 
 def cmd_start(args: argparse.Namespace) -> int:
@@ -68,12 +81,10 @@ def cmd_start(args: argparse.Namespace) -> int:
         address = settings.address
     runtime.write_state(settings, {"address": address, "started_here": started_here, "url": settings.http_url})
     try:
+        token = management_token(settings)
         runtime.connect(address)
         runtime.start_serve(settings)
-        from management.deployer import wait_until_running
-
-        app_names = deploy_all(settings)
-        wait_until_running(app_names, settings.start_timeout_s)
+        deploy_management(settings, token)
         _http_ready(settings.http_url, settings.start_timeout_s)
     except BaseException:
         print("start failed; stopping what was started", file=sys.stderr)
@@ -101,6 +112,8 @@ def _print_banner(settings: Settings, elapsed_s: float) -> None:
     for name, versions in sorted(models.items()):
         print(f"  model {name} (versions {', '.join(sorted(versions))}): {url}/v2/models/{name}/infer")
     print("  health:  curl -s " + f"{url}/v2/health/ready")
+    print(f"  manage:  curl -s -H \"Authorization: Bearer $(cat {settings.token_path})\" {url}/models"
+          if not settings.management_token else f"  manage:  curl -s -H 'Authorization: Bearer <your token>' {url}/models")
     if "iris" in models:
         print(f"  infer:   curl -s {url}/v2/models/iris/infer -H 'content-type: application/json' -d '{EXAMPLE_REQUEST}'")
     print("  stop:    modelpool stop")
@@ -158,8 +171,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 1
     from ray import serve
 
+    from management.workers import status_name
+
     status = serve.status()
-    rows = {name: {"status": _plain(app.status), "deployments": {d: {"status": _plain(s.status), "replicas": s.replica_states}
+    rows = {name: {"status": status_name(app.status), "deployments": {d: {"status": status_name(s.status), "replicas": s.replica_states}
                                                               for d, s in app.deployments.items()}}
             for name, app in status.applications.items()}
     if args.json:
@@ -170,11 +185,6 @@ def cmd_status(args: argparse.Namespace) -> int:
             replicas = sum(sum(d["replicas"].values()) for d in row["deployments"].values())
             print(f"  {name:<32} {row['status']:<10} replicas={replicas}")
     return 0
-
-
-def _plain(value: object) -> str:
-    """Serve's status enums print as 'ApplicationStatus.RUNNING'; people and scripts want 'RUNNING'."""
-    return str(getattr(value, "value", value))
 
 
 def cmd_archive(args: argparse.Namespace) -> int:

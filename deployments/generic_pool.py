@@ -1,0 +1,96 @@
+"""The generic pool: one shared, multiplexed deployment for every service without replicas of its own.
+
+It owns the route prefix ``/v2/models``, shorter than any model's own, so it receives requests for
+models that have no dedicated application (and answers 404 for unknown ones). Each replica loads
+models on first use through ``@serve.multiplexed`` and keeps the most recently used ones (an LRU
+of ``MODELPOOL_POOL_MODELS_PER_REPLICA``, default 8), like Machine Learning Server's generic
+session pool. Management pushes the catalog of pool-served versions through ``user_config``, so a
+registration reaches every replica live, without a restart and without deployments reading the
+management registry.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Optional
+
+from ray import serve
+from starlette.requests import Request
+from starlette.responses import Response
+
+from deployments import http_routes
+from deployments.archive import unpack_archive
+from deployments.archive_fetch import local_archive, open_store
+from deployments.errors import RequestError
+from deployments.loaded_model import LoadedModel
+from deployments.model_deployment import _replica_id
+
+MODELS_PER_REPLICA = int(os.environ.get("MODELPOOL_POOL_MODELS_PER_REPLICA", "8"))
+
+
+class GenericPool:
+    """Serves any catalogued model version, loading it on demand."""
+
+    def __init__(self, cache_dir: str, object_store: Optional[dict] = None, max_body_bytes: int = 16 << 20) -> None:
+        self.cache_dir = Path(cache_dir)
+        self.store = open_store(object_store)
+        self.max_body_bytes = max_body_bytes
+        self.catalog: dict[str, dict] = {}
+        self.known_models: list[str] = []
+        self._headers = {"x-modelpool-replica": _replica_id(), "x-modelpool-pool": "generic"}
+
+    def reconfigure(self, user_config: dict) -> None:
+        """``catalog``: {name: {"default": v, "versions": {v: {"source", "digest", batching...}}}}."""
+        self.catalog = user_config.get("catalog", {})
+        self.known_models = sorted(user_config.get("known_models", []))
+        self.max_body_bytes = int(user_config.get("max_body_bytes", self.max_body_bytes))
+
+    async def __call__(self, request: Request) -> Response:
+        try:
+            name, rest = http_routes.split_model_path(http_routes.sub_path(request))
+            call = http_routes.parse_model_call(rest, request.method)
+            model, versions = await self._model_for(name, call.version)
+        except RequestError as exc:
+            return http_routes.error_response(exc, self._headers)
+        except Exception as exc:  # noqa: BLE001 - the archive failed to load here: say so, keep serving
+            return http_routes.failure_response(name, call.version or "default", exc, self._headers)
+        read = http_routes.body_reader(request, self.max_body_bytes)
+        return await http_routes.answer_model_call(model, call, read, versions, self._headers)
+
+    async def forward(self, name: str, version: str, action: str, body: bytes) -> tuple[int, bytes, dict]:
+        """Entry point for a dedicated app passing on a version that this pool serves."""
+        async def read() -> bytes:
+            return body
+
+        try:
+            model, versions = await self._model_for(name, version)
+        except RequestError as exc:
+            return exc.status, exc.to_json(), self._headers
+        response = await http_routes.answer_model_call(model, http_routes.ModelCall(version, action), read, versions, self._headers)
+        return response.status_code, bytes(response.body), {k: v for k, v in response.headers.items() if k.startswith("x-")}
+
+    async def _model_for(self, name: str, version: Optional[str]) -> tuple[LoadedModel, list[str]]:
+        entry = self.catalog.get(name)
+        if entry is None:
+            known = ", ".join(self.known_models) or "none"
+            raise RequestError(f"unknown model '{name}'; served models: {known}", status=404, field="model_name")
+        version = version or entry["default"]
+        spec = entry["versions"].get(version)
+        if spec is None:
+            raise RequestError(f"model '{name}' has no version '{version}'; served versions: "
+                               f"{', '.join(entry.get('all_versions', entry['versions']))}", status=404, field="version")
+        model = await self.get_model(f"{name}:{version}:{spec['digest']}")
+        model.configure(int(spec.get("max_batch_size", 64)), float(spec.get("max_batch_delay_ms", 5.0)) / 1000)
+        return model, list(entry.get("all_versions", entry["versions"]))
+
+    @serve.multiplexed(max_num_models_per_replica=MODELS_PER_REPLICA)
+    async def get_model(self, model_id: str) -> LoadedModel:
+        """Load ``name:version:digest`` (the digest makes a re-registered archive a new model)."""
+        name, version, _digest = model_id.rsplit(":", 2)
+        spec = self.catalog[name]["versions"][version]
+        return await asyncio.to_thread(self._load, spec["source"], name, version)
+
+    def _load(self, source: str, name: str, version: str) -> LoadedModel:
+        archive = unpack_archive(local_archive(source, self.cache_dir, self.store), self.cache_dir)
+        return LoadedModel(archive, name, version)

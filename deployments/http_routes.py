@@ -1,0 +1,108 @@
+"""HTTP plumbing shared by the model deployments: path parsing, body limits, JSON responses.
+
+A model route is ``/v2/models/{name}[/versions/{version}][/infer|/predict|/ready]``; a dedicated
+app sees only the part after its route prefix, the generic pool the part after ``/v2/models``.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Awaitable, Callable, Optional
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from deployments.errors import RequestError
+
+JSON = "application/json"
+GENERIC_POOL_APP = "generic-pool"
+GENERIC_POOL_DEPLOYMENT = "GenericPool"
+GENERIC_POOL_ROUTE = "/v2/models"
+ACTIONS = {"/infer": ("POST", "infer"), "/predict": ("POST", "predict"), "/ready": ("GET", "ready"), "": ("GET", "metadata")}
+
+
+@dataclass(frozen=True)
+class ModelCall:
+    """What a request asks of a model: which version (None = default) and which action."""
+
+    version: Optional[str]
+    action: str
+
+
+def sub_path(request: Request) -> str:
+    """The path below the app's route prefix (Serve passes the prefix as ``root_path``)."""
+    return request.url.path[len(request.scope.get("root_path", "")):].rstrip("/")
+
+
+def parse_model_call(path: str, method: str) -> ModelCall:
+    """Split ``[/versions/{v}][/action]`` into a :class:`ModelCall`; 404/405 for anything else."""
+    version: Optional[str] = None
+    if path.startswith("/versions/"):
+        version, _, rest = path[len("/versions/"):].partition("/")
+        path = "/" + rest if rest else ""
+        if not version:
+            raise RequestError("empty version in the path; use /versions/{version}/infer", status=404, field="version")
+    route = ACTIONS.get(path)
+    if route is None:
+        raise RequestError(f"no model route '{path}'; model routes are /infer, /predict, /ready and the model path itself",
+                           status=404, field="path")
+    expected_method, action = route
+    if method != expected_method:
+        raise RequestError(f"method {method} not allowed here; use {expected_method}", status=405, field="method")
+    return ModelCall(version, action)
+
+
+def split_model_path(path: str) -> tuple[str, str]:
+    """``/{name}[rest]`` below ``/v2/models`` -> (name, rest)."""
+    name, slash, rest = path.lstrip("/").partition("/")
+    if not name:
+        raise RequestError("no model name in the path; use /v2/models/{name}/infer", status=404, field="model_name")
+    return name, (slash + rest if slash else "")
+
+
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise RequestError(f"request body of {declared} bytes exceeds the limit of {max_bytes}; send fewer rows per request",
+                           status=413, field="body")
+    body = await request.body()
+    if len(body) > max_bytes:
+        raise RequestError(f"request body exceeds the limit of {max_bytes} bytes; send fewer rows per request",
+                           status=413, field="body")
+    return body
+
+
+def json_response(body: dict, status: int = 200, headers: Optional[dict] = None) -> Response:
+    return Response(json.dumps(body).encode(), status_code=status, media_type=JSON, headers=headers)
+
+
+def error_response(exc: RequestError, headers: Optional[dict] = None) -> Response:
+    return Response(exc.to_json(), status_code=exc.status, media_type=JSON, headers=headers)
+
+
+def failure_response(name: str, version: str, exc: BaseException, headers: Optional[dict] = None) -> Response:
+    """A handler raised: 500 with the model's own message, the replica keeps serving."""
+    return json_response({"error": f"model '{name}' version '{version}' failed: {type(exc).__name__}: {exc}"}, 500, headers)
+
+
+def body_reader(request: Request, max_bytes: int) -> Callable[[], Awaitable[bytes]]:
+    return lambda: read_body(request, max_bytes)
+
+
+async def answer_model_call(model, call: ModelCall, read: Callable[[], Awaitable[bytes]],
+                            versions: list[str], headers: dict) -> Response:
+    """Run one call on a loaded model and turn the outcome into a response."""
+    try:
+        if call.action == "infer":
+            result = await model.infer(read)
+        elif call.action == "predict":
+            result = await model.predict(read)
+        elif call.action == "ready":
+            return json_response({"name": model.name, "version": model.version, "ready": True}, headers=headers)
+        else:
+            return json_response(model.metadata(versions), headers=headers)
+    except RequestError as exc:
+        return error_response(exc, headers)
+    except Exception as exc:  # noqa: BLE001 - the handler failed: report it, keep serving
+        return failure_response(model.name, model.version, exc, headers)
+    return Response(result.payload, media_type=JSON, headers={**headers, "x-modelpool-batch-size": str(result.batch_size)})

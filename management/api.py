@@ -1,0 +1,195 @@
+"""The management HTTP API (FastAPI): the MMS/TorchServe model API, ML Server pools, services, health.
+
+Thin: each route validates its parameters, calls :class:`management.service.ModelManager` in a
+worker thread (its Serve calls block) and shapes the answer. Everything but health needs
+``Authorization: Bearer <token>``.
+"""
+from __future__ import annotations
+
+import asyncio
+import hmac
+from typing import Any, Callable, Optional
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from deployments.errors import RequestError
+from management.params import ListParams, PoolParams, RegisterParams, ScaleParams
+from modelpool import __version__
+
+api = FastAPI(
+    title="modelpool management API",
+    version=__version__,
+    description="Model registration and scaling in the shape of the MXNet Model Server / TorchServe management API, "
+                "session pools in the shape of Machine Learning Server.",
+)
+
+
+@api.exception_handler(RequestError)
+async def _request_error(_: Request, exc: RequestError) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+    return JSONResponse(exc.to_dict(), status_code=exc.status, headers=headers)
+
+
+class _State:
+    """What the routes need from the replica. Module-level on purpose: Serve serves a copy of
+    ``api``, so ``api.state`` set in the replica is not the one the routes see."""
+
+    manager: Any = None
+    token: str = ""
+    readiness: Callable[[], dict] = staticmethod(lambda: {"ready": False})
+
+
+state = _State()
+
+
+def _manager(_: Request):
+    return state.manager
+
+
+def require_token(request: Request) -> None:
+    """Constant-time bearer token check; the token never appears in an error or a log."""
+    expected: str = state.token
+    header = request.headers.get("authorization", "")
+    scheme, _, presented = header.partition(" ")
+    if scheme.lower() != "bearer" or not presented or not hmac.compare_digest(presented.strip().encode(), expected.encode()):
+        raise RequestError("missing or wrong management token; send 'Authorization: Bearer <token>' "
+                           "(the token file's path is printed by `modelpool start`)", status=401, field="authorization")
+
+
+async def _call(function: Callable, *args: Any) -> Any:
+    return await asyncio.to_thread(function, *args)
+
+
+def _query(request: Request) -> dict[str, str]:
+    return dict(request.query_params)
+
+
+async def _params_from(request: Request) -> dict[str, Any]:
+    """Query parameters, and a JSON object body when one is sent (both forms are accepted)."""
+    values: dict[str, Any] = dict(request.query_params)
+    body = await request.body()
+    if body.strip():
+        import json
+
+        try:
+            parsed = json.loads(body)
+        except ValueError:
+            raise RequestError("the body is not valid JSON; send parameters as a JSON object or as query parameters",
+                               field="body") from None
+        if not isinstance(parsed, dict):
+            raise RequestError("the body must be a JSON object of parameters", field="body")
+        values.update(parsed)
+    return values
+
+
+authorized = [Depends(require_token)]
+
+
+# ---------------------------------------------------------------------------------- health
+@api.get("/ping", tags=["health"])
+async def ping() -> dict:
+    return {"status": "Healthy"}
+
+
+@api.get("/v2/health/live", tags=["health"])
+async def live() -> dict:
+    return {"live": True}
+
+
+@api.get("/v2/health/ready", tags=["health"])
+async def ready(request: Request) -> JSONResponse:
+    body = await _call(state.readiness)
+    return JSONResponse(body, status_code=200 if body["ready"] else 503)
+
+
+@api.get("/v2", tags=["health"])
+async def server_metadata() -> dict:
+    return {"name": "modelpool", "version": __version__, "extensions": ["model_repository"]}
+
+
+@api.options("/", tags=["management"], dependencies=authorized)
+async def describe_api() -> dict:
+    """The OpenAPI description, as MMS answers ``OPTIONS /``."""
+    return api.openapi()
+
+
+# ---------------------------------------------------------------------------------- models
+@api.post("/models", tags=["models"], dependencies=authorized)
+async def register_model(request: Request) -> JSONResponse:
+    """Register a model archive: url, model_name, handler, runtime, batch_size, max_batch_delay (ms),
+    initial_workers, synchronous, response_timeout (s)."""
+    params = RegisterParams.parse(_query(request))
+    status, body = await _call(_manager(request).register, params)
+    return JSONResponse(body, status_code=status)
+
+
+@api.get("/models", tags=["models"], dependencies=authorized)
+async def list_models(request: Request) -> dict:
+    return await _call(_manager(request).list_models, ListParams.parse(_query(request)))
+
+
+@api.get("/models/{model_name}", tags=["models"], dependencies=authorized)
+async def describe_model(request: Request, model_name: str) -> list:
+    return await _call(_manager(request).describe, model_name, None)
+
+
+@api.get("/models/{model_name}/{model_version}", tags=["models"], dependencies=authorized)
+async def describe_model_version(request: Request, model_name: str, model_version: str) -> list:
+    """A version, or ``all`` for every version."""
+    return await _call(_manager(request).describe, model_name, model_version)
+
+
+async def _scale(request: Request, name: str, version: Optional[str]) -> JSONResponse:
+    params = ScaleParams.parse(_query(request))
+    status, body = await _call(_manager(request).scale, name, version, params)
+    return JSONResponse(body, status_code=status)
+
+
+@api.put("/models/{model_name}", tags=["models"], dependencies=authorized)
+async def scale_model(request: Request, model_name: str) -> JSONResponse:
+    """Scale workers: min_worker, max_worker, number_gpu, synchronous, timeout (and batch_size, max_batch_delay)."""
+    return await _scale(request, model_name, None)
+
+
+@api.put("/models/{model_name}/{model_version}", tags=["models"], dependencies=authorized)
+async def scale_model_version(request: Request, model_name: str, model_version: str) -> JSONResponse:
+    return await _scale(request, model_name, model_version)
+
+
+@api.put("/models/{model_name}/{model_version}/set-default", tags=["models"], dependencies=authorized)
+async def set_default(request: Request, model_name: str, model_version: str) -> dict:
+    return await _call(_manager(request).set_default, model_name, model_version)
+
+
+@api.delete("/models/{model_name}", tags=["models"], dependencies=authorized)
+async def unregister_model(request: Request, model_name: str) -> dict:
+    return await _call(_manager(request).unregister, model_name, None)
+
+
+@api.delete("/models/{model_name}/{model_version}", tags=["models"], dependencies=authorized)
+async def unregister_model_version(request: Request, model_name: str, model_version: str) -> dict:
+    return await _call(_manager(request).unregister, model_name, model_version)
+
+
+# ---------------------------------------------------------------------------------- pools
+@api.put("/pools/{name}/{version}", tags=["pools"], dependencies=authorized)
+async def create_or_update_pool(request: Request, name: str, version: str) -> dict:
+    """A dedicated session pool: initial_pool_size replicas preloaded, up to max_pool_size."""
+    params = PoolParams.parse(await _params_from(request))
+    return await _call(_manager(request).put_pool, name, version, params)
+
+
+@api.get("/pools/{name}/{version}", tags=["pools"], dependencies=authorized)
+async def pool_status(request: Request, name: str, version: str) -> list:
+    return await _call(_manager(request).pool_status, name, version)
+
+
+@api.delete("/pools/{name}/{version}", tags=["pools"], dependencies=authorized)
+async def delete_pool(request: Request, name: str, version: str) -> dict:
+    return await _call(_manager(request).delete_pool, name, version)
+
+
+@api.get("/services", tags=["services"], dependencies=authorized)
+async def services(request: Request) -> list:
+    return await _call(_manager(request).services)

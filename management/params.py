@@ -1,0 +1,83 @@
+"""Request parameters of the management API, validated once, with errors that name the field.
+
+Names follow the APIs they come from: the MXNet Model Server / TorchServe management API for models
+(``model_name``, ``initial_workers``, ``max_batch_delay`` in ms, ``response_timeout`` in s) and
+Machine Learning Server for pools (``initial_pool_size``, ``max_pool_size``).
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from deployments.errors import RequestError
+
+
+class _Params(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    @classmethod
+    def parse(cls, values: dict[str, Any]) -> "_Params":
+        """Validate query values (strings) or JSON values; the first error becomes a 400 naming its field."""
+        try:
+            return cls(**{k: v for k, v in values.items() if v is not None})
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            field = ".".join(str(part) for part in error.get("loc", ())) or None
+            message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
+            if error.get("type") == "extra_forbidden":
+                allowed = ", ".join(cls.model_fields)
+                message = f"unknown parameter; accepted parameters are: {allowed}"
+            elif field:
+                message = f"{field}: {message}"
+            raise RequestError(message, status=400, field=field) from None
+
+
+class RegisterParams(_Params):
+    url: str = Field(min_length=1, max_length=4096)
+    model_name: Optional[str] = None
+    handler: Optional[str] = None
+    runtime: str = "python"
+    batch_size: Optional[int] = Field(None, ge=1, le=100_000)
+    max_batch_delay: Optional[float] = Field(None, ge=0, le=60_000, description="milliseconds")
+    initial_workers: int = Field(0, ge=0, le=1024)
+    synchronous: bool = False
+    response_timeout: float = Field(120, gt=0, le=3600, description="seconds")
+
+    @model_validator(mode="after")
+    def _runtime(self) -> "RegisterParams":
+        if self.runtime != "python":
+            raise ValueError("runtime must be 'python' (handlers are Python: 'sklearn' or 'module:attr')")
+        return self
+
+
+class ScaleParams(_Params):
+    min_worker: Optional[int] = Field(None, ge=0, le=1024)
+    max_worker: Optional[int] = Field(None, ge=0, le=1024)
+    number_gpu: Optional[int] = Field(None, ge=0, le=1024)
+    batch_size: Optional[int] = Field(None, ge=1, le=100_000)
+    max_batch_delay: Optional[float] = Field(None, ge=0, le=60_000)
+    synchronous: bool = False
+    timeout: float = Field(120, gt=0, le=3600, description="seconds to wait when synchronous")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "ScaleParams":
+        if self.min_worker is not None and self.max_worker is not None and self.min_worker > self.max_worker:
+            raise ValueError(f"min_worker ({self.min_worker}) must not exceed max_worker ({self.max_worker})")
+        return self
+
+
+class PoolParams(_Params):
+    initial_pool_size: int = Field(ge=1, le=1024)
+    max_pool_size: int = Field(ge=1, le=1024)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "PoolParams":
+        if self.initial_pool_size > self.max_pool_size:
+            raise ValueError(f"initial_pool_size ({self.initial_pool_size}) must not exceed max_pool_size ({self.max_pool_size})")
+        return self
+
+
+class ListParams(_Params):
+    limit: int = Field(100, ge=1, le=1000)
+    next_page_token: Optional[str] = Field(None, max_length=256)

@@ -1,0 +1,109 @@
+"""Desired state: which model versions get replicas of their own and what the generic pool serves.
+
+Pure (no Ray): from the registry's records to the Serve configs management should deploy.
+
+A version is *dedicated* (its own Serve application) when it has a session pool, or when it was
+registered or scaled with workers (``max_workers > 0``); otherwise the generic pool serves it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Optional
+
+from cluster.settings import Settings
+from management.registry import ModelRecord, PoolRecord, version_sort_key
+from management.serve_configs import ModelConfig, PoolConfig
+
+
+@dataclass(frozen=True)
+class Placement:
+    dedicated: list[ModelConfig]
+    catalog: dict          # generic pool catalog: {name: {"default", "all_versions", "versions": {v: spec}}}
+    known_models: list[str]
+
+
+def is_dedicated(record: ModelRecord, pool: Optional[PoolRecord]) -> bool:
+    return pool is not None or record.max_workers > 0
+
+
+def replica_bounds(record: ModelRecord, pool: Optional[PoolRecord]) -> tuple[int, int, int]:
+    """(initial, min, max) replicas of a dedicated version."""
+    if pool is not None:
+        return pool.initial_pool_size, pool.initial_pool_size, pool.max_pool_size
+    low = max(record.min_workers, 1)
+    high = max(record.max_workers, low)
+    initial = min(max(record.initial_workers, low), high)
+    return initial, low, high
+
+
+def plan(records: Iterable[ModelRecord], defaults: dict[str, str], pools: dict[tuple[str, str], PoolRecord],
+         settings: Settings) -> Placement:
+    by_name: dict[str, list[ModelRecord]] = {}
+    for record in records:
+        by_name.setdefault(record.name, []).append(record)
+    dedicated: list[ModelConfig] = []
+    catalog: dict[str, dict] = {}
+    for name, versions in sorted(by_name.items()):
+        versions.sort(key=lambda r: version_sort_key(r.version))
+        all_versions = [r.version for r in versions]
+        default = defaults.get(name) if defaults.get(name) in all_versions else all_versions[-1]
+        pooled = [r for r in versions if not is_dedicated(r, pools.get((name, r.version)))]
+        for record in versions:
+            pool = pools.get((name, record.version))
+            if is_dedicated(record, pool):
+                dedicated.append(model_config(record, pool, settings, record.version == default, all_versions,
+                                              [r.version for r in pooled]))
+        if pooled:
+            catalog[name] = {
+                "default": default,
+                "all_versions": all_versions,
+                "versions": {r.version: pool_spec(r) for r in pooled},
+            }
+    return Placement(dedicated, catalog, sorted(by_name))
+
+
+def model_config(record: ModelRecord, pool: Optional[PoolRecord], settings: Settings, is_default: bool,
+                 versions: list[str], pool_versions: list[str]) -> ModelConfig:
+    initial, low, high = replica_bounds(record, pool)
+    return ModelConfig(
+        name=record.name,
+        version=record.version,
+        source=record.source,
+        source_digest=record.digest or record.source,
+        is_default=is_default,
+        versions=tuple(versions),
+        pool_versions=tuple(pool_versions),
+        initial_replicas=initial,
+        min_replicas=low,
+        max_replicas=high,
+        max_batch_size=record.batch_size,
+        max_batch_delay_ms=record.max_batch_delay_ms,
+        max_ongoing_requests=max(settings.threads, record.batch_size),
+        num_cpus=settings.replica_num_cpus,
+        num_gpus=1 if record.number_gpu else 0,
+        target_ongoing_requests=settings.target_ongoing_requests,
+        upscale_delay_s=settings.upscale_delay_s,
+        downscale_delay_s=settings.downscale_delay_s,
+        max_body_bytes=settings.max_body_bytes,
+        request_timeout_s=record.response_timeout_s,
+        health_check_timeout_s=max(30.0, record.response_timeout_s),
+        object_store=settings.object_store_config,
+    )
+
+
+def pool_spec(record: ModelRecord) -> dict:
+    return {"source": record.source, "digest": record.digest or record.source,
+            "max_batch_size": record.batch_size, "max_batch_delay_ms": record.max_batch_delay_ms}
+
+
+def pool_config(settings: Settings) -> PoolConfig:
+    return PoolConfig(
+        min_replicas=settings.pool_min_replicas,
+        max_replicas=settings.pool_max_replicas,
+        models_per_replica=settings.pool_models_per_replica,
+        num_cpus=settings.replica_num_cpus,
+        max_ongoing_requests=settings.threads,
+        target_ongoing_requests=settings.target_ongoing_requests,
+        max_body_bytes=settings.max_body_bytes,
+        object_store=settings.object_store_config,
+    )

@@ -1,0 +1,244 @@
+"""The durable registry: which model versions exist, which is the default, which pools to keep.
+
+It lives in the object store (``registry/`` by default), so it survives restarts of the
+controller and is shared by every node of a cluster without a database:
+
+* ``registry/models/{name}/{version}.json``  - one :class:`ModelRecord` per version
+* ``registry/defaults/{name}.json``          - ``{"version": ...}``, the version chosen as default
+* ``registry/pools/{name}/{version}.json``   - one :class:`PoolRecord` per version
+
+One file per record keeps every write a whole-object atomic write (last writer wins, never a
+torn file) and needs no locking. A record that cannot be read is skipped with a warning instead
+of breaking every listing, because one bad file must not take the whole registry down.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Optional, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from cluster.object_store import ObjectNotFound, ObjectStore, check_key
+from deployments.errors import RequestError
+from deployments.manifest import check_segment
+
+logger = logging.getLogger(__name__)
+
+_SUFFIX = ".json"
+#: Parallel reads when listing: S3 reads are latency-bound, so a listing reads records concurrently.
+_LIST_THREADS = 16
+
+
+def version_sort_key(version: str) -> tuple:
+    """Natural order ("10" after "9", "1.10" after "1.9"); the raw string breaks ties ("01"/"1")."""
+    parts = re.split(r"(\d+)", version)
+    return tuple(int(part) if index % 2 else part for index, part in enumerate(parts)), version
+
+
+def check_model_name(name: str) -> str:
+    """Same rule as manifests (names become URL segments and keys); RequestError otherwise."""
+    try:
+        return check_segment(name, "model name")
+    except ValueError as exc:
+        raise RequestError(str(exc), field="model_name") from None
+
+
+def check_model_version(version: str) -> str:
+    try:
+        return check_segment(version, "model version")
+    except ValueError as exc:
+        raise RequestError(str(exc), field="model_version") from None
+
+
+def _now() -> float:
+    return time.time()
+
+
+class _Record(BaseModel):
+    """Common base: unknown fields are ignored so an older reader accepts a newer writer's files."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    name: str
+    version: str
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version_text(cls, value: Any) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)  # "version": 2 in a hand-written record is harmless
+        return value
+
+
+class ModelRecord(_Record):
+    """One registered model version and how it is served."""
+
+    url: str
+    source: str
+    digest: str = ""  # content fingerprint of the archive: a new one means new replicas
+    handler: str
+    runtime: str
+    batch_size: int
+    max_batch_delay_ms: float
+    initial_workers: int
+    min_workers: int
+    max_workers: int
+    number_gpu: int = 0
+    response_timeout_s: float
+    manifest: dict[str, Any] = Field(default_factory=dict)
+    registered_at: float = Field(default_factory=_now)
+    updated_at: float = Field(default_factory=_now)
+
+
+class PoolRecord(_Record):
+    """The worker pool kept for one model version."""
+
+    initial_pool_size: int
+    max_pool_size: int
+    created_at: float = Field(default_factory=_now)
+    updated_at: float = Field(default_factory=_now)
+
+
+RecordT = TypeVar("RecordT", bound=_Record)
+
+
+class Registry:
+    """Models, default versions and pools, stored as one JSON object per record."""
+
+    def __init__(self, store: ObjectStore, prefix: str = "registry") -> None:
+        self.store = store
+        self.prefix = check_key(prefix)
+
+    def __repr__(self) -> str:
+        return f"Registry({self.store.uri!r}, prefix={self.prefix!r})"
+
+    # ----------------------------------------------------------------------------------- keys
+
+    def _record_key(self, kind: str, name: str, version: str) -> str:
+        return f"{self.prefix}/{kind}/{check_model_name(name)}/{check_model_version(version)}{_SUFFIX}"
+
+    def _default_key(self, name: str) -> str:
+        return f"{self.prefix}/defaults/{check_model_name(name)}{_SUFFIX}"
+
+    # --------------------------------------------------------------------------------- models
+
+    def put_model(self, record: ModelRecord) -> None:
+        """Create or replace the record of ``record.name`` / ``record.version`` (atomically)."""
+        self._put("models", record)
+
+    def get_model(self, name: str, version: str) -> Optional[ModelRecord]:
+        """The record, or None if it is missing or unreadable."""
+        return self._load(self._record_key("models", name, version), ModelRecord, name, version)
+
+    def delete_model(self, name: str, version: str) -> bool:
+        """Delete one version (True if it existed); the default goes once no version remains."""
+        existed = self._delete(self._record_key("models", name, version))
+        if not self.store.list(f"{self.prefix}/models/{name}"):
+            self.store.delete(self._default_key(name))
+        return existed
+
+    def list_models(self) -> list[ModelRecord]:
+        """Every readable model record, by name then natural version order."""
+        return self._list("models", ModelRecord)
+
+    def versions(self, name: str) -> list[str]:
+        """Readable versions of ``name``, oldest first (natural order)."""
+        check_model_name(name)
+        return [record.version for record in self._list("models", ModelRecord, name)]
+
+    # ------------------------------------------------------------------------------- defaults
+
+    def get_default(self, name: str) -> Optional[str]:
+        """The stored default if that version still exists, else the newest version, else None."""
+        versions = self.versions(name)
+        if not versions:
+            return None
+        stored = self._stored_default(name)
+        return stored if stored in versions else versions[-1]
+
+    def set_default(self, name: str, version: str) -> None:
+        """Make ``version`` the default; it must be registered (404 otherwise)."""
+        if self.get_model(name, version) is None:
+            raise RequestError(
+                f"model {name!r} has no version {version!r}; register it before making it the default",
+                status=404, field="model_version",
+            )
+        self.store.write_json(self._default_key(name), {"version": version})
+
+    def _stored_default(self, name: str) -> Optional[str]:
+        key = self._default_key(name)
+        try:
+            version = self.store.read_json(key)["version"]
+        except ObjectNotFound:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            logger.warning("ignoring unreadable default %s in %s: %s", key, self.store.uri, exc)
+            return None
+        return version if isinstance(version, str) else None
+
+    # ---------------------------------------------------------------------------------- pools
+
+    def put_pool(self, record: PoolRecord) -> None:
+        self._put("pools", record)
+
+    def get_pool(self, name: str, version: str) -> Optional[PoolRecord]:
+        return self._load(self._record_key("pools", name, version), PoolRecord, name, version)
+
+    def delete_pool(self, name: str, version: str) -> bool:
+        return self._delete(self._record_key("pools", name, version))
+
+    def list_pools(self) -> list[PoolRecord]:
+        return self._list("pools", PoolRecord)
+
+    # ------------------------------------------------------------------------------- plumbing
+
+    def _put(self, kind: str, record: _Record) -> None:
+        key = self._record_key(kind, record.name, record.version)
+        self.store.write_json(key, record.model_dump(mode="json"))
+
+    def _delete(self, key: str) -> bool:
+        existed = self.store.exists(key)
+        self.store.delete(key)
+        return existed
+
+    def _load(self, key: str, cls: type[RecordT], name: str, version: str) -> Optional[RecordT]:
+        """Read one record; missing -> None, unreadable or inconsistent -> warning + None."""
+        try:
+            record = cls.model_validate(self.store.read_json(key))
+        except ObjectNotFound:
+            return None
+        except (OSError, ValueError, ValidationError) as exc:
+            logger.warning("skipping unreadable registry record %s in %s: %s", key, self.store.uri, exc)
+            return None
+        if (record.name, record.version) != (name, version):
+            logger.warning("skipping registry record %s in %s: it describes %s/%s",
+                           key, self.store.uri, record.name, record.version)
+            return None
+        return record
+
+    def _list(self, kind: str, cls: type[RecordT], name: Optional[str] = None) -> list[RecordT]:
+        base = f"{self.prefix}/{kind}" + (f"/{name}" if name else "")
+        located = [(key, *parsed) for key in self.store.list(base)
+                   if (parsed := self._parse_key(kind, key)) is not None]
+        if len(located) > 1:
+            with ThreadPoolExecutor(min(_LIST_THREADS, len(located))) as pool:
+                loaded = list(pool.map(lambda item: self._load(item[0], cls, item[1], item[2]), located))
+        else:
+            loaded = [self._load(key, cls, n, v) for key, n, v in located]
+        records = [record for record in loaded if record is not None]
+        return sorted(records, key=lambda r: (r.name, version_sort_key(r.version)))
+
+    def _parse_key(self, kind: str, key: str) -> Optional[tuple[str, str]]:
+        """``(name, version)`` of ``{prefix}/{kind}/{name}/{version}.json``; None for stray files."""
+        parts = key[len(f"{self.prefix}/{kind}/"):].split("/")
+        if len(parts) == 2 and parts[1].endswith(_SUFFIX):
+            name, version = parts[0], parts[1][: -len(_SUFFIX)]
+            try:
+                return check_segment(name, "name"), check_segment(version, "version")
+            except ValueError:
+                pass
+        logger.warning("skipping stray file %s in the registry at %s", key, self.store.uri)
+        return None

@@ -1,0 +1,351 @@
+"""The management core: registry in, Serve applications out. No HTTP here (see ``management.api``).
+
+Every mutation writes the registry first (durable before it is answered), then makes Serve match
+the registry for the model it touched. ``reconcile`` makes all of Serve match all of the registry,
+which is how a restarted management replica or a restarted cluster gets every model and pool
+back with no request from anyone.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import shutil
+import tempfile
+import threading
+import time
+import zipfile
+from pathlib import Path
+from typing import Any, Optional
+
+import ray
+from ray import serve
+
+from cluster.object_store import ObjectStore, object_store_from_settings
+from cluster.settings import Settings
+from deployments.archive import list_store, read_manifest
+from deployments.archive_fetch import store_source
+from deployments.errors import RequestError
+from deployments.model_source import UrlPolicy, parse_allowed_urls, resolve_model_url
+from management import deployer, placement, serve_configs, workers
+from management.params import ListParams, PoolParams, RegisterParams, ScaleParams
+from management.registry import ModelRecord, PoolRecord, Registry, check_model_name, check_model_version
+
+logger = logging.getLogger(__name__)
+
+
+@ray.remote(num_cpus=0, max_retries=0)
+def _load_check(source: str, cache_dir: str, object_store: dict) -> Optional[str]:
+    """Load the archive and its handler in a throwaway worker: None if it loads, else the loader's message."""
+    from deployments.archive import unpack_archive
+    from deployments.archive_fetch import local_archive, open_store
+    from deployments.handlers import ModelContext, load_handler
+
+    try:
+        archive = unpack_archive(local_archive(source, Path(cache_dir), open_store(object_store)), Path(cache_dir))
+        load_handler(archive.model_dir, archive.manifest, ModelContext(archive.model_dir, archive.manifest))
+        return None
+    except RequestError as exc:
+        return f"{exc.message}" + (f" (field {exc.field})" if exc.field else "")
+    except Exception as exc:  # noqa: BLE001 - any failure is the archive's: report it
+        return f"{type(exc).__name__}: {exc}"
+
+
+class ModelManager:
+    """Register, scale, describe, unregister models; session pools; services."""
+
+    def __init__(self, settings: Settings, store: Optional[ObjectStore] = None) -> None:
+        self.settings = settings
+        self.store = store or object_store_from_settings(settings.object_store_uri, settings.s3_endpoint, settings.s3_region)
+        self.registry = Registry(self.store)
+        self.policy = UrlPolicy(allowed_urls=parse_allowed_urls(settings.allowed_urls),
+                                allow_private_networks=settings.allow_private_networks,
+                                max_bytes=settings.max_download_bytes)
+        self._lock = threading.RLock()  # one mutation at a time per replica; the registry is the truth
+        self.reconciled = threading.Event()
+
+    # ------------------------------------------------------------------ desired state -> Serve
+    def _plan(self) -> placement.Placement:
+        records = self.registry.list_models()
+        defaults = {name: self.registry.get_default(name) for name in {r.name for r in records}}
+        pools = {(p.name, p.version): p for p in self.registry.list_pools()}
+        return placement.plan(records, {k: v for k, v in defaults.items() if v}, pools, self.settings)
+
+    def apply(self, only_model: Optional[str] = None, wait: bool = False) -> list[str]:
+        """Make Serve match the registry (for one model, or all); returns the app names deployed."""
+        plan = self._plan()
+        cache = str(self.settings.cache_path)
+        configs = [c for c in plan.dedicated if only_model is None or c.name == only_model]
+        apps = [serve_configs.model_app_config(c, cache, deployer.code_version()) for c in configs]
+        pool_app = serve_configs.generic_pool_app_config(placement.pool_config(self.settings), plan.catalog,
+                                                         plan.known_models, cache, deployer.code_version())
+        deployer.deploy_apps(apps + [pool_app], wait=wait)
+        wanted = {app.app_name for app in (serve_configs.model_app_config(c, cache, deployer.code_version())
+                                           for c in plan.dedicated)}
+        for app_name in deployer.model_app_names():
+            parsed = serve_configs.parse_app_name(app_name)
+            if app_name not in wanted and (only_model is None or (parsed and parsed[0] == only_model)):
+                deployer.delete_app(app_name, wait=False)
+        return [app.app_name for app in apps] + [pool_app.app_name]
+
+    def reconcile(self) -> None:
+        """At start: register new store archives if asked, then deploy everything the registry holds."""
+        try:
+            if self.settings.register_store:
+                self._register_store_archives()
+            with self._lock:
+                self.apply()
+        finally:
+            self.reconciled.set()
+
+    def _register_store_archives(self) -> None:
+        registered = {(r.name, r.version) for r in self.registry.list_models()}
+        for manifest, path in list_store(self.settings.model_store_path):
+            if (manifest.name, manifest.version) in registered:
+                continue
+            params = RegisterParams(url=path.name, initial_workers=self.settings.workers)
+            try:
+                self.register(params, apply=False)
+            except RequestError as exc:
+                logger.warning("could not register %s from the model store: %s", path.name, exc.message)
+
+    # ------------------------------------------------------------------ models (MMS API)
+    def register(self, params: RegisterParams, apply: bool = True) -> tuple[int, dict]:
+        local = resolve_model_url(params.url, model_store=self.settings.model_store_path,
+                                  download_dir=self.settings.cache_path / "url-downloads", policy=self.policy,
+                                  fetch_s3=self._fetch_s3)
+        manifest = read_manifest(local)
+        name = check_model_name(params.model_name or manifest.name)
+        version = check_model_version(manifest.version)
+        if params.handler and params.handler != manifest.handler:
+            raise RequestError(f"the archive's manifest names handler '{manifest.handler}', not '{params.handler}'; "
+                               "rebuild it with `modelpool archive --handler ...` or leave handler out", field="handler")
+        with self._lock:
+            if self.registry.get_model(name, version) is not None:
+                raise RequestError(f"model '{name}' version '{version}' is already registered; unregister it first "
+                                   "or register a new version", status=409, field="model_name")
+            key, digest = self._copy_to_store(local, name, version)
+            problem = ray.get(_load_check.remote(store_source(key), str(self.settings.cache_path),
+                                                 self.settings.object_store_config))
+            if problem is not None:
+                self.store.delete(key)
+                raise RequestError(f"the archive failed to load: {problem}", status=400, field="url")
+            workers_wanted = params.initial_workers
+            record = ModelRecord(
+                name=name, version=version, url=params.url, source=store_source(key), digest=digest,
+                handler=manifest.handler, runtime=params.runtime,
+                batch_size=params.batch_size or self.settings.max_batch_size,
+                max_batch_delay_ms=params.max_batch_delay if params.max_batch_delay is not None else self.settings.max_batch_delay_ms,
+                initial_workers=workers_wanted, min_workers=workers_wanted,
+                max_workers=max(workers_wanted, self.settings.max_workers) if workers_wanted else 0,
+                response_timeout_s=params.response_timeout, manifest=manifest.model_dump(),
+            )
+            self.registry.put_model(record)
+            if apply:
+                apps = self.apply(only_model=name)
+        if apply and params.synchronous:
+            self._wait(apps, params.response_timeout, f"model '{name}'")
+            return 200, {"status": f'Model "{name}" registered'}
+        return 202, {"status": f'Model "{name}" version "{version}" registered; workers are starting'}
+
+    def scale(self, name: str, version: Optional[str], params: ScaleParams) -> tuple[int, dict]:
+        with self._lock:
+            record = self._record(name, version)
+            if params.number_gpu:
+                available = ray.cluster_resources().get("GPU", 0)
+                if params.number_gpu > available:
+                    raise RequestError(f"number_gpu={params.number_gpu} but the cluster has {available:g} GPUs; "
+                                       "add GPU nodes or ask for fewer", field="number_gpu")
+            low = params.min_worker if params.min_worker is not None else record.min_workers
+            high = params.max_worker if params.max_worker is not None else max(record.max_workers, low)
+            if low > high:
+                raise RequestError(f"min_worker ({low}) would exceed max_worker ({high}); pass both", field="min_worker")
+            updated = record.model_copy(update={
+                "min_workers": low, "max_workers": high, "initial_workers": low,
+                "number_gpu": params.number_gpu if params.number_gpu is not None else record.number_gpu,
+                "batch_size": params.batch_size or record.batch_size,
+                "max_batch_delay_ms": params.max_batch_delay if params.max_batch_delay is not None else record.max_batch_delay_ms,
+                "updated_at": time.time(),
+            })
+            self.registry.put_model(updated)
+            if high == 0:
+                self.registry.delete_pool(record.name, record.version)
+            apps = self.apply(only_model=record.name)
+        if params.synchronous:
+            self._wait(apps, params.timeout, f"model '{name}'", min_running=(record.name, record.version, low))
+            return 200, {"status": "Worker scaled"}
+        return 202, {"status": "Worker updated"}
+
+    def describe(self, name: str, version: Optional[str]) -> list[dict]:
+        check_model_name(name)
+        if version == "all":
+            records = [r for r in self.registry.list_models() if r.name == name]
+            if not records:
+                raise RequestError(f"model '{name}' is not registered", status=404, field="model_name")
+        else:
+            records = [self._record(name, version)]
+        details = workers.serve_details()
+        default = self.registry.get_default(name)
+        pools = {(p.name, p.version) for p in self.registry.list_pools()}
+        result = []
+        for record in records:
+            dedicated = placement.is_dedicated(record, self.registry.get_pool(record.name, record.version)
+                                               if (record.name, record.version) in pools else None)
+            _, low, high = placement.replica_bounds(record, self.registry.get_pool(record.name, record.version))
+            app = serve_configs.app_name(record.name, record.version)
+            result.append({
+                "modelName": record.name, "modelVersion": record.version, "modelUrl": record.url,
+                "runtime": record.runtime, "handler": record.handler,
+                "minWorkers": low if dedicated else 0, "maxWorkers": high if dedicated else 0,
+                "batchSize": record.batch_size, "maxBatchDelay": record.max_batch_delay_ms,
+                "responseTimeout": record.response_timeout_s, "isDefault": record.version == default,
+                "pool": "dedicated" if dedicated else "generic",
+                "workers": workers.workers(details, app, bool(record.number_gpu)) if dedicated else [],
+            })
+        return result
+
+    def unregister(self, name: str, version: Optional[str]) -> dict:
+        with self._lock:
+            record = self._record(name, version)
+            self.registry.delete_model(record.name, record.version)
+            self.registry.delete_pool(record.name, record.version)
+            self.apply(only_model=record.name)
+            if record.source.startswith("objects://"):
+                self.store.delete(record.source[len("objects://"):])
+        return {"status": f'Model "{record.name}" unregistered'}
+
+    def list_models(self, params: ListParams) -> dict:
+        names = sorted({r.name for r in self.registry.list_models()})
+        after = _decode_token(params.next_page_token) if params.next_page_token else None
+        if after is not None:
+            names = [n for n in names if n > after]
+        page, rest = names[:params.limit], names[params.limit:]
+        models = []
+        for name in page:
+            default = self.registry.get_default(name)
+            record = self.registry.get_model(name, default) if default else None
+            models.append({"modelName": name, "modelUrl": record.url if record else None})
+        return {"nextPageToken": _encode_token(page[-1]) if rest else None, "models": models}
+
+    def set_default(self, name: str, version: str) -> dict:
+        with self._lock:
+            self._record(name, version)
+            self.registry.set_default(name, version)
+            self.apply(only_model=name)
+        return {"status": f'Default version successfully updated for model "{name}" to "{version}"'}
+
+    # ------------------------------------------------------------------ session pools (ML Server)
+    def put_pool(self, name: str, version: str, params: PoolParams) -> dict:
+        with self._lock:
+            record = self._record(name, version)
+            self.registry.put_pool(PoolRecord(name=record.name, version=record.version,
+                                              initial_pool_size=params.initial_pool_size,
+                                              max_pool_size=params.max_pool_size))
+            self.apply(only_model=record.name)
+        return {"status": f'Pool for "{record.name}" version "{record.version}" set to '
+                          f"{params.initial_pool_size}..{params.max_pool_size} replicas"}
+
+    def pool_status(self, name: str, version: str) -> list[dict]:
+        record = self._record(name, version)
+        dedicated = placement.is_dedicated(record, self.registry.get_pool(record.name, record.version))
+        details = workers.serve_details() if dedicated else {}
+        return workers.pool_status(details, serve_configs.app_name(record.name, record.version))
+
+    def delete_pool(self, name: str, version: str) -> dict:
+        """The dedicated replicas go; the service returns to the generic pool. Repeating it is harmless."""
+        with self._lock:
+            record = self._record(name, version)
+            self.registry.delete_pool(record.name, record.version)
+            if record.max_workers:
+                self.registry.put_model(record.model_copy(update={"min_workers": 0, "max_workers": 0,
+                                                                   "initial_workers": 0, "updated_at": time.time()}))
+            self.apply(only_model=record.name)
+        return {"status": f'Pool for "{record.name}" version "{record.version}" deleted; served by the generic pool'}
+
+    def services(self) -> list[dict]:
+        details = workers.serve_details()
+        apps = details.get("applications", {})
+        plan = self._plan()
+        dedicated = {(c.name, c.version) for c in plan.dedicated}
+        result = []
+        for record in self.registry.list_models():
+            key = (record.name, record.version)
+            if key in dedicated:
+                app = apps.get(serve_configs.app_name(*key), {})
+                state = workers.status_name(app.get("status", "NOT_DEPLOYED"))
+            else:
+                state = workers.status_name(apps.get(serve_configs.GENERIC_POOL_APP, {}).get("status", "NOT_DEPLOYED"))
+            result.append({"name": record.name, "version": record.version,
+                           "pool": "dedicated" if key in dedicated else "generic", "state": state,
+                           "isDefault": self.registry.get_default(record.name) == record.version})
+        return result
+
+    # ------------------------------------------------------------------ helpers
+    def _record(self, name: str, version: Optional[str]) -> ModelRecord:
+        check_model_name(name)
+        if version is None:
+            version = self.registry.get_default(name)
+            if version is None:
+                raise RequestError(f"model '{name}' is not registered", status=404, field="model_name")
+        check_model_version(version)
+        record = self.registry.get_model(name, version)
+        if record is None:
+            if not self.registry.versions(name):
+                raise RequestError(f"model '{name}' is not registered", status=404, field="model_name")
+            raise RequestError(f"model '{name}' has no version '{version}'; versions: {', '.join(self.registry.versions(name))}",
+                               status=404, field="model_version")
+        return record
+
+    def _copy_to_store(self, local: Path, name: str, version: str) -> tuple[str, str]:
+        """Put the archive in object storage (zipping a directory), content-addressed."""
+        with tempfile.TemporaryDirectory() as tmp:
+            archive = local if local.is_file() else _zip_directory(local, Path(tmp) / f"{name}-{version}.zip")
+            digest = _sha256(archive)
+            key = f"models/{name}/{version}/{digest[:16]}-{archive.name}"
+            if not self.store.exists(key):
+                self.store.upload_file(archive, key)
+        return key, digest[:16]
+
+    def _fetch_s3(self, url: str, dest: Path) -> None:
+        """s3:// model URLs go through the configured endpoint (allow-listed before this is called)."""
+        bucket, _, key = url[len("s3://"):].partition("/")
+        store = ObjectStore(f"s3://{bucket}", s3_endpoint=self.settings.s3_endpoint, s3_region=self.settings.s3_region)
+        store.download_file(key, dest)
+
+    def _wait(self, apps: list[str], timeout_s: float, what: str, min_running: Optional[tuple[str, str, int]] = None) -> None:
+        try:
+            deployer.wait_until_running(apps, timeout_s)
+            if min_running is not None:
+                deployer.wait_for_replicas(serve_configs.app_name(min_running[0], min_running[1]), min_running[2], timeout_s)
+        except TimeoutError as exc:
+            raise RequestError(f"{what}: {exc}; the request is recorded and its replicas keep starting",
+                               status=504, field="synchronous") from None
+        except RuntimeError as exc:
+            raise RequestError(f"{what}: {exc}", status=500, field=None) from None
+
+
+def _zip_directory(directory: Path, out: Path) -> Path:
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in sorted(p for p in directory.rglob("*") if p.is_file() and not p.is_symlink()):
+            archive.write(path, path.relative_to(directory).as_posix())
+    return out
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _encode_token(name: str) -> str:
+    return base64.urlsafe_b64encode(name.encode()).decode().rstrip("=")
+
+
+def _decode_token(token: str) -> str:
+    try:
+        return base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+    except (ValueError, UnicodeDecodeError):
+        raise RequestError("next_page_token is not one this server issued; start again without it",
+                           field="next_page_token") from None
