@@ -15,6 +15,7 @@ import tempfile
 import threading
 import time
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Optional
 
@@ -100,14 +101,17 @@ class ModelManager:
 
     def _register_store_archives(self) -> None:
         registered = {(r.name, r.version) for r in self.registry.list_models()}
-        for manifest, path in list_store(self.settings.model_store_path):
-            if (manifest.name, manifest.version) in registered:
-                continue
-            params = RegisterParams(url=path.name, initial_workers=self.settings.workers)
+        new = [path for manifest, path in list_store(self.settings.model_store_path)
+               if (manifest.name, manifest.version) not in registered]
+
+        def register(path: Path) -> None:
             try:
-                self.register(params, apply=False)
+                self.register(RegisterParams(url=path.name, initial_workers=self.settings.workers), apply=False)
             except RequestError as exc:
                 logger.warning("could not register %s from the model store: %s", path.name, exc.message)
+
+        with ThreadPoolExecutor(max_workers=4) as pool:  # load checks run in parallel Ray tasks
+            list(pool.map(register, new))
 
     # ------------------------------------------------------------------ models (MMS API)
     def register(self, params: RegisterParams, apply: bool = True) -> tuple[int, dict]:
@@ -120,26 +124,25 @@ class ModelManager:
         if params.handler and params.handler != manifest.handler:
             raise RequestError(f"the archive's manifest names handler '{manifest.handler}', not '{params.handler}'; "
                                "rebuild it with `modelpool archive --handler ...` or leave handler out", field="handler")
-        with self._lock:
-            if self.registry.get_model(name, version) is not None:
-                raise RequestError(f"model '{name}' version '{version}' is already registered; unregister it first "
-                                   "or register a new version", status=409, field="model_name")
-            key, digest = self._copy_to_store(local, name, version)
-            problem = ray.get(_load_check.remote(store_source(key), str(self.settings.cache_path),
-                                                 self.settings.object_store_config))
-            if problem is not None:
-                self.store.delete(key)
-                raise RequestError(f"the archive failed to load: {problem}", status=400, field="url")
-            workers_wanted = params.initial_workers
-            record = ModelRecord(
-                name=name, version=version, url=params.url, source=store_source(key), digest=digest,
-                handler=manifest.handler, runtime=params.runtime,
-                batch_size=params.batch_size or self.settings.max_batch_size,
-                max_batch_delay_ms=params.max_batch_delay if params.max_batch_delay is not None else self.settings.max_batch_delay_ms,
-                initial_workers=workers_wanted, min_workers=workers_wanted,
-                max_workers=max(workers_wanted, self.settings.max_workers) if workers_wanted else 0,
-                response_timeout_s=params.response_timeout, manifest=manifest.model_dump(),
-            )
+        self._refuse_duplicate(name, version)
+        key, digest = self._copy_to_store(local, name, version)
+        problem = ray.get(_load_check.remote(store_source(key), str(self.settings.cache_path),
+                                             self.settings.object_store_config))
+        if problem is not None:
+            self.store.delete(key)
+            raise RequestError(f"the archive failed to load: {problem}", status=400, field="url")
+        workers_wanted = params.initial_workers
+        record = ModelRecord(
+            name=name, version=version, url=params.url, source=store_source(key), digest=digest,
+            handler=manifest.handler, runtime=params.runtime,
+            batch_size=params.batch_size or self.settings.max_batch_size,
+            max_batch_delay_ms=params.max_batch_delay if params.max_batch_delay is not None else self.settings.max_batch_delay_ms,
+            initial_workers=workers_wanted, min_workers=workers_wanted,
+            max_workers=max(workers_wanted, self.settings.max_workers) if workers_wanted else 0,
+            response_timeout_s=params.response_timeout, manifest=manifest.model_dump(),
+        )
+        with self._lock:  # the load check ran unlocked (seconds); look again before writing
+            self._refuse_duplicate(name, version)
             self.registry.put_model(record)
             if apply:
                 apps = self.apply(only_model=name)
@@ -281,6 +284,11 @@ class ModelManager:
         return result
 
     # ------------------------------------------------------------------ helpers
+    def _refuse_duplicate(self, name: str, version: str) -> None:
+        if self.registry.get_model(name, version) is not None:
+            raise RequestError(f"model '{name}' version '{version}' is already registered; unregister it first "
+                               "or register a new version", status=409, field="model_name")
+
     def _record(self, name: str, version: Optional[str]) -> ModelRecord:
         check_model_name(name)
         if version is None:
@@ -345,7 +353,8 @@ def _encode_token(name: str) -> str:
 
 def _decode_token(token: str) -> str:
     try:
-        return base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
-    except (ValueError, UnicodeDecodeError):
+        name = base64.b64decode(token + "=" * (-len(token) % 4), altchars=b"-_", validate=True).decode()
+        return check_model_name(name)
+    except (ValueError, UnicodeDecodeError, RequestError):
         raise RequestError("next_page_token is not one this server issued; start again without it",
                            field="next_page_token") from None

@@ -15,7 +15,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import IO, Iterator
+from typing import IO, Any, Iterator
 
 import boto3
 from botocore.config import Config
@@ -43,7 +43,7 @@ class S3Server:
     log: IO[bytes]
     env: dict[str, str] = field(default_factory=lambda: dict(S3_ENV))
 
-    def client(self):
+    def client(self) -> Any:
         """A boto3 client for set-up and checks, configured explicitly (no global env)."""
         return boto3.client(
             "s3",
@@ -72,7 +72,11 @@ class S3Server:
 
 
 def _die_with_parent() -> None:
-    """Linux only: SIGTERM the server if the test process dies without cleaning up."""
+    """Linux only: SIGTERM the server if the test process dies without cleaning up.
+
+    The signal follows the thread that started the server, so start it from a thread that lives
+    as long as the server (pytest's main thread does).
+    """
     try:
         import ctypes
 

