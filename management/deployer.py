@@ -31,10 +31,36 @@ def _bind(app: AppConfig):
 
 
 def deploy_apps(apps: Iterable[AppConfig], wait: bool = False) -> None:
-    """Deploy (or update in place) applications in one call, so route moves are validated together."""
-    targets = [RunTarget(target=_bind(app), name=app.app_name, route_prefix=app.route_prefix) for app in apps]
-    if targets:
+    """Deploy (or update in place) applications.
+
+    Serve refuses a route prefix another app still holds, even within one call, so when the
+    default version changes, the app giving up the short route moves first, then the rest.
+    """
+    apps = list(apps)
+    if not apps:
+        return
+    for batch in _route_safe_batches(apps, current_routes()):
+        targets = [RunTarget(target=_bind(app), name=app.app_name, route_prefix=app.route_prefix) for app in batch]
         serve.run_many(targets, wait_for_applications_running=wait)
+
+
+def current_routes() -> dict[str, str]:
+    """App name -> route prefix of what Serve runs now."""
+    from ray.serve.context import _get_global_client
+    import ray
+
+    details = ray.get(_get_global_client()._controller.get_serve_instance_details.remote())
+    return {name: app.get("route_prefix") for name, app in details.get("applications", {}).items()}
+
+
+def _route_safe_batches(apps: list[AppConfig], routes: dict[str, str]) -> list[list[AppConfig]]:
+    """Apps that vacate a route someone else in ``apps`` wants go in a first batch."""
+    wanted = {app.route_prefix: app.app_name for app in apps}
+    movers = [app for app in apps
+              if routes.get(app.app_name) not in (None, app.route_prefix)
+              and wanted.get(routes.get(app.app_name), app.app_name) != app.app_name]
+    rest = [app for app in apps if app not in movers]
+    return [batch for batch in (movers, rest) if batch]
 
 
 def model_app_names() -> list[str]:

@@ -54,3 +54,15 @@ def test_initial_replicas_are_clamped_into_min_max_and_min_above_max_is_refused(
 def test_app_names_round_trip_and_other_apps_are_not_models():
     assert parse_app_name(app_name("iris_report", "1.2")) == ("iris_report", "1.2")
     assert parse_app_name("management") is None
+
+
+def test_the_app_giving_up_the_default_route_moves_first():
+    from management.deployer import _route_safe_batches
+
+    old_default = model_app_config(config(version="2", is_default=False), "/c", "0")   # moving to /versions/2
+    new_default = model_app_config(config(version="1", is_default=True), "/c", "0")    # taking /v2/models/iris
+    routes = {"model:iris:2": "/v2/models/iris", "model:iris:1": "/v2/models/iris/versions/1"}
+    batches = _route_safe_batches([new_default, old_default], routes)
+    assert [[a.app_name for a in b] for b in batches] == [["model:iris:2"], ["model:iris:1"]]
+    steady = _route_safe_batches([new_default, old_default], {"model:iris:1": "/v2/models/iris"})
+    assert len(steady) == 1
