@@ -208,7 +208,7 @@ def unpack_archive(location: Path, cache_dir: Path, max_bytes: int = DEFAULT_MAX
     with _open_zip(location) as zf:
         check_entries(zf.infolist(), max_bytes)
         manifest = _zip_manifest(zf, location)
-        target = Path(cache_dir) / manifest.name / manifest.version / _sha256_prefix(location)
+        target = Path(cache_dir) / manifest.name / manifest.version / file_sha256(location)[:16]
         if not target.is_dir():
             _extract_atomically(zf, Path(cache_dir), target)
     return LoadedArchive(target.resolve(), manifest, location)
@@ -248,12 +248,13 @@ def _unsafe_reason(info: zipfile.ZipInfo) -> Optional[str]:
     return None
 
 
-def _sha256_prefix(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file, read in chunks: archives may be gigabytes."""
     digest = hashlib.sha256()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(_CHUNK), b""):
             digest.update(chunk)
-    return digest.hexdigest()[:16]
+    return digest.hexdigest()
 
 
 def _extract_atomically(zf: zipfile.ZipFile, cache_dir: Path, target: Path) -> None:

@@ -38,9 +38,8 @@ import tempfile
 import time
 from contextlib import contextmanager
 
-from cluster.url_patterns import compile_pattern as _compile, parse_allowed_urls  # noqa: F401 (re-exported)
+from cluster.url_patterns import compile_pattern as _compile
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Union
 from urllib.parse import SplitResult, unquote, urljoin, urlsplit
@@ -49,7 +48,7 @@ import requests
 import urllib3
 from requests.adapters import HTTPAdapter
 
-from deployments.archive import ARCHIVE_SUFFIXES, find_in_store
+from deployments.archive import ARCHIVE_SUFFIXES, find_in_store, file_sha256
 from deployments.errors import RequestError
 
 ALLOWED_URLS_SETTING = "--allowed-urls / MODELPOOL_ALLOWED_URLS"
@@ -62,7 +61,6 @@ FALLBACK_NAME = "model.zip"
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _CHUNK = 1024 * 1024
 _MAX_NAME = 100
-#: Separators of ``parse_allowed_urls``: newlines, and commas not inside a ``{m,n}`` quantifier.
 #: Characters never legitimate in a URL we fetch; refusing them removes parser-differential tricks.
 _BAD_URL_CHARS = re.compile(r"[^\x21-\x7e]|\\")
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
@@ -427,7 +425,7 @@ def _download_s3(url: str, download_dir: Path, policy: UrlPolicy, fetch_s3: Opti
         _call_fetch_s3(fetch_s3, url, tmp)
         if tmp.stat().st_size > policy.max_bytes:
             raise _too_large(url, policy.max_bytes, declared=tmp.stat().st_size)
-        return _finish(tmp, _sha256_file(tmp), download_dir, archive_basename(url))
+        return _finish(tmp, file_sha256(tmp), download_dir, archive_basename(url))
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -472,9 +470,4 @@ def _finish(tmp: Path, sha256_hex: str, download_dir: Path, name: str) -> Path:
     return final
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+

@@ -26,6 +26,7 @@ import requests
 from cluster import runtime
 from cluster.net import free_port
 
+REPLICA_CPUS = 0.1  # the same for modelpool's replicas (MODELPOOL_REPLICA_NUM_CPUS) and the baseline's
 ROW = {"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64", "data": [5.9, 3.0, 5.1, 1.8]}]}
 
 
@@ -52,6 +53,15 @@ def until_new_replica(session: requests.Session, url: str, known: set[str], time
             pass
         time.sleep(0.02)
     raise TimeoutError(url)
+
+
+def until_gone(app_name: str, timeout_s: float = 120) -> None:
+    """Wait until an app's replicas are gone, so the next step does not wait for their CPUs."""
+    from ray import serve
+
+    deadline = time.monotonic() + timeout_s
+    while app_name in serve.status().applications and time.monotonic() < deadline:
+        time.sleep(0.25)
 
 
 def replicas_seen(session: requests.Session, url: str, n: int = 20) -> set[str]:
@@ -82,6 +92,7 @@ def bench(base: str, token: str, home: Path, repeats: int) -> dict[str, list[flo
         until_new_replica(http, f"{base}/v2/models/{name}/infer", before)
         times["scale_modelpool"].append(time.perf_counter() - started)
         admin.delete(f"{base}/models/{name}").raise_for_status()
+        until_gone(f"model:{name}:1")
 
         name = f"bench_generic_{i}"
         started = time.perf_counter()
@@ -92,7 +103,7 @@ def bench(base: str, token: str, home: Path, repeats: int) -> dict[str, list[flo
 
         app, route = f"bench-raw-{i}", f"/bench/raw{i}"
         # A fixed version makes the second serve.run a pure replica-count change, as in modelpool.
-        deployment = serve.deployment(ModelServer).options(name="raw", num_replicas=1, ray_actor_options={"num_cpus": 0.25},
+        deployment = serve.deployment(ModelServer).options(name="raw", num_replicas=1, ray_actor_options={"num_cpus": REPLICA_CPUS},
                                                            max_ongoing_requests=128, version="raw", _internal=True)
         started = time.perf_counter()
         serve.run(deployment.bind(str(store / "iris-1.zip"), str(home / "cache"), "iris", "1"), name=app,
@@ -107,6 +118,7 @@ def bench(base: str, token: str, home: Path, repeats: int) -> dict[str, list[flo
         until_new_replica(http, f"{base}{route}/infer", before)
         times["scale_serve_run"].append(time.perf_counter() - started)
         serve.delete(app)
+        until_gone(app)
         print(f"  round {i + 1}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items()), flush=True)
     return times
 
@@ -132,7 +144,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="modelpool-bench-") as tmp:
         home = Path(tmp)
         port, ray_port = free_port(), free_port()
-        env = {**os.environ, "MODELPOOL_HOME": str(home), "MODELPOOL_HTTP_PORT": str(port), "MODELPOOL_RAY_PORT": str(ray_port)}
+        env = {**os.environ, "MODELPOOL_HOME": str(home), "MODELPOOL_HTTP_PORT": str(port), "MODELPOOL_RAY_PORT": str(ray_port),
+               "MODELPOOL_REPLICA_NUM_CPUS": str(REPLICA_CPUS)}
         cli = [sys.executable, "-m", "modelpool.cli"]
         started = subprocess.run([*cli, "start"], env=env, capture_output=True, text=True)
         try:

@@ -8,26 +8,24 @@ back with no request from anyone.
 from __future__ import annotations
 
 import base64
-import hashlib
 import logging
-import shutil
 import tempfile
 import threading
 import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import ray
-from ray import serve
 
 from cluster.object_store import ObjectStore, object_store_from_settings
 from cluster.settings import Settings
-from deployments.archive import list_store, read_manifest
+from deployments.archive import file_sha256, list_store, read_manifest
 from deployments.archive_fetch import store_source
 from deployments.errors import RequestError
-from deployments.model_source import UrlPolicy, parse_allowed_urls, resolve_model_url
+from cluster.url_patterns import parse_allowed_urls
+from deployments.model_source import UrlPolicy, resolve_model_url
 from management import deployer, placement, serve_configs, workers
 from management.params import ListParams, PoolParams, RegisterParams, ScaleParams
 from management.registry import ModelRecord, PoolRecord, Registry, check_model_name, check_model_version
@@ -308,7 +306,7 @@ class ModelManager:
         """Put the archive in object storage (zipping a directory), content-addressed."""
         with tempfile.TemporaryDirectory() as tmp:
             archive = local if local.is_file() else _zip_directory(local, Path(tmp) / f"{name}-{version}.zip")
-            digest = _sha256(archive)
+            digest = file_sha256(archive)
             key = f"models/{name}/{version}/{digest[:16]}-{archive.name}"
             if not self.store.exists(key):
                 self.store.upload_file(archive, key)
@@ -337,14 +335,6 @@ def _zip_directory(directory: Path, out: Path) -> Path:
         for path in sorted(p for p in directory.rglob("*") if p.is_file() and not p.is_symlink()):
             archive.write(path, path.relative_to(directory).as_posix())
     return out
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _encode_token(name: str) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from cluster import runtime
-from cluster.settings import Settings, SettingsError, add_settings_arguments, load_settings, settings_from_args
+from cluster.settings import Settings, SettingsError, add_settings_arguments, settings_from_args
 
 EXAMPLE_REQUEST = '{"inputs":[{"name":"input-0","shape":[1,4],"datatype":"FP64","data":[5.1,3.5,1.4,0.2]}]}'
 

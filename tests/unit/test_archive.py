@@ -244,7 +244,7 @@ def test_losing_the_extraction_race_reuses_the_winner(tmp_path, monkeypatch):
 
     def extract_while_someone_else_wins(zf, dest):
         real_extract(zf, dest)
-        winner = cache / "toy" / "1" / archive_mod._sha256_prefix(path)
+        winner = cache / "toy" / "1" / archive_mod.file_sha256(path)[:16]
         real_extract(zf, winner)  # a concurrent replica finished first
         (winner / "winner").write_text("")
 

@@ -18,6 +18,8 @@ from typing import Iterator
 
 import pytest
 
+from cluster.url_patterns import parse_allowed_urls
+
 from deployments import model_source
 from deployments.archive import build_archive, read_manifest
 from deployments.errors import RequestError
@@ -27,7 +29,6 @@ from deployments.model_source import (
     archive_basename,
     check_address,
     is_public_address,
-    parse_allowed_urls,
     resolve_checked_address,
     resolve_model_url,
 )
