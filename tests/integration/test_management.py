@@ -214,3 +214,28 @@ def test_killing_the_management_replica_loses_nothing(ray_client, admin, http):
 
     assert wait_for(answers, timeout_s=90), "management did not come back with the same models"
     assert http.post(f"{cluster.url}/v2/models/iris/infer", json=ROW).status_code == 200
+
+
+def test_concurrent_registrations_each_get_one_clear_answer(cluster, admin):
+    """Same name twice and two other names at once: one 409, the rest registered, registry intact."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    names = ["race_a", "race_a", "race_b", "race_c"]
+
+    def register(name):
+        with requests.Session() as session:
+            session.headers.update(cluster.auth)
+            return name, session.post(f"{cluster.url}/models", params={"url": "iris-1.zip", "model_name": name}).status_code
+
+    with ThreadPoolExecutor(len(names)) as pool:
+        results = list(pool.map(register, names))
+    try:
+        assert sorted(status for name, status in results if name == "race_a") == [202, 409]
+        assert all(status == 202 for name, status in results if name != "race_a")
+        listed = {m["modelName"] for m in admin.get(f"{cluster.url}/models", params={"limit": 1000}).json()["models"]}
+        assert {"race_a", "race_b", "race_c"} <= listed
+        for name in ("race_a", "race_b", "race_c"):
+            assert admin.get(f"{cluster.url}/models/{name}").json()[0]["modelVersion"] == "1"
+    finally:
+        for name in ("race_a", "race_b", "race_c"):
+            admin.delete(f"{cluster.url}/models/{name}")
