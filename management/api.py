@@ -11,7 +11,8 @@ import hmac
 from typing import Any, Callable, Optional
 
 from fastapi import Depends, FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
 
 from deployments.errors import RequestError
 from management.params import ListParams, PoolParams, RegisterParams, ScaleParams
@@ -25,6 +26,16 @@ api = FastAPI(
 )
 
 
+@api.exception_handler(RequestValidationError)
+async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's own validation (path and query types) in the project's error shape."""
+    error = exc.errors()[0]
+    loc = [str(part) for part in error.get("loc", ()) if part not in ("path", "query", "body")]
+    field = ".".join(loc) or None
+    return JSONResponse({"error": f"{field}: {error.get('msg', 'invalid value')}" if field else str(error.get("msg")),
+                         "field": field}, status_code=400)
+
+
 @api.exception_handler(RequestError)
 async def _request_error(_: Request, exc: RequestError) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
@@ -36,6 +47,7 @@ class _State:
     ``api``, so ``api.state`` set in the replica is not the one the routes see."""
 
     manager: Any = None
+    batches: Any = None
     token: str = ""
     readiness: Callable[[], dict] = staticmethod(lambda: {"ready": False})
 
@@ -193,3 +205,58 @@ async def delete_pool(request: Request, name: str, version: str) -> dict:
 @api.get("/services", tags=["services"], dependencies=authorized)
 async def services(request: Request) -> list:
     return await _call(_manager(request).services)
+
+
+# ---------------------------------------------------------------------------------- batches
+async def _json_body(request: Request) -> Any:
+    import json
+
+    try:
+        return json.loads(await request.body())
+    except ValueError:
+        raise RequestError("the body is not valid JSON; send {\"service\", \"version\", \"records\" | \"input_uri\"}",
+                           field="body") from None
+
+
+@api.post("/batches", tags=["batches"], dependencies=authorized, status_code=202)
+async def start_batch(request: Request) -> JSONResponse:
+    """Score records (or a Parquet/CSV input_uri) asynchronously on Ray tasks: 202 with an executionId."""
+    answer = await _call(state.batches.submit, await _json_body(request))
+    return JSONResponse(answer, status_code=202)
+
+
+@api.get("/batches", tags=["batches"], dependencies=authorized)
+async def list_batches(request: Request, service: Optional[str] = None, version: Optional[str] = None) -> list:
+    return await _call(state.batches.list, service, version)
+
+
+@api.get("/batches/{execution_id}", tags=["batches"], dependencies=authorized)
+async def batch_state(request: Request, execution_id: str, show_partial_results: bool = False) -> dict:
+    return await _call(state.batches.state, execution_id, show_partial_results)
+
+
+@api.get("/batches/{execution_id}/results/{index}", tags=["batches"], dependencies=authorized)
+async def batch_result(request: Request, execution_id: str, index: int) -> dict:
+    return await _call(state.batches.result, execution_id, index)
+
+
+@api.get("/batches/{execution_id}/results/{index}/artifacts", tags=["batches"], dependencies=authorized)
+async def batch_artifacts(request: Request, execution_id: str, index: int) -> list:
+    return await _call(state.batches.artifacts, execution_id, index)
+
+
+@api.get("/batches/{execution_id}/results/{index}/artifacts/{name}", tags=["batches"], dependencies=authorized)
+async def batch_artifact(request: Request, execution_id: str, index: int, name: str) -> Response:
+    data = await _call(state.batches.artifact, execution_id, index, name)
+    return Response(data, media_type="application/octet-stream",
+                    headers={"Content-Disposition": f'attachment; filename="{name}"'})
+
+
+@api.delete("/batches/{execution_id}", tags=["batches"], dependencies=authorized)
+async def cancel_batch(request: Request, execution_id: str) -> dict:
+    return await _call(state.batches.cancel, execution_id)
+
+
+@api.post("/batches/{execution_id}/cancel", tags=["batches"], dependencies=authorized)
+async def cancel_batch_post(request: Request, execution_id: str) -> dict:
+    return await _call(state.batches.cancel, execution_id)

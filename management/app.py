@@ -14,6 +14,7 @@ from ray import serve
 
 from cluster.settings import Settings
 from management.api import api
+from management.batch.service import BatchService
 from management.service import ModelManager
 
 
@@ -46,6 +47,7 @@ class Management:
         self.manager = ModelManager(Settings(**settings))
         self._status = _StatusCache()
         routes.state.manager = self.manager
+        routes.state.batches = BatchService(self.manager.settings, self.manager.store, self.manager.registry)
         routes.state.token = token
         routes.state.readiness = self.readiness
         threading.Thread(target=self._reconcile, name="reconcile", daemon=True).start()
@@ -53,6 +55,9 @@ class Management:
     def _reconcile(self) -> None:
         try:
             self.manager.reconcile()
+            from management import api as routes
+
+            routes.state.batches.resume_unfinished()
         except Exception:  # noqa: BLE001 - logged; readiness reports it
             import logging
 

@@ -1,0 +1,427 @@
+"""Scoring one partition of a batch job: runs inside a task, in a long-lived worker process.
+
+The hot path is vectorised: one row group is read, turned into the handler's input arrays once,
+and the handler is called on large chunks, so scoring costs about what a plain
+``read_table -> predict -> write_table`` script costs. Only when a chunk raises is it split
+(halves, then single rows) so that exactly the rows the model rejects fail, each with its
+message. A results part is written whole and atomically: a retried task replaces it, readers
+never see half of one, and a row is never in two parts.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import stat
+import tempfile
+import threading
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from cluster.object_store import ObjectStore
+from deployments.archive import unpack_archive
+from deployments.archive_fetch import local_archive
+from deployments.errors import RequestError
+from deployments.handlers import Handler, ModelContext, load_handler
+from management.batch.layout import artifact_key, input_key, is_artifact_name, part_key
+
+logger = logging.getLogger(__name__)
+
+SUCCESS = "Success"
+FAILED = "Failed"
+RESERVED_COLUMNS = ("index", "status", "error")
+#: The single input a model gets when it declares none (the V2 convention for unnamed tensors).
+DEFAULT_INPUT = "input-0"
+#: A failing span this small is scored row by row instead of being halved again.
+_ROW_BY_ROW_BELOW = 16
+#: Models kept loaded per worker process (least recently used ones are dropped).
+MAX_CACHED_MODELS = 4
+#: Rows per row group in results parts: a single-row lookup reads only one small group.
+RESULT_ROW_GROUP = 16_384
+_UPLOAD_THREADS = 8
+
+_NUMPY_TYPES = {
+    "BOOL": np.bool_, "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64,
+    "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
+    "FP16": np.float16, "FP32": np.float32, "FP64": np.float64,
+}
+
+
+# ---------------------------------------------------------------------------- per-process cache
+
+
+@dataclass
+class CachedModel:
+    """A loaded handler, its own context (batch sets ``artifact_root`` on it) and a lock: a
+    worker may run tasks on threads, and the context is shared state while a partition runs."""
+
+    handler: Handler
+    context: ModelContext
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+_MODELS: "OrderedDict[tuple[str, str], CachedModel]" = OrderedDict()
+_MODELS_LOCK = threading.Lock()
+
+
+def cached_model(store: ObjectStore, source: str, digest: str, cache_dir: Path) -> CachedModel:
+    """The handler for ``(source, digest)``, loaded once per process and reused by every task.
+
+    The digest is part of the key because a source path may be re-registered with new content.
+    """
+    key = (source, digest)
+    with _MODELS_LOCK:
+        model = _MODELS.get(key)
+        if model is not None:
+            _MODELS.move_to_end(key)
+            return model
+        cache_dir = Path(cache_dir)
+        archive = unpack_archive(local_archive(source, cache_dir, store), cache_dir)
+        context = ModelContext(model_dir=archive.model_dir, manifest=archive.manifest)
+        model = CachedModel(load_handler(archive.model_dir, archive.manifest, context), context)
+        _MODELS[key] = model
+        while len(_MODELS) > MAX_CACHED_MODELS:
+            _MODELS.popitem(last=False)
+        return model
+
+
+def clear_model_cache() -> None:
+    """Forget every loaded model (tests; or to free memory in a long-lived worker)."""
+    with _MODELS_LOCK:
+        _MODELS.clear()
+
+
+# ---------------------------------------------------------------------------------------- inputs
+
+
+def build_inputs(table: pa.Table, columns: list[str], model_inputs: list[dict]) -> dict[str, np.ndarray]:
+    """The handler's input arrays for all rows of ``table``, built column-wise (no per-row work).
+
+    No or one declared input: one matrix of every input column, named like the declared input
+    (``input-0`` when none is declared). Several declared inputs: one array per input, taken from
+    the column of the same name.
+    """
+    if len(model_inputs) <= 1:
+        name = model_inputs[0]["name"] if model_inputs else DEFAULT_INPUT
+        dtype = _declared_dtype(model_inputs[0]) if model_inputs else None
+        return {name: _matrix([table.column(c) for c in columns], dtype)}
+    missing = [spec["name"] for spec in model_inputs if spec["name"] not in columns]
+    if missing:
+        raise RequestError(
+            f"the model declares inputs {[s['name'] for s in model_inputs]} but the input table has "
+            f"no column {missing}; name the columns after the model's inputs", status=422,
+            field="inputs",
+        )
+    return {spec["name"]: _array(table.column(spec["name"]), _declared_dtype(spec))
+            for spec in model_inputs}
+
+
+def _declared_dtype(spec: dict) -> Optional[np.dtype]:
+    numpy_type = _NUMPY_TYPES.get(str(spec.get("datatype", "")).upper())
+    return np.dtype(numpy_type) if numpy_type is not None else None
+
+
+def _is_plain_numeric(column: pa.ChunkedArray) -> bool:
+    kind = column.type
+    return pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)
+
+
+def _matrix(columns: list[pa.ChunkedArray], dtype: Optional[np.dtype]) -> np.ndarray:
+    """Rows x columns. Numbers become one numeric matrix (the declared type, else float64);
+    anything else an object matrix the model can accept or reject row by row."""
+    if len(columns) == 1 and _is_list(columns[0].type):
+        return _array(columns[0], dtype)  # one list column holding whole feature vectors
+    rows = len(columns[0]) if columns else 0
+    if columns and all(_is_plain_numeric(c) for c in columns):
+        target = dtype if _fits(dtype, columns) else np.dtype(np.float64)
+        out = np.empty((rows, len(columns)), dtype=target)
+    else:
+        out = np.empty((rows, len(columns)), dtype=object)
+    for j, column in enumerate(columns):
+        out[:, j] = column.to_numpy(zero_copy_only=False)
+    return out
+
+
+def _is_list(kind: pa.DataType) -> bool:
+    return pa.types.is_fixed_size_list(kind) or pa.types.is_list(kind) or pa.types.is_large_list(kind)
+
+
+def _array(column: pa.ChunkedArray, dtype: Optional[np.dtype]) -> np.ndarray:
+    """One column as an array: list columns become a 2-D array (rows x list length)."""
+    if _is_list(column.type):
+        values = column.to_pylist()
+        try:
+            return np.asarray(values, dtype=dtype)
+        except (ValueError, TypeError):
+            return np.asarray(values, dtype=object) if _same_lengths(values) else _object_rows(values)
+    values = column.to_numpy(zero_copy_only=False)
+    if _is_plain_numeric(column) and _fits(dtype, [column]):
+        return values.astype(dtype, copy=False)
+    return values
+
+
+def _fits(dtype: Optional[np.dtype], columns: list[pa.ChunkedArray]) -> bool:
+    """Can the columns take the declared type without silently changing a value?
+
+    Floats take any numbers (nulls become NaN); integers only integer or boolean columns
+    without nulls; booleans only boolean columns without nulls. Otherwise float64 is used and
+    the model decides.
+    """
+    if dtype is None:
+        return False
+    if dtype.kind == "f":
+        return True
+    if any(c.null_count for c in columns):
+        return False
+    if dtype.kind in "iu":
+        return all(pa.types.is_integer(c.type) or pa.types.is_boolean(c.type) for c in columns)
+    return dtype.kind == "b" and all(pa.types.is_boolean(c.type) for c in columns)
+
+
+def _same_lengths(values: list) -> bool:
+    return len({len(v) if v is not None else -1 for v in values}) <= 1
+
+
+def _object_rows(values: list) -> np.ndarray:
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
+    return out
+
+
+# --------------------------------------------------------------------------------------- scoring
+
+
+@dataclass
+class Segment:
+    """Consecutive rows of a partition scored by one successful call, or one failed row."""
+
+    start: int  # row offset within the partition
+    stop: int
+    outputs: Optional[dict[str, np.ndarray]] = None
+    error: Optional[str] = None
+    artifact_root: Optional[Path] = None  # <root>/<row within this call>/<file>
+
+
+def score_partition(store: ObjectStore, execution_id: str, partition: int, job: dict,
+                    cache_dir: Path, chunk_rows: int = 50_000) -> dict:
+    """Score row group ``partition`` of the job's input and write its results part.
+
+    ``job`` needs ``source``, ``digest``, ``partitionRows``, ``inputColumns`` and
+    ``modelInputs``; ``requestedOutputs`` (optional) is passed to the handler as the outputs to
+    compute. Returns ``{"partition", "completed", "failed", "rows"}`` where ``completed`` counts
+    rows scored successfully and ``rows`` all rows of the partition.
+    """
+    if chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    partition_rows = int(job["partitionRows"])
+    first_index = partition * partition_rows
+    table = _read_partition(store, execution_id, partition, list(job["inputColumns"]), partition_rows)
+    inputs = build_inputs(table, list(job["inputColumns"]), list(job.get("modelInputs") or []))
+    rows = table.num_rows
+    del table
+
+    model = cached_model(store, job["source"], job.get("digest") or job["source"], Path(cache_dir))
+    requested = job.get("requestedOutputs")
+    tmp_parent = Path(cache_dir) / "batch-tmp"
+    tmp_parent.mkdir(parents=True, exist_ok=True)
+    segments: list[Segment] = []
+    with model.lock, _Uploader(store) as uploader:
+        model.context.requested_outputs = tuple(requested) if requested else None
+        try:
+            for start in range(0, rows, chunk_rows):
+                stop = min(rows, start + chunk_rows)
+                tmp = Path(tempfile.mkdtemp(prefix=f"{execution_id[:8]}-{partition}-", dir=tmp_parent))
+                try:
+                    chunk = _score_span(model, inputs, start, stop, tmp)
+                    for segment in chunk:
+                        _upload_artifacts(uploader, execution_id, first_index, segment)
+                    uploader.wait()  # the temp dir goes next; its files must be uploaded first
+                    segments.extend(chunk)
+                finally:
+                    model.context.artifact_root = None
+                    shutil.rmtree(tmp, ignore_errors=True)
+        finally:
+            model.context.artifact_root = None
+            model.context.requested_outputs = None
+
+    _write_part(store, part_key(execution_id, partition), _results_table(segments, first_index))
+    failed = sum(s.stop - s.start for s in segments if s.error is not None)
+    return {"partition": partition, "completed": rows - failed, "failed": failed, "rows": rows}
+
+
+def _read_partition(store: ObjectStore, execution_id: str, partition: int, columns: list[str],
+                    partition_rows: int) -> pa.Table:
+    """Only this partition's row group, and only the columns the model reads."""
+    with store.open_input(input_key(execution_id)) as source:
+        parquet = pq.ParquetFile(source)
+        groups = parquet.metadata.num_row_groups
+        if not 0 <= partition < groups:
+            raise ValueError(f"partition {partition} does not exist; the input has {groups}")
+        if parquet.metadata.row_group(partition).num_rows > partition_rows:
+            raise ValueError(f"row group {partition} holds more than partitionRows={partition_rows} "
+                             "rows; the input was written with another partition size")
+        return parquet.read_row_group(partition, columns=columns)
+
+
+def _write_part(store: ObjectStore, key: str, table: pa.Table) -> None:
+    """Atomically (a retry replaces the part whole). ``index`` is consecutive, so delta encoding
+    stores it in almost nothing; dictionary-encoding it would cost more than scoring."""
+    with store.open_output(key) as out:
+        pq.write_table(table, out, row_group_size=RESULT_ROW_GROUP,
+                       use_dictionary=[name for name in table.column_names if name != "index"],
+                       column_encoding={"index": "DELTA_BINARY_PACKED"})
+
+
+def _score_span(model: CachedModel, inputs: dict[str, np.ndarray], start: int, stop: int,
+                tmp: Path) -> list[Segment]:
+    """Score rows ``[start, stop)``; a failing span is halved until only bad rows fail.
+
+    Halving finds a few bad rows among 50,000 in ~30 calls instead of 50,000; spans below
+    ``_ROW_BY_ROW_BELOW`` rows go one row at a time. Each call gets its own artifact directory,
+    so files written by a call that then raised are never uploaded.
+    """
+    done: list[Segment] = []
+    pending = [(start, stop)]
+    calls = 0
+    while pending:
+        lo, hi = pending.pop()
+        root = tmp / str(calls)
+        calls += 1
+        model.context.artifact_root = root
+        try:
+            outputs = model.handler.handle({name: array[lo:hi] for name, array in inputs.items()})
+        except Exception as exc:  # the model's failure is the rows' result, not the task's
+            shutil.rmtree(root, ignore_errors=True)
+            if hi - lo == 1:
+                done.append(Segment(lo, hi, error=_message(exc)))
+            elif hi - lo < _ROW_BY_ROW_BELOW:
+                pending.extend((i, i + 1) for i in range(hi - 1, lo - 1, -1))
+            else:
+                middle = (lo + hi) // 2
+                pending.extend([(middle, hi), (lo, middle)])  # popped low half first: keeps order
+            continue
+        done.append(Segment(lo, hi, outputs=outputs, artifact_root=root))
+    return done
+
+
+def _message(exc: BaseException) -> str:
+    text = exc.message if isinstance(exc, RequestError) else str(exc)
+    return text or type(exc).__name__
+
+
+# ------------------------------------------------------------------------------------- artifacts
+
+
+class _Uploader:
+    """Uploads artifact files, in parallel on S3 where each PUT is a round trip."""
+
+    def __init__(self, store: ObjectStore) -> None:
+        self._store = store
+        self._pool: Optional[ThreadPoolExecutor] = None
+        self._futures: list = []
+
+    def submit(self, path: Path, key: str) -> None:
+        if not self._store.is_s3:
+            self._store.upload_file(path, key)
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(_UPLOAD_THREADS, thread_name_prefix="batch-artifacts")
+        self._futures.append(self._pool.submit(self._store.upload_file, path, key))
+
+    def wait(self) -> None:
+        futures, self._futures = self._futures, []
+        for future in futures:
+            future.result()
+
+    def __enter__(self) -> "_Uploader":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            if exc[0] is None:
+                self.wait()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _upload_artifacts(uploader: _Uploader, execution_id: str, first_index: int, segment: Segment) -> None:
+    """Every plain file in ``<root>/<row>/`` -> ``artifacts/{global index}/{name}``.
+
+    Only flat, regular files with safe names are taken; subdirectories and symlinks (which could
+    point anywhere on the worker) are skipped with a warning.
+    """
+    root = segment.artifact_root
+    if root is None or not root.is_dir():
+        return
+    rows = segment.stop - segment.start
+    with os.scandir(root) as entries:
+        row_dirs = [e for e in entries
+                    if e.name.isascii() and e.name.isdigit() and e.is_dir(follow_symlinks=False)]
+    for row_dir in row_dirs:
+        row = int(row_dir.name)
+        if row >= rows:
+            logger.warning("artifact directory for row %d of a %d-row call ignored", row, rows)
+            continue
+        index = first_index + segment.start + row
+        with os.scandir(row_dir.path) as files:
+            for entry in files:
+                mode = entry.stat(follow_symlinks=False).st_mode
+                if not stat.S_ISREG(mode) or not is_artifact_name(entry.name):
+                    logger.warning("artifact %r of row %d skipped: only plain files with plain "
+                                   "names are kept", entry.name, index)
+                    continue
+                uploader.submit(Path(entry.path), artifact_key(execution_id, index, entry.name))
+
+
+# --------------------------------------------------------------------------------------- results
+
+
+def _results_table(segments: list[Segment], first_index: int) -> pa.Table:
+    """index, status, error, then one column per output (first-seen order; nulls where failed)."""
+    segments = sorted(segments, key=lambda s: s.start)
+    tables = [_segment_table(segment, first_index) for segment in segments]
+    if not tables:
+        return pa.table({"index": pa.array([], pa.int64()), "status": pa.array([], pa.string()),
+                         "error": pa.array([], pa.string())})
+    try:
+        return pa.concat_tables(tables, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise RuntimeError(f"the handler returned outputs of different types for different rows "
+                           f"({exc}); return one type per output") from exc
+
+
+def _segment_table(segment: Segment, first_index: int) -> pa.Table:
+    rows = segment.stop - segment.start
+    start = first_index + segment.start
+    columns: dict[str, pa.Array] = {
+        "index": pa.array(np.arange(start, start + rows, dtype=np.int64)),
+        "status": pa.repeat(pa.scalar(FAILED if segment.error is not None else SUCCESS), rows),
+        "error": (pa.repeat(pa.scalar(segment.error), rows) if segment.error is not None
+                  else pa.nulls(rows, pa.string())),
+    }
+    for name, values in (segment.outputs or {}).items():
+        if name in RESERVED_COLUMNS:
+            raise RequestError(f"the model returns an output named {name!r}, which results use "
+                               f"for their own column; rename the output (reserved: "
+                               f"{list(RESERVED_COLUMNS)})", status=422, field="outputs")
+        columns[name] = to_arrow(np.asarray(values))
+    return pa.table(columns)
+
+
+def to_arrow(values: np.ndarray) -> pa.Array:
+    """Rows of an output: 1-D keeps its type, N-D becomes nested fixed-size lists."""
+    if values.ndim > 1:
+        rows, width = values.shape[0], values.shape[1]
+        inner = to_arrow(values.reshape((rows * width,) + values.shape[2:]))
+        return pa.FixedSizeListArray.from_arrays(inner, width)
+    if values.dtype == object:
+        return pa.array(values.tolist())
+    return pa.array(np.ascontiguousarray(values))

@@ -1,0 +1,164 @@
+"""The batch API's core (no HTTP): submit, list, state, results, artifacts, cancel.
+
+A job is accepted only after its description (and, for records, its input table) is in object
+storage; its coordinator then runs on Ray. Everything a user reads comes from object storage, so
+the answers survive restarts of the management replica, the coordinator, or the whole cluster.
+"""
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, Optional
+
+from cluster.object_store import ObjectNotFound, ObjectStore
+from cluster.settings import Settings
+from deployments.errors import RequestError
+from management.batch import coordinator, inputs, layout, results
+from management.registry import Registry
+
+DEFAULT_PARALLEL_COUNT = 10
+
+
+class BatchService:
+    def __init__(self, settings: Settings, store: ObjectStore, registry: Registry) -> None:
+        self.settings = settings
+        self.store = store
+        self.registry = registry
+
+    # ------------------------------------------------------------------ submit
+    def submit(self, body: Any) -> dict:
+        if not isinstance(body, dict):
+            raise RequestError("send a JSON object: {\"service\", \"version\", \"records\" | \"input_uri\", \"parallel_count\"}",
+                               field="body")
+        record = self._service(body.get("service"), body.get("version"))
+        parallel = body.get("parallel_count", DEFAULT_PARALLEL_COUNT)
+        if isinstance(parallel, bool) or not isinstance(parallel, int) or not 1 <= parallel <= 1000:
+            raise RequestError("parallel_count must be an integer from 1 to 1000 (Ray tasks scoring at once)",
+                               field="parallel_count")
+        has_records, has_uri = "records" in body, "input_uri" in body
+        if has_records == has_uri:
+            raise RequestError("send exactly one of records (a list of rows) or input_uri (Parquet or CSV in object storage)",
+                               field="records")
+        execution_id = uuid.uuid4().hex
+        job: dict[str, Any] = {
+            "executionId": execution_id, "service": record.name, "version": record.version,
+            "source": record.source, "digest": record.digest,
+            "modelInputs": record.manifest.get("inputs", []),
+            "parallelCount": parallel, "state": "Pending", "createdAt": time.time(), "updatedAt": time.time(),
+            "completedItems": 0, "failedItems": 0, "error": None,
+        }
+        if has_records:
+            if not isinstance(body["records"], list):
+                raise RequestError("records must be a list of rows (objects or lists)", field="records")
+            table = inputs.records_to_table(body["records"])
+            rows = inputs.partition_rows_for(table.num_rows, parallel)
+            job.update(totalItems=table.num_rows, partitionRows=rows, inputColumns=table.column_names,
+                       partitions=inputs.write_input(self.store, execution_id, table, rows))
+        else:
+            uri = body["input_uri"]
+            if not isinstance(uri, str) or not uri.startswith(("s3://", "objects://")):
+                raise RequestError("input_uri must be s3://bucket/key or objects://key (a key of the configured object store)",
+                                   field="input_uri")
+            self._check_readable(uri)
+            job.update(inputUri=uri, totalItems=None, partitions=None)
+        self.store.write_json(layout.job_key(execution_id), job)
+        self._start(execution_id)
+        return {"executionId": execution_id, "state": "Pending"}
+
+    def _check_readable(self, uri: str) -> None:
+        """A missing input is a 400 now, not a Failed job later (the coordinator reads the rows)."""
+        import pyarrow.fs as pafs
+
+        try:
+            filesystem, path = coordinator.input_location(self.settings.object_store_config, self.store, uri)
+            info = filesystem.get_file_info(path)
+        except (OSError, ValueError) as exc:
+            raise RequestError(f"cannot read input_uri {uri}: {exc}", field="input_uri") from None
+        if info.type != pafs.FileType.File:
+            raise RequestError(f"cannot read input_uri {uri}: no such object; upload the Parquet or CSV file first",
+                               field="input_uri")
+
+    def _start(self, execution_id: str) -> None:
+        coordinator.start_coordinator(self.settings.object_store_config, execution_id, str(self.settings.cache_path),
+                                      self.settings.batch_num_cpus)
+
+    def resume_unfinished(self) -> int:
+        """After a restart: every job not in a final state gets its coordinator back."""
+        resumed = 0
+        for job in self._jobs():
+            if job.get("state") not in coordinator.FINAL_STATES:
+                self._start(job["executionId"])
+                resumed += 1
+        return resumed
+
+    # ------------------------------------------------------------------ read
+    def list(self, service: Optional[str], version: Optional[str]) -> list[str]:
+        jobs = [j for j in self._jobs() if (service is None or j["service"] == service)
+                and (version is None or j["version"] == version)]
+        return [j["executionId"] for j in sorted(jobs, key=lambda j: j.get("createdAt", 0))]
+
+    def state(self, execution_id: str, show_partial_results: bool) -> dict:
+        job = self._job(execution_id)
+        answer = {
+            "executionId": execution_id, "service": job["service"], "version": job["version"], "state": job["state"],
+            "totalItems": job.get("totalItems"), "completedItems": job.get("completedItems", 0),
+            "failedItems": job.get("failedItems", 0), "parallelCount": job["parallelCount"],
+            "createdAt": job.get("createdAt"), "updatedAt": job.get("updatedAt"),
+        }
+        if job.get("error"):
+            answer["error"] = job["error"]
+        if show_partial_results or job["state"] == "Complete":
+            answer["results"] = results.read_results(self.store, execution_id)
+        return answer
+
+    def result(self, execution_id: str, index: int) -> dict:
+        job = self._job(execution_id)
+        if job.get("totalItems") is None:
+            raise RequestError("the job's input is still being read; try again shortly", status=404, field="index")
+        return results.row_result(self.store, execution_id, index, int(job["totalItems"]), int(job["partitionRows"]))
+
+    def artifacts(self, execution_id: str, index: int) -> list[str]:
+        self.result(execution_id, index)  # 404 for rows out of range or not scored yet
+        return results.list_artifacts(self.store, execution_id, index)
+
+    def artifact(self, execution_id: str, index: int, name: str) -> bytes:
+        layout.check_artifact_name(name)
+        self.result(execution_id, index)
+        return results.read_artifact(self.store, execution_id, index, name)
+
+    # ------------------------------------------------------------------ cancel
+    def cancel(self, execution_id: str) -> dict:
+        job = self._job(execution_id)
+        if job["state"] not in coordinator.FINAL_STATES:
+            self.store.write_bytes(coordinator.cancel_key(execution_id), b"")
+            job = self._job(execution_id)
+        return {"executionId": execution_id, "state": job["state"]}
+
+    # ------------------------------------------------------------------ helpers
+    def _job(self, execution_id: str) -> dict:
+        layout.check_execution_id(execution_id)
+        try:
+            return coordinator.read_job(self.store, execution_id)
+        except ObjectNotFound:
+            raise RequestError(f"no batch execution '{execution_id}'", status=404, field="execution_id") from None
+
+    def _jobs(self) -> list[dict]:
+        jobs = []
+        for child in self.store.list_children("batches"):
+            try:
+                jobs.append(coordinator.read_job(self.store, child.rstrip("/")))
+            except (ObjectNotFound, ValueError):
+                continue
+        return jobs
+
+    def _service(self, name: Any, version: Any):
+        if not isinstance(name, str) or not name:
+            raise RequestError("service is required: the registered model's name", field="service")
+        if version is not None and not isinstance(version, str):
+            raise RequestError("version must be a string", field="version")
+        version = version or self.registry.get_default(name)
+        record = self.registry.get_model(name, version) if version else None
+        if record is None:
+            raise RequestError(f"unknown service '{name}'" + (f" version '{version}'" if version else ""), status=404,
+                               field="service")
+        return record

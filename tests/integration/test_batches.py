@@ -1,0 +1,188 @@
+"""Asynchronous batch scoring end to end: records, input_uri, partial results, artifacts, cancel, faults."""
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import psutil
+import pytest
+from sklearn.datasets import load_iris
+
+pytestmark = pytest.mark.integration
+
+IRIS = load_iris()
+COLUMNS = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
+SLOW_HANDLER = """
+import time
+import numpy as np
+
+def predict(data):
+    time.sleep(1.0)
+    return np.asarray(data, dtype=float).sum(axis=1)
+"""
+
+
+def iris_records(n=150):
+    return [dict(zip(COLUMNS, map(float, row))) for row in IRIS.data[:n]]
+
+
+def wait_state(admin, url, states=("Complete", "Failed", "Cancelled"), timeout_s=180):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        body = admin.get(url).json()
+        if body["state"] in states:
+            return body
+        time.sleep(0.5)
+    raise AssertionError(f"batch still {admin.get(url).json()} after {timeout_s}s")
+
+
+@pytest.fixture(scope="module")
+def slow_model(cluster):
+    """A Python-handler model that takes a second per call, to catch a job mid-run."""
+    import tempfile
+    from pathlib import Path
+
+    from cluster.settings import load_settings
+    from deployments.examples import archive_command
+
+    import requests
+
+    settings = load_settings({}, cluster.env)
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Path(tmp) / "slow.py"
+        source.write_text(SLOW_HANDLER)
+        archive_command(name="slow", version="1", handler="slow:predict", files=[source],
+                        out=settings.model_store_path / "slow-1.zip")
+    response = requests.post(f"{cluster.url}/models", params={"url": "slow-1.zip"}, headers=cluster.auth)
+    assert response.status_code in (202, 409), response.text
+    return "slow"
+
+
+def test_records_are_scored_in_order_with_results_and_one_row(cluster, admin):
+    started = admin.post(f"{cluster.url}/batches", json={"service": "iris", "version": "1", "records": iris_records(),
+                                                        "parallel_count": 2})
+    assert started.status_code == 202, started.text
+    execution = started.json()["executionId"]
+    assert started.json()["state"] == "Pending"
+    url = f"{cluster.url}/batches/{execution}"
+    done = wait_state(admin, url)
+    assert done["state"] == "Complete", done
+    assert (done["totalItems"], done["completedItems"], done["failedItems"]) == (150, 150, 0)
+    rows = done["results"]
+    assert [r["index"] for r in rows] == list(range(150))
+    predictions = np.array([r["outputs"]["predict"] for r in rows])
+    assert (predictions == IRIS.target).mean() > 0.9
+    one = admin.get(f"{url}/results/7").json()
+    assert one["index"] == 7 and one["outputs"]["predict"] == rows[7]["outputs"]["predict"]
+    assert execution in admin.get(f"{cluster.url}/batches", params={"service": "iris", "version": "1"}).json()
+    assert execution not in admin.get(f"{cluster.url}/batches", params={"service": "diabetes"}).json()
+
+
+def test_per_row_artifacts_are_listed_read_and_downloaded(cluster, admin):
+    started = admin.post(f"{cluster.url}/batches", json={"service": "iris_report", "records": iris_records(20)})
+    url = f"{cluster.url}/batches/{started.json()['executionId']}"
+    assert wait_state(admin, url)["state"] == "Complete"
+    assert admin.get(f"{url}/results/3/artifacts").json() == ["report.json"]
+    artifact = admin.get(f"{url}/results/3/artifacts/report.json")
+    assert artifact.status_code == 200
+    assert "attachment" in artifact.headers["content-disposition"]
+    report = json.loads(artifact.content)
+    assert report["class_name"] in IRIS.target_names
+    assert admin.get(f"{url}/results/3/artifacts/..%2Fjob.json").status_code in (400, 404)
+    assert admin.get(f"{url}/results/3/artifacts/.hidden").json()["field"] == "artifact"
+    assert admin.get(f"{url}/results/20").status_code == 404
+    assert admin.get(f"{url}/results/-1").status_code == 404
+    assert admin.get(f"{url}/results/x").status_code == 400
+
+
+@pytest.mark.parametrize("body, status, field", [
+    ({"service": "nosuch", "records": [[1, 2, 3, 4]]}, 404, "service"),
+    ({"service": "iris", "records": []}, 400, "records"),
+    ({"service": "iris"}, 400, "records"),
+    ({"service": "iris", "records": [[1, 2, 3, 4]], "parallel_count": 0}, 400, "parallel_count"),
+    ({"service": "iris", "input_uri": "objects://inputs/missing.parquet"}, 400, "input_uri"),
+    ({"service": "iris", "input_uri": "/etc/passwd"}, 400, "input_uri"),
+])
+def test_bad_batch_requests_are_4xx_naming_the_field(cluster, admin, body, status, field):
+    response = admin.post(f"{cluster.url}/batches", json=body)
+    assert response.status_code == status, response.text
+    assert response.json()["field"] == field
+    assert admin.get(f"{cluster.url}/batches/{'0' * 32}").status_code == 404
+    assert admin.get(f"{cluster.url}/batches/not-an-id").status_code == 404
+
+
+def test_input_uri_parquet_in_object_storage(cluster, admin):
+    import pandas as pd
+
+    from cluster.object_store import object_store_from_settings
+    from cluster.settings import load_settings
+
+    settings = load_settings({}, cluster.env)
+    store = object_store_from_settings(settings.object_store_uri)
+    frame = pd.DataFrame(IRIS.data, columns=COLUMNS)
+    with store.open_output("inputs/iris.parquet") as sink:
+        frame.to_parquet(sink)
+    started = admin.post(f"{cluster.url}/batches", json={"service": "iris", "version": "1",
+                                                        "input_uri": "objects://inputs/iris.parquet"})
+    assert started.status_code == 202, started.text
+    done = wait_state(admin, f"{cluster.url}/batches/{started.json()['executionId']}")
+    assert done["state"] == "Complete" and done["completedItems"] == 150
+
+
+def test_cancel_mid_run_keeps_the_rows_already_scored(cluster, admin, slow_model):
+    records = [[1.0, 2.0]] * 6000  # 6 partitions of 1,000 rows, one task at a time, ~1 s each
+    started = admin.post(f"{cluster.url}/batches", json={"service": slow_model, "records": records, "parallel_count": 1})
+    url = f"{cluster.url}/batches/{started.json()['executionId']}"
+    deadline = time.monotonic() + 120
+    while admin.get(url).json()["completedItems"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    cancelled = admin.delete(url)
+    assert cancelled.status_code == 200 and cancelled.json()["state"] == "Cancelled"
+    time.sleep(3)
+    body = admin.get(url, params={"show_partial_results": "true"}).json()
+    assert body["state"] == "Cancelled"
+    assert 0 < body["completedItems"] < 6000
+    assert len(body["results"]) == body["completedItems"]
+    assert admin.get(f"{url}/results/0").json()["outputs"]["predict"] == 3.0
+    assert admin.post(f"{url}/cancel").json()["state"] == "Cancelled"  # repeated: harmless
+
+
+def _score_task_workers():
+    return [p for p in psutil.process_iter(["cmdline"]) if "ray::score_task" in " ".join(p.info.get("cmdline") or [])]
+
+
+def test_a_worker_killed_mid_job_still_scores_every_row_exactly_once(cluster, admin, slow_model):
+    records = [[float(i), 1.0] for i in range(4000)]
+    started = admin.post(f"{cluster.url}/batches", json={"service": slow_model, "records": records, "parallel_count": 2})
+    url = f"{cluster.url}/batches/{started.json()['executionId']}"
+    deadline = time.monotonic() + 60
+    killed = 0
+    while not killed and time.monotonic() < deadline:
+        for process in _score_task_workers():
+            process.kill()
+            killed += 1
+        time.sleep(0.1)
+    assert killed, "never saw a scoring task to kill"
+    done = wait_state(admin, url, timeout_s=240)
+    assert done["state"] == "Complete", done
+    indexes = [r["index"] for r in done["results"]]
+    assert indexes == list(range(4000)), "a row is missing or scored twice"
+    assert [r["outputs"]["predict"] for r in done["results"][:3]] == [1.0, 2.0, 3.0]
+
+
+def test_a_killed_coordinator_resumes_from_the_parts_written(ray_client, admin, slow_model):
+    import ray
+
+    cluster = ray_client
+    records = [[float(i), 0.0] for i in range(5000)]
+    started = admin.post(f"{cluster.url}/batches", json={"service": slow_model, "records": records, "parallel_count": 1})
+    execution = started.json()["executionId"]
+    url = f"{cluster.url}/batches/{execution}"
+    deadline = time.monotonic() + 120
+    while admin.get(url).json()["completedItems"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    ray.kill(ray.get_actor(f"batch-{execution}", namespace="modelpool"), no_restart=False)
+    done = wait_state(admin, url, timeout_s=240)
+    assert done["state"] == "Complete", done
+    assert [r["index"] for r in done["results"]] == list(range(5000))
