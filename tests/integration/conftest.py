@@ -16,6 +16,7 @@ import pytest
 import requests
 
 from cluster.net import free_port
+from tests.s3server import S3_ENV
 
 pytestmark = pytest.mark.integration
 
@@ -52,6 +53,7 @@ def cluster(tmp_path_factory) -> RunningCluster:
         "MODELPOOL_RAY_PORT": str(ray_port),
         "MODELPOOL_MAX_BODY_BYTES": str(256 * 1024),
         "MODELPOOL_REPLICA_NUM_CPUS": "0.1",
+        **S3_ENV,  # node credentials, as a cloud node has them: the S3 tests' object stores need them in every worker
     }
     env.pop("RAY_ADDRESS", None)
     started = subprocess.run([*MODELPOOL, "start"], env=env, capture_output=True, text=True, timeout=400)

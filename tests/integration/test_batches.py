@@ -186,3 +186,39 @@ def test_a_killed_coordinator_resumes_from_the_parts_written(ray_client, admin, 
     done = wait_state(admin, url, timeout_s=240)
     assert done["state"] == "Complete", done
     assert [r["index"] for r in done["results"]] == list(range(5000))
+
+
+def test_the_whole_workflow_on_an_s3_object_store(ray_client, s3_server, tmp_path):
+    """The same engine with its registry, model copy, input, results and artifacts on a real S3 endpoint."""
+    import uuid
+
+    from cluster.object_store import ObjectStore
+    from cluster.settings import load_settings
+    from deployments.archive import read_manifest
+    from management.batch.service import BatchService
+    from management.registry import ModelRecord, Registry
+
+    cluster = ray_client
+    prefix = f"s3://{s3_server.bucket}/workflow-{uuid.uuid4().hex[:8]}"
+    settings = load_settings({"object_store": prefix, "s3_endpoint": s3_server.endpoint}, cluster.env)
+    store = ObjectStore(prefix, s3_endpoint=s3_server.endpoint)
+    archive = settings.model_store_path / "iris_report-1.zip"
+    store.upload_file(archive, "models/iris_report/1/archive.zip")
+    registry = Registry(store)
+    manifest = read_manifest(archive)
+    registry.put_model(ModelRecord(name="iris_report", version="1", url="iris_report-1.zip",
+                                   source="objects://models/iris_report/1/archive.zip", digest="s3test",
+                                   handler=manifest.handler, runtime="python", batch_size=64, max_batch_delay_ms=5,
+                                   initial_workers=0, min_workers=0, max_workers=0, response_timeout_s=120,
+                                   manifest=manifest.model_dump()))
+    batches = BatchService(settings, store, registry)
+    execution = batches.submit({"service": "iris_report", "records": iris_records(30), "parallel_count": 2})["executionId"]
+    deadline = time.monotonic() + 180
+    while batches.state(execution, False)["state"] not in ("Complete", "Failed") and time.monotonic() < deadline:
+        time.sleep(0.5)
+    state = batches.state(execution, True)
+    assert state["state"] == "Complete", state
+    assert [r["index"] for r in state["results"]] == list(range(30))
+    assert batches.artifacts(execution, 29) == ["report.json"]
+    assert json.loads(batches.artifact(execution, 29, "report.json"))["class_name"] in IRIS.target_names
+    assert store.exists(f"batches/{execution}/results/part-00000.parquet")

@@ -1,31 +1,13 @@
 """Shared unit-test fixtures: a real S3 endpoint (moto, own process) and a store on each backend."""
 from __future__ import annotations
 
-import os
 import uuid
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 from cluster.object_store import ObjectStore
-from tests.s3server import S3Server, running_s3_server
-
-
-@pytest.fixture(scope="session")
-def s3_server() -> Iterator[S3Server]:
-    """One moto server per session; its AWS env vars are exported (pyarrow reads them) and restored."""
-    with running_s3_server() as server:
-        saved = {name: os.environ.get(name) for name in server.env}
-        os.environ.update(server.env)
-        try:
-            yield server
-        finally:
-            for name, value in saved.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
+from tests.s3server import S3Server
 
 
 @pytest.fixture(params=["local", "s3"])
