@@ -231,8 +231,11 @@ async def list_batches(request: Request, service: Optional[str] = None, version:
 
 
 @api.get("/batches/{execution_id}", tags=["batches"], dependencies=authorized)
-async def batch_state(request: Request, execution_id: str, show_partial_results: bool = False) -> dict:
-    return await _call(state.batches.state, execution_id, show_partial_results)
+async def batch_state(request: Request, execution_id: str, show_partial_results: bool = False,
+                      offset: int = 0, limit: int = 1000) -> dict:
+    """State and totals; with show_partial_results, the rows scored so far in index order, a page
+    at a time (offset, limit; nextOffset is null on the last page)."""
+    return await _call(state.batches.state, execution_id, show_partial_results, offset, limit)
 
 
 @api.get("/batches/{execution_id}/results/{index}", tags=["batches"], dependencies=authorized)

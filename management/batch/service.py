@@ -17,6 +17,8 @@ from management.batch import coordinator, inputs, layout, results
 from management.registry import Registry
 
 DEFAULT_PARALLEL_COUNT = 10
+DEFAULT_RESULTS_PAGE = 1_000   # results travel in pages: a job may hold millions of rows
+MAX_RESULTS_PAGE = 100_000
 
 
 class BatchService:
@@ -97,7 +99,8 @@ class BatchService:
                 and (version is None or j["version"] == version)]
         return [j["executionId"] for j in sorted(jobs, key=lambda j: j.get("createdAt", 0))]
 
-    def state(self, execution_id: str, show_partial_results: bool) -> dict:
+    def state(self, execution_id: str, show_partial_results: bool, offset: int = 0,
+              limit: int = DEFAULT_RESULTS_PAGE) -> dict:
         job = self._job(execution_id)
         answer = {
             "executionId": execution_id, "service": job["service"], "version": job["version"], "state": job["state"],
@@ -107,8 +110,12 @@ class BatchService:
         }
         if job.get("error"):
             answer["error"] = job["error"]
-        if show_partial_results or job["state"] == "Complete":
-            answer["results"] = results.read_results(self.store, execution_id)
+        if show_partial_results:
+            if not 1 <= limit <= MAX_RESULTS_PAGE:
+                raise RequestError(f"limit must be from 1 to {MAX_RESULTS_PAGE} rows per page", field="limit")
+            page = results.read_results(self.store, execution_id, offset=offset, limit=limit)
+            answer["results"] = page
+            answer["nextOffset"] = offset + len(page) if len(page) == limit else None
         return answer
 
     def result(self, execution_id: str, index: int) -> dict:

@@ -28,10 +28,16 @@ def iris_records(n=150):
 
 
 def wait_state(admin, url, states=("Complete", "Failed", "Cancelled"), timeout_s=180):
+    """Poll the state; once final, return it with every result row (following the pages)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         body = admin.get(url).json()
         if body["state"] in states:
+            body["results"], offset = [], 0
+            while offset is not None:
+                page = admin.get(url, params={"show_partial_results": "true", "offset": offset, "limit": 1000}).json()
+                body["results"] += page["results"]
+                offset = page["nextOffset"]
             return body
         time.sleep(0.5)
     raise AssertionError(f"batch still {admin.get(url).json()} after {timeout_s}s")
@@ -140,7 +146,7 @@ def test_cancel_mid_run_keeps_the_rows_already_scored(cluster, admin, slow_model
     cancelled = admin.delete(url)
     assert cancelled.status_code == 200 and cancelled.json()["state"] == "Cancelled"
     time.sleep(3)
-    body = admin.get(url, params={"show_partial_results": "true"}).json()
+    body = admin.get(url, params={"show_partial_results": "true", "limit": 10000}).json()
     assert body["state"] == "Cancelled"
     assert 0 < body["completedItems"] < 6000
     assert len(body["results"]) == body["completedItems"]
@@ -218,6 +224,7 @@ def test_the_whole_workflow_on_an_s3_object_store(ray_client, s3_server, tmp_pat
         time.sleep(0.5)
     state = batches.state(execution, True)
     assert state["state"] == "Complete", state
+    assert state["nextOffset"] is None
     assert [r["index"] for r in state["results"]] == list(range(30))
     assert batches.artifacts(execution, 29) == ["report.json"]
     assert json.loads(batches.artifact(execution, 29, "report.json"))["class_name"] in IRIS.target_names

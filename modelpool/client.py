@@ -1,0 +1,488 @@
+"""Python client of a modelpool cluster, in the shape of Machine Learning Server's DeployClient.
+
+A thin layer over the HTTP API (README: "Management API", "Batch scoring"): every method is one
+route (``list_models`` and ``Batch.wait`` loop over one), answers are the server's JSON, and a
+non-2xx answer becomes a typed :class:`ModelpoolError` carrying the server's ``{"error", "field"}``,
+so callers can tell "no such model" from "wrong token" without parsing messages.
+
+``with Client(...) as c:`` keeps one :class:`requests.Session` (one keep-alive connection pool)
+for every call inside, including those made through :class:`Service` and :class:`Batch`;
+outside a ``with`` each call opens and closes its own session, so nothing stays open behind the
+caller's back.
+
+    with Client("http://127.0.0.1:8000") as c:
+        svc = c.get_service("iris_report", "1")
+        batch = svc.batch(frame, parallel_count=4).start()
+        batch.wait(progress=lambda done, total: print(done, total))
+        batch.download(0, dest="reports")
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional, Union
+from urllib.parse import quote
+
+import numpy as np
+import requests
+
+from modelpool import __version__
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+TOKEN_ENV = "MODELPOOL_MANAGEMENT_TOKEN"
+HOME_ENV = "MODELPOOL_HOME"
+TOKEN_FILE = "management_token"
+FINAL_STATES = ("Complete", "Failed", "Cancelled")
+INPUT_NAME = "input-0"  # the input every modelpool handler receives rows under (see /predict)
+SERVER_WAIT_DEFAULT_S = 120.0  # the server's default response_timeout / scale timeout
+SERVER_WAIT_MARGIN_S = 10.0
+
+_V2_DTYPES = {
+    "BOOL": np.bool_, "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64,
+    "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
+    "FP16": np.float16, "FP32": np.float32, "FP64": np.float64, "BYTES": object,
+}
+
+ProgressCallback = Callable[[int, Optional[int]], None]
+
+
+# ------------------------------------------------------------------------------------------ errors
+class ModelpoolError(Exception):
+    """A non-2xx answer: ``status``, the server's ``message`` and the ``field`` it names (or None)."""
+
+    def __init__(self, status: int, message: str, field: Optional[str] = None) -> None:
+        self.status = status
+        self.message = message
+        self.field = field
+        where = f", field {field}" if field else ""
+        super().__init__(f"{message} (HTTP {status}{where})")
+
+
+class BadRequest(ModelpoolError):
+    """400, 413 or 422: the request itself must change (the field says which part)."""
+
+
+class Unauthorized(ModelpoolError):
+    """401: missing or wrong management token."""
+
+
+class NotFound(ModelpoolError):
+    """404: no such model, version, batch execution or row."""
+
+
+class Conflict(ModelpoolError):
+    """409: the model version is already registered."""
+
+
+_ERRORS: dict[int, type[ModelpoolError]] = {400: BadRequest, 413: BadRequest, 422: BadRequest,
+                                             401: Unauthorized, 404: NotFound, 409: Conflict}
+
+
+def error_for(response: requests.Response) -> ModelpoolError:
+    """The typed error of a failed answer; bodies that are not the project's JSON keep their text."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and ("error" in body or "detail" in body):
+        message, field = str(body.get("error") or body.get("detail")), body.get("field")
+    else:
+        message, field = response.text.strip() or response.reason or "request failed", None
+    return _ERRORS.get(response.status_code, ModelpoolError)(response.status_code, message, field)
+
+
+# ------------------------------------------------------------------------------------------ token
+def resolve_token(token: Optional[str] = None) -> Optional[str]:
+    """Explicit token, else $MODELPOOL_MANAGEMENT_TOKEN, else the token file ``modelpool start`` wrote.
+
+    The same order the server uses to pick its token, so a client on the cluster's machine needs no
+    configuration. An unreadable or empty file means no token (calls then fail with Unauthorized).
+    """
+    if token:
+        return token
+    if os.environ.get(TOKEN_ENV):
+        return os.environ[TOKEN_ENV]
+    home = os.environ.get(HOME_ENV) or os.path.join(os.path.expanduser("~"), ".modelpool")
+    try:
+        return Path(home, TOKEN_FILE).read_text().strip() or None
+    except OSError:
+        return None
+
+
+# ------------------------------------------------------------------------------------------ JSON
+def _jsonable(value: Any) -> Any:
+    """numpy values (from DataFrames and arrays) as plain JSON values."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _segment(value: Any) -> str:
+    """One URL path segment: a '/' in a name must not reach another route."""
+    return quote(str(value), safe="")
+
+
+def _query_value(value: Any) -> Any:
+    """Booleans as the lowercase words the server's validation expects."""
+    return ("true" if value else "false") if isinstance(value, bool) else value
+
+
+def _params(**values: Any) -> dict[str, Any]:
+    """Query parameters without the ones left unset (the server applies its defaults)."""
+    return {k: _query_value(v) for k, v in values.items() if v is not None}
+
+
+def _server_wait(synchronous: bool, server_timeout: Optional[float], client_timeout: float) -> float:
+    """HTTP timeout of a call the server may hold open: outlive the server's own wait."""
+    if not synchronous:
+        return client_timeout
+    return max(client_timeout, (server_timeout or SERVER_WAIT_DEFAULT_S) + SERVER_WAIT_MARGIN_S)
+
+
+# ------------------------------------------------------------------------------------------ client
+class Client:
+    """The management, pool, inference and batch API of one cluster."""
+
+    def __init__(self, url: str = DEFAULT_URL, token: Optional[str] = None, timeout: float = 60.0,
+                 session: Optional[requests.Session] = None) -> None:
+        self.url = url.rstrip("/")
+        self.token = resolve_token(token)
+        self.timeout = timeout
+        self._external = session  # the caller's: used for every call, never closed or modified here
+        self._shared: Optional[requests.Session] = None
+        self._depth = 0
+
+    def __repr__(self) -> str:  # never the token
+        return f"Client({self.url!r})"
+
+    # -------------------------------------------------------------- sessions
+    def __enter__(self) -> "Client":
+        if self._shared is None:
+            self._shared = self._external or self._new_session()
+        self._depth += 1
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self._depth -= 1
+        if self._depth <= 0:
+            self.close()
+
+    def close(self) -> None:
+        """Close the session of the ``with`` block (its pooled connections go with it)."""
+        shared, self._shared, self._depth = self._shared, None, 0
+        if shared is not None and shared is not self._external:
+            shared.close()
+
+    def _new_session(self) -> requests.Session:
+        session = requests.Session()
+        session.headers.update(self._headers())
+        return session
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"User-Agent": f"modelpool-client/{__version__}"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        return headers
+
+    @contextmanager
+    def _session(self) -> Iterator[requests.Session]:
+        """The ``with`` block's session (or the caller's); otherwise a fresh one closed after the call."""
+        reused = self._shared or self._external
+        if reused is not None:
+            yield reused
+            return
+        session = self._new_session()
+        try:
+            yield session
+        finally:
+            session.close()
+
+    def _send(self, method: str, path: str, *, params: Optional[dict] = None, body: Any = None,
+              timeout: Optional[float] = None) -> requests.Response:
+        """One HTTP call; raises the typed error of any non-2xx answer."""
+        data = None if body is None else json.dumps(body, default=_jsonable)
+        with self._session() as session:
+            headers = self._headers() if session is self._external else {}
+            if data is not None:
+                headers["Content-Type"] = "application/json"
+            response = session.request(method, self.url + path, params=params, data=data, headers=headers,
+                                       timeout=timeout or self.timeout)
+            response.content  # read it whole, so the connection goes back to the pool
+        if not 200 <= response.status_code < 300:
+            raise error_for(response)
+        return response
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self._send(method, path, **kwargs)
+        return response.json() if response.content else None
+
+    # -------------------------------------------------------------- models (MMS / TorchServe API)
+    def register_model(self, url: str, model_name: Optional[str] = None, initial_workers: int = 0,
+                       batch_size: Optional[int] = None, max_batch_delay: Optional[float] = None,
+                       synchronous: bool = False, response_timeout: Optional[float] = None,
+                       handler: Optional[str] = None) -> dict:
+        """Register an archive of the model store (or an allowed URL); ``max_batch_delay`` in ms."""
+        params = _params(url=url, model_name=model_name, initial_workers=initial_workers, batch_size=batch_size,
+                         max_batch_delay=max_batch_delay, synchronous=synchronous,
+                         response_timeout=response_timeout, handler=handler)
+        return self._json("POST", "/models", params=params,
+                          timeout=_server_wait(synchronous, response_timeout, self.timeout))
+
+    def scale_model(self, name: str, version: Optional[str] = None, min_worker: Optional[int] = None,
+                    max_worker: Optional[int] = None, number_gpu: Optional[int] = None, synchronous: bool = False,
+                    timeout: Optional[float] = None, batch_size: Optional[int] = None,
+                    max_batch_delay: Optional[float] = None) -> dict:
+        """Change workers or batching of a version (the default version when ``version`` is None)."""
+        params = _params(min_worker=min_worker, max_worker=max_worker, number_gpu=number_gpu,
+                         synchronous=synchronous, timeout=timeout, batch_size=batch_size,
+                         max_batch_delay=max_batch_delay)
+        return self._json("PUT", self._model_path(name, version), params=params,
+                          timeout=_server_wait(synchronous, timeout, self.timeout))
+
+    def describe_model(self, name: str, version: Optional[str] = None) -> list[dict]:
+        """One version's description (the default's when None; ``"all"`` for every version)."""
+        return self._json("GET", self._model_path(name, version))
+
+    def unregister_model(self, name: str, version: Optional[str] = None) -> dict:
+        return self._json("DELETE", self._model_path(name, version))
+
+    def list_models(self, limit: int = 100) -> list[dict]:
+        """Every model, fetched ``limit`` per page; the pages are followed here so callers get them all."""
+        models: list[dict] = []
+        token: Optional[str] = None
+        while True:
+            page = self._json("GET", "/models", params=_params(limit=limit, next_page_token=token))
+            models.extend(page.get("models", []))
+            token = page.get("nextPageToken")
+            if not token:
+                return models
+
+    def set_default(self, name: str, version: str) -> dict:
+        return self._json("PUT", f"{self._model_path(name, version)}/set-default")
+
+    @staticmethod
+    def _model_path(name: str, version: Optional[str]) -> str:
+        path = f"/models/{_segment(name)}"
+        return path if version is None else f"{path}/{_segment(version)}"
+
+    # -------------------------------------------------------------- services and pools (ML Server)
+    def list_services(self) -> list[dict]:
+        return self._json("GET", "/services")
+
+    def get_service(self, name: str, version: Optional[str] = None) -> "Service":
+        """A registered version (the default when None), checked now so a typo fails here, not later."""
+        described = self.describe_model(name, version)
+        return Service(self, name, str(described[0]["modelVersion"]))
+
+    def create_or_update_service_pool(self, name: str, version: str, initial_pool_size: int,
+                                      max_pool_size: int) -> dict:
+        return self._json("PUT", self._pool_path(name, version),
+                          body={"initial_pool_size": initial_pool_size, "max_pool_size": max_pool_size})
+
+    def get_service_pool_status(self, name: str, version: str) -> list[dict]:
+        return self._json("GET", self._pool_path(name, version))
+
+    def delete_service_pool(self, name: str, version: str) -> dict:
+        return self._json("DELETE", self._pool_path(name, version))
+
+    @staticmethod
+    def _pool_path(name: str, version: str) -> str:
+        return f"/pools/{_segment(name)}/{_segment(version)}"
+
+    def ping(self) -> bool:
+        """True when the management application answers healthy; never raises."""
+        try:
+            return self._json("GET", "/ping").get("status") == "Healthy"
+        except (requests.RequestException, ModelpoolError, ValueError, AttributeError):
+            return False
+
+
+# ------------------------------------------------------------------------------------------ service
+Rows = Union[list, np.ndarray, Any]  # a list of rows, an array, or a pandas DataFrame
+
+
+def _is_frame(data: Any) -> bool:
+    return hasattr(data, "to_dict") and hasattr(data, "columns")
+
+
+def _matrix(rows: Rows) -> np.ndarray:
+    """Rows as an FP64 matrix; a single flat row is one row, not a column."""
+    array = np.asarray(rows.to_numpy() if _is_frame(rows) else rows, dtype=np.float64)
+    return array.reshape(1, -1) if array.ndim == 1 else array
+
+
+def _tensor(output: dict) -> np.ndarray:
+    """A V2 output tensor as the array it describes (dtype from datatype, shape from shape)."""
+    dtype = _V2_DTYPES.get(output.get("datatype"), None)
+    return np.asarray(output["data"], dtype=dtype).reshape(output["shape"])
+
+
+class Service:
+    """A registered model version: online scoring and batch jobs over it."""
+
+    def __init__(self, client: Client, name: str, version: str) -> None:
+        self.client = client
+        self.name = name
+        self.version = version
+
+    def __repr__(self) -> str:
+        return f"Service({self.name!r}, {self.version!r})"
+
+    @property
+    def _path(self) -> str:
+        return f"/v2/models/{_segment(self.name)}/versions/{_segment(self.version)}"
+
+    def predict(self, data: Rows) -> Union[list, np.ndarray]:
+        """Plain-JSON scoring; arrays and DataFrames get an array back, lists get a list."""
+        rows = data.to_numpy() if _is_frame(data) else data
+        predictions = self.client._json("POST", f"{self._path}/predict", body={"instances": rows})["predictions"]
+        return np.asarray(predictions) if isinstance(rows, np.ndarray) else predictions
+
+    def infer(self, rows: Rows, outputs: Optional[list[str]] = None) -> dict[str, np.ndarray]:
+        """V2 inference over rows as one FP64 matrix; ``outputs`` picks outputs and their order."""
+        matrix = _matrix(rows)
+        request: dict[str, Any] = {"inputs": [{"name": INPUT_NAME, "shape": list(matrix.shape), "datatype": "FP64",
+                                               "data": matrix.ravel().tolist()}]}
+        if outputs is not None:
+            request["outputs"] = [{"name": name} for name in outputs]
+        answer = self.client._json("POST", f"{self._path}/infer", body=request)
+        return {output["name"]: _tensor(output) for output in answer["outputs"]}
+
+    def batch(self, records: Rows, parallel_count: int = 10) -> "Batch":
+        """A batch job over ``records`` (not started: call ``.start()``); DataFrame rows keep column names."""
+        if _is_frame(records):
+            records = records.to_dict("records")
+        elif isinstance(records, np.ndarray):
+            records = records.tolist()
+        return Batch(self, records=list(records), parallel_count=parallel_count)
+
+    def get_batch_executions(self) -> list[str]:
+        """Execution ids of this version's batch jobs, oldest first."""
+        return self.client._json("GET", "/batches", params=_params(service=self.name, version=self.version))
+
+    def get_batch(self, execution_id: str) -> "Batch":
+        """A job started earlier (by anyone), to follow or read."""
+        return Batch(self, execution_id=execution_id)
+
+
+# ------------------------------------------------------------------------------------------ batch
+def _check_artifact_name(name: str) -> str:
+    """A single plain file name, so writing ``dest/name`` cannot land outside ``dest``."""
+    if (not isinstance(name, str) or not name or name in (".", "..") or ".." in name or "/" in name
+            or "\\" in name or "\x00" in name or name.startswith(".") or Path(name).name != name):
+        raise ValueError(f"refusing artifact name {name!r}: not a single plain file name, "
+                         "it could be written outside the destination directory")
+    return name
+
+
+class Batch:
+    """One batch execution: start it, follow it, read its results and artifacts, cancel it."""
+
+    def __init__(self, service: Service, records: Optional[list] = None, parallel_count: int = 10,
+                 execution_id: Optional[str] = None) -> None:
+        self.service = service
+        self.records = records
+        self.parallel_count = parallel_count
+        self.execution_id = execution_id
+
+    def __repr__(self) -> str:
+        return f"Batch({self.service!r}, execution_id={self.execution_id!r})"
+
+    @property
+    def _client(self) -> Client:
+        return self.service.client
+
+    @property
+    def _path(self) -> str:
+        if self.execution_id is None:
+            raise RuntimeError("this batch is not started; call start() first")
+        return f"/batches/{_segment(self.execution_id)}"
+
+    def start(self) -> "Batch":
+        """Submit the records; the server answers at once (202) and scores on Ray tasks."""
+        if self.execution_id is not None:
+            raise RuntimeError(f"batch {self.execution_id} is already started")
+        if self.records is None:
+            raise RuntimeError("this batch has no records to start (it was opened by execution id)")
+        answer = self._client._json("POST", "/batches", body={
+            "service": self.service.name, "version": self.service.version,
+            "records": self.records, "parallel_count": self.parallel_count})
+        self.execution_id = answer["executionId"]
+        return self
+
+    @property
+    def state(self) -> str:
+        """Pending, Running, Complete, Failed or Cancelled."""
+        return self.status()["state"]
+
+    def status(self, show_partial_results: bool = False) -> dict:
+        """The job's state and counts (and results when asked or complete)."""
+        return self._client._json("GET", self._path, params=_params(show_partial_results=show_partial_results))
+
+    def results(self, show_partial_results: bool = True) -> dict:
+        """The state with ``results``: every row scored so far, by index."""
+        return self.status(show_partial_results)
+
+    def execution(self, index: int) -> dict:
+        """One row's result: index, status, outputs (and error when it failed)."""
+        return self._client._json("GET", f"{self._path}/results/{int(index)}")
+
+    def list_artifacts(self, index: int) -> list[str]:
+        return self._client._json("GET", f"{self._path}/results/{int(index)}/artifacts")
+
+    def artifact(self, index: int, name: str) -> bytes:
+        path = f"{self._path}/results/{int(index)}/artifacts/{_segment(name)}"
+        return self._client._send("GET", path).content
+
+    def download(self, index: int, name: Optional[str] = None, dest: Union[str, Path] = ".") -> list[Path]:
+        """Write one artifact (every artifact of the row when ``name`` is None) into ``dest``.
+
+        Names come from the server; each is checked before anything is written, so a hostile or
+        broken server cannot make the client write outside ``dest`` (``../x``, absolute paths,
+        or a symlink already in ``dest`` that points elsewhere).
+        """
+        names = [name] if name is not None else self.list_artifacts(index)
+        directory = Path(dest)
+        targets = [(n, self._target(directory, n)) for n in names]
+        if targets:
+            directory.mkdir(parents=True, exist_ok=True)
+        written = []
+        for artifact_name, target in targets:
+            target.write_bytes(self.artifact(index, artifact_name))
+            written.append(target)
+        return written
+
+    @staticmethod
+    def _target(directory: Path, name: str) -> Path:
+        target = directory / _check_artifact_name(name)
+        if target.resolve().parent != directory.resolve():
+            raise ValueError(f"refusing artifact {name!r}: {target} resolves outside {directory}")
+        return target
+
+    def cancel(self) -> dict:
+        """Stop scheduling rows; rows already scored stay readable."""
+        return self._client._json("DELETE", self._path)
+
+    def wait(self, timeout: float = 600, poll: float = 0.5, progress: Optional[ProgressCallback] = None) -> dict:
+        """Poll until Complete, Failed or Cancelled and return that state (TimeoutError after ``timeout`` s).
+
+        ``progress(done, total)`` is called after every poll; ``done`` counts failed rows too, so
+        it reaches ``total`` (None until an ``input_uri`` job has read its input).
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self.status()
+            if progress is not None:
+                progress(int(status.get("completedItems") or 0) + int(status.get("failedItems") or 0),
+                         status.get("totalItems"))
+            if status["state"] in FINAL_STATES:
+                return status
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"batch {self.execution_id} still {status['state']} after {timeout}s")
+            time.sleep(min(poll, remaining))

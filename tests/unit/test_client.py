@@ -1,0 +1,645 @@
+"""The Python client against a tiny real HTTP server that imitates the management and batch API.
+
+A real server (not mocks) so the tests see what goes over the wire: paths, query strings, JSON
+bodies, the Authorization header of every request, and which TCP connection carried it.
+"""
+from __future__ import annotations
+
+import json
+import re
+import socket
+import threading
+import uuid
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Callable, Optional
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import numpy as np
+import pandas as pd
+import psutil
+import pytest
+import requests
+
+from modelpool.client import (Batch, BadRequest, Client, Conflict, ModelpoolError, NotFound, Service,
+                              Unauthorized, resolve_token)
+
+TOKEN = "unit-test-token"
+IRIS_COLUMNS = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
+
+
+# ------------------------------------------------------------------------------------------ fake server
+class Reply(Exception):
+    """An error answer in the server's shape."""
+
+    def __init__(self, status: int, error: str, field: Optional[str]) -> None:
+        super().__init__(error)
+        self.status, self.body = status, {"error": error, "field": field}
+
+
+@dataclass
+class Seen:
+    method: str
+    path: str
+    query: dict[str, str]
+    body: Any
+    authorization: Optional[str]
+    port: int
+
+
+def _model(name: str, version: str) -> dict:
+    return {"modelName": name, "modelVersion": version, "modelUrl": f"{name}-{version}.zip", "minWorkers": 0,
+            "maxWorkers": 0, "batchSize": None, "maxBatchDelay": None, "workers": []}
+
+
+class FakeModelpool(ThreadingHTTPServer):
+    """Just enough of modelpool's routes; records every request and every accepted connection."""
+
+    daemon_threads = False  # server_close() joins the handler threads: nothing outlives a test
+    block_on_close = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server_address[1]}"
+        self.seen: list[Seen] = []
+        self.connections: list[int] = []
+        self.models: dict[str, dict[str, dict]] = {"x": {"1": _model("x", "1")}}
+        self.defaults = {"x": "1"}
+        self.pools: dict[tuple[str, str], dict] = {}
+        self.batches: dict[str, dict] = {}
+        self.routes: list[tuple[str, re.Pattern, Callable]] = [
+            (method, re.compile(f"^{pattern}$"), handler) for method, pattern, handler in [
+                ("GET", "/ping", lambda q, b: (200, {"status": "Healthy"})),
+                ("POST", "/models", self.register),
+                ("GET", "/models", self.list_models),
+                ("GET", "/models/(?P<name>[^/]+)(?:/(?P<version>[^/]+))?", self.describe),
+                ("PUT", "/models/(?P<name>[^/]+)/(?P<version>[^/]+)/set-default", self.set_default),
+                ("PUT", "/models/(?P<name>[^/]+)(?:/(?P<version>[^/]+))?", self.scale),
+                ("DELETE", "/models/(?P<name>[^/]+)(?:/(?P<version>[^/]+))?", self.unregister),
+                ("GET", "/services", self.services),
+                ("PUT", "/pools/(?P<name>[^/]+)/(?P<version>[^/]+)", self.put_pool),
+                ("GET", "/pools/(?P<name>[^/]+)/(?P<version>[^/]+)", self.pool_status),
+                ("DELETE", "/pools/(?P<name>[^/]+)/(?P<version>[^/]+)", self.delete_pool),
+                ("POST", "/v2/models/x/versions/1/predict", self.predict),
+                ("POST", "/v2/models/x/versions/1/infer", self.infer),
+                ("POST", "/batches", self.start_batch),
+                ("GET", "/batches", self.list_batches),
+                ("GET", "/batches/(?P<id>[^/]+)", self.batch_state),
+                ("DELETE", "/batches/(?P<id>[^/]+)", self.cancel_batch),
+                ("GET", "/batches/(?P<id>[^/]+)/results/(?P<index>\\d+)", self.batch_row),
+                ("GET", "/batches/(?P<id>[^/]+)/results/(?P<index>\\d+)/artifacts", self.artifacts),
+                ("GET", "/batches/(?P<id>[^/]+)/results/(?P<index>\\d+)/artifacts/(?P<artifact>.+)", self.artifact),
+            ]]
+
+    def requests_to(self, path: str, method: Optional[str] = None) -> list[Seen]:
+        return [s for s in self.seen if s.path == path and (method is None or s.method == method)]
+
+    # ------------------------------------------------------------------ dispatch
+    def answer(self, method: str, path: str, query: dict, body: Any, authorization: Optional[str]) -> tuple[int, Any]:
+        if path != "/ping" and authorization != f"Bearer {TOKEN}":
+            raise Reply(401, "missing or wrong management token; send 'Authorization: Bearer <token>'", "authorization")
+        for route_method, pattern, handler in self.routes:
+            match = pattern.match(path)
+            if match and route_method == method:
+                return handler(query, body, **{k: unquote(v) for k, v in match.groupdict().items() if v is not None})
+        raise Reply(404, f"no route {method} {path}", None)
+
+    # ------------------------------------------------------------------ models
+    def record(self, name: str, version: Optional[str]) -> dict:
+        if name not in self.models:
+            raise Reply(404, f"model '{name}' is not registered", "model_name")
+        version = version or self.defaults[name]
+        if version not in self.models[name]:
+            raise Reply(404, f"model '{name}' has no version '{version}'", "version")
+        return self.models[name][version]
+
+    def register(self, query: dict, _: Any) -> tuple[int, dict]:
+        if "url" not in query:
+            raise Reply(400, "url: Field required", "url")
+        name = query.get("model_name") or query["url"].split("-")[0]
+        if "1" in self.models.get(name, {}):
+            raise Reply(409, f"model '{name}' version '1' is already registered; unregister it first", "model_name")
+        self.models.setdefault(name, {})["1"] = _model(name, "1")
+        self.defaults.setdefault(name, "1")
+        return 200, {"status": f'Model "{name}" registered'}
+
+    def list_models(self, query: dict, _: Any) -> tuple[int, dict]:
+        names = sorted(self.models)
+        after = query.get("next_page_token")
+        names = [n for n in names if after is None or n > after]
+        limit = int(query.get("limit", 100))
+        page, rest = names[:limit], names[limit:]
+        return 200, {"nextPageToken": page[-1] if rest else None,
+                     "models": [{"modelName": n, "modelUrl": f"{n}-1.zip"} for n in page]}
+
+    def describe(self, _: dict, __: Any, name: str, version: Optional[str] = None) -> tuple[int, list]:
+        return 200, [self.record(name, version)]
+
+    def scale(self, query: dict, _: Any, name: str, version: Optional[str] = None) -> tuple[int, dict]:
+        self.record(name, version)
+        return (200, {"status": "Worker scaled"}) if query.get("synchronous") == "true" else (202, {"status": "Worker updated"})
+
+    def set_default(self, _: dict, __: Any, name: str, version: str) -> tuple[int, dict]:
+        self.record(name, version)
+        self.defaults[name] = version
+        return 200, {"status": f'Default version successfully updated for model "{name}" to "{version}"'}
+
+    def unregister(self, _: dict, __: Any, name: str, version: Optional[str] = None) -> tuple[int, dict]:
+        record = self.record(name, version)
+        del self.models[name][record["modelVersion"]]
+        if not self.models[name]:
+            del self.models[name], self.defaults[name]
+        return 200, {"status": f'Model "{name}" unregistered'}
+
+    # ------------------------------------------------------------------ services and pools
+    def services(self, _: dict, __: Any) -> tuple[int, list]:
+        return 200, [{"name": n, "version": v, "pool": "dedicated" if (n, v) in self.pools else "generic",
+                      "state": "Running", "isDefault": self.defaults[n] == v}
+                     for n, versions in sorted(self.models.items()) for v in versions]
+
+    def put_pool(self, _: dict, body: Any, name: str, version: str) -> tuple[int, dict]:
+        self.record(name, version)
+        if body["initial_pool_size"] > body["max_pool_size"]:
+            raise Reply(400, f"initial_pool_size ({body['initial_pool_size']}) must not exceed max_pool_size "
+                             f"({body['max_pool_size']})", "initial_pool_size")
+        self.pools[(name, version)] = body
+        return 200, {"status": f'Pool for "{name}" version "{version}" set to '
+                               f'{body["initial_pool_size"]}..{body["max_pool_size"]} replicas'}
+
+    def pool_status(self, _: dict, __: Any, name: str, version: str) -> tuple[int, list]:
+        self.record(name, version)
+        status = "Success" if (name, version) in self.pools else "NotFound"
+        return 200, [{"computeNodeEndpoint": "127.0.0.1", "status": status, "errors": []}]
+
+    def delete_pool(self, _: dict, __: Any, name: str, version: str) -> tuple[int, dict]:
+        self.pools.pop((name, version), None)
+        return 200, {"status": f'Pool for "{name}" version "{version}" deleted; served by the generic pool'}
+
+    # ------------------------------------------------------------------ inference
+    def predict(self, _: dict, body: Any) -> tuple[int, dict]:
+        return 200, {"predictions": [int(sum(row) > 10) for row in body["instances"]]}
+
+    def infer(self, _: dict, body: Any) -> tuple[int, dict]:
+        tensor = body["inputs"][0]
+        rows = tensor["shape"][0]
+        outputs = {"predict": {"name": "predict", "datatype": "INT64", "shape": [rows], "data": list(range(rows))},
+                   "predict_proba": {"name": "predict_proba", "datatype": "FP64", "shape": [rows, 2],
+                                     "data": [0.25, 0.75] * rows}}
+        wanted = [o["name"] for o in body.get("outputs", [])] or list(outputs)
+        return 200, {"model_name": "x", "model_version": "1", "outputs": [outputs[n] for n in wanted]}
+
+    # ------------------------------------------------------------------ batches
+    def job(self, execution_id: str) -> dict:
+        if execution_id not in self.batches:
+            raise Reply(404, f"no batch execution '{execution_id}'", "execution_id")
+        return self.batches[execution_id]
+
+    def start_batch(self, _: dict, body: Any) -> tuple[int, dict]:
+        self.record(body["service"], body["version"])
+        execution_id = uuid.uuid4().hex
+        self.batches[execution_id] = {**body, "executionId": execution_id, "state": "Pending", "completed": 0}
+        return 202, {"executionId": execution_id, "state": "Pending"}
+
+    def list_batches(self, query: dict, _: Any) -> tuple[int, list]:
+        return 200, [i for i, j in self.batches.items()
+                     if j["service"] == query.get("service") and j["version"] == query.get("version")]
+
+    def batch_state(self, query: dict, _: Any, id: str) -> tuple[int, dict]:
+        """Every poll scores one more row, so a client sees the job progress."""
+        job = self.job(id)
+        total = len(job["records"])
+        if job["state"] in ("Pending", "Running"):
+            job["completed"] += 1
+            job["state"] = "Complete" if job["completed"] >= total else "Running"
+        answer = {"executionId": id, "service": job["service"], "version": job["version"], "state": job["state"],
+                  "totalItems": total, "completedItems": job["completed"], "failedItems": 0,
+                  "parallelCount": job["parallel_count"]}
+        if query.get("show_partial_results") == "true" or job["state"] == "Complete":
+            answer["results"] = [self.row(i) for i in range(job["completed"])]
+        return 200, answer
+
+    def cancel_batch(self, _: dict, __: Any, id: str) -> tuple[int, dict]:
+        job = self.job(id)
+        if job["state"] in ("Pending", "Running"):
+            job["state"] = "Cancelled"
+        return 200, {"executionId": id, "state": job["state"]}
+
+    @staticmethod
+    def row(index: int) -> dict:
+        return {"index": index, "status": "Complete", "outputs": {"predict": index % 3}}
+
+    def scored(self, id: str, index: str) -> int:
+        job, row = self.job(id), int(index)
+        if row >= job["completed"]:
+            raise Reply(404, f"row {row} is not scored yet", "index")
+        return row
+
+    def batch_row(self, _: dict, __: Any, id: str, index: str) -> tuple[int, dict]:
+        return 200, self.row(self.scored(id, index))
+
+    def artifacts(self, _: dict, __: Any, id: str, index: str) -> tuple[int, list]:
+        """Row 2 also lists a name that would escape the download directory (a hostile server)."""
+        row = self.scored(id, index)
+        return 200, ["report.json"] + (["../escape.txt"] if row == 2 else [])
+
+    def artifact(self, _: dict, __: Any, id: str, index: str, artifact: str) -> tuple[int, bytes]:
+        row = self.scored(id, index)
+        if artifact != "report.json":
+            raise Reply(404, f"row {row} has no artifact '{artifact}'", "artifact")
+        return 200, json.dumps({"index": row, "class": row % 3}).encode()
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive: one connection can carry many requests
+    timeout = 5  # an idle connection a client forgot cannot hold server_close() forever
+    server: FakeModelpool
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.connections.append(self.client_address[1])
+
+    def log_message(self, *_: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self._handle()
+
+    do_POST = do_PUT = do_DELETE = do_GET
+
+    def _handle(self) -> None:
+        url = urlsplit(self.path)
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        body = json.loads(raw) if raw else None
+        query = dict(parse_qsl(url.query))
+        authorization = self.headers.get("Authorization")
+        self.server.seen.append(Seen(self.command, url.path, query, body, authorization, self.client_address[1]))
+        try:
+            status, payload = self.server.answer(self.command, url.path, query, body, authorization)
+        except Reply as reply:
+            status, payload = reply.status, reply.body
+        binary = isinstance(payload, bytes)
+        data = payload if binary else json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/octet-stream" if binary else "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def _sockets_to(port: int) -> list:
+    """This process's TCP sockets on either end of ``port`` (client or server side)."""
+    return [c for c in psutil.Process().net_connections(kind="tcp")
+            if (c.laddr and c.laddr.port == port) or (c.raddr and c.raddr.port == port)]
+
+
+@pytest.fixture()
+def server():
+    before = set(threading.enumerate())
+    fake = FakeModelpool()
+    thread = threading.Thread(target=fake.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-modelpool")
+    thread.start()
+    try:
+        yield fake
+    finally:
+        fake.shutdown()
+        fake.server_close()  # joins every connection's handler thread
+        thread.join(10)
+        assert set(threading.enumerate()) <= before, "a server or handler thread outlived the test"
+        assert not _sockets_to(fake.server_address[1]), "a socket to the fake server was left open"
+
+
+@pytest.fixture()
+def client(server: FakeModelpool) -> Client:
+    return Client(server.url, token=TOKEN, timeout=10)
+
+
+def iris_frame(rows: int = 3) -> pd.DataFrame:
+    data = [[5.1, 3.5, 1.4, 0.2], [6.3, 3.3, 6.0, 2.5], [5.8, 2.7, 5.1, 1.9], [4.9, 3.0, 1.4, 0.2]]
+    return pd.DataFrame(data[:rows], columns=IRIS_COLUMNS)
+
+
+# ------------------------------------------------------------------------------------------ models
+def test_model_calls_send_mms_parameters_and_return_the_json(server, client):
+    assert client.register_model("y-1.zip", model_name="y", initial_workers=1, batch_size=8, max_batch_delay=2.5,
+                                 synchronous=True) == {"status": 'Model "y" registered'}
+    sent = server.seen[-1]
+    assert (sent.method, sent.path) == ("POST", "/models")
+    assert sent.query == {"url": "y-1.zip", "model_name": "y", "initial_workers": "1", "batch_size": "8",
+                          "max_batch_delay": "2.5", "synchronous": "true"}
+
+    described = client.describe_model("y")
+    assert [(d["modelName"], d["modelVersion"]) for d in described] == [("y", "1")]
+    assert client.describe_model("y", "1") == described
+    assert server.seen[-1].path == "/models/y/1"
+
+    assert client.scale_model("y", "1", min_worker=1, max_worker=3, synchronous=True) == {"status": "Worker scaled"}
+    assert (server.seen[-1].method, server.seen[-1].path) == ("PUT", "/models/y/1")
+    assert server.seen[-1].query == {"min_worker": "1", "max_worker": "3", "synchronous": "true"}
+    assert client.scale_model("y", batch_size=16, max_batch_delay=2) == {"status": "Worker updated"}  # a 202
+    assert (server.seen[-1].path, server.seen[-1].query) == (
+        "/models/y", {"synchronous": "false", "batch_size": "16", "max_batch_delay": "2"})
+
+    assert client.set_default("y", "1") == {"status": 'Default version successfully updated for model "y" to "1"'}
+    assert (server.seen[-1].method, server.seen[-1].path) == ("PUT", "/models/y/1/set-default")
+    assert client.unregister_model("y", "1") == {"status": 'Model "y" unregistered'}
+    assert (server.seen[-1].method, server.seen[-1].path) == ("DELETE", "/models/y/1")
+    with pytest.raises(NotFound):
+        client.describe_model("y")
+
+
+def test_list_models_follows_next_page_token_over_three_pages(server, client):
+    for name in ("a", "b", "c", "d"):
+        client.register_model(f"{name}-1.zip")
+    models = client.list_models(limit=2)
+    assert [m["modelName"] for m in models] == ["a", "b", "c", "d", "x"]
+    assert models[0] == {"modelName": "a", "modelUrl": "a-1.zip"}
+    pages = server.requests_to("/models", "GET")
+    assert [p.query for p in pages] == [{"limit": "2"}, {"limit": "2", "next_page_token": "b"},
+                                        {"limit": "2", "next_page_token": "d"}]
+
+
+def test_services_pools_and_ping(server, client):
+    assert client.ping() is True
+    assert client.list_services() == [{"name": "x", "version": "1", "pool": "generic", "state": "Running",
+                                       "isDefault": True}]
+    assert client.create_or_update_service_pool("x", "1", 2, 4) == {"status": 'Pool for "x" version "1" set to 2..4 replicas'}
+    assert server.seen[-1].body == {"initial_pool_size": 2, "max_pool_size": 4}
+    assert client.get_service_pool_status("x", "1") == [{"computeNodeEndpoint": "127.0.0.1", "status": "Success",
+                                                         "errors": []}]
+    assert client.list_services()[0]["pool"] == "dedicated"
+    assert client.delete_service_pool("x", "1")["status"].endswith("served by the generic pool")
+    assert client.delete_service_pool("x", "1")["status"].endswith("served by the generic pool")  # harmless again
+    assert client.get_service_pool_status("x", "1")[0]["status"] == "NotFound"
+    assert [(s.method, s.path) for s in server.seen[-3:]] == [("DELETE", "/pools/x/1"), ("DELETE", "/pools/x/1"),
+                                                              ("GET", "/pools/x/1")]
+
+
+def test_ping_is_false_when_nothing_answers():
+    with socket.socket() as probe:  # a port nobody listens on once the probe is closed
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    assert Client(f"http://127.0.0.1:{port}", token=TOKEN, timeout=2).ping() is False
+
+
+# ------------------------------------------------------------------------------------------ errors
+def test_errors_are_typed_and_carry_the_server_message_and_field(server, client):
+    with pytest.raises(Conflict) as conflict:
+        client.register_model("x-1.zip", model_name="x")
+    assert (conflict.value.status, conflict.value.field) == (409, "model_name")
+    assert conflict.value.message == "model 'x' version '1' is already registered; unregister it first"
+
+    with pytest.raises(NotFound) as missing:
+        client.describe_model("nope")
+    assert (missing.value.status, missing.value.field, missing.value.message) == (
+        404, "model_name", "model 'nope' is not registered")
+    with pytest.raises(NotFound) as version:
+        client.get_service("x", "9")
+    assert version.value.field == "version"
+
+    with pytest.raises(BadRequest) as bad:
+        client.create_or_update_service_pool("x", "1", initial_pool_size=4, max_pool_size=2)
+    assert (bad.value.status, bad.value.field) == (400, "initial_pool_size")
+    assert "must not exceed max_pool_size" in bad.value.message and "initial_pool_size" in str(bad.value)
+
+    with pytest.raises(Unauthorized) as denied:
+        Client(server.url, token="wrong").list_services()
+    assert (denied.value.status, denied.value.field) == (401, "authorization")
+    assert "management token" in denied.value.message
+
+    for error in (conflict.value, missing.value, bad.value, denied.value):
+        assert isinstance(error, ModelpoolError)
+
+
+# ------------------------------------------------------------------------------------------ sessions and token
+def _twenty_calls(client: Client) -> None:
+    """Management, inference and batch calls: every kind must ride the same session."""
+    svc = client.get_service("x", "1")
+    batch = svc.batch(iris_frame(), parallel_count=2).start()
+    for _ in range(5):
+        client.list_services()
+        svc.predict([[5.1, 3.5, 1.4, 0.2]])
+    batch.state
+    batch.cancel()
+    client.describe_model("x")
+    client.get_service_pool_status("x", "1")
+    svc.get_batch_executions()
+    batch.results()
+    client.list_models()
+    client.ping()
+
+
+def test_inside_with_twenty_calls_share_one_connection(server, client):
+    with client as c:
+        _twenty_calls(c)
+    assert len(server.seen) == 20
+    assert len(server.connections) == 1
+    assert {s.port for s in server.seen} == {server.connections[0]}
+
+
+def test_outside_with_each_call_has_its_own_connection(server, client):
+    _twenty_calls(client)
+    assert len(server.seen) == 20
+    assert len(server.connections) == 20 and len(set(server.connections)) == 20
+    assert [s.port for s in server.seen] == server.connections
+
+
+def test_token_is_sent_on_every_management_call(server, client):
+    with client as c:
+        _twenty_calls(c)
+    _twenty_calls(client)
+    management = [s for s in server.seen if s.path != "/ping"]
+    assert len(management) == 38
+    assert {s.authorization for s in management} == {f"Bearer {TOKEN}"}
+
+
+def test_a_callers_session_is_used_and_left_open(server):
+    with requests.Session() as session:
+        client = Client(server.url, token=TOKEN, session=session)
+        for _ in range(3):
+            client.list_services()
+        with client:
+            client.list_services()
+        client.list_services()  # still open: the caller owns it
+        assert "Authorization" not in session.headers
+    assert len(server.connections) == 1
+    assert {s.authorization for s in server.seen} == {f"Bearer {TOKEN}"}
+
+
+@pytest.fixture()
+def no_token_env(monkeypatch, tmp_path):
+    """A home with no token anywhere; each test adds the source it checks."""
+    monkeypatch.delenv("MODELPOOL_MANAGEMENT_TOKEN", raising=False)
+    monkeypatch.delenv("MODELPOOL_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    return monkeypatch
+
+
+def test_token_from_env_beats_the_token_file(server, no_token_env, tmp_path):
+    no_token_env.setenv("MODELPOOL_MANAGEMENT_TOKEN", TOKEN)
+    (tmp_path / "home" / ".modelpool").mkdir(parents=True)
+    (tmp_path / "home" / ".modelpool" / "management_token").write_text("from-file\n")
+    client = Client(server.url)
+    assert client.token == TOKEN
+    assert client.list_services()[0]["name"] == "x"
+    assert server.seen[-1].authorization == f"Bearer {TOKEN}"
+    assert Client(server.url, token="explicit").token == "explicit"
+
+
+def test_token_from_the_home_token_file(server, no_token_env, tmp_path):
+    (tmp_path / "home" / ".modelpool").mkdir(parents=True)
+    (tmp_path / "home" / ".modelpool" / "management_token").write_text(TOKEN + "\n")
+    assert Client(server.url).list_services()[0]["name"] == "x"
+    assert server.seen[-1].authorization == f"Bearer {TOKEN}"
+
+
+def test_token_from_modelpool_home(server, no_token_env, tmp_path):
+    home = tmp_path / "mp-home"
+    home.mkdir()
+    (home / "management_token").write_text(TOKEN)
+    no_token_env.setenv("MODELPOOL_HOME", str(home))
+    assert Client(server.url).list_services()[0]["name"] == "x"
+    assert server.seen[-1].authorization == f"Bearer {TOKEN}"
+
+
+def test_no_token_anywhere_is_unauthorized(server, no_token_env):
+    assert resolve_token() is None
+    with pytest.raises(Unauthorized):
+        Client(server.url).list_services()
+    assert server.seen[-1].authorization is None
+
+
+# ------------------------------------------------------------------------------------------ services
+def test_get_service_resolves_the_default_version(server, client):
+    svc = client.get_service("x")
+    assert isinstance(svc, Service) and (svc.name, svc.version) == ("x", "1")
+    assert server.seen[-1].path == "/models/x"
+
+
+def test_predict_sends_instances_and_returns_predictions(server, client):
+    svc = client.get_service("x", "1")
+    assert svc.predict([[5.1, 3.5, 1.4, 0.2], [6.3, 3.3, 6.0, 2.5]]) == [0, 1]
+    sent = server.seen[-1]
+    assert (sent.method, sent.path) == ("POST", "/v2/models/x/versions/1/predict")
+    assert sent.body == {"instances": [[5.1, 3.5, 1.4, 0.2], [6.3, 3.3, 6.0, 2.5]]}
+    from_frame = svc.predict(iris_frame(2))
+    assert isinstance(from_frame, np.ndarray) and from_frame.tolist() == [0, 1]
+    assert server.seen[-1].body == sent.body
+
+
+def test_infer_builds_a_v2_request_and_reshapes_outputs(server, client):
+    svc = client.get_service("x", "1")
+    answer = svc.infer(iris_frame(3))
+    sent = server.seen[-1]
+    assert sent.path == "/v2/models/x/versions/1/infer"
+    assert sent.body == {"inputs": [{"name": "input-0", "shape": [3, 4], "datatype": "FP64",
+                                     "data": iris_frame(3).to_numpy().ravel().tolist()}]}
+    assert set(answer) == {"predict", "predict_proba"}
+    assert answer["predict"].dtype == np.int64 and answer["predict"].tolist() == [0, 1, 2]
+    assert answer["predict_proba"].shape == (3, 2) and answer["predict_proba"].dtype == np.float64
+    only = svc.infer([5.1, 3.5, 1.4, 0.2], outputs=["predict_proba"])
+    assert server.seen[-1].body["inputs"][0]["shape"] == [1, 4]
+    assert server.seen[-1].body["outputs"] == [{"name": "predict_proba"}]
+    assert list(only) == ["predict_proba"] and only["predict_proba"].tolist() == [[0.25, 0.75]]
+
+
+# ------------------------------------------------------------------------------------------ batches
+def test_batch_workflow(server, client, tmp_path):
+    svc = client.get_service("x", "1")
+    batch = svc.batch(iris_frame(3), parallel_count=2)
+    assert isinstance(batch, Batch) and batch.execution_id is None
+    assert batch.start() is batch and batch.execution_id is not None
+    sent = server.requests_to("/batches", "POST")[-1].body
+    assert sent == {"service": "x", "version": "1", "parallel_count": 2,
+                    "records": iris_frame(3).to_dict("records")}
+    assert sent["records"][0] == {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
+
+    assert batch.state == "Running"
+    partial = batch.results()
+    assert server.seen[-1].query == {"show_partial_results": "true"}
+    assert partial["state"] == "Complete" and [r["index"] for r in partial["results"]] == [0, 1, 2]
+    assert batch.results(show_partial_results=False)["results"] == partial["results"]
+    assert server.seen[-1].query == {"show_partial_results": "false"}
+
+    assert batch.execution(1) == {"index": 1, "status": "Complete", "outputs": {"predict": 1}}
+    assert batch.list_artifacts(1) == ["report.json"]
+    assert json.loads(batch.artifact(1, "report.json")) == {"index": 1, "class": 1}
+    written = batch.download(1, dest=tmp_path / "out")
+    assert written == [tmp_path / "out" / "report.json"]
+    assert json.loads(written[0].read_text()) == {"index": 1, "class": 1}
+    assert batch.download(0, "report.json", dest=tmp_path / "out") == [tmp_path / "out" / "report.json"]
+    assert json.loads(written[0].read_text())["index"] == 0
+
+    assert svc.get_batch_executions() == [batch.execution_id]
+    assert server.seen[-1].query == {"service": "x", "version": "1"}
+    again = svc.get_batch(batch.execution_id)
+    assert again.state == "Complete"
+    assert again.cancel() == {"executionId": batch.execution_id, "state": "Complete"}
+    assert server.seen[-1].method == "DELETE"
+    with pytest.raises(NotFound) as row:
+        batch.execution(7)
+    assert row.value.field == "index"
+
+
+def test_cancel_stops_a_running_batch(server, client):
+    batch = client.get_service("x", "1").batch([[1, 2, 3, 4]] * 5).start()
+    assert batch.cancel() == {"executionId": batch.execution_id, "state": "Cancelled"}
+    assert batch.state == "Cancelled"
+
+
+def test_unstarted_batches_say_so(client):
+    batch = Service(client, "x", "1").get_batch("0" * 32)
+    with pytest.raises(RuntimeError, match="no records"):
+        batch.start()
+    with pytest.raises(RuntimeError, match="not started"):
+        Service(client, "x", "1").batch([[1.0]]).state
+
+
+@pytest.mark.parametrize("name", ["../x", "..", "/etc/passwd", "sub/dir.json", "a\\b", ".hidden", ""])
+def test_download_refuses_names_that_would_leave_dest(server, client, tmp_path, name):
+    batch = client.get_service("x", "1").batch(iris_frame(3)).start()
+    batch.wait(poll=0)
+    dest = tmp_path / "dest"
+    before = len(server.seen)
+    with pytest.raises(ValueError, match="refusing artifact"):
+        batch.download(1, name, dest=dest)
+    assert len(server.seen) == before  # refused before asking the server
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_download_refuses_a_listed_name_that_escapes_and_writes_nothing(server, client, tmp_path):
+    batch = client.get_service("x", "1").batch(iris_frame(3)).start()
+    batch.wait(poll=0)
+    dest = tmp_path / "dest"
+    with pytest.raises(ValueError, match="escape.txt"):
+        batch.download(2, dest=dest)  # the server lists "report.json" and "../escape.txt"
+    assert not dest.exists() and not (tmp_path / "escape.txt").exists()
+
+
+def test_download_refuses_a_symlink_in_dest_pointing_outside(server, client, tmp_path):
+    batch = client.get_service("x", "1").batch(iris_frame(3)).start()
+    batch.wait(poll=0)
+    dest, outside = tmp_path / "dest", tmp_path / "outside.json"
+    dest.mkdir()
+    (dest / "report.json").symlink_to(outside)
+    with pytest.raises(ValueError, match="outside"):
+        batch.download(1, dest=dest)
+    assert not outside.exists()
+
+
+def test_wait_reports_progress_and_stops_on_complete(server, client):
+    batch = client.get_service("x", "1").batch(iris_frame(3)).start()
+    seen: list[tuple[int, Optional[int]]] = []
+    final = batch.wait(timeout=30, poll=0.01, progress=lambda done, total: seen.append((done, total)))
+    assert final["state"] == "Complete" and len(final["results"]) == 3
+    assert seen == [(1, 3), (2, 3), (3, 3)]
+    polls = server.requests_to(f"/batches/{batch.execution_id}", "GET")
+    assert len(polls) == 3 and all(p.query == {"show_partial_results": "false"} for p in polls)
+    assert server.seen[-1] is polls[-1]  # nothing after Complete
+
+
+def test_wait_times_out_with_the_last_state(server, client):
+    batch = client.get_service("x", "1").batch(iris_frame(3)).start()
+    with pytest.raises(TimeoutError, match="still Running"):
+        batch.wait(timeout=0, poll=0)
