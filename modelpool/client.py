@@ -28,6 +28,7 @@ from urllib.parse import quote
 
 import numpy as np
 import requests
+from requests.adapters import HTTPAdapter
 
 from modelpool import __version__
 
@@ -36,6 +37,7 @@ TOKEN_ENV = "MODELPOOL_MANAGEMENT_TOKEN"
 HOME_ENV = "MODELPOOL_HOME"
 TOKEN_FILE = "management_token"
 FINAL_STATES = ("Complete", "Failed", "Cancelled")
+RESULTS_PAGE = 1000  # batch result rows per request (the server's default page)
 INPUT_NAME = "input-0"  # the input every modelpool handler receives rows under (see /predict)
 SERVER_WAIT_DEFAULT_S = 120.0  # the server's default response_timeout / scale timeout
 SERVER_WAIT_MARGIN_S = 10.0
@@ -145,6 +147,23 @@ def _server_wait(synchronous: bool, server_timeout: Optional[float], client_time
 
 
 # ------------------------------------------------------------------------------------------ client
+class _ClosingAdapter(HTTPAdapter):
+    """An adapter whose ``close()`` closes its idle keep-alive connections.
+
+    With urllib3 2.x, ``PoolManager.clear()`` (what ``Session.close()`` calls) only forgets its
+    connection pools, so their sockets stay open until garbage collection; a client promising
+    "closed on exit" has to close the pools itself.
+    """
+
+    def close(self) -> None:
+        managers = [self.poolmanager, *self.proxy_manager.values()]
+        pools = [manager.pools.get(key) for manager in managers for key in manager.pools.keys()]
+        super().close()
+        for pool in pools:
+            if pool is not None:
+                pool.close()
+
+
 class Client:
     """The management, pool, inference and batch API of one cluster."""
 
@@ -180,6 +199,8 @@ class Client:
 
     def _new_session(self) -> requests.Session:
         session = requests.Session()
+        for prefix in ("http://", "https://"):
+            session.mount(prefix, _ClosingAdapter())
         session.headers.update(self._headers())
         return session
 
@@ -417,16 +438,33 @@ class Batch:
 
     @property
     def state(self) -> str:
-        """Pending, Running, Complete, Failed or Cancelled."""
+        """Pending, Running, Complete, Failed or Cancelled (one request per read)."""
         return self.status()["state"]
 
-    def status(self, show_partial_results: bool = False) -> dict:
-        """The job's state and counts (and results when asked or complete)."""
-        return self._client._json("GET", self._path, params=_params(show_partial_results=show_partial_results))
+    def status(self) -> dict:
+        """The job's state and counts, without rows (cheap enough to poll)."""
+        return self._client._json("GET", self._path, params=_params(show_partial_results=False))
 
-    def results(self, show_partial_results: bool = True) -> dict:
-        """The state with ``results``: every row scored so far, by index."""
-        return self.status(show_partial_results)
+    def results(self, show_partial_results: bool = True, page_size: int = RESULTS_PAGE) -> dict:
+        """The state with ``results``: the rows scored so far, in index order.
+
+        The server sends rows a page at a time (a job may hold millions); the pages are followed
+        here. With ``show_partial_results=False`` rows come only once the job is Complete, as in
+        ML Server.
+        """
+        if not show_partial_results:
+            status = self.status()
+            if status["state"] != "Complete":
+                return status
+        rows: dict[int, dict] = {}
+        offset: Optional[int] = 0
+        while offset is not None:
+            page = self._client._json("GET", self._path, params=_params(
+                show_partial_results=True, offset=offset, limit=page_size))
+            rows.update((row["index"], row) for row in page.get("results", []))
+            offset = page.get("nextOffset")
+        # keyed by index: a row finishing between two pages of a running job is neither lost nor doubled
+        return {**page, "results": [rows[i] for i in sorted(rows)], "nextOffset": None}
 
     def execution(self, index: int) -> dict:
         """One row's result: index, status, outputs (and error when it failed)."""
@@ -470,6 +508,8 @@ class Batch:
 
     def wait(self, timeout: float = 600, poll: float = 0.5, progress: Optional[ProgressCallback] = None) -> dict:
         """Poll until Complete, Failed or Cancelled and return that state (TimeoutError after ``timeout`` s).
+
+        The state carries counts, not rows (polling must stay cheap): read rows with ``results()``.
 
         ``progress(done, total)`` is called after every poll; ``done`` counts failed rows too, so
         it reaches ``total`` (None until an ``input_uri`` job has read its input).

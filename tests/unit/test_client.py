@@ -12,7 +12,6 @@ import threading
 import uuid
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any, Callable, Optional
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -178,7 +177,7 @@ class FakeModelpool(ThreadingHTTPServer):
 
     # ------------------------------------------------------------------ inference
     def predict(self, _: dict, body: Any) -> tuple[int, dict]:
-        return 200, {"predictions": [int(sum(row) > 10) for row in body["instances"]]}
+        return 200, {"predictions": [int(sum(row) > 12) for row in body["instances"]]}
 
     def infer(self, _: dict, body: Any) -> tuple[int, dict]:
         tensor = body["inputs"][0]
@@ -215,8 +214,10 @@ class FakeModelpool(ThreadingHTTPServer):
         answer = {"executionId": id, "service": job["service"], "version": job["version"], "state": job["state"],
                   "totalItems": total, "completedItems": job["completed"], "failedItems": 0,
                   "parallelCount": job["parallel_count"]}
-        if query.get("show_partial_results") == "true" or job["state"] == "Complete":
-            answer["results"] = [self.row(i) for i in range(job["completed"])]
+        if query.get("show_partial_results") == "true":  # rows travel in pages, as on the real server
+            offset, limit = int(query.get("offset", 0)), int(query.get("limit", 1000))
+            page = [self.row(i) for i in range(offset, min(offset + limit, job["completed"]))]
+            answer.update(results=page, nextOffset=offset + len(page) if len(page) == limit else None)
         return 200, answer
 
     def cancel_batch(self, _: dict, __: Any, id: str) -> tuple[int, dict]:
@@ -253,6 +254,7 @@ class FakeModelpool(ThreadingHTTPServer):
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: one connection can carry many requests
     timeout = 5  # an idle connection a client forgot cannot hold server_close() forever
+    disable_nagle_algorithm = True  # headers and body are separate writes: no 40 ms delayed-ACK stall per answer
     server: FakeModelpool
 
     def setup(self) -> None:
@@ -292,6 +294,12 @@ def _sockets_to(port: int) -> list:
     """This process's TCP sockets on either end of ``port`` (client or server side)."""
     return [c for c in psutil.Process().net_connections(kind="tcp")
             if (c.laddr and c.laddr.port == port) or (c.raddr and c.raddr.port == port)]
+
+
+def _client_sockets_to(server: FakeModelpool) -> list:
+    """The client ends only: closed synchronously by the client, unlike the server ends."""
+    port = server.server_address[1]
+    return [c for c in _sockets_to(port) if c.raddr and c.raddr.port == port]
 
 
 @pytest.fixture()
@@ -410,6 +418,8 @@ def test_errors_are_typed_and_carry_the_server_message_and_field(server, client)
 
     for error in (conflict.value, missing.value, bad.value, denied.value):
         assert isinstance(error, ModelpoolError)
+    # the errors' tracebacks still reference each call's session: its connection must be closed anyway
+    assert not _client_sockets_to(server)
 
 
 # ------------------------------------------------------------------------------------------ sessions and token
@@ -433,6 +443,8 @@ def _twenty_calls(client: Client) -> None:
 def test_inside_with_twenty_calls_share_one_connection(server, client):
     with client as c:
         _twenty_calls(c)
+        assert len(_client_sockets_to(server)) == 1
+    assert not _client_sockets_to(server), "leaving the with block must close its connection"
     assert len(server.seen) == 20
     assert len(server.connections) == 1
     assert {s.port for s in server.seen} == {server.connections[0]}
@@ -440,6 +452,7 @@ def test_inside_with_twenty_calls_share_one_connection(server, client):
 
 def test_outside_with_each_call_has_its_own_connection(server, client):
     _twenty_calls(client)
+    assert not _client_sockets_to(server), "a call outside a with block must close its connection"
     assert len(server.seen) == 20
     assert len(server.connections) == 20 and len(set(server.connections)) == 20
     assert [s.port for s in server.seen] == server.connections
@@ -555,12 +568,14 @@ def test_batch_workflow(server, client, tmp_path):
                     "records": iris_frame(3).to_dict("records")}
     assert sent["records"][0] == {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
 
-    assert batch.state == "Running"
+    assert batch.state == "Running"  # the fake scores one row per poll
+    assert "results" not in batch.results(show_partial_results=False)  # not Complete yet: no rows
     partial = batch.results()
-    assert server.seen[-1].query == {"show_partial_results": "true"}
+    assert server.seen[-1].query == {"show_partial_results": "true", "offset": "0", "limit": "1000"}
     assert partial["state"] == "Complete" and [r["index"] for r in partial["results"]] == [0, 1, 2]
+    assert partial["nextOffset"] is None
     assert batch.results(show_partial_results=False)["results"] == partial["results"]
-    assert server.seen[-1].query == {"show_partial_results": "false"}
+    assert [s.query.get("show_partial_results") for s in server.seen[-2:]] == ["false", "true"]
 
     assert batch.execution(1) == {"index": 1, "status": "Complete", "outputs": {"predict": 1}}
     assert batch.list_artifacts(1) == ["report.json"]
@@ -582,6 +597,16 @@ def test_batch_workflow(server, client, tmp_path):
     assert row.value.field == "index"
 
 
+def test_results_follow_the_pages_in_index_order(server, client):
+    batch = client.get_service("x", "1").batch([[1, 2, 3, 4]] * 5).start()
+    batch.wait(poll=0)
+    before = len(server.seen)
+    answer = batch.results(page_size=2)
+    assert [r["index"] for r in answer["results"]] == [0, 1, 2, 3, 4]
+    assert (answer["state"], answer["nextOffset"]) == ("Complete", None)
+    assert [(s.query["offset"], s.query["limit"]) for s in server.seen[before:]] == [("0", "2"), ("2", "2"), ("4", "2")]
+
+
 def test_cancel_stops_a_running_batch(server, client):
     batch = client.get_service("x", "1").batch([[1, 2, 3, 4]] * 5).start()
     assert batch.cancel() == {"executionId": batch.execution_id, "state": "Cancelled"}
@@ -590,7 +615,7 @@ def test_cancel_stops_a_running_batch(server, client):
 
 def test_unstarted_batches_say_so(client):
     batch = Service(client, "x", "1").get_batch("0" * 32)
-    with pytest.raises(RuntimeError, match="no records"):
+    with pytest.raises(RuntimeError, match="already started"):
         batch.start()
     with pytest.raises(RuntimeError, match="not started"):
         Service(client, "x", "1").batch([[1.0]]).state
@@ -632,7 +657,8 @@ def test_wait_reports_progress_and_stops_on_complete(server, client):
     batch = client.get_service("x", "1").batch(iris_frame(3)).start()
     seen: list[tuple[int, Optional[int]]] = []
     final = batch.wait(timeout=30, poll=0.01, progress=lambda done, total: seen.append((done, total)))
-    assert final["state"] == "Complete" and len(final["results"]) == 3
+    assert final["state"] == "Complete" and final["completedItems"] == 3
+    assert "results" not in final  # polling stays cheap: rows come from results()
     assert seen == [(1, 3), (2, 3), (3, 3)]
     polls = server.requests_to(f"/batches/{batch.execution_id}", "GET")
     assert len(polls) == 3 and all(p.query == {"show_partial_results": "false"} for p in polls)
