@@ -103,6 +103,7 @@ class BatchCoordinator:
         job = read_job(self.store, self.execution_id)
         if job["state"] in FINAL_STATES:
             return
+        job = update_job(self.store, self.execution_id, coordinatorStartedAt=time.time())
         job = self._prepare(job)
         partitions = int(job["partitions"])
         done = set(results.completed_parts(self.store, self.execution_id))
@@ -125,11 +126,12 @@ class BatchCoordinator:
             for ref in ready:
                 in_flight.pop(ref)
                 scored = ray.get(ref)  # a partition that failed all its retries fails the job
+                self.first_part_at = getattr(self, "first_part_at", None) or time.time()
                 self.completed += scored["completed"]
                 self.failed += scored["failed"]
             if ready:
-                update_job(self.store, self.execution_id, **self._progress())
-        update_job(self.store, self.execution_id, state="Complete", **self._progress())
+                update_job(self.store, self.execution_id, firstPartAt=self.first_part_at, **self._progress())
+        update_job(self.store, self.execution_id, state="Complete", finishedAt=time.time(), **self._progress())
 
     def _prepare(self, job: dict) -> dict:
         """Write the input table for an input_uri job (records jobs were written at submit)."""
@@ -141,7 +143,7 @@ class BatchCoordinator:
         partition_rows = inputs.partition_rows_for(table.num_rows, int(job["parallelCount"]))
         partitions = inputs.write_input(self.store, self.execution_id, table, partition_rows)
         return update_job(self.store, self.execution_id, partitions=partitions, partitionRows=partition_rows,
-                          totalItems=table.num_rows, inputColumns=table.column_names)
+                          totalItems=table.num_rows, inputColumns=table.column_names, inputReadyAt=time.time())
 
     def _fetch(self, uri: str):
         return input_location(self.store_config, self.store, uri)

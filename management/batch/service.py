@@ -108,6 +108,9 @@ class BatchService:
             "failedItems": job.get("failedItems", 0), "parallelCount": job["parallelCount"],
             "createdAt": job.get("createdAt"), "updatedAt": job.get("updatedAt"),
         }
+        for key in ("coordinatorStartedAt", "inputReadyAt", "firstPartAt", "finishedAt"):
+            if job.get(key):
+                answer[key] = job[key]  # where the time went: start-up, input, first part, the rest
         if job.get("error"):
             answer["error"] = job["error"]
         if show_partial_results:
