@@ -44,7 +44,7 @@ class Settings(BaseModel):
     allow_private_networks: bool = Field(False, description="Let model URLs resolve to loopback, private or link-local addresses (off: SSRF protection).")
     max_download_bytes: int = Field(2 << 30, ge=1, description="Largest model archive fetched from a URL.")
     management_token: Optional[str] = Field(None, description="Bearer token for the management API (default: generated at start, written to HOME/management_token, mode 0600).")
-    batch_num_cpus: float = Field(0.5, gt=0, le=64, description="CPUs reserved per batch-scoring Ray task.")
+    batch_workers: int = Field(2, ge=1, le=1024, description="Warm batch-scoring workers (Ray actors, no CPU reservation): partitions scored at once across all jobs.")
     pool_models_per_replica: int = Field(8, ge=1, le=1000, description="Models each generic-pool replica keeps loaded (LRU).")
     pool_min_replicas: int = Field(1, ge=1, le=1024, description="Replicas of the generic pool at least.")
     pool_max_replicas: int = Field(2, ge=1, le=1024, description="Replicas of the generic pool at most.")

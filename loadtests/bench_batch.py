@@ -3,7 +3,7 @@
 Baseline, measured in the same run on the same machine: a single-process script doing the same
 read -> predict -> write with pyarrow and scikit-learn. modelpool: ``POST /batches`` with the same
 Parquet as ``input_uri`` in the cluster's object store, timed from the request to ``Complete``
-(input conversion, coordinator and task start-up, model load per worker, scoring, Parquet parts).
+(input conversion, scheduling, model load per worker, scoring, Parquet parts).
 
 Usage: ``python -m loadtests.bench_batch [--rows 1000000 --rows 10000000] [--parallel 2]``
 On a bigger cluster, raise ``--parallel`` (and give the cluster more CPUs): partitions are scored

@@ -1,8 +1,8 @@
 """The batch API's core (no HTTP): submit, list, state, results, artifacts, cancel.
 
 A job is accepted only after its description (and, for records, its input table) is in object
-storage; its coordinator then runs on Ray. Everything a user reads comes from object storage, so
-the answers survive restarts of the management replica, the coordinator, or the whole cluster.
+storage; the scheduler then runs it on Ray. Everything a user reads comes from object storage, so
+the answers survive restarts of the management replica, the scheduler, or the whole cluster.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any, Optional
 from cluster.object_store import ObjectNotFound, ObjectStore
 from cluster.settings import Settings
 from deployments.errors import RequestError
-from management.batch import coordinator, inputs, layout, results
+from management.batch import inputs, jobs, layout, results, scheduler
 from management.registry import Registry
 
 DEFAULT_PARALLEL_COUNT = 10
@@ -68,11 +68,11 @@ class BatchService:
         return {"executionId": execution_id, "state": "Pending"}
 
     def _check_readable(self, uri: str) -> None:
-        """A missing input is a 400 now, not a Failed job later (the coordinator reads the rows)."""
+        """A missing input is a 400 now, not a Failed job later (the scheduler reads the rows)."""
         import pyarrow.fs as pafs
 
         try:
-            filesystem, path = coordinator.input_location(self.settings.object_store_config, self.store, uri)
+            filesystem, path = jobs.input_location(self.settings.object_store_config, self.store, uri)
             info = filesystem.get_file_info(path)
         except (OSError, ValueError) as exc:
             raise RequestError(f"cannot read input_uri {uri}: {exc}", field="input_uri") from None
@@ -81,23 +81,22 @@ class BatchService:
                                field="input_uri")
 
     def _start(self, execution_id: str) -> None:
-        coordinator.start_coordinator(self.settings.object_store_config, execution_id, str(self.settings.cache_path),
-                                      self.settings.batch_num_cpus)
+        scheduler.start_job(self.settings.object_store_config, str(self.settings.cache_path),
+                            self.settings.batch_workers, execution_id)
 
     def resume_unfinished(self) -> int:
-        """After a restart: every job not in a final state gets its coordinator back."""
-        resumed = 0
-        for job in self._jobs():
-            if job.get("state") not in coordinator.FINAL_STATES:
-                self._start(job["executionId"])
-                resumed += 1
-        return resumed
+        """After a restart: the scheduler (started now if needed) picks up every unfinished job."""
+        handle = scheduler.scheduler_handle(self.settings.object_store_config, str(self.settings.cache_path),
+                                            self.settings.batch_workers)
+        import ray
+
+        return ray.get(handle.resume.remote())
 
     # ------------------------------------------------------------------ read
     def list(self, service: Optional[str], version: Optional[str]) -> list[str]:
-        jobs = [j for j in self._jobs() if (service is None or j["service"] == service)
-                and (version is None or j["version"] == version)]
-        return [j["executionId"] for j in sorted(jobs, key=lambda j: j.get("createdAt", 0))]
+        matching = [j for j in self._jobs() if (service is None or j["service"] == service)
+                    and (version is None or j["version"] == version)]
+        return [j["executionId"] for j in sorted(matching, key=lambda j: j.get("createdAt", 0))]
 
     def state(self, execution_id: str, show_partial_results: bool, offset: int = 0,
               limit: int = DEFAULT_RESULTS_PAGE) -> dict:
@@ -139,8 +138,8 @@ class BatchService:
     # ------------------------------------------------------------------ cancel
     def cancel(self, execution_id: str) -> dict:
         job = self._job(execution_id)
-        if job["state"] not in coordinator.FINAL_STATES:
-            self.store.write_bytes(coordinator.cancel_key(execution_id), b"")
+        if job["state"] not in jobs.FINAL_STATES:
+            self.store.write_bytes(jobs.cancel_key(execution_id), b"")
             job = self._job(execution_id)
         return {"executionId": execution_id, "state": job["state"]}
 
@@ -148,18 +147,18 @@ class BatchService:
     def _job(self, execution_id: str) -> dict:
         layout.check_execution_id(execution_id)
         try:
-            return coordinator.read_job(self.store, execution_id)
+            return jobs.read_job(self.store, execution_id)
         except ObjectNotFound:
             raise RequestError(f"no batch execution '{execution_id}'", status=404, field="execution_id") from None
 
     def _jobs(self) -> list[dict]:
-        jobs = []
+        found = []
         for child in self.store.list_children("batches"):
             try:
-                jobs.append(coordinator.read_job(self.store, child.rstrip("/")))
+                found.append(jobs.read_job(self.store, child.rstrip("/")))
             except (ObjectNotFound, ValueError):
                 continue
-        return jobs
+        return found
 
     def _service(self, name: Any, version: Any):
         if not isinstance(name, str) or not name:

@@ -154,8 +154,8 @@ def test_cancel_mid_run_keeps_the_rows_already_scored(cluster, admin, slow_model
     assert admin.post(f"{url}/cancel").json()["state"] == "Cancelled"  # repeated: harmless
 
 
-def _score_task_workers():
-    return [p for p in psutil.process_iter(["cmdline"]) if "ray::score_task" in " ".join(p.info.get("cmdline") or [])]
+def _scoring_workers():
+    return [p for p in psutil.process_iter(["cmdline"]) if "ray::BatchWorker" in " ".join(p.info.get("cmdline") or [])]
 
 
 def test_a_worker_killed_mid_job_still_scores_every_row_exactly_once(cluster, admin, slow_model):
@@ -165,11 +165,12 @@ def test_a_worker_killed_mid_job_still_scores_every_row_exactly_once(cluster, ad
     deadline = time.monotonic() + 60
     killed = 0
     while not killed and time.monotonic() < deadline:
-        for process in _score_task_workers():
-            process.kill()
-            killed += 1
-        time.sleep(0.1)
-    assert killed, "never saw a scoring task to kill"
+        if admin.get(url).json()["state"] == "Running":
+            for process in _scoring_workers():
+                process.kill()
+                killed += 1
+        time.sleep(0.2)
+    assert killed, "never saw a scoring worker to kill"
     done = wait_state(admin, url, timeout_s=240)
     assert done["state"] == "Complete", done
     indexes = [r["index"] for r in done["results"]]
@@ -177,7 +178,7 @@ def test_a_worker_killed_mid_job_still_scores_every_row_exactly_once(cluster, ad
     assert [r["outputs"]["predict"] for r in done["results"][:3]] == [1.0, 2.0, 3.0]
 
 
-def test_a_killed_coordinator_resumes_from_the_parts_written(ray_client, admin, slow_model):
+def test_a_killed_scheduler_resumes_from_the_parts_written(ray_client, admin, slow_model):
     import ray
 
     cluster = ray_client
@@ -188,7 +189,11 @@ def test_a_killed_coordinator_resumes_from_the_parts_written(ray_client, admin, 
     deadline = time.monotonic() + 120
     while admin.get(url).json()["completedItems"] == 0 and time.monotonic() < deadline:
         time.sleep(0.2)
-    ray.kill(ray.get_actor(f"batch-{execution}", namespace="modelpool"), no_restart=False)
+    from cluster.settings import load_settings
+    from management.batch.scheduler import NAMESPACE, scheduler_name
+
+    name = scheduler_name(load_settings({}, cluster.env).object_store_config)
+    ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=False)
     done = wait_state(admin, url, timeout_s=240)
     assert done["state"] == "Complete", done
     assert [r["index"] for r in done["results"]] == list(range(5000))

@@ -1,0 +1,205 @@
+"""Runs batch jobs on Ray: one long-lived scheduler actor and a pool of warm scoring workers.
+
+The scheduler (a detached actor named ``batch-scheduler``) runs each job in a thread of its own,
+keeping at most ``parallelCount`` partitions in flight on a pool of ``BatchWorker`` actors. The
+workers stay up between jobs with their imports done and their models loaded (a cold worker
+costs ~2.5 s before its first row), and reserve no CPUs so they never starve serving replicas;
+``--batch-workers`` bounds how many run at once.
+
+Nothing is lost and nothing is scored twice: the scheduler keeps no state that is not in object
+storage, so when its process dies Ray restarts it and it resumes every unfinished job from the
+result parts already written; a worker killed mid-partition is restarted by Ray and the call is
+retried, rewriting that part whole.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import queue
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from management.batch import results
+from management.batch.jobs import FINAL_STATES, input_location, is_cancelled, open_job_store, read_job, update_job
+
+logger = logging.getLogger(__name__)
+
+NAMESPACE = "modelpool"
+SCHEDULER_NAME = "batch-scheduler"
+RETRIES = 3
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=RETRIES)
+class BatchWorker:
+    """Scores partitions; keeps its imports and (per process) its loaded models between calls."""
+
+    def __init__(self) -> None:
+        from management.batch import scoring  # the expensive imports, once per worker
+
+        self._scoring = scoring
+
+    def score(self, store_config: dict, execution_id: str, partition: int, job: dict, cache_dir: str) -> dict:
+        return self._scoring.score_partition(open_job_store(store_config), execution_id, partition, job, Path(cache_dir))
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1, max_concurrency=64)
+class BatchScheduler:
+    def __init__(self, store_config: dict, cache_dir: str, workers: int) -> None:
+        self.store_config = store_config
+        self.cache_dir = cache_dir
+        self.store = open_job_store(store_config)
+        self.workers = [BatchWorker.remote() for _ in range(max(1, workers))]
+        self.idle: "queue.Queue[Any]" = queue.Queue()
+        for worker in self.workers:
+            self.idle.put(worker)
+        self._running: set[str] = set()
+        self._lock = threading.Lock()
+        self.resume()
+
+    def ping(self) -> int:
+        return len(self.workers)
+
+    def resume(self) -> int:
+        """Start every job in object storage that is not finished (after a restart, or on request)."""
+        started = 0
+        for child in self.store.list_children("batches"):
+            execution_id = child.rstrip("/")
+            try:
+                if read_job(self.store, execution_id).get("state") not in FINAL_STATES:
+                    started += self.submit(execution_id)
+            except Exception:  # noqa: BLE001 - an unreadable job must not stop the others
+                logger.exception("cannot resume batch %s", execution_id)
+        return started
+
+    def submit(self, execution_id: str) -> int:
+        with self._lock:
+            if execution_id in self._running:
+                return 0
+            self._running.add(execution_id)
+        threading.Thread(target=self._run_safely, args=(execution_id,), name=f"batch-{execution_id}", daemon=True).start()
+        return 1
+
+    def _run_safely(self, execution_id: str) -> None:
+        try:
+            _JobRun(self, execution_id).run()
+        except Exception as exc:  # noqa: BLE001 - recorded on the job for the user to read
+            logger.exception("batch %s failed", execution_id)
+            try:
+                update_job(self.store, execution_id, state="Failed", error=f"{type(exc).__name__}: {exc}")
+            except Exception:  # noqa: BLE001
+                logger.exception("could not record the failure of batch %s", execution_id)
+        finally:
+            with self._lock:
+                self._running.discard(execution_id)
+
+
+class _JobRun:
+    """One job: prepare the input, then keep up to parallelCount partitions on idle workers."""
+
+    def __init__(self, scheduler: BatchScheduler, execution_id: str) -> None:
+        self.scheduler = scheduler
+        self.store = scheduler.store
+        self.execution_id = execution_id
+        self.completed = 0
+        self.failed = 0
+        self.first_part_at: float | None = None
+
+    def run(self) -> None:
+        job = read_job(self.store, self.execution_id)
+        if job["state"] in FINAL_STATES:
+            return
+        job = update_job(self.store, self.execution_id, coordinatorStartedAt=time.time())
+        job = self._prepare(job)
+        done = set(results.completed_parts(self.store, self.execution_id))
+        pending = [k for k in range(int(job["partitions"])) if k not in done]
+        totals = results.counts(self.store, self.execution_id)  # once, for the parts a previous run wrote
+        self.completed, self.failed = totals["completed"], totals["failed"]
+        job = update_job(self.store, self.execution_id, state="Running", **self._progress())
+        in_flight: dict[Any, Any] = {}
+        try:
+            while pending or in_flight:
+                if is_cancelled(self.store, self.execution_id):
+                    self._stop(in_flight)
+                    return
+                while pending and len(in_flight) < int(job["parallelCount"]):
+                    worker = self._idle_worker()
+                    if worker is None:
+                        break
+                    k = pending.pop(0)
+                    ref = worker.score.remote(self.scheduler.store_config, self.execution_id, k, job, self.scheduler.cache_dir)
+                    in_flight[ref] = worker
+                if not in_flight:
+                    time.sleep(0.05)
+                    continue
+                ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=0.5)
+                for ref in ready:
+                    self.scheduler.idle.put(in_flight.pop(ref))
+                    scored = ray.get(ref)  # a partition that failed all its retries fails the job
+                    self.first_part_at = self.first_part_at or time.time()
+                    self.completed += scored["completed"]
+                    self.failed += scored["failed"]
+                if ready:
+                    update_job(self.store, self.execution_id, firstPartAt=self.first_part_at, **self._progress())
+        finally:
+            for worker in in_flight.values():  # cancelled or failed: the workers go back to the pool
+                self.scheduler.idle.put(worker)
+        update_job(self.store, self.execution_id, state="Complete", finishedAt=time.time(), **self._progress())
+
+    def _stop(self, in_flight: dict) -> None:
+        """Cancel: queued partitions never start; one already scoring may finish and stays readable.
+
+        Its part can land after the cancel, so the totals are read from the parts once it settled.
+        """
+        for ref in in_flight:
+            ray.cancel(ref)
+        ray.wait(list(in_flight), num_returns=len(in_flight), timeout=60)
+        totals = results.counts(self.store, self.execution_id)
+        update_job(self.store, self.execution_id, state="Cancelled",
+                   completedItems=totals["completed"], failedItems=totals["failed"])
+
+    def _idle_worker(self):
+        try:
+            return self.scheduler.idle.get(timeout=0.05)
+        except queue.Empty:
+            return None
+
+    def _prepare(self, job: dict) -> dict:
+        """Write the input table for an input_uri job (records jobs were written at submit)."""
+        if job.get("partitions") is not None:
+            return job
+        from management.batch import inputs
+
+        def fetch(uri: str):
+            return input_location(self.scheduler.store_config, self.store, uri)
+
+        table = inputs.read_input_uri(job["inputUri"], fetch)
+        partition_rows = inputs.partition_rows_for(table.num_rows, int(job["parallelCount"]))
+        partitions = inputs.write_input(self.store, self.execution_id, table, partition_rows)
+        return update_job(self.store, self.execution_id, partitions=partitions, partitionRows=partition_rows,
+                          totalItems=table.num_rows, inputColumns=table.column_names, inputReadyAt=time.time())
+
+    def _progress(self) -> dict:
+        """Counted from the workers' answers: re-reading every part per completion would be quadratic."""
+        return {"completedItems": self.completed, "failedItems": self.failed}
+
+
+def scheduler_name(store_config: dict) -> str:
+    """One scheduler per object store: jobs live in a store, and so does the scheduler's memory."""
+    identity = f"{store_config.get('uri')}|{store_config.get('s3_endpoint') or ''}"
+    return f"{SCHEDULER_NAME}-{hashlib.sha256(identity.encode()).hexdigest()[:12]}"
+
+
+def scheduler_handle(store_config: dict, cache_dir: str, workers: int):
+    """The store's scheduler, started if it is not running (idempotent: any replica may call it)."""
+    return BatchScheduler.options(name=scheduler_name(store_config), namespace=NAMESPACE, lifetime="detached",
+                                  get_if_exists=True).remote(store_config, cache_dir, workers)
+
+
+def start_job(store_config: dict, cache_dir: str, workers: int, execution_id: str) -> None:
+    ray.get(scheduler_handle(store_config, cache_dir, workers).submit.remote(execution_id))
+
+
