@@ -26,6 +26,7 @@ import requests
 
 from cluster import runtime  # noqa: F401 (Ray's environment before ray is imported)
 from cluster.net import free_port
+from loadtests.report import publish
 
 COLUMNS = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 
@@ -122,11 +123,7 @@ def main() -> None:
     for rows, script_s, total_s, phases in rows_out:
         lines.append(f"| {rows:,} | {rows / script_s:,.0f} rows/s ({script_s:.2f} s) | {rows / total_s:,.0f} rows/s ({total_s:.2f} s) | "
                      f"{script_s / total_s:.2f}x | {phases['start']:.2f} s / {phases['input']:.2f} s / {phases['score']:.2f} s |")
-    table = "\n".join(lines)
-    print()
-    print(table)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(table + "\n")
+    publish("\n".join(lines), args.out)
 
 
 if __name__ == "__main__":

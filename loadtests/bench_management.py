@@ -25,6 +25,7 @@ import requests
 
 from cluster import runtime
 from cluster.net import free_port
+from loadtests.report import publish
 
 REPLICA_CPUS = 0.1  # the same for modelpool's replicas (MODELPOOL_REPLICA_NUM_CPUS) and the baseline's
 ROW = {"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64", "data": [5.9, 3.0, 5.1, 1.8]}]}
@@ -161,11 +162,7 @@ def main() -> None:
                 ray.shutdown()
             subprocess.run([*cli, "stop"], env=env, capture_output=True)
     table = report(times, args.repeats)
-    print()
-    print(table)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(table + "\n")
+    publish(table, args.out)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from pathlib import Path
 from cluster import runtime  # noqa: F401  (sets Ray's environment before ray is imported)
 from loadtests.wrk import LoadResult, run_wrk
 from cluster.net import free_port
+from loadtests.report import publish
 
 BODY = '{"inputs":[{"name":"input-0","shape":[1,4],"datatype":"FP64","data":[5.9,3.0,5.1,1.8]}]}'
 CONCURRENCY = (1, 8, 64)
@@ -177,11 +178,7 @@ def main() -> None:
         print("modelpool cluster:", flush=True)
         unbatched, pool = bench_modelpool(home, model_file, args.seconds, args.rounds)
     table = report(plain, unbatched, pool, args.seconds, args.rounds)
-    print()
-    print(table)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(table + "\n")
+    publish(table, args.out)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Iterable, Optional
+from typing import Iterable
 
 from ray import serve
 from ray.serve.api import RunTarget
@@ -102,9 +102,3 @@ def wait_for_replicas(app_name: str, at_least: int, timeout_s: float) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"{app_name} has {running_replicas(app_name)} running replicas, wanted {at_least}, after {timeout_s:.0f}s")
         time.sleep(0.25)
-
-
-def delete_all(prefix: Optional[str] = None) -> None:
-    for name in list(serve.status().applications):
-        if prefix is None or name.startswith(prefix):
-            serve.delete(name, _blocking=False)
