@@ -107,6 +107,9 @@ def main() -> None:
 
             store = object_store_from_settings(str(home / "objects"))
             token = (home / "management_token").read_text().strip()
+            warm_up = home / "warm-up.parquet"  # a serving cluster is warm: workers hold the model
+            make_input(warm_up, 4_000)  # 4 partitions: every worker loads the model
+            modelpool_batch(f"http://127.0.0.1:{port}", token, store, warm_up, 4_000, args.parallel)
             for rows in sizes:
                 source = home / f"iris-{rows}.parquet"
                 make_input(source, rows)

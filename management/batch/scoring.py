@@ -19,7 +19,7 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -31,6 +31,9 @@ from deployments.archive_fetch import local_archive
 from deployments.errors import RequestError
 from deployments.handlers import Handler, ModelContext, load_handler
 from management.batch.layout import artifact_key, input_key, is_artifact_name, part_key
+
+#: uri -> (pyarrow filesystem, path): where a job's own input file is read from.
+Locate = Callable[[str], tuple]
 
 logger = logging.getLogger(__name__)
 
@@ -210,7 +213,7 @@ class Segment:
 
 
 def score_partition(store: ObjectStore, execution_id: str, partition: int, job: dict,
-                    cache_dir: Path, chunk_rows: int = 50_000) -> dict:
+                    cache_dir: Path, chunk_rows: int = 50_000, locate: Optional[Locate] = None) -> dict:
     """Score row group ``partition`` of the job's input and write its results part.
 
     ``job`` needs ``source``, ``digest``, ``partitionRows``, ``inputColumns`` and
@@ -222,7 +225,10 @@ def score_partition(store: ObjectStore, execution_id: str, partition: int, job: 
         raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
     partition_rows = int(job["partitionRows"])
     first_index = partition * partition_rows
-    table = _read_partition(store, execution_id, partition, list(job["inputColumns"]), partition_rows)
+    if job.get("inputParquet") and locate is not None:
+        table = read_rows(*locate(job["inputParquet"]), first_index, first_index + partition_rows, list(job["inputColumns"]))
+    else:
+        table = _read_partition(store, execution_id, partition, list(job["inputColumns"]), partition_rows)
     inputs = build_inputs(table, list(job["inputColumns"]), list(job.get("modelInputs") or []))
     rows = table.num_rows
     del table
@@ -254,6 +260,27 @@ def score_partition(store: ObjectStore, execution_id: str, partition: int, job: 
     _write_part(store, part_key(execution_id, partition), _results_table(segments, first_index))
     failed = sum(s.stop - s.start for s in segments if s.error is not None)
     return {"partition": partition, "completed": rows - failed, "failed": failed, "rows": rows}
+
+
+def read_rows(filesystem: Any, path: str, start: int, stop: int, columns: list[str]) -> pa.Table:
+    """Rows [start, stop) of a Parquet file, reading only the row groups that hold them.
+
+    Lets a job score the user's own Parquet file in place, whatever its row groups, instead of
+    rewriting it into one row group per partition first (that rewrite cost more than the scoring).
+    """
+    with filesystem.open_input_file(path) as source:
+        parquet = pq.ParquetFile(source)
+        groups, offset, first_offset = [], 0, None
+        for group in range(parquet.metadata.num_row_groups):
+            rows = parquet.metadata.row_group(group).num_rows
+            if offset < stop and offset + rows > start:
+                groups.append(group)
+                first_offset = offset if first_offset is None else first_offset
+            offset += rows
+        if not groups:
+            return parquet.schema_arrow.empty_table().select(columns)
+        table = parquet.read_row_groups(groups, columns=columns)
+    return table.slice(start - first_offset, stop - start)
 
 
 def _read_partition(store: ObjectStore, execution_id: str, partition: int, columns: list[str],

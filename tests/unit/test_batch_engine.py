@@ -389,3 +389,21 @@ def test_declared_integer_inputs_never_truncate_floats() -> None:
     spec = [{"name": "x", "datatype": "INT64", "shape": [-1, 2]}]
     assert scoring.build_inputs(table, ["a", "b"], spec)["x"].tolist() == [[1.5, 1.0], [2.0, 2.0]]
     assert scoring.build_inputs(table, ["b"], spec)["x"].dtype == np.int64
+
+
+def test_read_rows_spans_row_groups_and_reads_only_what_it_needs(tmp_path):
+    """A user's Parquet is scored in place: any row range, whatever the file's row groups."""
+    import pyarrow as pa
+    import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
+
+    from management.batch.scoring import read_rows
+
+    path = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"a": list(range(100)), "b": [float(i) for i in range(100)]}), path, row_group_size=30)
+    filesystem = pafs.LocalFileSystem()
+    middle = read_rows(filesystem, str(path), 25, 65, ["b"])
+    assert middle.column_names == ["b"]
+    assert middle.column("b").to_pylist() == [float(i) for i in range(25, 65)]
+    assert read_rows(filesystem, str(path), 90, 130, ["a"]).column("a").to_pylist() == list(range(90, 100))
+    assert read_rows(filesystem, str(path), 200, 210, ["a"]).num_rows == 0
