@@ -187,12 +187,12 @@ class ModelManager:
             records = [self._record(name, version)]
         details = workers.serve_details()
         default = self.registry.get_default(name)
-        pools = {(p.name, p.version) for p in self.registry.list_pools()}
+        pools = {(p.name, p.version): p for p in self.registry.list_pools()}  # one listing, no per-record reads
         result = []
         for record in records:
-            dedicated = placement.is_dedicated(record, self.registry.get_pool(record.name, record.version)
-                                               if (record.name, record.version) in pools else None)
-            _, low, high = placement.replica_bounds(record, self.registry.get_pool(record.name, record.version))
+            pool = pools.get((record.name, record.version))
+            dedicated = placement.is_dedicated(record, pool)
+            _, low, high = placement.replica_bounds(record, pool)
             app = serve_configs.app_name(record.name, record.version)
             result.append({
                 "modelName": record.name, "modelVersion": record.version, "modelUrl": record.url,
