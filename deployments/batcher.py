@@ -7,6 +7,14 @@ have entered the replica but not yet joined the queue (their bodies are being re
 Under load, requests that arrive while a batch is computing form the next batch, so batches grow
 with load by themselves.
 
+A lone request on a batcher that has been idle for a while (nothing queued, nothing on its way in,
+no batch running, none finished in the last ``FAST_PATH_IDLE_S``) takes a fast path: the caller runs
+its batch of one itself, with no queue, future or task hop (about 35 us of a 200 us replica call).
+The idle time matters: under load the next request reaches the replica microseconds after a batch
+ends, and without the task hop it would never yield to the requests behind it, so batching would
+stop exactly when it pays. At low load a request arrives at least a network round trip after the
+previous answer left.
+
 It runs one batch at a time: the model is CPU-bound, so concurrent batches would only fight for the
 same cores. Items in a batch are grouped by a caller-given key (e.g. input names and shapes), since
 requests whose tensors cannot be concatenated cannot share a model call.
@@ -22,6 +30,8 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 BatchFn = Callable[[List[T]], Awaitable[Sequence[Any]]]
+
+FAST_PATH_IDLE_S = 0.0003
 
 
 @dataclass
@@ -63,6 +73,8 @@ class AdaptiveBatcher(Generic[T]):
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._incoming = 0
         self._worker: Optional[asyncio.Task] = None
+        self._busy = False  # a batch is running (on the worker or on a caller's fast path)
+        self._idle_since = 0.0  # monotonic time the last batch ended
         self.stats = BatchStats()
 
     def configure(self, max_batch_size: int, max_delay_s: float) -> None:
@@ -83,6 +95,9 @@ class AdaptiveBatcher(Generic[T]):
         loop = asyncio.get_running_loop()
         if loop is not self._loop:  # asyncio primitives belong to one loop: bind to the caller's
             self._loop, self._arrived, self._worker = loop, asyncio.Event(), None
+        if (not self._busy and not self._queue and self._incoming == 0
+                and time.monotonic() - self._idle_since > FAST_PATH_IDLE_S):
+            return await self._run_alone(item)
         pending = _Pending(item, key, loop.create_future())
         self._queue.append(pending)
         self._arrived.set()
@@ -90,16 +105,38 @@ class AdaptiveBatcher(Generic[T]):
             self._worker = loop.create_task(self._run())
         return await pending.future
 
+    async def _run_alone(self, item: T) -> Any:
+        """The fast path: run a batch of one in the caller's coroutine; queued work waits for it."""
+        self._busy = True
+        try:
+            self.stats.record(1)
+            results = await self._batch_fn([item])
+        finally:
+            self._busy = False
+            self._idle_since = time.monotonic()
+            if self._queue:
+                self._arrived.set()  # wake the worker for whoever queued meanwhile
+        if len(results) != 1:
+            raise RuntimeError(f"batch function returned {len(results)} results for 1 item")
+        if isinstance(results[0], BaseException):
+            raise results[0]
+        return results[0]
+
     async def _run(self) -> None:
         try:
             while True:
-                while not self._queue:
+                while not self._queue or self._busy:
                     self._arrived.clear()
                     await self._arrived.wait()
                 await self._gather()
                 batch = self._take_batch()
                 self.stats.record(len(batch))
-                await self._execute(batch)
+                self._busy = True
+                try:
+                    await self._execute(batch)
+                finally:
+                    self._busy = False
+                    self._idle_since = time.monotonic()
         except BaseException as exc:  # never leave a caller waiting on a dead worker
             for pending in self._queue:
                 if not pending.future.done():

@@ -83,7 +83,7 @@ class Handler(ABC):
         """Run the whole pipeline and check every output has one entry per input row."""
         rows = count_rows(inputs)
         outputs = self.postprocess(self.predict(self.preprocess(inputs)))
-        check_outputs(outputs, rows, self.describe())
+        check_outputs(outputs, rows, self.describe)
         return outputs
 
     def describe(self) -> str:
@@ -156,16 +156,16 @@ def count_rows(inputs: dict[str, np.ndarray]) -> int:
     return 0
 
 
-def check_outputs(outputs: Any, rows: int, who: str) -> None:
+def check_outputs(outputs: Any, rows: int, who: Callable[[], str]) -> None:
     """A handler must return one entry per input row for every output, or batching breaks."""
     if not isinstance(outputs, dict):
-        raise RuntimeError(f"handler {who} returned {type(outputs).__name__} from postprocess; "
+        raise RuntimeError(f"handler {who()} returned {type(outputs).__name__} from postprocess; "
                            "return a dict of output name -> array")
     for name, value in outputs.items():
         shape = np.shape(value)
         if not shape or shape[0] != rows:
             raise RuntimeError(
-                f"handler {who} returned output {name!r} with shape {list(shape)} for {rows} input "
+                f"handler {who()} returned output {name!r} with shape {list(shape)} for {rows} input "
                 f"rows; every output needs its first dimension equal to the number of rows"
             )
 

@@ -75,12 +75,60 @@ def test_waits_for_requests_still_on_their_way_in_up_to_the_delay():
                 token.release()
                 return await batcher.submit(value)
 
-        results = await asyncio.gather(batcher.submit(1), slow_arrival(2, 0.02))
+        async def prompt_arrival(value):
+            await asyncio.sleep(0)  # arrives just after the slow one started reading its body
+            return await batcher.submit(value)
+
+        results = await asyncio.gather(slow_arrival(2, 0.02), prompt_arrival(1))
         return results, calls
 
     results, calls = run(main())
-    assert results == [10, 20]
+    assert results == [20, 10]
     assert calls == [[1, 2]], "the batcher should wait for a request it knows is arriving"
+
+
+def test_a_lone_request_runs_in_the_callers_task_with_no_hop():
+    """The c=1 fast path: no worker task is started for a request that finds the batcher idle."""
+    async def main():
+        seen_tasks = []
+
+        async def batch_fn(items):
+            seen_tasks.append(asyncio.current_task())
+            return [i + 1 for i in items]
+
+        batcher = AdaptiveBatcher(batch_fn, 8, 0.5)
+        result = await batcher.submit(1)
+        return result, seen_tasks == [asyncio.current_task()], batcher._worker
+
+    result, ran_in_caller, worker = run(main())
+    assert result == 2 and ran_in_caller
+    assert worker is None
+
+
+def test_the_fast_path_and_queued_batches_never_run_at_once():
+    async def main():
+        running, most = 0, 0
+
+        async def batch_fn(items):
+            nonlocal running, most
+            running += 1
+            most = max(most, running)
+            await asyncio.sleep(0.01)
+            running -= 1
+            return list(items)
+
+        batcher = AdaptiveBatcher(batch_fn, 4, 0.0)
+        results = []
+        for wave in range(5):
+            lone = asyncio.create_task(batcher.submit(wave * 100))  # idle batcher: fast path
+            await asyncio.sleep(0.002)
+            crowd = [asyncio.create_task(batcher.submit(wave * 100 + i)) for i in range(1, 7)]
+            results.append(await asyncio.gather(lone, *crowd))
+        return results, most
+
+    results, most = run(main())
+    assert most == 1, "one batch at a time, fast path included"
+    assert results == [[w * 100 + i for i in range(7)] for w in range(5)]
 
 
 def test_items_with_different_keys_never_share_a_batch():
@@ -141,3 +189,22 @@ def test_the_batcher_works_across_event_loops():
     assert run(batcher.submit(1)) == 10
     assert run(batcher.submit(2)) == 20
     assert calls == [[1], [2]]
+
+
+def test_requests_right_after_a_batch_are_batched_not_run_alone():
+    """Under load the next requests arrive as a batch ends; the fast path must not take them one by one."""
+    async def main():
+        calls = []
+
+        async def batch_fn(items):  # a fast inline model: no await inside
+            calls.append(list(items))
+            return list(items)
+
+        batcher = AdaptiveBatcher(batch_fn, 64, 0.0)
+        results = await asyncio.gather(*(batcher.submit(i) for i in range(10)))
+        return results, calls
+
+    results, calls = run(main())
+    assert results == list(range(10))
+    assert calls[0] == [0], "the first request found the batcher idle"
+    assert len(calls) == 2 and calls[1] == list(range(1, 10))
