@@ -77,6 +77,7 @@ def start_local_head(settings: Settings) -> str:
         f"--port={settings.ray_port}",
         "--include-dashboard=false",
         "--disable-usage-stats",
+        f"--metrics-export-port={settings.metrics_port}",
     ]
     if settings.num_cpus:
         command.append(f"--num-cpus={settings.num_cpus}")
@@ -100,10 +101,11 @@ def connect(address: str) -> None:
 def start_serve(settings: Settings) -> None:
     from ray import serve
 
-    http_options = {"host": settings.http_host, "port": settings.http_port}
+    http_options = {"host": settings.http_host, "port": settings.http_port,
+                    "keep_alive_timeout_s": settings.keep_alive_s}
     if settings.request_timeout_s:
         http_options["request_timeout_s"] = settings.request_timeout_s
-    serve.start(http_options=http_options)
+    serve.start(http_options=http_options, logging_config=settings.logging_config())
 
 
 def haproxy_processes() -> list[psutil.Process]:

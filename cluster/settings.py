@@ -59,6 +59,14 @@ class Settings(BaseModel):
     downscale_delay_s: float = Field(30.0, ge=0, description="How long load must stay low before removing replicas.")
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="Largest request body accepted; larger ones get 413.")
     request_timeout_s: Optional[float] = Field(None, gt=0, description="End-to-end HTTP request timeout (default: none).")
+    metrics_port: int = Field(8082, ge=1, le=65535, description="Port where the local Ray head exports Prometheus metrics (Serve's and modelpool_* ones); joined clusters keep theirs.")
+    max_requests: int = Field(0, ge=0, description="Recycle a model replica after about this many requests (a fresh process replaces it); 0 = never.")
+    max_requests_jitter: int = Field(0, ge=0, description="Add a random 0..N to --max-requests per replica, so replicas do not recycle at once.")
+    keep_alive_s: int = Field(5, ge=1, le=3600, description="Seconds an idle client connection stays open at the HTTP ingress.")
+    access_log: bool = Field(True, description="Write one access-log line per request (with its x-request-id) in the replica logs.")
+    single_threaded: bool = Field(False, description="One request at a time per replica and no batching, for models that are not thread-safe.")
+    debug: bool = Field(False, description="Verbose (DEBUG) logs, and error answers carry the handler's traceback.")
+    payload_passthrough: bool = Field(False, description="Hand request bodies undecoded to handlers that define predict_raw, and their answer back unencoded.")
     log_level: str = Field("INFO", pattern="^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$", description="Log level of replicas and the CLI.")
     start_timeout_s: float = Field(180.0, gt=0, description="How long `modelpool start` waits for everything to serve.")
 
@@ -70,12 +78,26 @@ class Settings(BaseModel):
             raise ValueError(f"--pool-min-replicas ({self.pool_min_replicas}) must not exceed --pool-max-replicas ({self.pool_max_replicas})")
         if self.allowed_urls:
             parse_allowed_urls(self.allowed_urls)
-        if self.threads < self.max_batch_size:
+        if not self.single_threaded and self.threads < self.max_batch_size:
             raise ValueError(
                 f"--threads ({self.threads}) must be at least --max-batch-size ({self.max_batch_size}): "
                 "a replica admits at most --threads requests, so a smaller value starves the batcher"
             )
         return self
+
+    @property
+    def effective_log_level(self) -> str:
+        return "DEBUG" if self.debug else self.log_level
+
+    def serving_options(self) -> dict:
+        """What every model replica needs to know of the server settings (travels in user_config)."""
+        return {"single_threaded": self.single_threaded, "debug": self.debug,
+                "payload_passthrough": self.payload_passthrough, "max_requests": self.max_requests,
+                "max_requests_jitter": self.max_requests_jitter}
+
+    def logging_config(self) -> dict:
+        """Serve's per-deployment LoggingConfig: level and the access log."""
+        return {"log_level": self.effective_log_level, "enable_access_log": self.access_log}
 
     @property
     def home_path(self) -> Path:

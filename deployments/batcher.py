@@ -86,6 +86,11 @@ class AdaptiveBatcher(Generic[T]):
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_delay_s
 
+    @property
+    def waiting(self) -> int:
+        """Requests queued or on their way in (for the queue-length metric)."""
+        return len(self._queue) + self._incoming
+
     def incoming(self) -> "_IncomingToken":
         """Mark a request that will join the queue soon (its body is still being read)."""
         return _IncomingToken(self)

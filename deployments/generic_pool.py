@@ -25,6 +25,7 @@ from deployments.archive_fetch import local_archive, open_store
 from deployments.errors import RequestError
 from deployments.loaded_model import LoadedModel
 from deployments.model_deployment import _replica_id
+from deployments.serving_options import RequestBudget, ServingOptions
 
 MODELS_PER_REPLICA = int(os.environ.get("MODELPOOL_POOL_MODELS_PER_REPLICA", "8"))
 
@@ -38,13 +39,18 @@ class GenericPool:
         self.max_body_bytes = max_body_bytes
         self.catalog: dict[str, dict] = {}
         self.known_models: list[str] = []
-        self._headers = {"x-modelpool-replica": _replica_id(), "x-modelpool-pool": "generic"}
+        self.replica_id = _replica_id()
+        self._headers = {"x-modelpool-replica": self.replica_id, "x-modelpool-pool": "generic"}
+        self.options = ServingOptions()
+        self.budget = RequestBudget()
 
     def reconfigure(self, user_config: dict) -> None:
         """``catalog``: {name: {"default": v, "versions": {v: {"source", "digest", batching...}}}}."""
         self.catalog = user_config.get("catalog", {})
         self.known_models = sorted(user_config.get("known_models", []))
         self.max_body_bytes = int(user_config.get("max_body_bytes", self.max_body_bytes))
+        self.options = ServingOptions.from_config(user_config.get("serving", {}))
+        self.budget.configure(self.options)
 
     async def __call__(self, request: Request) -> Response:
         try:
@@ -54,9 +60,17 @@ class GenericPool:
         except RequestError as exc:
             return http_routes.error_response(exc, self._headers)
         except Exception as exc:  # noqa: BLE001 - the archive failed to load here: say so, keep serving
-            return http_routes.failure_response(name, call.version or "default", exc, self._headers)
+            return http_routes.failure_response(name, call.version or "default", exc, self._headers, self.options.debug)
         read = http_routes.body_reader(request, self.max_body_bytes)
-        return await http_routes.answer_model_call(model, call, read, versions, self._headers)
+        try:
+            return await http_routes.answer_model_call(model, call, read, versions, self._headers,
+                                                       request.headers.get("content-type", ""))
+        finally:
+            self.budget.count()
+
+    def check_health(self) -> None:
+        """Failing once the request budget (--max-requests) is spent makes Serve replace this replica."""
+        self.budget.check()
 
     async def forward(self, name: str, version: str, action: str, body: bytes) -> tuple[int, bytes, dict]:
         """Entry point for a dedicated app passing on a version that this pool serves."""
@@ -81,7 +95,9 @@ class GenericPool:
             raise RequestError(f"model '{name}' has no version '{version}'; served versions: "
                                f"{', '.join(entry.get('all_versions', entry['versions']))}", status=404, field="version")
         model = await self.get_model(f"{name}:{version}:{spec['digest']}")
-        model.configure(int(spec.get("max_batch_size", 64)), float(spec.get("max_batch_delay_ms", 5.0)) / 1000)
+        model.options = self.options
+        model.configure(*self.options.batch_limits(int(spec.get("max_batch_size", 64)),
+                                                   float(spec.get("max_batch_delay_ms", 5.0)) / 1000))
         return model, list(entry.get("all_versions", entry["versions"]))
 
     @serve.multiplexed(max_num_models_per_replica=MODELS_PER_REPLICA)
@@ -93,4 +109,4 @@ class GenericPool:
 
     def _load(self, source: str, name: str, version: str) -> LoadedModel:
         archive = unpack_archive(local_archive(source, self.cache_dir, self.store), self.cache_dir)
-        return LoadedModel(archive, name, version)
+        return LoadedModel(archive, name, version, replica=self.replica_id)

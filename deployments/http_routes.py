@@ -6,6 +6,9 @@ app sees only the part after its route prefix, the generic pool the part after `
 from __future__ import annotations
 
 import json
+import logging
+import time
+import traceback
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Optional
 
@@ -15,6 +18,7 @@ from starlette.responses import Response
 from deployments.errors import RequestError
 
 JSON = "application/json"
+logger = logging.getLogger("ray.serve")  # Serve's replica logger: its lines carry the request id
 GENERIC_POOL_APP = "generic-pool"
 GENERIC_POOL_DEPLOYMENT = "GenericPool"
 GENERIC_POOL_ROUTE = "/v2/models"
@@ -85,9 +89,18 @@ def error_response(exc: RequestError, headers: Optional[dict] = None) -> Respons
     return Response(exc.to_json(), status_code=exc.status, media_type=JSON, headers=headers)
 
 
-def failure_response(name: str, version: str, exc: BaseException, headers: Optional[dict] = None) -> Response:
-    """A handler raised: 500 with the model's own message, the replica keeps serving."""
-    return json_response({"error": f"model '{name}' version '{version}' failed: {type(exc).__name__}: {exc}"}, 500, headers)
+def failure_response(name: str, version: str, exc: BaseException, headers: Optional[dict] = None,
+                     debug: bool = False) -> Response:
+    """A handler raised: 500 with the model's own message (and traceback under --debug); the replica keeps serving.
+
+    The error is logged too, through Serve's logger, so the line carries the request's id.
+    """
+    message = f"model '{name}' version '{version}' failed: {type(exc).__name__}: {exc}"
+    logger.error(message, exc_info=exc if debug else None)
+    body: dict = {"error": message}
+    if debug:
+        body["traceback"] = traceback.format_exception(exc)
+    return json_response(body, 500, headers)
 
 
 def body_reader(request: Request, max_bytes: int) -> Callable[[], Awaitable[bytes]]:
@@ -95,9 +108,20 @@ def body_reader(request: Request, max_bytes: int) -> Callable[[], Awaitable[byte
 
 
 async def answer_model_call(model, call: ModelCall, read: Callable[[], Awaitable[bytes]],
-                            versions: list[str], headers: dict) -> Response:
-    """Run one call on a loaded model and turn the outcome into a response."""
+                            versions: list[str], headers: dict, content_type: str = "") -> Response:
+    """Run one call on a loaded model, turn the outcome into a response and count it in the metrics."""
+    started = time.perf_counter()
+    response = await _answer(model, call, read, versions, headers, content_type)
+    model.metrics.request(call.action, response.status_code, (time.perf_counter() - started) * 1000)
+    return response
+
+
+async def _answer(model, call: ModelCall, read: Callable[[], Awaitable[bytes]],
+                  versions: list[str], headers: dict, content_type: str) -> Response:
     try:
+        if call.action in ("infer", "predict") and model.takes_raw_payloads:
+            result = await model.raw(read, content_type)
+            return Response(result.payload, media_type=result.media_type, headers=headers)
         if call.action == "infer":
             result = await model.infer(read)
         elif call.action == "predict":
@@ -109,5 +133,5 @@ async def answer_model_call(model, call: ModelCall, read: Callable[[], Awaitable
     except RequestError as exc:
         return error_response(exc, headers)
     except Exception as exc:  # noqa: BLE001 - the handler failed: report it, keep serving
-        return failure_response(model.name, model.version, exc, headers)
+        return failure_response(model.name, model.version, exc, headers, model.options.debug)
     return Response(result.payload, media_type=JSON, headers={**headers, "x-modelpool-batch-size": str(result.batch_size)})

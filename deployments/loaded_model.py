@@ -20,6 +20,8 @@ from deployments.archive import LoadedArchive
 from deployments.batcher import AdaptiveBatcher
 from deployments.errors import RequestError
 from deployments.handlers import Handler, ModelContext, load_handler
+from deployments.metrics import ModelMetrics
+from deployments.serving_options import ServingOptions
 
 INLINE_BELOW_S = 0.002
 
@@ -41,6 +43,15 @@ class ModelAnswer:
 
     payload: bytes
     batch_size: int
+    media_type: str = "application/json"
+
+
+@dataclass(frozen=True)
+class RawRequest:
+    """An undecoded body for a handler's ``predict_raw`` (payload passthrough); never batched with others."""
+
+    body: bytes
+    content_type: str
 
 
 def batch_key(request: ModelRequest) -> tuple:
@@ -112,7 +123,7 @@ class LoadedModel:
     """A model version ready to answer V2 and plain JSON requests through its own batcher."""
 
     def __init__(self, archive: LoadedArchive, name: str, version: str,
-                 max_batch_size: int = 64, max_batch_delay_s: float = 0.005) -> None:
+                 max_batch_size: int = 64, max_batch_delay_s: float = 0.005, replica: str = "") -> None:
         self.name = name
         self.version = version
         self.manifest = archive.manifest
@@ -122,6 +133,9 @@ class LoadedModel:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{name}")
         self.batcher: AdaptiveBatcher[ModelRequest] = AdaptiveBatcher(self._predict_batch, max_batch_size, max_batch_delay_s)
         self._call_seconds = float("inf")  # running average of handler calls; unknown until the first
+        self.options = ServingOptions()
+        self.metrics = ModelMetrics(name, version, replica)
+        self._has_predict_raw = callable(getattr(self.handler, "predict_raw", None))
 
     def configure(self, max_batch_size: int, max_batch_delay_s: float) -> None:
         self.batcher.configure(max_batch_size, max_batch_delay_s)
@@ -148,6 +162,23 @@ class LoadedModel:
         predictions = outputs["predict"] if "predict" in outputs else next(iter(outputs.values()))
         return ModelAnswer(v2_protocol.encode_predict_response(predictions), batch_size)
 
+    @property
+    def takes_raw_payloads(self) -> bool:
+        """Payload passthrough is on and this model's handler can read raw bodies."""
+        return self.options.payload_passthrough and self._has_predict_raw
+
+    async def raw(self, read_body: BodyReader, content_type: str) -> ModelAnswer:
+        """Payload passthrough: the body goes to ``predict_raw`` as sent, its answer back as returned.
+
+        It still queues behind the batcher (keyed per request, so alone in its call): the handler
+        is never called concurrently, whichever route a request took.
+        """
+        with self.batcher.incoming() as incoming:
+            request = RawRequest(await read_body(), content_type)
+            incoming.release()
+            answer, _ = await self.batcher.submit(request, ("raw", id(request)))
+        return answer
+
     def metadata(self, versions: list[str]) -> dict:
         manifest = self.manifest
         return v2_protocol.model_metadata(
@@ -159,6 +190,9 @@ class LoadedModel:
 
     async def _predict_batch(self, requests: list[ModelRequest]) -> list[Any]:
         """One handler call for the batch; on failure, retry alone so one bad request fails alone."""
+        self.metrics.batch(len(requests), self.batcher.waiting)
+        if isinstance(requests[0], RawRequest):
+            return [(await self._run_raw(request), 1) for request in requests]
         wanted = requests[0].requested_outputs
         try:
             outputs = await self._run_model(concatenate(requests), wanted)
@@ -186,6 +220,11 @@ class LoadedModel:
             return self._timed_handle(inputs, wanted)
         return await asyncio.get_running_loop().run_in_executor(self._executor, self._timed_handle, inputs, wanted)
 
+    async def _run_raw(self, request: RawRequest) -> ModelAnswer:
+        answer = await asyncio.get_running_loop().run_in_executor(
+            self._executor, self.handler.predict_raw, request.body, request.content_type)
+        return raw_answer(answer, getattr(self.handler, "raw_media_type", "application/octet-stream"))
+
     def _timed_handle(self, inputs: dict[str, np.ndarray], wanted: Optional[tuple[str, ...]]) -> dict[str, np.ndarray]:
         started = time.perf_counter()
         self.context.requested_outputs = wanted
@@ -194,6 +233,15 @@ class LoadedModel:
         finally:
             elapsed = time.perf_counter() - started
             self._call_seconds = elapsed if self._call_seconds == float("inf") else 0.8 * self._call_seconds + 0.2 * elapsed
+
+
+def raw_answer(answer: Any, bytes_media_type: str) -> ModelAnswer:
+    """bytes go back as they are, text as text/plain, anything else as JSON."""
+    if isinstance(answer, (bytes, bytearray, memoryview)):
+        return ModelAnswer(bytes(answer), 1, bytes_media_type)
+    if isinstance(answer, str):
+        return ModelAnswer(answer.encode(), 1, "text/plain; charset=utf-8")
+    return ModelAnswer(v2_protocol.json_bytes(answer), 1)
 
 
 def _spec(tensor: Any) -> dict:

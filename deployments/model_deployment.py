@@ -25,6 +25,7 @@ from deployments.archive import unpack_archive
 from deployments.archive_fetch import local_archive, open_store
 from deployments.errors import RequestError
 from deployments.loaded_model import LoadedModel
+from deployments.serving_options import RequestBudget, ServingOptions
 
 logger = logging.getLogger("ray.serve")
 
@@ -38,23 +39,28 @@ class ModelServer:
 
     def __init__(self, source: str, cache_dir: str, name: str, version: str, max_body_bytes: int = 16 << 20,
                  object_store: Optional[dict] = None) -> None:
+        self.replica_id = _replica_id()
         archive_path = local_archive(source, Path(cache_dir), open_store(object_store))
-        self.model = LoadedModel(unpack_archive(archive_path, Path(cache_dir)), name, version)
+        self.model = LoadedModel(unpack_archive(archive_path, Path(cache_dir)), name, version, replica=self.replica_id)
         self.name = name
         self.version = version
         self.max_body_bytes = max_body_bytes
         self.versions = [version]
         self.pool_versions: set[str] = set()
         self.started_at = time.time()
-        self.replica_id = _replica_id()
         self._headers = {"x-modelpool-replica": self.replica_id}
+        self.options = ServingOptions()
+        self.budget = RequestBudget()
 
     def reconfigure(self, user_config: dict) -> None:
-        """Apply batch size, delay and the version lists without a restart."""
-        self.model.configure(
+        """Apply batch size, delay, server settings and the version lists without a restart."""
+        self.options = ServingOptions.from_config(user_config.get("serving", {}))
+        self.model.options = self.options
+        self.budget.configure(self.options)
+        self.model.configure(*self.options.batch_limits(
             int(user_config.get("max_batch_size", self.model.batcher.max_batch_size)),
             float(user_config.get("max_batch_delay_ms", self.model.batcher.max_delay_s * 1000)) / 1000,
-        )
+        ))
         self.versions = [str(v) for v in user_config.get("versions", self.versions)]
         self.pool_versions = {str(v) for v in user_config.get("pool_versions", ())}
         self.max_body_bytes = int(user_config.get("max_body_bytes", self.max_body_bytes))
@@ -70,7 +76,15 @@ class ModelServer:
         except RequestError as exc:
             return http_routes.error_response(exc, self._headers)
         read = http_routes.body_reader(request, self.max_body_bytes)
-        return await http_routes.answer_model_call(self.model, call, read, self.versions, self._headers)
+        try:
+            return await http_routes.answer_model_call(self.model, call, read, self.versions, self._headers,
+                                                       request.headers.get("content-type", ""))
+        finally:
+            self.budget.count()
+
+    def check_health(self) -> None:
+        """Serve calls this periodically; failing it once the request budget is spent recycles the replica."""
+        self.budget.check()
 
     async def _forward_to_pool(self, call: http_routes.ModelCall, request: Request) -> Response:
         """One more hop, only for versions of this model that the generic pool serves."""

@@ -570,9 +570,12 @@ def _json_error_reason(exc: BaseException) -> str:
     return "a number in it has too many digits"  # int() refuses more than 4300 digits
 
 
-def _dumps(body: Any) -> bytes:
+def json_bytes(body: Any) -> bytes:
     """Compact JSON (smaller bodies, faster to write); numpy scalars and arrays are accepted anywhere."""
     return json.dumps(body, separators=(",", ":"), default=_json_default).encode()
+
+
+_dumps = json_bytes
 
 
 def _json_default(value: Any) -> Any:

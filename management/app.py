@@ -17,6 +17,8 @@ from management.api import api
 from management.batch.service import BatchService
 from management.service import ModelManager
 
+REPLICA_METRICS_PERIOD_S = 5.0
+
 
 class _StatusCache:
     """serve.status() costs a controller round trip; health probes may come many times a second."""
@@ -51,6 +53,7 @@ class Management:
         routes.state.token = token
         routes.state.readiness = self.readiness
         threading.Thread(target=self._reconcile, name="reconcile", daemon=True).start()
+        threading.Thread(target=self._publish_replicas, name="replica-metrics", daemon=True).start()
 
     def _reconcile(self) -> None:
         try:
@@ -62,6 +65,21 @@ class Management:
             import logging
 
             logging.getLogger("ray.serve").exception("reconciling Serve with the registry failed")
+
+    def _publish_replicas(self) -> None:
+        """Keep the ``modelpool_replicas`` gauge current; versions that went away drop to 0."""
+        from deployments.metrics import record_replicas
+        from management.workers import running_replicas, serve_details
+
+        seen: set[tuple[str, str]] = set()
+        while True:
+            try:
+                counts = running_replicas(serve_details())
+                record_replicas({**{key: 0 for key in seen - counts.keys()}, **counts})
+                seen |= counts.keys()
+            except Exception:  # noqa: BLE001 - metrics must never take management down
+                pass
+            time.sleep(REPLICA_METRICS_PERIOD_S)
 
     def readiness(self) -> dict:
         if not self.manager.reconciled.is_set():

@@ -25,7 +25,9 @@ class _Params(BaseModel):
             error = exc.errors()[0]
             field = ".".join(str(part) for part in error.get("loc", ())) or None
             message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
-            if error.get("type") == "extra_forbidden":
+            if field is None and message.split(" ", 1)[0] in cls.model_fields:
+                field = message.split(" ", 1)[0]  # a cross-field check names its field first
+            elif error.get("type") == "extra_forbidden":
                 allowed = ", ".join(cls.model_fields)
                 message = f"unknown parameter; accepted parameters are: {allowed}"
             elif field:

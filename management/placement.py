@@ -65,6 +65,7 @@ def plan(records: Iterable[ModelRecord], defaults: dict[str, str], pools: dict[t
 def model_config(record: ModelRecord, pool: Optional[PoolRecord], settings: Settings, is_default: bool,
                  versions: list[str], pool_versions: list[str]) -> ModelConfig:
     initial, low, high = replica_bounds(record, pool)
+    max_ongoing = replica_concurrency(settings, record.batch_size)
     return ModelConfig(
         name=record.name,
         version=record.version,
@@ -78,17 +79,30 @@ def model_config(record: ModelRecord, pool: Optional[PoolRecord], settings: Sett
         max_replicas=high,
         max_batch_size=record.batch_size,
         max_batch_delay_ms=record.max_batch_delay_ms,
-        max_ongoing_requests=max(settings.threads, record.batch_size),
+        max_ongoing_requests=max_ongoing,
         num_cpus=settings.replica_num_cpus,
         num_gpus=1 if record.number_gpu else 0,
-        target_ongoing_requests=settings.target_ongoing_requests,
+        target_ongoing_requests=min(settings.target_ongoing_requests, max_ongoing),
         upscale_delay_s=settings.upscale_delay_s,
         downscale_delay_s=settings.downscale_delay_s,
         max_body_bytes=settings.max_body_bytes,
         request_timeout_s=record.response_timeout_s,
         health_check_timeout_s=max(30.0, record.response_timeout_s),
+        health_check_period_s=health_check_period(settings),
         object_store=settings.object_store_config,
+        serving=settings.serving_options(),
+        logging=settings.logging_config(),
     )
+
+
+def replica_concurrency(settings: Settings, batch_size: int) -> int:
+    """``--threads`` as Serve's max_ongoing_requests: 1 when single-threaded, else room for a full batch."""
+    return 1 if settings.single_threaded else max(settings.threads, batch_size)
+
+
+def health_check_period(settings: Settings) -> float:
+    """Serve's health check is what recycles a replica after --max-requests: check often when it is on."""
+    return 2.0 if settings.max_requests else 10.0
 
 
 def pool_spec(record: ModelRecord) -> dict:
@@ -102,8 +116,11 @@ def pool_config(settings: Settings) -> PoolConfig:
         max_replicas=settings.pool_max_replicas,
         models_per_replica=settings.pool_models_per_replica,
         num_cpus=settings.replica_num_cpus,
-        max_ongoing_requests=settings.threads,
-        target_ongoing_requests=settings.target_ongoing_requests,
+        max_ongoing_requests=replica_concurrency(settings, 1),
+        target_ongoing_requests=min(settings.target_ongoing_requests, replica_concurrency(settings, 1)),
         max_body_bytes=settings.max_body_bytes,
         object_store=settings.object_store_config,
+        serving=settings.serving_options(),
+        logging=settings.logging_config(),
+        health_check_period_s=health_check_period(settings),
     )

@@ -5,8 +5,10 @@ The mapping follows ARCHITECTURE.md:
 
 - workers (initial/min/max) -> ``autoscaling_config`` initial/min/max replicas
 - batch size and delay      -> ``user_config`` (applied live by ``reconfigure``)
-- threads                   -> ``max_ongoing_requests``
+- threads                   -> ``max_ongoing_requests`` (1 when single-threaded)
 - num_cpus / num_gpus       -> ``ray_actor_options``
+- log level, access log     -> ``logging_config``
+- single-threaded, debug, payload passthrough, max requests -> ``user_config["serving"]`` (live)
 
 The deployment ``version`` is a fingerprint of everything that needs a new replica (the archive,
 its constructor arguments, actor resources, modelpool's own version) and of nothing else, so
@@ -51,6 +53,8 @@ class ModelConfig:
     request_timeout_s: float = 120.0
     pool_versions: tuple[str, ...] = ()  # versions of this model served by the generic pool
     object_store: Optional[dict] = None  # how replicas open the object store holding the archive
+    serving: dict = field(default_factory=dict)   # ServingOptions fields (Settings.serving_options())
+    logging: dict = field(default_factory=dict)   # Serve LoggingConfig fields (Settings.logging_config())
 
 
 @dataclass(frozen=True)
@@ -132,11 +136,14 @@ def model_app_config(model: ModelConfig, cache_dir: str, code_version: str) -> A
             "versions": list(model.versions or (model.version,)),
             "pool_versions": list(model.pool_versions),
             "max_body_bytes": model.max_body_bytes,
+            "serving": dict(model.serving),
         },
         "health_check_period_s": model.health_check_period_s,
         "health_check_timeout_s": model.health_check_timeout_s,
         "graceful_shutdown_timeout_s": model.request_timeout_s,
     }
+    if model.logging:
+        options["logging_config"] = dict(model.logging)
     return AppConfig(
         app_name=app_name(model.name, model.version),
         route_prefix=route_prefix(model.name, model.version, model.is_default),
@@ -160,6 +167,9 @@ class PoolConfig:
     target_ongoing_requests: float = 32.0
     max_body_bytes: int = 16 << 20
     object_store: Optional[dict] = None
+    serving: dict = field(default_factory=dict)
+    logging: dict = field(default_factory=dict)
+    health_check_period_s: float = 10.0
 
 
 def generic_pool_app_config(pool: PoolConfig, catalog: dict, known_models: list[str], cache_dir: str,
@@ -181,8 +191,12 @@ def generic_pool_app_config(pool: PoolConfig, catalog: dict, known_models: list[
             "max_replicas": pool.max_replicas,
             "target_ongoing_requests": pool.target_ongoing_requests,
         },
-        "user_config": {"catalog": catalog, "known_models": sorted(known_models), "max_body_bytes": pool.max_body_bytes},
+        "user_config": {"catalog": catalog, "known_models": sorted(known_models), "max_body_bytes": pool.max_body_bytes,
+                        "serving": dict(pool.serving)},
+        "health_check_period_s": pool.health_check_period_s,
     }
+    if pool.logging:
+        options["logging_config"] = dict(pool.logging)
     return AppConfig(GENERIC_POOL_APP, GENERIC_POOL_ROUTE, GENERIC_POOL_DEPLOYMENT, options, init_kwargs)
 
 

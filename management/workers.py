@@ -83,3 +83,17 @@ def pool_status(details: dict, app_name: str) -> list[dict[str, Any]]:
         pending = short or any(status_name(r.get("state")) != "RUNNING" for r in node_replicas)
         statuses.append({"computeNodeEndpoint": node_ip, "status": "Pending" if pending else "Success", "errors": []})
     return statuses
+
+
+def running_replicas(details: dict) -> dict[tuple[str, str], int]:
+    """RUNNING replicas of every model app, keyed (model, version): the ``modelpool_replicas`` gauge."""
+    from management.serve_configs import parse_app_name
+
+    counts: dict[tuple[str, str], int] = {}
+    for name, app in details.get("applications", {}).items():
+        parsed = parse_app_name(name)
+        if parsed is None:
+            continue
+        replicas = [r for d in app.get("deployments", {}).values() for r in d.get("replicas", [])]
+        counts[parsed] = sum(1 for r in replicas if status_name(r.get("state")) == "RUNNING")
+    return counts

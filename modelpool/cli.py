@@ -1,4 +1,4 @@
-"""The ``modelpool`` command: start, stop and inspect a cluster; build model archives."""
+"""The ``modelpool`` command: start, stop and inspect a cluster; build model archives; manage it remotely."""
 from __future__ import annotations
 
 import argparse
@@ -60,7 +60,8 @@ def deploy_management(settings: Settings, token: str) -> None:
 
     from management.app import Management
 
-    serve.run_many([RunTarget(target=Management.bind(settings.model_dump(), token), name="management", route_prefix="/")],
+    management = Management.options(logging_config=settings.logging_config())
+    serve.run_many([RunTarget(target=management.bind(settings.model_dump(), token), name="management", route_prefix="/")],
                    wait_for_applications_running=False)
 
 
@@ -223,6 +224,10 @@ def build_parser() -> argparse.ArgumentParser:
     archive.add_argument("--description", default="")
     archive.add_argument("--out", default=None, help="output zip (default: NAME-VERSION.zip in the current directory)")
     archive.set_defaults(func=cmd_archive)
+
+    from modelpool.remote import add_remote_commands
+
+    add_remote_commands(commands)  # models, pools, services, batches: the HTTP API through the client
     return parser
 
 

@@ -15,6 +15,9 @@ caller's back.
         batch = svc.batch(frame, parallel_count=4).start()
         batch.wait(progress=lambda done, total: print(done, total))
         batch.download(0, dest="reports")
+
+:mod:`modelpool.async_client` is the same API for asyncio; the pure pieces below (error mapping,
+paths, request bodies, token) are shared with it so the two clients cannot drift apart.
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Union
+from typing import Any, Callable, Generic, Iterator, Optional, TypeVar, Union
 from urllib.parse import quote
 
 import numpy as np
@@ -83,17 +86,26 @@ _ERRORS: dict[int, type[ModelpoolError]] = {400: BadRequest, 413: BadRequest, 42
                                              401: Unauthorized, 404: NotFound, 409: Conflict}
 
 
-def error_for(response: requests.Response) -> ModelpoolError:
-    """The typed error of a failed answer; bodies that are not the project's JSON keep their text."""
+def error_from(status: int, body: Union[bytes, str], reason: Optional[str] = None) -> ModelpoolError:
+    """The typed error of a failed answer; bodies that are not the project's JSON keep their text.
+
+    Pure (status, body, reason phrase), so the requests and the httpx client map errors alike.
+    """
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
     try:
-        body = response.json()
+        parsed = json.loads(text)
     except ValueError:
-        body = None
-    if isinstance(body, dict) and ("error" in body or "detail" in body):
-        message, field = str(body.get("error") or body.get("detail")), body.get("field")
+        parsed = None
+    if isinstance(parsed, dict) and ("error" in parsed or "detail" in parsed):
+        message, field = str(parsed.get("error") or parsed.get("detail")), parsed.get("field")
     else:
-        message, field = response.text.strip() or response.reason or "request failed", None
-    return _ERRORS.get(response.status_code, ModelpoolError)(response.status_code, message, field)
+        message, field = text.strip() or reason or "request failed", None
+    return _ERRORS.get(status, ModelpoolError)(status, message, field)
+
+
+def error_for(response: requests.Response) -> ModelpoolError:
+    """The typed error of a failed :mod:`requests` answer."""
+    return error_from(response.status_code, response.text, response.reason)
 
 
 # ------------------------------------------------------------------------------------------ token
@@ -124,6 +136,19 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
+def _encode(body: Any) -> Optional[str]:
+    """A request body as JSON text (None for no body); numpy values become plain JSON."""
+    return None if body is None else json.dumps(body, default=_jsonable)
+
+
+def _default_headers(token: Optional[str]) -> dict[str, str]:
+    """Headers of every call: who is asking and, when there is one, the management token."""
+    headers = {"User-Agent": f"modelpool-client/{__version__}"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    return headers
+
+
 def _segment(value: Any) -> str:
     """One URL path segment: a '/' in a name must not reach another route."""
     return quote(str(value), safe="")
@@ -146,6 +171,25 @@ def _server_wait(synchronous: bool, server_timeout: Optional[float], client_time
     return max(client_timeout, (server_timeout or SERVER_WAIT_DEFAULT_S) + SERVER_WAIT_MARGIN_S)
 
 
+def _model_path(name: str, version: Optional[str]) -> str:
+    path = f"/models/{_segment(name)}"
+    return path if version is None else f"{path}/{_segment(version)}"
+
+
+def _pool_path(name: str, version: str) -> str:
+    return f"/pools/{_segment(name)}/{_segment(version)}"
+
+
+def _service_path(name: str, version: str) -> str:
+    return f"/v2/models/{_segment(name)}/versions/{_segment(version)}"
+
+
+def _batch_path(execution_id: Optional[str]) -> str:
+    if execution_id is None:
+        raise RuntimeError("this batch is not started; call start() first")
+    return f"/batches/{_segment(execution_id)}"
+
+
 # ------------------------------------------------------------------------------------------ client
 class _ClosingAdapter(HTTPAdapter):
     """An adapter whose ``close()`` closes its idle keep-alive connections.
@@ -164,38 +208,69 @@ class _ClosingAdapter(HTTPAdapter):
                 pool.close()
 
 
-class Client:
+Pool = TypeVar("Pool")  # what carries the calls: a requests.Session, an httpx.AsyncClient
+
+
+class _Endpoint(Generic[Pool]):
+    """What the sync and the asyncio client keep alike: the cluster, its token, and the pool of a block.
+
+    The block's pool (``with`` / ``async with``) serves every call inside it, nested blocks
+    included; a caller's own pool serves every call and is never closed here.
+    """
+
+    def __init__(self, url: str, token: Optional[str], timeout: float, external: Optional[Pool]) -> None:
+        self.url = url.rstrip("/")
+        self.token = resolve_token(token)
+        self.timeout = timeout
+        self._external = external  # the caller's: used for every call, never closed or modified here
+        self._shared: Optional[Pool] = None
+        self._depth = 0
+
+    def __repr__(self) -> str:  # never the token
+        return f"{type(self).__name__}({self.url!r})"
+
+    def _enter_block(self, new_pool: Callable[[], Pool]) -> None:
+        if self._shared is None:
+            self._shared = self._external or new_pool()
+        self._depth += 1
+
+    def _leave_block(self) -> bool:
+        """True when the outermost block ends (its pool should close)."""
+        self._depth -= 1
+        return self._depth <= 0
+
+    def _release(self) -> Optional[Pool]:
+        """Forget the block's pool; returns it when it is ours to close (never the caller's)."""
+        shared, self._shared, self._depth = self._shared, None, 0
+        return shared if shared is not None and shared is not self._external else None
+
+    @property
+    def _reused(self) -> Optional[Pool]:
+        """The pool a call rides on: the block's or the caller's; None means open one for the call."""
+        return self._shared or self._external
+
+
+class Client(_Endpoint[requests.Session]):
     """The management, pool, inference and batch API of one cluster."""
 
     def __init__(self, url: str = DEFAULT_URL, token: Optional[str] = None, timeout: float = 60.0,
                  session: Optional[requests.Session] = None) -> None:
-        self.url = url.rstrip("/")
-        self.token = resolve_token(token)
-        self.timeout = timeout
-        self._external = session  # the caller's: used for every call, never closed or modified here
-        self._shared: Optional[requests.Session] = None
-        self._depth = 0
-
-    def __repr__(self) -> str:  # never the token
-        return f"Client({self.url!r})"
+        super().__init__(url, token, timeout, session)
 
     # -------------------------------------------------------------- sessions
     def __enter__(self) -> "Client":
-        if self._shared is None:
-            self._shared = self._external or self._new_session()
-        self._depth += 1
+        self._enter_block(self._new_session)
         return self
 
     def __exit__(self, *_: Any) -> None:
-        self._depth -= 1
-        if self._depth <= 0:
+        if self._leave_block():
             self.close()
 
     def close(self) -> None:
         """Close the session of the ``with`` block (its pooled connections go with it)."""
-        shared, self._shared, self._depth = self._shared, None, 0
-        if shared is not None and shared is not self._external:
-            shared.close()
+        session = self._release()
+        if session is not None:
+            session.close()
 
     def _new_session(self) -> requests.Session:
         session = requests.Session()
@@ -205,15 +280,12 @@ class Client:
         return session
 
     def _headers(self) -> dict[str, str]:
-        headers = {"User-Agent": f"modelpool-client/{__version__}"}
-        if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
-        return headers
+        return _default_headers(self.token)
 
     @contextmanager
     def _session(self) -> Iterator[requests.Session]:
         """The ``with`` block's session (or the caller's); otherwise a fresh one closed after the call."""
-        reused = self._shared or self._external
+        reused = self._reused
         if reused is not None:
             yield reused
             return
@@ -226,7 +298,7 @@ class Client:
     def _send(self, method: str, path: str, *, params: Optional[dict] = None, body: Any = None,
               timeout: Optional[float] = None) -> requests.Response:
         """One HTTP call; raises the typed error of any non-2xx answer."""
-        data = None if body is None else json.dumps(body, default=_jsonable)
+        data = _encode(body)
         with self._session() as session:
             headers = self._headers() if session is self._external else {}
             if data is not None:
@@ -262,15 +334,15 @@ class Client:
         params = _params(min_worker=min_worker, max_worker=max_worker, number_gpu=number_gpu,
                          synchronous=synchronous, timeout=timeout, batch_size=batch_size,
                          max_batch_delay=max_batch_delay)
-        return self._json("PUT", self._model_path(name, version), params=params,
+        return self._json("PUT", _model_path(name, version), params=params,
                           timeout=_server_wait(synchronous, timeout, self.timeout))
 
     def describe_model(self, name: str, version: Optional[str] = None) -> list[dict]:
         """One version's description (the default's when None; ``"all"`` for every version)."""
-        return self._json("GET", self._model_path(name, version))
+        return self._json("GET", _model_path(name, version))
 
     def unregister_model(self, name: str, version: Optional[str] = None) -> dict:
-        return self._json("DELETE", self._model_path(name, version))
+        return self._json("DELETE", _model_path(name, version))
 
     def list_models(self, limit: int = 100) -> list[dict]:
         """Every model, fetched ``limit`` per page; the pages are followed here so callers get them all."""
@@ -284,12 +356,7 @@ class Client:
                 return models
 
     def set_default(self, name: str, version: str) -> dict:
-        return self._json("PUT", f"{self._model_path(name, version)}/set-default")
-
-    @staticmethod
-    def _model_path(name: str, version: Optional[str]) -> str:
-        path = f"/models/{_segment(name)}"
-        return path if version is None else f"{path}/{_segment(version)}"
+        return self._json("PUT", f"{_model_path(name, version)}/set-default")
 
     # -------------------------------------------------------------- services and pools (ML Server)
     def list_services(self) -> list[dict]:
@@ -302,18 +369,14 @@ class Client:
 
     def create_or_update_service_pool(self, name: str, version: str, initial_pool_size: int,
                                       max_pool_size: int) -> dict:
-        return self._json("PUT", self._pool_path(name, version),
+        return self._json("PUT", _pool_path(name, version),
                           body={"initial_pool_size": initial_pool_size, "max_pool_size": max_pool_size})
 
     def get_service_pool_status(self, name: str, version: str) -> list[dict]:
-        return self._json("GET", self._pool_path(name, version))
+        return self._json("GET", _pool_path(name, version))
 
     def delete_service_pool(self, name: str, version: str) -> dict:
-        return self._json("DELETE", self._pool_path(name, version))
-
-    @staticmethod
-    def _pool_path(name: str, version: str) -> str:
-        return f"/pools/{_segment(name)}/{_segment(version)}"
+        return self._json("DELETE", _pool_path(name, version))
 
     def ping(self) -> bool:
         """True when the management application answers healthy; never raises."""
@@ -343,6 +406,27 @@ def _tensor(output: dict) -> np.ndarray:
     return np.asarray(output["data"], dtype=dtype).reshape(output["shape"])
 
 
+def _infer_request(rows: Rows, outputs: Optional[list[str]]) -> dict[str, Any]:
+    """A V2 request carrying rows as one FP64 matrix; ``outputs`` picks outputs and their order."""
+    matrix = _matrix(rows)
+    request: dict[str, Any] = {"inputs": [{"name": INPUT_NAME, "shape": list(matrix.shape), "datatype": "FP64",
+                                           "data": matrix.ravel().tolist()}]}
+    if outputs is not None:
+        request["outputs"] = [{"name": name} for name in outputs]
+    return request
+
+
+def _infer_outputs(answer: dict) -> dict[str, np.ndarray]:
+    return {output["name"]: _tensor(output) for output in answer["outputs"]}
+
+
+def _batch_records(records: Rows) -> list:
+    """Batch rows as JSON records; DataFrame rows keep their column names."""
+    if _is_frame(records):
+        return records.to_dict("records")
+    return records.tolist() if isinstance(records, np.ndarray) else list(records)
+
+
 class Service:
     """A registered model version: online scoring and batch jobs over it."""
 
@@ -356,7 +440,7 @@ class Service:
 
     @property
     def _path(self) -> str:
-        return f"/v2/models/{_segment(self.name)}/versions/{_segment(self.version)}"
+        return _service_path(self.name, self.version)
 
     def predict(self, data: Rows) -> Union[list, np.ndarray]:
         """Plain-JSON scoring; arrays and DataFrames get an array back, lists get a list."""
@@ -366,21 +450,11 @@ class Service:
 
     def infer(self, rows: Rows, outputs: Optional[list[str]] = None) -> dict[str, np.ndarray]:
         """V2 inference over rows as one FP64 matrix; ``outputs`` picks outputs and their order."""
-        matrix = _matrix(rows)
-        request: dict[str, Any] = {"inputs": [{"name": INPUT_NAME, "shape": list(matrix.shape), "datatype": "FP64",
-                                               "data": matrix.ravel().tolist()}]}
-        if outputs is not None:
-            request["outputs"] = [{"name": name} for name in outputs]
-        answer = self.client._json("POST", f"{self._path}/infer", body=request)
-        return {output["name"]: _tensor(output) for output in answer["outputs"]}
+        return _infer_outputs(self.client._json("POST", f"{self._path}/infer", body=_infer_request(rows, outputs)))
 
     def batch(self, records: Rows, parallel_count: int = 10) -> "Batch":
         """A batch job over ``records`` (not started: call ``.start()``); DataFrame rows keep column names."""
-        if _is_frame(records):
-            records = records.to_dict("records")
-        elif isinstance(records, np.ndarray):
-            records = records.tolist()
-        return Batch(self, records=list(records), parallel_count=parallel_count)
+        return Batch(self, records=_batch_records(records), parallel_count=parallel_count)
 
     def get_batch_executions(self) -> list[str]:
         """Execution ids of this version's batch jobs, oldest first."""
@@ -399,6 +473,56 @@ def _check_artifact_name(name: str) -> str:
         raise ValueError(f"refusing artifact name {name!r}: not a single plain file name, "
                          "it could be written outside the destination directory")
     return name
+
+
+def _artifact_targets(dest: Union[str, Path], names: list[str]) -> list[tuple[str, Path]]:
+    """Where each artifact goes, every name checked before anything is written; creates ``dest``.
+
+    A name must be a plain file name and its target must resolve inside ``dest``, so neither
+    ``../x`` nor a symlink already in ``dest`` that points elsewhere can move the write.
+    """
+    directory = Path(dest)
+    targets = []
+    for name in names:
+        target = directory / _check_artifact_name(name)
+        if target.resolve().parent != directory.resolve():
+            raise ValueError(f"refusing artifact {name!r}: {target} resolves outside {directory}")
+        targets.append((name, target))
+    if targets:
+        directory.mkdir(parents=True, exist_ok=True)
+    return targets
+
+
+def _start_request(service: str, version: str, records: Optional[list], parallel_count: int,
+                   execution_id: Optional[str]) -> dict:
+    """The body that starts a batch job; refuses a job already started or opened by id."""
+    if execution_id is not None:
+        raise RuntimeError(f"batch {execution_id} is already started")
+    if records is None:
+        raise RuntimeError("this batch has no records to start (it was opened by execution id)")
+    return {"service": service, "version": version, "records": records, "parallel_count": parallel_count}
+
+
+def _in_index_order(last_page: dict, rows: dict[int, dict]) -> dict:
+    """The last page's state with every row read, in index order.
+
+    Rows are keyed by index: a row finishing between two pages of a running job is neither lost
+    nor doubled.
+    """
+    return {**last_page, "results": [rows[i] for i in sorted(rows)], "nextOffset": None}
+
+
+def _done_and_total(status: dict) -> tuple[int, Optional[int]]:
+    """Progress of a job: ``done`` counts failed rows too, so it reaches ``total``."""
+    return int(status.get("completedItems") or 0) + int(status.get("failedItems") or 0), status.get("totalItems")
+
+
+def _poll_delay(execution_id: Optional[str], status: dict, deadline: float, timeout: float, poll: float) -> float:
+    """Seconds to sleep before polling a running job again; TimeoutError once ``deadline`` passed."""
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise TimeoutError(f"batch {execution_id} still {status['state']} after {timeout}s")
+    return min(poll, remaining)
 
 
 class Batch:
@@ -420,20 +544,13 @@ class Batch:
 
     @property
     def _path(self) -> str:
-        if self.execution_id is None:
-            raise RuntimeError("this batch is not started; call start() first")
-        return f"/batches/{_segment(self.execution_id)}"
+        return _batch_path(self.execution_id)
 
     def start(self) -> "Batch":
         """Submit the records; the server answers at once (202) and scores on Ray tasks."""
-        if self.execution_id is not None:
-            raise RuntimeError(f"batch {self.execution_id} is already started")
-        if self.records is None:
-            raise RuntimeError("this batch has no records to start (it was opened by execution id)")
-        answer = self._client._json("POST", "/batches", body={
-            "service": self.service.name, "version": self.service.version,
-            "records": self.records, "parallel_count": self.parallel_count})
-        self.execution_id = answer["executionId"]
+        body = _start_request(self.service.name, self.service.version, self.records, self.parallel_count,
+                              self.execution_id)
+        self.execution_id = self._client._json("POST", "/batches", body=body)["executionId"]
         return self
 
     @property
@@ -463,8 +580,7 @@ class Batch:
                 show_partial_results=True, offset=offset, limit=page_size))
             rows.update((row["index"], row) for row in page.get("results", []))
             offset = page.get("nextOffset")
-        # keyed by index: a row finishing between two pages of a running job is neither lost nor doubled
-        return {**page, "results": [rows[i] for i in sorted(rows)], "nextOffset": None}
+        return _in_index_order(page, rows)
 
     def execution(self, index: int) -> dict:
         """One row's result: index, status, outputs (and error when it failed)."""
@@ -485,22 +601,11 @@ class Batch:
         or a symlink already in ``dest`` that points elsewhere).
         """
         names = [name] if name is not None else self.list_artifacts(index)
-        directory = Path(dest)
-        targets = [(n, self._target(directory, n)) for n in names]
-        if targets:
-            directory.mkdir(parents=True, exist_ok=True)
         written = []
-        for artifact_name, target in targets:
+        for artifact_name, target in _artifact_targets(dest, names):
             target.write_bytes(self.artifact(index, artifact_name))
             written.append(target)
         return written
-
-    @staticmethod
-    def _target(directory: Path, name: str) -> Path:
-        target = directory / _check_artifact_name(name)
-        if target.resolve().parent != directory.resolve():
-            raise ValueError(f"refusing artifact {name!r}: {target} resolves outside {directory}")
-        return target
 
     def cancel(self) -> dict:
         """Stop scheduling rows; rows already scored stay readable."""
@@ -518,11 +623,7 @@ class Batch:
         while True:
             status = self.status()
             if progress is not None:
-                progress(int(status.get("completedItems") or 0) + int(status.get("failedItems") or 0),
-                         status.get("totalItems"))
+                progress(*_done_and_total(status))
             if status["state"] in FINAL_STATES:
                 return status
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError(f"batch {self.execution_id} still {status['state']} after {timeout}s")
-            time.sleep(min(poll, remaining))
+            time.sleep(_poll_delay(self.execution_id, status, deadline, timeout, poll))

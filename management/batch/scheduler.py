@@ -23,6 +23,7 @@ from typing import Any
 
 import ray
 
+from deployments.metrics import record_batch_rows
 from management.batch import results
 from management.batch.jobs import FINAL_STATES, input_location, is_cancelled, open_job_store, read_job, update_job
 
@@ -44,8 +45,10 @@ class BatchWorker:
 
     def score(self, store_config: dict, execution_id: str, partition: int, job: dict, cache_dir: str) -> dict:
         store = open_job_store(store_config)
-        return self._scoring.score_partition(store, execution_id, partition, job, Path(cache_dir),
-                                             locate=lambda uri: input_location(store_config, store, uri))
+        result = self._scoring.score_partition(store, execution_id, partition, job, Path(cache_dir),
+                                               locate=lambda uri: input_location(store_config, store, uri))
+        record_batch_rows(job.get("service", ""), job.get("version", ""), result["completed"], result["failed"])
+        return result
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1, max_concurrency=64)

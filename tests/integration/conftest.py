@@ -29,6 +29,7 @@ class RunningCluster:
     home: Path
     address: str
     env: dict
+    metrics_url: str = ""
 
     @property
     def token(self) -> str:
@@ -45,7 +46,7 @@ class RunningCluster:
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory) -> RunningCluster:
     home = tmp_path_factory.mktemp("modelpool-home")
-    http_port, ray_port = free_port(), free_port()
+    http_port, ray_port, metrics_port = free_port(), free_port(), free_port()
     env = {
         **os.environ,
         "MODELPOOL_HOME": str(home),
@@ -53,11 +54,14 @@ def cluster(tmp_path_factory) -> RunningCluster:
         "MODELPOOL_RAY_PORT": str(ray_port),
         "MODELPOOL_MAX_BODY_BYTES": str(256 * 1024),
         "MODELPOOL_REPLICA_NUM_CPUS": "0.1",
+        "MODELPOOL_METRICS_PORT": str(metrics_port),
+        "RAY_metrics_report_interval_ms": "1000",  # Ray exports metrics every 10 s by default: too slow to wait for
         **S3_ENV,  # node credentials, as a cloud node has them: the S3 tests' object stores need them in every worker
     }
     env.pop("RAY_ADDRESS", None)
     started = subprocess.run([*MODELPOOL, "start"], env=env, capture_output=True, text=True, timeout=400)
-    running = RunningCluster(url=f"http://127.0.0.1:{http_port}", home=home, address=f"127.0.0.1:{ray_port}", env=env)
+    running = RunningCluster(url=f"http://127.0.0.1:{http_port}", home=home, address=f"127.0.0.1:{ray_port}", env=env,
+                             metrics_url=f"http://127.0.0.1:{metrics_port}/metrics")
     if started.returncode != 0:
         running.cli("stop", check=False)
         pytest.fail(f"modelpool start failed:\n{started.stdout}\n{started.stderr}")

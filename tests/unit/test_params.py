@@ -29,9 +29,11 @@ def test_bad_values_name_their_field(cls, values, field):
 
 
 def test_cross_field_rules_say_what_to_fix():
-    with pytest.raises(RequestError, match="min_worker .3. must not exceed max_worker .2."):
+    with pytest.raises(RequestError, match="min_worker .3. must not exceed max_worker .2.") as scale:
         ScaleParams.parse({"min_worker": "3", "max_worker": "2"})
-    with pytest.raises(RequestError, match="initial_pool_size"):
+    assert scale.value.field == "min_worker"
+    with pytest.raises(RequestError, match="initial_pool_size") as pool:
         PoolParams.parse({"initial_pool_size": 4, "max_pool_size": 2})
+    assert pool.value.field == "initial_pool_size"
     with pytest.raises(RequestError, match="runtime must be 'python'"):
         RegisterParams.parse({"url": "x", "runtime": "java"})

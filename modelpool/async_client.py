@@ -1,0 +1,319 @@
+"""asyncio client of a modelpool cluster: :mod:`modelpool.client`'s API, as coroutines, on httpx.
+
+For callers that already run an event loop (a web service fanning requests out to models, a
+notebook scoring many services at once): calls do not block the loop, and many can be in flight
+together over one connection pool. Methods, arguments, answers and typed errors are the sync
+client's: the request bodies, paths, error mapping and download checks are the sync module's own
+functions, imported, so the two clients cannot drift apart. Only network failures differ: they
+raise httpx's exceptions (:class:`httpx.HTTPError`) where the sync client raises requests'.
+
+``async with AsyncClient(...) as c:`` keeps one :class:`httpx.AsyncClient` (one keep-alive
+connection pool, the token and User-Agent set once) for every call inside, including those made
+through :class:`AsyncService` and :class:`AsyncBatch`; outside an ``async with`` each call opens and
+closes its own, so nothing stays open behind the caller's back.
+
+    async with AsyncClient("http://127.0.0.1:8000") as c:
+        iris = await c.get_service("iris", "1")
+        print(await asyncio.gather(*(iris.predict(rows) for rows in chunks)))  # concurrent calls
+        report = await c.get_service("iris_report", "1")
+        batch = await report.batch(frame, parallel_count=4).start()
+        await batch.wait(progress=lambda done, total: print(done, total))
+        await batch.download(0, dest="reports")
+"""
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import ssl
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, AsyncIterator, Awaitable, Callable, Optional, Union
+
+import httpx
+import numpy as np
+
+from modelpool.client import (DEFAULT_URL, FINAL_STATES, RESULTS_PAGE, BadRequest, Conflict, ModelpoolError, NotFound,
+                              Rows, Unauthorized, _Endpoint, _artifact_targets, _batch_path, _batch_records,
+                              _default_headers, _done_and_total, _encode, _in_index_order, _infer_outputs,
+                              _infer_request, _is_frame, _model_path, _params, _poll_delay, _pool_path, _segment,
+                              _server_wait, _service_path, _start_request, error_from, resolve_token)
+
+__all__ = ["AsyncBatch", "AsyncClient", "AsyncService", "BadRequest", "Conflict", "ModelpoolError", "NotFound",
+           "Unauthorized", "resolve_token"]  # the errors too: one import for asyncio callers
+
+# progress(done, total) may be a plain function or a coroutine function (awaited before the next poll)
+AsyncProgressCallback = Callable[[int, Optional[int]], Union[None, Awaitable[None]]]
+
+
+@functools.lru_cache(maxsize=1)
+def _tls_context() -> ssl.SSLContext:
+    """One TLS context for every httpx client opened here.
+
+    httpx builds a context (loading the CA bundle) per client, ~30 ms of CPU: more than a whole
+    call to a local cluster, and every call outside ``async with`` opens a client.
+    """
+    return httpx.create_ssl_context()
+
+
+class AsyncClient(_Endpoint[httpx.AsyncClient]):
+    """The management, pool, inference and batch API of one cluster, for asyncio."""
+
+    def __init__(self, url: str = DEFAULT_URL, token: Optional[str] = None, timeout: float = 60.0,
+                 client: Optional[httpx.AsyncClient] = None) -> None:
+        super().__init__(url, token, timeout, client)
+
+    # -------------------------------------------------------------- connection pool
+    async def __aenter__(self) -> "AsyncClient":
+        self._enter_block(self._new_http)
+        return self
+
+    async def __aexit__(self, *_: Any) -> None:
+        if self._leave_block():
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the ``async with`` block's httpx client (its pooled connections go with it)."""
+        http = self._release()
+        if http is not None:
+            await http.aclose()
+
+    def _new_http(self) -> httpx.AsyncClient:
+        # requests (the sync client) follows redirects; keep the two clients' answers the same
+        return httpx.AsyncClient(headers=_default_headers(self.token), timeout=self.timeout, follow_redirects=True,
+                                 verify=_tls_context())
+
+    @asynccontextmanager
+    async def _http(self) -> AsyncIterator[httpx.AsyncClient]:
+        """The block's client (or the caller's); otherwise a fresh one closed after the call."""
+        reused = self._reused
+        if reused is not None:
+            yield reused
+            return
+        async with self._new_http() as http:
+            yield http
+
+    async def _send(self, method: str, path: str, *, params: Optional[dict] = None, body: Any = None,
+                    timeout: Optional[float] = None) -> httpx.Response:
+        """One HTTP call, read whole; raises the typed error of any non-2xx answer."""
+        data = _encode(body)
+        headers = {} if data is None else {"Content-Type": "application/json"}
+        async with self._http() as http:
+            if http is self._external:  # never written into the caller's client
+                headers.update(_default_headers(self.token))
+            response = await http.request(method, self.url + path, params=params, content=data, headers=headers,
+                                          timeout=timeout or self.timeout)
+        if not response.is_success:
+            raise error_from(response.status_code, response.text, response.reason_phrase)
+        return response
+
+    async def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = await self._send(method, path, **kwargs)
+        return response.json() if response.content else None
+
+    # -------------------------------------------------------------- models (MMS / TorchServe API)
+    async def register_model(self, url: str, model_name: Optional[str] = None, initial_workers: int = 0,
+                             batch_size: Optional[int] = None, max_batch_delay: Optional[float] = None,
+                             synchronous: bool = False, response_timeout: Optional[float] = None,
+                             handler: Optional[str] = None) -> dict:
+        """As :meth:`Client.register_model`; a synchronous call waits as long as the server may."""
+        params = _params(url=url, model_name=model_name, initial_workers=initial_workers, batch_size=batch_size,
+                         max_batch_delay=max_batch_delay, synchronous=synchronous,
+                         response_timeout=response_timeout, handler=handler)
+        return await self._json("POST", "/models", params=params,
+                                timeout=_server_wait(synchronous, response_timeout, self.timeout))
+
+    async def scale_model(self, name: str, version: Optional[str] = None, min_worker: Optional[int] = None,
+                          max_worker: Optional[int] = None, number_gpu: Optional[int] = None,
+                          synchronous: bool = False, timeout: Optional[float] = None,
+                          batch_size: Optional[int] = None, max_batch_delay: Optional[float] = None) -> dict:
+        """As :meth:`Client.scale_model` (the default version when ``version`` is None)."""
+        params = _params(min_worker=min_worker, max_worker=max_worker, number_gpu=number_gpu,
+                         synchronous=synchronous, timeout=timeout, batch_size=batch_size,
+                         max_batch_delay=max_batch_delay)
+        return await self._json("PUT", _model_path(name, version), params=params,
+                                timeout=_server_wait(synchronous, timeout, self.timeout))
+
+    async def describe_model(self, name: str, version: Optional[str] = None) -> list[dict]:
+        """One version's description (the default's when None; ``"all"`` for every version)."""
+        return await self._json("GET", _model_path(name, version))
+
+    async def unregister_model(self, name: str, version: Optional[str] = None) -> dict:
+        return await self._json("DELETE", _model_path(name, version))
+
+    async def list_models(self, limit: int = 100) -> list[dict]:
+        """Every model: the ``nextPageToken`` pages are followed here, ``limit`` models a request."""
+        models: list[dict] = []
+        token: Optional[str] = None
+        while True:
+            page = await self._json("GET", "/models", params=_params(limit=limit, next_page_token=token))
+            models.extend(page.get("models", []))
+            token = page.get("nextPageToken")
+            if not token:
+                return models
+
+    async def set_default(self, name: str, version: str) -> dict:
+        return await self._json("PUT", f"{_model_path(name, version)}/set-default")
+
+    # -------------------------------------------------------------- services and pools (ML Server)
+    async def list_services(self) -> list[dict]:
+        return await self._json("GET", "/services")
+
+    async def get_service(self, name: str, version: Optional[str] = None) -> "AsyncService":
+        """A registered version (the default when None), checked now so a typo fails here, not later."""
+        described = await self.describe_model(name, version)
+        return AsyncService(self, name, str(described[0]["modelVersion"]))
+
+    async def create_or_update_service_pool(self, name: str, version: str, initial_pool_size: int,
+                                            max_pool_size: int) -> dict:
+        body = {"initial_pool_size": initial_pool_size, "max_pool_size": max_pool_size}
+        return await self._json("PUT", _pool_path(name, version), body=body)
+
+    async def get_service_pool_status(self, name: str, version: str) -> list[dict]:
+        return await self._json("GET", _pool_path(name, version))
+
+    async def delete_service_pool(self, name: str, version: str) -> dict:
+        return await self._json("DELETE", _pool_path(name, version))
+
+    async def ping(self) -> bool:
+        """True when the management application answers healthy; never raises."""
+        try:
+            return (await self._json("GET", "/ping")).get("status") == "Healthy"
+        except (httpx.HTTPError, httpx.InvalidURL, ModelpoolError, ValueError, AttributeError):
+            return False
+
+
+@dataclass(eq=False)
+class AsyncService:
+    """A registered model version: online scoring and batch jobs over it (see :class:`Service`)."""
+
+    client: AsyncClient = field(repr=False)
+    name: str
+    version: str
+
+    @property
+    def _path(self) -> str:
+        return _service_path(self.name, self.version)
+
+    async def predict(self, data: Rows) -> Union[list, np.ndarray]:
+        """Plain-JSON scoring; arrays and DataFrames get an array back, lists get a list."""
+        rows = data.to_numpy() if _is_frame(data) else data
+        answer = await self.client._json("POST", f"{self._path}/predict", body={"instances": rows})
+        return np.asarray(answer["predictions"]) if isinstance(rows, np.ndarray) else answer["predictions"]
+
+    async def infer(self, rows: Rows, outputs: Optional[list[str]] = None) -> dict[str, np.ndarray]:
+        """V2 inference over rows as one FP64 matrix; ``outputs`` picks outputs and their order."""
+        return _infer_outputs(await self.client._json("POST", f"{self._path}/infer",
+                                                      body=_infer_request(rows, outputs)))
+
+    def batch(self, records: Rows, parallel_count: int = 10) -> "AsyncBatch":
+        """A batch job over ``records``, not started (no request yet): ``await ....start()``."""
+        return AsyncBatch(self, records=_batch_records(records), parallel_count=parallel_count)
+
+    async def get_batch_executions(self) -> list[str]:
+        """Execution ids of this version's batch jobs, oldest first."""
+        return await self.client._json("GET", "/batches", params=_params(service=self.name, version=self.version))
+
+    def get_batch(self, execution_id: str) -> "AsyncBatch":
+        """A job started earlier (by anyone), to follow or read; no request until one is awaited."""
+        return AsyncBatch(self, execution_id=execution_id)
+
+
+@dataclass(eq=False)
+class AsyncBatch:
+    """One batch execution: start it, follow it, read its results and artifacts (see :class:`Batch`)."""
+
+    service: AsyncService
+    records: Optional[list] = field(default=None, repr=False)  # may be millions of rows
+    parallel_count: int = 10
+    execution_id: Optional[str] = None
+
+    @property
+    def _client(self) -> AsyncClient:
+        return self.service.client
+
+    @property
+    def _path(self) -> str:
+        return _batch_path(self.execution_id)
+
+    async def start(self) -> "AsyncBatch":
+        """Submit the records; the server answers at once (202) and scores on Ray tasks."""
+        body = _start_request(self.service.name, self.service.version, self.records, self.parallel_count,
+                              self.execution_id)
+        self.execution_id = (await self._client._json("POST", "/batches", body=body))["executionId"]
+        return self
+
+    async def state(self) -> str:
+        """Pending, Running, Complete, Failed or Cancelled (a method here: reading it is a request)."""
+        return (await self.status())["state"]
+
+    async def status(self) -> dict:
+        """The job's state and counts, without rows (cheap enough to poll)."""
+        return await self._client._json("GET", self._path, params=_params(show_partial_results=False))
+
+    async def results(self, show_partial_results: bool = True, page_size: int = RESULTS_PAGE) -> dict:
+        """The state with ``results``: every row scored so far, in index order (pages followed here).
+
+        With ``show_partial_results=False`` rows come only once the job is Complete, as in ML Server.
+        """
+        if not show_partial_results:
+            status = await self.status()
+            if status["state"] != "Complete":
+                return status
+        rows: dict[int, dict] = {}
+        offset: Optional[int] = 0
+        while offset is not None:
+            page = await self._client._json("GET", self._path, params=_params(
+                show_partial_results=True, offset=offset, limit=page_size))
+            rows.update((row["index"], row) for row in page.get("results", []))
+            offset = page.get("nextOffset")
+        return _in_index_order(page, rows)
+
+    async def execution(self, index: int) -> dict:
+        """One row's result: index, status, outputs (and error when it failed)."""
+        return await self._client._json("GET", f"{self._path}/results/{int(index)}")
+
+    async def list_artifacts(self, index: int) -> list[str]:
+        return await self._client._json("GET", f"{self._path}/results/{int(index)}/artifacts")
+
+    async def artifact(self, index: int, name: str) -> bytes:
+        path = f"{self._path}/results/{int(index)}/artifacts/{_segment(name)}"
+        return (await self._client._send("GET", path)).content
+
+    async def download(self, index: int, name: Optional[str] = None, dest: Union[str, Path] = ".") -> list[Path]:
+        """Write one artifact (every artifact of the row when ``name`` is None) into ``dest``.
+
+        The sync client's checks: every name is checked before any artifact is fetched or written, so
+        a hostile or broken server cannot make the client write outside ``dest``.
+        """
+        names = [name] if name is not None else await self.list_artifacts(index)
+        written = []
+        for artifact_name, target in _artifact_targets(dest, names):
+            target.write_bytes(await self.artifact(index, artifact_name))  # reports are small: no thread hop
+            written.append(target)
+        return written
+
+    async def cancel(self) -> dict:
+        """Stop scheduling rows; rows already scored stay readable."""
+        return await self._client._json("DELETE", self._path)
+
+    async def wait(self, timeout: float = 600, poll: float = 0.5,
+                   progress: Optional[AsyncProgressCallback] = None) -> dict:
+        """Poll until Complete, Failed or Cancelled and return that state (TimeoutError after ``timeout`` s).
+
+        The state carries counts, not rows (polling must stay cheap): read rows with ``results()``.
+        ``progress(done, total)`` runs after every poll, as in :meth:`Batch.wait`; it may be a
+        coroutine function. The loop sleeps with :func:`asyncio.sleep`, so other tasks run meanwhile.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            status = await self.status()
+            if progress is not None:
+                reported = progress(*_done_and_total(status))
+                if inspect.isawaitable(reported):
+                    await reported
+            if status["state"] in FINAL_STATES:
+                return status
+            await asyncio.sleep(_poll_delay(self.execution_id, status, deadline, timeout, poll))

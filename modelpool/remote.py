@@ -1,0 +1,515 @@
+"""The ``modelpool`` commands that talk to a running cluster over HTTP: models, pools, services, batches.
+
+Each command opens one :class:`~modelpool.client.Client` session (``with Client(...)``), so all the
+calls of one command ride one keep-alive connection. Output is an aligned plain-text table for
+people, or with ``--json`` the server's JSON (indented) and nothing else on stdout. Progress bars go
+to stderr, and only when stderr is a terminal.
+
+Exit codes: 0 done; 2 the request was refused (HTTP 4xx) or the command line's input is unusable;
+1 anything else (server error, no connection, a wait that timed out, a batch that ended Failed).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional, Sequence
+
+import requests
+
+from modelpool.client import DEFAULT_URL, Batch, Client, ModelpoolError, Service
+
+URL_ENV = "MODELPOOL_URL"
+BAR_WIDTH = 30
+
+
+# ------------------------------------------------------------------------------------------ output
+@dataclass
+class Outcome:
+    """What a command shows: ``data`` with --json, ``text`` otherwise; ``code`` is the exit code."""
+
+    data: Any
+    text: str
+    code: int = 0
+
+
+class CommandError(Exception):
+    """A failure the command explains itself (bad input file, a wait that ended badly)."""
+
+    def __init__(self, message: str, code: int = 2) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """Columns padded to their widest cell, two spaces apart; None shows as '-'."""
+    cells = [[str(h) for h in headers]] + [["-" if v is None else str(v) for v in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in cells)
+
+
+def _yes(value: Optional[bool]) -> str:
+    return "-" if value is None else ("yes" if value else "no")
+
+
+def _compact(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+
+
+class ProgressBar:
+    """``\\r[#####-----] 12/40 rows`` on stderr, redrawn in place; silent when stderr is not a terminal."""
+
+    def __init__(self, unit: str, stream: Any = None) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.unit = unit
+        self.enabled = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.drawn = False
+
+    def update(self, done: int, total: Optional[int]) -> None:
+        if not self.enabled:
+            return
+        filled = BAR_WIDTH * min(done, total) // total if total else 0
+        shown = "?" if total is None else total
+        self.stream.write(f"\r[{'#' * filled}{'-' * (BAR_WIDTH - filled)}] {done}/{shown} {self.unit}")
+        self.stream.flush()
+        self.drawn = True
+
+    def close(self) -> None:
+        if self.drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+            self.drawn = False
+
+
+# ------------------------------------------------------------------------------------------ inputs
+def default_url() -> str:
+    """$MODELPOOL_URL, else the URL ``modelpool start`` saved in the cluster state, else the default."""
+    if os.environ.get(URL_ENV):
+        return os.environ[URL_ENV]
+    from cluster import runtime
+    from cluster.settings import SettingsError
+
+    home = Path(os.environ.get("MODELPOOL_HOME") or "~/.modelpool").expanduser()
+    try:
+        state = runtime.read_state(runtime.load_settings_for_home(home))
+    except (SettingsError, OSError):
+        state = None
+    return (state or {}).get("url") or DEFAULT_URL
+
+
+def _cell(text: str) -> Any:
+    """A CSV cell as a number when it is one, empty as null, anything else as text."""
+    if text.strip() == "":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def read_csv(path: str) -> tuple[Optional[list[str]], list[list[Any]]]:
+    """(header or None, rows): the first line is a header when any of its cells is not a number."""
+    try:
+        with open(path, newline="") as handle:
+            lines = [line for line in csv.reader(handle) if line]
+    except OSError as exc:
+        raise CommandError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if not lines:
+        raise CommandError(f"{path} has no rows")
+    header = lines[0] if any(isinstance(_cell(c), str) or _cell(c) is None for c in lines[0]) else None
+    rows = [[_cell(c) for c in line] for line in (lines[1:] if header else lines)]
+    if not rows:
+        raise CommandError(f"{path} has a header but no rows")
+    return header, rows
+
+
+def _parse_rows(text: str, source: str) -> list:
+    try:
+        rows = json.loads(text)
+    except ValueError as exc:
+        raise CommandError(f"{source} is not JSON: {exc}") from None
+    if not isinstance(rows, list) or not rows:
+        raise CommandError(f"{source} must be a non-empty JSON list of rows, e.g. [[5.1, 3.5, 1.4, 0.2]]")
+    return rows
+
+
+def _read_json_file(path: str) -> list:
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise CommandError(f"cannot read {path}: {exc.strerror or exc}") from None
+    return _parse_rows(text, path)
+
+
+# ------------------------------------------------------------------------------------------ models
+def models_list(c: Client, args: argparse.Namespace) -> Outcome:
+    models = c.list_models()
+    if args.json:
+        return Outcome(models, "")
+    services = {(s["name"], s["version"]): s for s in c.list_services()}
+    rows = []
+    for model in models:
+        for record in c.describe_model(model["modelName"], "all"):
+            service = services.get((record["modelName"], record["modelVersion"]), {})
+            default = service.get("isDefault", record.get("isDefault"))
+            rows.append((record["modelName"], record["modelVersion"], _yes(default),
+                         f"{record.get('minWorkers', 0)}/{record.get('maxWorkers', 0)}",
+                         service.get("state"), record.get("modelUrl")))
+    return Outcome(models, table(("NAME", "VERSION", "DEFAULT", "WORKERS(min/max)", "STATUS", "URL"), rows))
+
+
+def _describe_text(described: list[dict]) -> str:
+    versions = table(("NAME", "VERSION", "DEFAULT", "POOL", "WORKERS(min/max)", "BATCH", "DELAY(ms)", "HANDLER", "URL"),
+                     [(d["modelName"], d["modelVersion"], _yes(d.get("isDefault")), d.get("pool"),
+                       f"{d.get('minWorkers', 0)}/{d.get('maxWorkers', 0)}", d.get("batchSize"),
+                       d.get("maxBatchDelay"), d.get("handler"), d.get("modelUrl")) for d in described])
+    workers = [(d["modelVersion"], w.get("id"), w.get("status"), w.get("node"), _yes(w.get("gpu")),
+                w.get("memoryUsage"), w.get("startTime")) for d in described for w in d.get("workers") or []]
+    if not workers:
+        return versions
+    return versions + "\n\n" + table(("VERSION", "WORKER", "STATUS", "NODE", "GPU", "MEMORY", "STARTED"), workers)
+
+
+def models_describe(c: Client, args: argparse.Namespace) -> Outcome:
+    described = c.describe_model(args.name, args.version)
+    return Outcome(described, _describe_text(described))
+
+
+def _status(answer: dict) -> Outcome:
+    return Outcome(answer, str(answer.get("status", answer)))
+
+
+def models_register(c: Client, args: argparse.Namespace) -> Outcome:
+    return _status(c.register_model(args.model_url, model_name=args.model_name, handler=args.handler,
+                                    initial_workers=args.initial_workers, batch_size=args.batch_size,
+                                    max_batch_delay=args.max_batch_delay, synchronous=args.synchronous,
+                                    response_timeout=args.response_timeout))
+
+
+def _running(described: dict) -> int:
+    return sum(1 for w in described.get("workers") or [] if w.get("status") == "READY")
+
+
+def wait_for_workers(c: Client, name: str, version: Optional[str], target: Optional[int], timeout: float,
+                     poll: float) -> dict:
+    """Poll describe until the version runs ``target`` READY workers (its minWorkers when None)."""
+    bar = ProgressBar("workers")
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            described = c.describe_model(name, version)[0]
+            want = target if target is not None else int(described.get("minWorkers") or 0)
+            running = _running(described)
+            bar.update(min(running, want), want)
+            if running >= want:
+                return described
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise CommandError(f"{name} version {described['modelVersion']}: {running}/{want} workers READY "
+                                   f"after {timeout:g}s (--wait-timeout)", code=1)
+            time.sleep(min(poll, remaining))
+    finally:
+        bar.close()
+
+
+def models_scale(c: Client, args: argparse.Namespace) -> Outcome:
+    answer = c.scale_model(args.name, args.version, min_worker=args.min_worker, max_worker=args.max_worker,
+                           number_gpu=args.number_gpu, batch_size=args.batch_size,
+                           max_batch_delay=args.max_batch_delay, synchronous=False)
+    if not args.wait:
+        return _status(answer)
+    described = wait_for_workers(c, args.name, args.version, args.min_worker, args.wait_timeout, args.poll)
+    return Outcome([described], f"{answer.get('status')}; {described['modelName']} version "
+                                f"{described['modelVersion']}: {_running(described)} workers READY")
+
+
+def models_unregister(c: Client, args: argparse.Namespace) -> Outcome:
+    return _status(c.unregister_model(args.name, args.version))
+
+
+def models_set_default(c: Client, args: argparse.Namespace) -> Outcome:
+    return _status(c.set_default(args.name, args.version))
+
+
+# ------------------------------------------------------------------------------------------ services and pools
+def _services_text(services: list[dict]) -> str:
+    return table(("NAME", "VERSION", "DEFAULT", "POOL", "STATE"),
+                 [(s["name"], s["version"], _yes(s.get("isDefault")), s.get("pool"), s.get("state")) for s in services])
+
+
+def services_list(c: Client, _: argparse.Namespace) -> Outcome:
+    services = c.list_services()
+    return Outcome(services, _services_text(services))
+
+
+def services_predict(c: Client, args: argparse.Namespace) -> Outcome:
+    rows = _parse_rows(args.rows, "--rows") if args.rows is not None else read_csv(args.csv)[1]
+    predictions = c.get_service(args.name, args.version).predict(rows)
+    return Outcome({"predictions": predictions},
+                   table(("ROW", "PREDICTION"), [(i, _compact(p)) for i, p in enumerate(predictions)]))
+
+
+def pools_list(c: Client, _: argparse.Namespace) -> Outcome:
+    pooled = [s for s in c.list_services() if s.get("pool") == "dedicated"]
+    return Outcome(pooled, _services_text(pooled))
+
+
+def pools_set(c: Client, args: argparse.Namespace) -> Outcome:
+    return _status(c.create_or_update_service_pool(args.name, args.version, args.initial_pool_size, args.max_pool_size))
+
+
+def pools_status(c: Client, args: argparse.Namespace) -> Outcome:
+    nodes = c.get_service_pool_status(args.name, args.version)
+    return Outcome(nodes, table(("NODE", "STATUS", "ERRORS"),
+                                [(n.get("computeNodeEndpoint"), n.get("status"), "; ".join(map(str, n.get("errors") or [])))
+                                 for n in nodes]))
+
+
+def pools_delete(c: Client, args: argparse.Namespace) -> Outcome:
+    return _status(c.delete_service_pool(args.name, args.version))
+
+
+# ------------------------------------------------------------------------------------------ batches
+def _batch(c: Client, args: argparse.Namespace) -> Batch:
+    """The job named by its execution id; the routes need nothing else (service/version only label it)."""
+    return Service(c, args.service or "", args.version or "").get_batch(args.execution_id)
+
+
+def _batch_text(status: dict) -> str:
+    done = int(status.get("completedItems") or 0) + int(status.get("failedItems") or 0)
+    total = status.get("totalItems")
+    return table(("EXECUTION", "STATE", "ROWS(done/total)", "FAILED", "SERVICE", "VERSION"),
+                 [(status.get("executionId"), status.get("state"), f"{done}/{'?' if total is None else total}",
+                   status.get("failedItems"), status.get("service"), status.get("version"))])
+
+
+def _wait(batch: Batch, args: argparse.Namespace) -> Outcome:
+    bar = ProgressBar("rows")
+    try:
+        status = batch.wait(timeout=args.wait_timeout, poll=args.poll, progress=bar.update)
+    finally:
+        bar.close()
+    code = 0 if status.get("state") == "Complete" else 1
+    if code:
+        print(f"modelpool: batch {batch.execution_id} ended {status.get('state')}", file=sys.stderr)
+    return Outcome(status, _batch_text(status), code)
+
+
+def batches_start(c: Client, args: argparse.Namespace) -> Outcome:
+    if args.csv is not None:
+        header, rows = read_csv(args.csv)
+        records: list = [dict(zip(header, row)) for row in rows] if header else rows
+    else:
+        records = _read_json_file(args.json_file)
+    batch = Service(c, args.name, args.version).batch(records, parallel_count=args.parallel_count)
+    batch.start()
+    if args.wait:
+        return _wait(batch, args)
+    return Outcome({"executionId": batch.execution_id, "state": "Pending"},
+                   f"started batch {batch.execution_id} ({len(records)} rows); follow it with: "
+                   f"modelpool batches wait {batch.execution_id}")
+
+
+def batches_status(c: Client, args: argparse.Namespace) -> Outcome:
+    status = _batch(c, args).status()
+    return Outcome(status, _batch_text(status))
+
+
+def batches_results(c: Client, args: argparse.Namespace) -> Outcome:
+    answer = _batch(c, args).results()
+    rows = [(r.get("index"), r.get("status"), _compact(r.get("outputs")), r.get("error")) for r in answer.get("results", [])]
+    return Outcome(answer, _batch_text(answer) + "\n\n" + table(("INDEX", "STATUS", "OUTPUTS", "ERROR"), rows))
+
+
+def batches_cancel(c: Client, args: argparse.Namespace) -> Outcome:
+    answer = _batch(c, args).cancel()
+    return Outcome(answer, f"batch {answer.get('executionId')}: {answer.get('state')}")
+
+
+def batches_list(c: Client, args: argparse.Namespace) -> Outcome:
+    ids = Service(c, args.service, args.version).get_batch_executions()  # unset filters are not sent
+    return Outcome(ids, table(("EXECUTION",), [(i,) for i in ids]))
+
+
+def batches_artifacts(c: Client, args: argparse.Namespace) -> Outcome:
+    names = _batch(c, args).list_artifacts(args.index)
+    return Outcome(names, table(("ARTIFACT",), [(n,) for n in names]))
+
+
+def batches_download(c: Client, args: argparse.Namespace) -> Outcome:
+    try:
+        written = _batch(c, args).download(args.index, args.name, dest=args.dest)
+    except ValueError as exc:  # a name that would land outside --dest: nothing was written
+        raise CommandError(str(exc), code=1) from None
+    return Outcome([str(p) for p in written], "\n".join(str(p) for p in written))
+
+
+def batches_wait(c: Client, args: argparse.Namespace) -> Outcome:
+    return _wait(_batch(c, args), args)
+
+
+# ------------------------------------------------------------------------------------------ running
+def _report(message: str, code: int) -> int:
+    print(f"modelpool: {message}", file=sys.stderr)
+    return code
+
+
+def run(command: Callable[[Client, argparse.Namespace], Outcome], args: argparse.Namespace) -> int:
+    """One command on one client session; errors become a line on stderr and an exit code."""
+    url = args.url or default_url()
+    try:
+        with Client(url, token=args.token, timeout=args.timeout) as client:
+            outcome = command(client, args)
+    except ModelpoolError as exc:
+        field = f" (field {exc.field})" if exc.field else ""
+        code = 2 if 400 <= exc.status < 500 else 1
+        code = _report(f"{exc.message}{field}", code)
+        if exc.status == 401:
+            print("hint: pass --token, or set MODELPOOL_MANAGEMENT_TOKEN, or MODELPOOL_HOME to the cluster's home",
+                  file=sys.stderr)
+        return code
+    except requests.Timeout:
+        return _report(f"no answer from {url} within {args.timeout:g}s; raise --timeout or check --url", 1)
+    except requests.RequestException as exc:
+        return _report(f"cannot reach {url} ({type(exc).__name__}); is the cluster running? check --url "
+                       f"(or ${URL_ENV})", 1)
+    except CommandError as exc:
+        return _report(str(exc), exc.code)
+    except TimeoutError as exc:
+        return _report(f"{exc} (--wait-timeout)", 1)
+    except KeyboardInterrupt:
+        return _report("interrupted", 130)
+    if args.json:
+        print(json.dumps(outcome.data, indent=2))
+    elif outcome.text:
+        print(outcome.text)
+    return outcome.code
+
+
+# ------------------------------------------------------------------------------------------ parser
+def _common() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--url", default=None,
+                        help=f"the cluster's HTTP address [env {URL_ENV}; else the URL `modelpool start` saved; "
+                             f"else {DEFAULT_URL}]")
+    common.add_argument("--token", default=None,
+                        help="management token [default: MODELPOOL_MANAGEMENT_TOKEN, else MODELPOOL_HOME/management_token]")
+    common.add_argument("--json", action="store_true", help="print the server's JSON (indented) and nothing else on stdout")
+    common.add_argument("--timeout", type=float, default=60.0, help="seconds per HTTP request (60)")
+    return common
+
+
+def _waiting(parser: argparse.ArgumentParser, default_timeout: float, flag: bool = True) -> None:
+    if flag:
+        parser.add_argument("--wait", action="store_true", help="wait until done, with a progress bar on a terminal")
+    parser.add_argument("--wait-timeout", type=float, default=default_timeout,
+                        help=f"seconds to wait at most ({default_timeout:g})")
+    parser.add_argument("--poll", type=float, default=0.5, help="seconds between polls (0.5)")
+
+
+def _batch_labels(parser: argparse.ArgumentParser, help_text: str) -> None:
+    parser.add_argument("--service", default=None, help=help_text)
+    parser.add_argument("--version", default=None, help=help_text)
+
+
+def add_remote_commands(commands: argparse._SubParsersAction) -> None:
+    """Register ``models``, ``pools``, ``services`` and ``batches`` on the ``modelpool`` parser."""
+    common = _common()
+
+    def group(name: str, help_text: str) -> argparse._SubParsersAction:
+        parser = commands.add_parser(name, help=help_text)
+        return parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    def leaf(actions: argparse._SubParsersAction, name: str, command: Callable, help_text: str) -> argparse.ArgumentParser:
+        parser = actions.add_parser(name, parents=[common], help=help_text, description=help_text)
+        parser.set_defaults(func=lambda args: run(command, args))
+        return parser
+
+    models = group("models", "register, describe, scale and remove models (management API)")
+    leaf(models, "list", models_list, "every model version: default, workers, status, URL "
+                                      "(--json: the models of GET /models, every page)")
+    p = leaf(models, "describe", models_describe, "one version, the default, or 'all' versions, with workers")
+    p.add_argument("name")
+    p.add_argument("version", nargs="?", default=None, help="a version or 'all' (default: the default version)")
+    p = leaf(models, "register", models_register, "register an archive of the model store or an allowed URL")
+    p.add_argument("model_url", metavar="URL")
+    p.add_argument("--model-name", default=None)
+    p.add_argument("--handler", default=None, help="'sklearn' or 'module:attr'")
+    p.add_argument("--runtime", default="python", choices=["python"], help="the only runtime is python")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--max-batch-delay", type=float, default=None, help="milliseconds")
+    p.add_argument("--initial-workers", type=int, default=0, help="0: served by the generic pool")
+    p.add_argument("--synchronous", action="store_true", help="answer once the workers run")
+    p.add_argument("--response-timeout", type=float, default=None, help="seconds the server waits when --synchronous")
+    p = leaf(models, "scale", models_scale, "change workers or batching of a version (the default when omitted)")
+    p.add_argument("name")
+    p.add_argument("version", nargs="?", default=None)
+    p.add_argument("--min-worker", type=int, default=None)
+    p.add_argument("--max-worker", type=int, default=None)
+    p.add_argument("--number-gpu", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--max-batch-delay", type=float, default=None, help="milliseconds")
+    _waiting(p, 120.0)
+    p = leaf(models, "unregister", models_unregister, "remove a version (the default when omitted)")
+    p.add_argument("name")
+    p.add_argument("version", nargs="?", default=None)
+    p = leaf(models, "set-default", models_set_default, "make a version the one /v2/models/NAME serves")
+    p.add_argument("name")
+    p.add_argument("version")
+
+    pools = group("pools", "dedicated session pools of services")
+    leaf(pools, "list", pools_list, "services that have a dedicated pool")
+    for name, command, help_text in (("set", pools_set, "create or resize a version's dedicated pool"),
+                                     ("status", pools_status, "per-node status of a version's pool"),
+                                     ("delete", pools_delete, "back to the generic pool (harmless when repeated)")):
+        p = leaf(pools, name, command, help_text)
+        p.add_argument("name")
+        p.add_argument("version")
+        if name == "set":
+            p.add_argument("--initial-pool-size", type=int, required=True)
+            p.add_argument("--max-pool-size", type=int, required=True)
+
+    services = group("services", "list services and score rows online")
+    leaf(services, "list", services_list, "every service: version, default, pool, state")
+    p = leaf(services, "predict", services_predict, "score rows with /predict")
+    p.add_argument("name")
+    p.add_argument("version", nargs="?", default=None, help="default: the default version")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--rows", default=None, help="JSON rows, e.g. '[[5.1,3.5,1.4,0.2]]'")
+    source.add_argument("--csv", default=None, metavar="FILE", help="CSV rows (a header line is skipped)")
+
+    batches = group("batches", "batch scoring jobs")
+    p = leaf(batches, "start", batches_start, "score a CSV or JSON file of rows as a batch job")
+    p.add_argument("name")
+    p.add_argument("version")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--csv", default=None, metavar="FILE", help="CSV with a header: rows as {column: value}")
+    source.add_argument("--json-file", default=None, metavar="FILE",
+                        help="a JSON list of rows (lists or {column: value} objects)")
+    p.add_argument("--parallel-count", type=int, default=10)
+    _waiting(p, 600.0)
+    for name, command, help_text in (("status", batches_status, "state and row counts of a job"),
+                                     ("results", batches_results, "the rows scored so far"),
+                                     ("cancel", batches_cancel, "stop scheduling rows; scored rows stay readable"),
+                                     ("wait", batches_wait, "wait until the job ends, with a progress bar on a terminal"),
+                                     ("artifacts", batches_artifacts, "the artifact names of one row"),
+                                     ("download", batches_download, "write a row's artifacts into --dest")):
+        p = leaf(batches, name, command, help_text)
+        p.add_argument("execution_id", metavar="ID")
+        if name in ("artifacts", "download"):
+            p.add_argument("index", type=int, metavar="INDEX")
+        if name == "download":
+            p.add_argument("--name", default=None, help="one artifact (default: every artifact of the row)")
+            p.add_argument("--dest", required=True, help="directory to write into")
+        if name == "wait":
+            _waiting(p, 600.0, flag=False)
+        _batch_labels(p, "optional: the execution id alone names the job")
+    p = leaf(batches, "list", batches_list, "execution ids, oldest first")
+    _batch_labels(p, "only the jobs of this service / version")
