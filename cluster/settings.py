@@ -62,7 +62,7 @@ class Settings(BaseModel):
     metrics_port: int = Field(8082, ge=1, le=65535, description="Port where the local Ray head exports Prometheus metrics (Serve's and modelpool_* ones); joined clusters keep theirs.")
     max_requests: int = Field(0, ge=0, description="Recycle a model replica after about this many requests (a fresh process replaces it); 0 = never.")
     max_requests_jitter: int = Field(0, ge=0, description="Add a random 0..N to --max-requests per replica, so replicas do not recycle at once.")
-    keep_alive_s: int = Field(5, ge=1, le=3600, description="Seconds an idle client connection stays open at the HTTP ingress.")
+    keep_alive_s: int = Field(90, ge=1, le=3600, description="Seconds an idle client connection stays open at the HTTP ingress (Serve's default).")
     access_log: bool = Field(True, description="Write one access-log line per request (with its x-request-id) in the replica logs.")
     single_threaded: bool = Field(False, description="One request at a time per replica and no batching, for models that are not thread-safe.")
     debug: bool = Field(False, description="Verbose (DEBUG) logs, and error answers carry the handler's traceback.")

@@ -24,6 +24,7 @@ from deployments.archive import unpack_archive
 from deployments.archive_fetch import local_archive, open_store
 from deployments.errors import RequestError
 from deployments.loaded_model import LoadedModel
+from deployments.log_flush import start_log_flusher
 from deployments.model_deployment import _replica_id
 from deployments.serving_options import RequestBudget, ServingOptions
 
@@ -43,6 +44,7 @@ class GenericPool:
         self._headers = {"x-modelpool-replica": self.replica_id, "x-modelpool-pool": "generic"}
         self.options = ServingOptions()
         self.budget = RequestBudget()
+        start_log_flusher()
 
     def reconfigure(self, user_config: dict) -> None:
         """``catalog``: {name: {"default": v, "versions": {v: {"source", "digest", batching...}}}}."""

@@ -25,6 +25,7 @@ from deployments.archive import unpack_archive
 from deployments.archive_fetch import local_archive, open_store
 from deployments.errors import RequestError
 from deployments.loaded_model import LoadedModel
+from deployments.log_flush import start_log_flusher
 from deployments.serving_options import RequestBudget, ServingOptions
 
 logger = logging.getLogger("ray.serve")
@@ -51,6 +52,7 @@ class ModelServer:
         self._headers = {"x-modelpool-replica": self.replica_id}
         self.options = ServingOptions()
         self.budget = RequestBudget()
+        start_log_flusher()
 
     def reconfigure(self, user_config: dict) -> None:
         """Apply batch size, delay, server settings and the version lists without a restart."""
@@ -64,6 +66,7 @@ class ModelServer:
         self.versions = [str(v) for v in user_config.get("versions", self.versions)]
         self.pool_versions = {str(v) for v in user_config.get("pool_versions", ())}
         self.max_body_bytes = int(user_config.get("max_body_bytes", self.max_body_bytes))
+        logger.debug("model %s version %s applied user_config %s", self.name, self.version, user_config)
 
     async def __call__(self, request: Request) -> Response:
         try:

@@ -15,16 +15,13 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
 import requests
 
 from cluster import runtime
-from cluster.net import free_port
+from loadtests.local_cluster import bench_cluster
 from loadtests.report import publish
 
 REPLICA_CPUS = 0.1  # the same for modelpool's replicas (MODELPOOL_REPLICA_NUM_CPUS) and the baseline's
@@ -142,25 +139,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default="results/bench_management.md")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="modelpool-bench-") as tmp:
-        home = Path(tmp)
-        port, ray_port = free_port(), free_port()
-        env = {**os.environ, "MODELPOOL_HOME": str(home), "MODELPOOL_HTTP_PORT": str(port), "MODELPOOL_RAY_PORT": str(ray_port),
-               "MODELPOOL_REPLICA_NUM_CPUS": str(REPLICA_CPUS)}
-        cli = [sys.executable, "-m", "modelpool.cli"]
-        started = subprocess.run([*cli, "start"], env=env, capture_output=True, text=True)
+    with bench_cluster({"MODELPOOL_REPLICA_NUM_CPUS": str(REPLICA_CPUS)}) as cluster:
+        runtime.connect(runtime.read_state(runtime.load_settings_for_home(cluster.home))["address"])
         try:
-            if started.returncode != 0:
-                raise RuntimeError(f"modelpool start failed:\n{started.stdout}\n{started.stderr}")
-            runtime.connect(runtime.read_state(runtime.load_settings_for_home(home))["address"])
-            token = (home / "management_token").read_text().strip()
-            times = bench(f"http://127.0.0.1:{port}", token, home, args.repeats)
+            times = bench(cluster.url, cluster.token, cluster.home, args.repeats)
         finally:
             import ray
 
             if ray.is_initialized():
                 ray.shutdown()
-            subprocess.run([*cli, "stop"], env=env, capture_output=True)
     table = report(times, args.repeats)
     publish(table, args.out)
 

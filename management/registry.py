@@ -102,6 +102,12 @@ class PoolRecord(_Record):
     updated_at: float = Field(default_factory=_now)
 
 
+class UnregisteredRecord(_Record):
+    """A version someone unregistered: start-up must not register its store archive again."""
+
+    unregistered_at: float = Field(default_factory=_now)
+
+
 RecordT = TypeVar("RecordT", bound=_Record)
 
 
@@ -192,6 +198,19 @@ class Registry:
 
     def list_pools(self) -> list[PoolRecord]:
         return self._list("pools", PoolRecord)
+
+    # ------------------------------------------------------------------------------ unregistered
+
+    def mark_unregistered(self, name: str, version: str) -> None:
+        """Remember an unregister, so ``--register-store`` at the next start leaves that archive alone."""
+        self._put("unregistered", UnregisteredRecord(name=name, version=version))
+
+    def clear_unregistered(self, name: str, version: str) -> None:
+        """An explicit register wins over an earlier unregister."""
+        self._delete(self._record_key("unregistered", name, version))
+
+    def unregistered(self) -> set[tuple[str, str]]:
+        return {(r.name, r.version) for r in self._list("unregistered", UnregisteredRecord)}
 
     # ------------------------------------------------------------------------------- plumbing
 

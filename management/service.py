@@ -98,9 +98,9 @@ class ModelManager:
             self.reconciled.set()
 
     def _register_store_archives(self) -> None:
-        registered = {(r.name, r.version) for r in self.registry.list_models()}
+        known = {(r.name, r.version) for r in self.registry.list_models()} | self.registry.unregistered()
         new = [path for manifest, path in list_store(self.settings.model_store_path)
-               if (manifest.name, manifest.version) not in registered]
+               if (manifest.name, manifest.version) not in known]
 
         def register(path: Path) -> None:
             try:
@@ -142,6 +142,7 @@ class ModelManager:
         with self._lock:  # the load check ran unlocked (seconds); look again before writing
             self._refuse_duplicate(name, version)
             self.registry.put_model(record)
+            self.registry.clear_unregistered(name, version)
             if apply:
                 apps = self.apply(only_model=name)
         if apply and params.synchronous:
@@ -208,6 +209,7 @@ class ModelManager:
     def unregister(self, name: str, version: Optional[str]) -> dict:
         with self._lock:
             record = self._record(name, version)
+            self.registry.mark_unregistered(record.name, record.version)
             self.registry.delete_model(record.name, record.version)
             self.registry.delete_pool(record.name, record.version)
             self.apply(only_model=record.name)

@@ -117,7 +117,7 @@ def test_the_metrics_port_counts_requests_by_model_version_and_status(cluster, h
     latency_count = metric_value(cluster.metrics_url, "ray_modelpool_request_latency_ms_count", model="diabetes", version="1")
     assert latency_count >= 15
     assert metric_value(cluster.metrics_url, "ray_modelpool_batch_size_count", model="diabetes", version="1") >= 12
-    assert f'ray_modelpool_queue_length{{' in requests.get(cluster.metrics_url, timeout=10).text
+    assert 'ray_modelpool_queue_length{' in requests.get(cluster.metrics_url, timeout=10).text
     assert wait_for_metric(cluster.metrics_url, "ray_modelpool_replicas", 1, model="diabetes", version="1") >= 1
     assert "ray_serve_" in requests.get(cluster.metrics_url, timeout=10).text, "Serve's own metrics share the port"
 

@@ -78,12 +78,13 @@ def defaults_then_turned(cluster, ray_client):
 
 
 def test_defaults_keep_idle_connections_decode_bodies_and_batch(cluster, http, defaults_then_turned):
-    assert idle_connection_survives(cluster.url, 2.5), "the default keep-alive (5 s) keeps a 2.5 s idle connection"
+    assert idle_connection_survives(cluster.url, 2.5), "the default keep-alive (90 s) keeps a 2.5 s idle connection"
     refused = http.post(f"{cluster.url}/v2/models/iris_report/predict", data=CSV, headers={"content-type": "text/csv"})
     assert refused.status_code == 400, "without passthrough the body must be JSON"
-    config = deployment_config("model:iris:1")
-    assert config["max_ongoing_requests"] >= 64
-    assert config["logging_config"]["enable_access_log"] is True
+    assert deployment_config("model:iris:1")["max_ongoing_requests"] >= 64
+    answered = http.post(f"{cluster.url}/v2/models/iris/versions/1/infer", json=v2_body(ROW))
+    time.sleep(2)
+    assert "applied user_config" not in replica_log_text(answered.headers["x-modelpool-replica"]), "INFO: no DEBUG lines"
 
 
 def test_restart_with_every_setting_turned(cluster, ray_client, defaults_then_turned):
@@ -94,8 +95,11 @@ def test_restart_with_every_setting_turned(cluster, ray_client, defaults_then_tu
     assert cluster.cli("stop", check=False).returncode == 0
     started = cluster.cli("start", *TURNED, check=False)
     assert started.returncode == 0, started.stdout + started.stderr
+    from ray.serve.context import _set_global_client
+
     from cluster.runtime import connect
 
+    _set_global_client(None)  # the old cluster's Serve controller is gone
     connect(cluster.address)
     defaults_then_turned["restarted"] = True
 
@@ -124,7 +128,8 @@ def test_debug_answers_carry_the_traceback_and_logs_go_to_debug(cluster, admin, 
     failed = http.post(url, json=v2_body([[1.0, -1.0]]))
     assert failed.status_code == 500
     assert any("negative readings" in line for line in failed.json()["traceback"])
-    assert deployment_config("model:iris:1")["logging_config"]["log_level"] == "DEBUG"
+    answered = http.post(f"{cluster.url}/v2/models/iris/versions/1/infer", json=v2_body(ROW))
+    assert "applied user_config" in replica_log_text(answered.headers["x-modelpool-replica"], wait_for="applied user_config")
 
 
 def test_single_threaded_serves_one_request_at_a_time_unbatched(cluster, turned):

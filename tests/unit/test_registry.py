@@ -220,3 +220,12 @@ def test_concurrent_writers_of_different_records(registry: Registry) -> None:
         thread.join()
     assert registry.versions("iris") == [str(v) for v in range(40)]
     assert len(registry.list_pools()) == 40
+
+
+def test_an_unregister_is_remembered_until_the_version_is_registered_again(registry: Registry) -> None:
+    registry.mark_unregistered("iris", "2")
+    registry.mark_unregistered("diabetes", "1")
+    assert registry.unregistered() == {("iris", "2"), ("diabetes", "1")}
+    registry.clear_unregistered("iris", "2")
+    assert registry.unregistered() == {("diabetes", "1")}
+    registry.clear_unregistered("never", "1")  # clearing what is not there is harmless

@@ -1,0 +1,43 @@
+"""A throwaway modelpool cluster for a benchmark: private home, free ports, always stopped."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional
+
+from cluster.net import free_port
+
+CLI = [sys.executable, "-m", "modelpool.cli"]
+
+
+@dataclass(frozen=True)
+class BenchCluster:
+    url: str
+    home: Path
+    env: dict
+
+    @property
+    def token(self) -> str:
+        return (self.home / "management_token").read_text().strip()
+
+
+@contextmanager
+def bench_cluster(extra_env: Optional[dict] = None) -> Iterator[BenchCluster]:
+    """``modelpool start`` in a temp home on free ports; ``modelpool stop`` and cleanup whatever happens."""
+    with tempfile.TemporaryDirectory(prefix="modelpool-bench-") as tmp:
+        home = Path(tmp)
+        port, ray_port, metrics_port = free_port(), free_port(), free_port()
+        env = {**os.environ, "MODELPOOL_HOME": str(home), "MODELPOOL_HTTP_PORT": str(port),
+               "MODELPOOL_RAY_PORT": str(ray_port), "MODELPOOL_METRICS_PORT": str(metrics_port), **(extra_env or {})}
+        started = subprocess.run([*CLI, "start"], env=env, capture_output=True, text=True)
+        try:
+            if started.returncode != 0:
+                raise RuntimeError(f"modelpool start failed:\n{started.stdout}\n{started.stderr}")
+            yield BenchCluster(f"http://127.0.0.1:{port}", home, env)
+        finally:
+            subprocess.run([*CLI, "stop"], env=env, capture_output=True)
