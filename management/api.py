@@ -59,8 +59,12 @@ def _manager(_: Request):
     return state.manager
 
 
-def require_token(request: Request) -> None:
-    """Constant-time bearer token check; the token never appears in an error or a log."""
+async def require_token(request: Request) -> None:
+    """Constant-time bearer token check; the token never appears in an error or a log.
+
+    ``async`` although it never awaits: FastAPI runs a plain ``def`` dependency on its thread
+    pool, a hop that cost more than the check itself on every management call.
+    """
     expected: str = state.token
     header = request.headers.get("authorization", "")
     scheme, _, presented = header.partition(" ")

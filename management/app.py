@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
 
 from ray import serve
 
@@ -16,24 +15,9 @@ from cluster.settings import Settings
 from management.api import api
 from management.batch.service import BatchService
 from management.service import ModelManager
+from management.ttl_cache import TtlCache
 
 REPLICA_METRICS_PERIOD_S = 5.0
-
-
-class _StatusCache:
-    """serve.status() costs a controller round trip; health probes may come many times a second."""
-
-    def __init__(self, ttl_s: float = 1.0) -> None:
-        self.ttl_s = ttl_s
-        self._at = 0.0
-        self._value: Any = None
-
-    def get(self) -> Any:
-        now = time.monotonic()
-        if self._value is None or now - self._at > self.ttl_s:
-            self._value = serve.status()
-            self._at = now
-        return self._value
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=256)
@@ -47,7 +31,7 @@ class Management:
         from management import api as routes
 
         self.manager = ModelManager(Settings(**settings))
-        self._status = _StatusCache()
+        self._status = TtlCache(serve.status, ttl_s=1.0)  # health probes may come many times a second
         routes.state.manager = self.manager
         routes.state.batches = BatchService(self.manager.settings, self.manager.store, self.manager.registry)
         routes.state.token = token

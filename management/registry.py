@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Optional, TypeVar
@@ -55,6 +56,20 @@ def check_model_version(version: str) -> str:
 
 def _now() -> float:
     return time.time()
+
+
+_READERS: Optional[ThreadPoolExecutor] = None
+_READERS_LOCK = threading.Lock()
+
+
+def _readers() -> ThreadPoolExecutor:
+    """Threads that read records in parallel (S3 round trips overlap), kept for the process's life:
+    starting a pool per listing cost more than the reads on a local store."""
+    global _READERS
+    with _READERS_LOCK:
+        if _READERS is None:
+            _READERS = ThreadPoolExecutor(_LIST_THREADS, thread_name_prefix="registry-read")
+        return _READERS
 
 
 class _Record(BaseModel):
@@ -157,13 +172,18 @@ class Registry:
 
     # ------------------------------------------------------------------------------- defaults
 
+    def model_names(self) -> list[str]:
+        """Names with at least one model record, from one listing and no reads (list calls stay quick)."""
+        return sorted({parsed[0] for key in self.store.list(f"{self.prefix}/models")
+                       if (parsed := self._parse_key("models", key)) is not None})
+
     def get_default(self, name: str) -> Optional[str]:
         """The stored default if that version still exists, else the newest version, else None."""
-        versions = self.versions(name)
-        if not versions:
-            return None
         stored = self._stored_default(name)
-        return stored if stored in versions else versions[-1]
+        if stored is not None and self.get_model(name, stored) is not None:
+            return stored  # the common case: two small reads, no listing
+        versions = self.versions(name)
+        return versions[-1] if versions else None
 
     def set_default(self, name: str, version: str) -> None:
         """Make ``version`` the default; it must be registered (404 otherwise)."""
@@ -243,8 +263,7 @@ class Registry:
         located = [(key, *parsed) for key in self.store.list(base)
                    if (parsed := self._parse_key(kind, key)) is not None]
         if len(located) > 1:
-            with ThreadPoolExecutor(min(_LIST_THREADS, len(located))) as pool:
-                loaded = list(pool.map(lambda item: self._load(item[0], cls, item[1], item[2]), located))
+            loaded = list(_readers().map(lambda item: self._load(item[0], cls, item[1], item[2]), located))
         else:
             loaded = [self._load(key, cls, n, v) for key, n, v in located]
         records = [record for record in loaded if record is not None]

@@ -28,6 +28,7 @@ from cluster.url_patterns import parse_allowed_urls
 from deployments.model_source import UrlPolicy, resolve_model_url
 from management import deployer, placement, serve_configs, workers
 from management.params import ListParams, PoolParams, RegisterParams, ScaleParams
+from management.ttl_cache import TtlCache
 from management.registry import ModelRecord, PoolRecord, Registry, check_model_name, check_model_version
 
 logger = logging.getLogger(__name__)
@@ -62,6 +63,8 @@ class ModelManager:
                                 max_bytes=settings.max_download_bytes)
         self._lock = threading.RLock()  # one mutation at a time per replica; the registry is the truth
         self.reconciled = threading.Event()
+        # describe / pool status / services read replica facts at most once a second (quick calls stay quick)
+        self._details = TtlCache(workers.serve_details, ttl_s=1.0)
 
     # ------------------------------------------------------------------ desired state -> Serve
     def _plan(self) -> placement.Placement:
@@ -72,6 +75,7 @@ class ModelManager:
 
     def apply(self, only_model: Optional[str] = None, wait: bool = False) -> list[str]:
         """Make Serve match the registry (for one model, or all); returns the app names deployed."""
+        self._details.invalidate()
         plan = self._plan()
         cache = str(self.settings.cache_path)
         configs = [c for c in plan.dedicated if only_model is None or c.name == only_model]
@@ -186,7 +190,7 @@ class ModelManager:
                 raise RequestError(f"model '{name}' is not registered", status=404, field="model_name")
         else:
             records = [self._record(name, version)]
-        details = workers.serve_details()
+        details = self._details.get()
         default = self.registry.get_default(name)
         pools = {(p.name, p.version): p for p in self.registry.list_pools()}  # one listing, no per-record reads
         result = []
@@ -218,7 +222,7 @@ class ModelManager:
         return {"status": f'Model "{record.name}" unregistered'}
 
     def list_models(self, params: ListParams) -> dict:
-        names = sorted({r.name for r in self.registry.list_models()})
+        names = self.registry.model_names()
         after = _decode_token(params.next_page_token) if params.next_page_token else None
         if after is not None:
             names = [n for n in names if n > after]
@@ -251,7 +255,7 @@ class ModelManager:
     def pool_status(self, name: str, version: str) -> list[dict]:
         record = self._record(name, version)
         dedicated = placement.is_dedicated(record, self.registry.get_pool(record.name, record.version))
-        details = workers.serve_details() if dedicated else {}
+        details = self._details.get() if dedicated else {}
         return workers.pool_status(details, serve_configs.app_name(record.name, record.version))
 
     def delete_pool(self, name: str, version: str) -> dict:
@@ -266,7 +270,7 @@ class ModelManager:
         return {"status": f'Pool for "{record.name}" version "{record.version}" deleted; served by the generic pool'}
 
     def services(self) -> list[dict]:
-        details = workers.serve_details()
+        details = self._details.get()
         apps = details.get("applications", {})
         plan = self._plan()
         dedicated = {(c.name, c.version) for c in plan.dedicated}

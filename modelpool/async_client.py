@@ -48,13 +48,17 @@ __all__ = ["AsyncBatch", "AsyncClient", "AsyncService", "BadRequest", "Conflict"
 AsyncProgressCallback = Callable[[int, Optional[int]], Union[None, Awaitable[None]]]
 
 
-@functools.lru_cache(maxsize=1)
-def _tls_context() -> ssl.SSLContext:
-    """One TLS context for every httpx client opened here.
+@functools.lru_cache(maxsize=8)
+def _tls_context(verify: Union[bool, str] = True) -> Union[ssl.SSLContext, bool]:
+    """One TLS context per CA setting for every httpx client opened here.
 
     httpx builds a context (loading the CA bundle) per client, ~30 ms of CPU: more than a whole
     call to a local cluster, and every call outside ``async with`` opens a client.
     """
+    if verify is False:
+        return False
+    if isinstance(verify, str):
+        return ssl.create_default_context(cafile=verify)
     return httpx.create_ssl_context()
 
 
@@ -62,8 +66,10 @@ class AsyncClient(_Endpoint[httpx.AsyncClient]):
     """The management, pool, inference and batch API of one cluster, for asyncio."""
 
     def __init__(self, url: str = DEFAULT_URL, token: Optional[str] = None, timeout: float = 60.0,
-                 client: Optional[httpx.AsyncClient] = None) -> None:
+                 client: Optional[httpx.AsyncClient] = None, verify: Union[bool, str] = True) -> None:
+        """``verify``: for https URLs, True (system CAs), a CA bundle path (a cluster's own CA), or False."""
         super().__init__(url, token, timeout, client)
+        self.verify = verify
 
     # -------------------------------------------------------------- connection pool
     async def __aenter__(self) -> "AsyncClient":
@@ -83,7 +89,7 @@ class AsyncClient(_Endpoint[httpx.AsyncClient]):
     def _new_http(self) -> httpx.AsyncClient:
         # requests (the sync client) follows redirects; keep the two clients' answers the same
         return httpx.AsyncClient(headers=_default_headers(self.token), timeout=self.timeout, follow_redirects=True,
-                                 verify=_tls_context())
+                                 verify=_tls_context(self.verify))
 
     @asynccontextmanager
     async def _http(self) -> AsyncIterator[httpx.AsyncClient]:

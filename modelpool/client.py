@@ -254,8 +254,10 @@ class Client(_Endpoint[requests.Session]):
     """The management, pool, inference and batch API of one cluster."""
 
     def __init__(self, url: str = DEFAULT_URL, token: Optional[str] = None, timeout: float = 60.0,
-                 session: Optional[requests.Session] = None) -> None:
+                 session: Optional[requests.Session] = None, verify: Union[bool, str] = True) -> None:
+        """``verify``: for https URLs, True (system CAs), a CA bundle path (a cluster's own CA), or False."""
         super().__init__(url, token, timeout, session)
+        self.verify = verify
 
     # -------------------------------------------------------------- sessions
     def __enter__(self) -> "Client":
@@ -277,6 +279,7 @@ class Client(_Endpoint[requests.Session]):
         for prefix in ("http://", "https://"):
             session.mount(prefix, _ClosingAdapter())
         session.headers.update(self._headers())
+        session.verify = self.verify  # TLS settled once per session, like the auth header
         return session
 
     def _headers(self) -> dict[str, str]:
@@ -303,8 +306,10 @@ class Client(_Endpoint[requests.Session]):
             headers = self._headers() if session is self._external else {}
             if data is not None:
                 headers["Content-Type"] = "application/json"
+            # per request too: requests lets REQUESTS_CA_BUNDLE override a session's own verify
+            verify = None if session is self._external else self.verify
             response = session.request(method, self.url + path, params=params, data=data, headers=headers,
-                                       timeout=timeout or self.timeout)
+                                       timeout=timeout or self.timeout, verify=verify)
             response.content  # read it whole, so the connection goes back to the pool
         if not 200 <= response.status_code < 300:
             raise error_for(response)

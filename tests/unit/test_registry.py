@@ -229,3 +229,10 @@ def test_an_unregister_is_remembered_until_the_version_is_registered_again(regis
     registry.clear_unregistered("iris", "2")
     assert registry.unregistered() == {("diabetes", "1")}
     registry.clear_unregistered("never", "1")  # clearing what is not there is harmless
+
+
+def test_model_names_come_from_the_listing_alone(registry: Registry) -> None:
+    for name, version in (("iris", "1"), ("iris", "2"), ("diabetes", "1")):
+        registry.put_model(model(name, version))
+    registry.store.write_bytes(f"{registry.prefix}/models/stray.txt", b"not a record")
+    assert registry.model_names() == ["diabetes", "iris"]
