@@ -2,16 +2,19 @@
 
 Ray exports every ``ray.util.metrics`` metric of every worker on the node's metrics export port
 (``--metrics-port``), with a ``ray_`` prefix: ``ray_modelpool_requests_total`` and friends appear
-beside Serve's own ``ray_serve_*`` series, with no second exporter to run or secure. Recording costs
-about 3 us per call (measured in a Ray worker), so a request records two values and a batch two.
+beside Serve's own ``ray_serve_*`` series, with no second exporter to run or secure.
 
 Outside a Ray worker (unit tests, a handler run by hand) there is nowhere to export to; the
 recorders then do nothing, which keeps the serving code free of "if metrics" branches.
 """
 from __future__ import annotations
 
+import threading
+import time
+import weakref
 from typing import Optional
 
+FLUSH_EVERY_S = 1.0
 LATENCY_BOUNDARIES_MS = [0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000]
 BATCH_SIZE_BOUNDARIES = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
 
@@ -40,7 +43,7 @@ def _registry() -> Optional[dict]:
             "modelpool_batch_size", "Requests served by one handler call.",
             boundaries=BATCH_SIZE_BOUNDARIES, tag_keys=("model", "version")),
         "queue": metrics.Gauge(
-            "modelpool_queue_length", "Requests waiting in a replica's batcher when a batch starts.",
+            "modelpool_queue_length", "Most requests waiting in a replica's batcher when a batch started, over the last second.",
             tag_keys=("model", "version", "replica")),
         "replicas": metrics.Gauge(
             "modelpool_replicas", "Running replicas per served model version (dedicated apps).",
@@ -53,31 +56,96 @@ def _registry() -> Optional[dict]:
 
 
 class ModelMetrics:
-    """The recorders of one model version in one replica (tags computed once, not per request)."""
+    """The recorders of one model version in one replica.
+
+    The request path only counts into local dicts (about a microsecond); a background thread hands
+    the counts to Ray once a second. Recording straight into Ray costs about 13 us per request in a
+    replica (measured in an actor), a tenth of a small model's whole call. The totals are exact:
+    counters are added up, batch sizes are integers, latencies are kept one by one until the flush.
+    """
 
     def __init__(self, model: str, version: str, replica: str = "") -> None:
         self._registry = _registry()
         self._model_tags = {"model": model, "version": version}
         self._queue_tags = {**self._model_tags, "replica": replica}
-        self._route_tags: dict[str, dict] = {}
-        self._status_tags: dict[tuple[str, int], dict] = {}
+        self._lock = threading.Lock()
+        self._requests: dict[tuple[str, int], int] = {}
+        self._latencies: dict[str, list[float]] = {}
+        self._batch_sizes: dict[int, int] = {}
+        self._most_waiting: Optional[int] = None
+        if self._registry is not None:
+            _flusher().add(self)
 
     def request(self, route: str, status: int, latency_ms: float) -> None:
         if self._registry is None:
             return
         key = (route, status)
-        tags = self._status_tags.get(key)
-        if tags is None:
-            tags = self._status_tags[key] = {**self._model_tags, "route": route, "status": str(status)}
-            self._route_tags[route] = {**self._model_tags, "route": route}
-        self._registry["requests"].inc(1, tags)
-        self._registry["latency"].observe(latency_ms, self._route_tags[route])
+        with self._lock:
+            self._requests[key] = self._requests.get(key, 0) + 1
+            latencies = self._latencies.get(route)
+            if latencies is None:
+                latencies = self._latencies[route] = []
+            latencies.append(latency_ms)
 
     def batch(self, size: int, waiting: int) -> None:
         if self._registry is None:
             return
-        self._registry["batch_size"].observe(size, self._model_tags)
-        self._registry["queue"].set(waiting, self._queue_tags)
+        with self._lock:
+            self._batch_sizes[size] = self._batch_sizes.get(size, 0) + 1
+            if self._most_waiting is None or waiting > self._most_waiting:
+                self._most_waiting = waiting
+
+    def flush(self) -> None:
+        """Hand what was counted since the last flush to Ray (the queue gauge: the longest queue seen)."""
+        with self._lock:
+            requests, self._requests = self._requests, {}
+            latencies, self._latencies = self._latencies, {}
+            sizes, self._batch_sizes = self._batch_sizes, {}
+            most_waiting, self._most_waiting = self._most_waiting, None
+        registry = self._registry
+        for (route, status), count in requests.items():
+            registry["requests"].inc(count, {**self._model_tags, "route": route, "status": str(status)})
+        for route, values in latencies.items():
+            tags = {**self._model_tags, "route": route}
+            for value in values:
+                registry["latency"].observe(value, tags)
+        for size, count in sizes.items():
+            for _ in range(count):
+                registry["batch_size"].observe(size, self._model_tags)
+        if most_waiting is not None:
+            registry["queue"].set(most_waiting, self._queue_tags)
+
+
+class _Flusher:
+    """One thread per process flushing every live ModelMetrics once a second."""
+
+    def __init__(self) -> None:
+        self._metrics: "weakref.WeakSet[ModelMetrics]" = weakref.WeakSet()
+        threading.Thread(target=self._run, name="modelpool-metrics", daemon=True).start()
+
+    def add(self, metrics: ModelMetrics) -> None:
+        self._metrics.add(metrics)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(FLUSH_EVERY_S)
+            for metrics in list(self._metrics):
+                try:
+                    metrics.flush()
+                except Exception:  # noqa: BLE001 - metrics must never take a replica down
+                    pass
+
+
+_FLUSHER: Optional[_Flusher] = None
+_FLUSHER_LOCK = threading.Lock()
+
+
+def _flusher() -> _Flusher:
+    global _FLUSHER
+    with _FLUSHER_LOCK:
+        if _FLUSHER is None:
+            _FLUSHER = _Flusher()
+        return _FLUSHER
 
 
 def record_replicas(counts: dict[tuple[str, str], int]) -> None:
