@@ -179,11 +179,24 @@ class Registry:
 
     def get_default(self, name: str) -> Optional[str]:
         """The stored default if that version still exists, else the newest version, else None."""
+        record = self.default_record(name)
+        return record.version if record else None
+
+    def default_records(self, names: list[str]) -> list[Optional[ModelRecord]]:
+        """``default_record`` of each name, read in parallel (a list page on S3 is one round trip deep)."""
+        if len(names) <= 1:
+            return [self.default_record(name) for name in names]
+        return list(_readers().map(self.default_record, names))
+
+    def default_record(self, name: str) -> Optional[ModelRecord]:
+        """The default version's record: the stored default's if it still exists, else the newest."""
         stored = self._stored_default(name)
-        if stored is not None and self.get_model(name, stored) is not None:
-            return stored  # the common case: two small reads, no listing
-        versions = self.versions(name)
-        return versions[-1] if versions else None
+        record = self.get_model(name, stored) if stored is not None else None
+        if record is not None:
+            return record  # the common case: two small reads, no listing
+        # sequential: this may run on the reader pool itself (default_records), which must not wait on itself
+        records = self._list("models", ModelRecord, check_model_name(name), parallel=False)
+        return records[-1] if records else None
 
     def set_default(self, name: str, version: str) -> None:
         """Make ``version`` the default; it must be registered (404 otherwise)."""
@@ -258,11 +271,11 @@ class Registry:
             return None
         return record
 
-    def _list(self, kind: str, cls: type[RecordT], name: Optional[str] = None) -> list[RecordT]:
+    def _list(self, kind: str, cls: type[RecordT], name: Optional[str] = None, parallel: bool = True) -> list[RecordT]:
         base = f"{self.prefix}/{kind}" + (f"/{name}" if name else "")
         located = [(key, *parsed) for key in self.store.list(base)
                    if (parsed := self._parse_key(kind, key)) is not None]
-        if len(located) > 1:
+        if parallel and len(located) > 1:
             loaded = list(_readers().map(lambda item: self._load(item[0], cls, item[1], item[2]), located))
         else:
             loaded = [self._load(key, cls, n, v) for key, n, v in located]

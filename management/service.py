@@ -227,11 +227,8 @@ class ModelManager:
         if after is not None:
             names = [n for n in names if n > after]
         page, rest = names[:params.limit], names[params.limit:]
-        models = []
-        for name in page:
-            default = self.registry.get_default(name)
-            record = self.registry.get_model(name, default) if default else None
-            models.append({"modelName": name, "modelUrl": record.url if record else None})
+        models = [{"modelName": name, "modelUrl": record.url if record else None}
+                  for name, record in zip(page, self.registry.default_records(page))]
         return {"nextPageToken": _encode_token(page[-1]) if rest else None, "models": models}
 
     def set_default(self, name: str, version: str) -> dict:

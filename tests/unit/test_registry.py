@@ -236,3 +236,14 @@ def test_model_names_come_from_the_listing_alone(registry: Registry) -> None:
         registry.put_model(model(name, version))
     registry.store.write_bytes(f"{registry.prefix}/models/stray.txt", b"not a record")
     assert registry.model_names() == ["diabetes", "iris"]
+
+
+def test_default_records_of_a_page_fall_back_to_the_newest_without_deadlocking(registry: Registry) -> None:
+    """More names than reader threads, none with a stored default: every fallback lists in the pool."""
+    names = [f"m{i:02d}" for i in range(40)]
+    for name in names:
+        registry.put_model(model(name, "1"))
+        registry.put_model(model(name, "2"))
+    registry.set_default("m00", "1")
+    records = registry.default_records(names)
+    assert [(r.name, r.version) for r in records] == [("m00", "1")] + [(n, "2") for n in names[1:]]
