@@ -279,7 +279,11 @@ class Client(_Endpoint[requests.Session]):
         for prefix in ("http://", "https://"):
             session.mount(prefix, _ClosingAdapter())
         session.headers.update(self._headers())
-        session.verify = self.verify  # TLS settled once per session, like the auth header
+        # The environment (proxies, REQUESTS_CA_BUNDLE, NO_PROXY) is read once here, for the cluster's URL:
+        # requests re-reads it on every call otherwise, ~0.4 ms of a quick call. TLS is settled here too.
+        settled = session.merge_environment_settings(self.url, {}, None, self.verify, None)
+        session.proxies, session.verify = settled["proxies"], settled["verify"]
+        session.trust_env = False
         return session
 
     def _headers(self) -> dict[str, str]:
@@ -306,10 +310,8 @@ class Client(_Endpoint[requests.Session]):
             headers = self._headers() if session is self._external else {}
             if data is not None:
                 headers["Content-Type"] = "application/json"
-            # per request too: requests lets REQUESTS_CA_BUNDLE override a session's own verify
-            verify = None if session is self._external else self.verify
             response = session.request(method, self.url + path, params=params, data=data, headers=headers,
-                                       timeout=timeout or self.timeout, verify=verify)
+                                       timeout=timeout or self.timeout)
             response.content  # read it whole, so the connection goes back to the pool
         if not 200 <= response.status_code < 300:
             raise error_for(response)
