@@ -112,8 +112,8 @@ class ModelMetrics:
         for size, count in sizes.items():
             for _ in range(count):
                 registry["batch_size"].observe(size, self._model_tags)
-        if most_waiting is not None:
-            registry["queue"].set(most_waiting, self._queue_tags)
+        # set on every flush (0 = no batch waited on anyone): Ray drops a gauge that is not re-set for a while
+        registry["queue"].set(most_waiting or 0, self._queue_tags)
 
 
 class _Flusher:

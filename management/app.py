@@ -56,14 +56,18 @@ class Management:
         from management.workers import running_replicas, serve_details
 
         seen: set[tuple[str, str]] = set()
+        counts: dict[tuple[str, str], int] = {}
+        last_read = 0.0
         while True:
             try:
-                counts = running_replicas(serve_details())
+                if time.monotonic() - last_read >= REPLICA_METRICS_PERIOD_S:  # a controller round trip: not every second
+                    counts, last_read = running_replicas(serve_details()), time.monotonic()
+                    seen |= counts.keys()
+                # re-set every second: Ray drops a gauge that is not re-set for a while
                 record_replicas({**{key: 0 for key in seen - counts.keys()}, **counts})
-                seen |= counts.keys()
             except Exception:  # noqa: BLE001 - metrics must never take management down
                 pass
-            time.sleep(REPLICA_METRICS_PERIOD_S)
+            time.sleep(1.0)
 
     def readiness(self) -> dict:
         if not self.manager.reconciled.is_set():

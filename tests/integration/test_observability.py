@@ -43,6 +43,20 @@ def metric_value(metrics_url: str, name: str, **labels: str) -> float:
     return total
 
 
+def series_appears(metrics_url: str, name: str, timeout_s: float = 40, **labels: str) -> bool:
+    """True once a sample of ``name`` with ``labels`` is exported (a gauge shows up at its first report)."""
+    pattern = re.compile(re.escape(name) + r"\{([^}]*)\}")
+    deadline = time.monotonic() + timeout_s
+    while True:
+        for match in pattern.finditer(requests.get(metrics_url, timeout=10).text):
+            found = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', match.group(1)))
+            if all(found.get(k) == v for k, v in labels.items()):
+                return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(1)
+
+
 def wait_for_metric(metrics_url: str, name: str, at_least: float, timeout_s: float = 40, **labels: str) -> float:
     deadline = time.monotonic() + timeout_s
     value = metric_value(metrics_url, name, **labels)
@@ -117,7 +131,7 @@ def test_the_metrics_port_counts_requests_by_model_version_and_status(cluster, h
     latency_count = metric_value(cluster.metrics_url, "ray_modelpool_request_latency_ms_count", model="diabetes", version="1")
     assert latency_count >= 15
     assert metric_value(cluster.metrics_url, "ray_modelpool_batch_size_count", model="diabetes", version="1") >= 12
-    assert 'ray_modelpool_queue_length{' in requests.get(cluster.metrics_url, timeout=10).text
+    assert series_appears(cluster.metrics_url, "ray_modelpool_queue_length", model="diabetes", version="1")
     assert wait_for_metric(cluster.metrics_url, "ray_modelpool_replicas", 1, model="diabetes", version="1") >= 1
     assert "ray_serve_" in requests.get(cluster.metrics_url, timeout=10).text, "Serve's own metrics share the port"
 
