@@ -1,0 +1,61 @@
+"""cluster.yaml and cluster/local.yaml pass Ray's own cluster-config validation and start what they promise.
+
+A real ``ray up`` needs a cloud account (cluster.yaml) or SSH to machines (local.yaml); these tests check
+what can be checked here: Ray's schema, and that every node installs this checkout and starts the ingress
+and modelpool the way ``modelpool start`` does locally.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+from ray.autoscaler._private.util import prepare_config, validate_config
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = [ROOT / "cluster.yaml", ROOT / "cluster" / "local.yaml"]
+
+
+def load(path: Path) -> dict:
+    return yaml.safe_load(path.read_text())
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_ray_validates_the_config(path):
+    validate_config(prepare_config(copy.deepcopy(load(path))))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_a_misspelt_key_is_caught_by_the_same_validation(path):
+    config = load(path)
+    config["head_start_ray_comands"] = config.pop("head_start_ray_commands")
+    with pytest.raises(Exception, match="head_start_ray_comands"):
+        validate_config(prepare_config(config))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_node_installs_this_checkout_and_serves_through_haproxy(path):
+    config = load(path)
+    assert config["file_mounts"]["~/modelpool"] == ".", "the checked-out version is what nodes install"
+    setup = "\n".join(config["setup_commands"])
+    assert "pip install" in setup and "-e ~/modelpool" in setup
+    assert "RAY_SERVE_ENABLE_HA_PROXY=1" in setup and "RAY_SERVE_THROUGHPUT_OPTIMIZED=1" in setup
+    head = config["head_start_ray_commands"]
+    assert any("ray start --head" in c for c in head)
+    assert head[-1].startswith("modelpool start --address auto"), "modelpool joins the cluster the head started"
+    assert all("ray start --address=$RAY_HEAD_IP:6379" in c for c in config["worker_start_ray_commands"] if "ray start" in c)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_object_storage_is_set_in_exactly_one_place(path):
+    text = path.read_text()
+    assert text.count("MODELPOOL_OBJECT_STORE=") == 1
+    assert "MODELPOOL_OBJECT_STORE=s3://" in text
+
+
+def test_the_cloud_config_has_an_autoscaling_cpu_worker_type():
+    config = load(CONFIGS[0])
+    workers = {name: t for name, t in config["available_node_types"].items() if name != config["head_node_type"]}
+    assert workers and all(t["max_workers"] > t["min_workers"] for t in workers.values())
+    assert "--http-host 0.0.0.0" in config["head_start_ray_commands"][-1], "reachable from a load balancer"
