@@ -58,10 +58,9 @@ def deploy_management(settings: Settings, token: str) -> None:
     from ray import serve
     from ray.serve.api import RunTarget
 
-    from management.app import Management
+    from management.serve_entrypoint import build_management
 
-    management = Management.options(logging_config=settings.logging_config())
-    serve.run_many([RunTarget(target=management.bind(settings.model_dump(), token), name="management", route_prefix="/")],
+    serve.run_many([RunTarget(target=build_management(settings, token), name="management", route_prefix="/")],
                    wait_for_applications_running=False)
 
 

@@ -1,0 +1,60 @@
+"""The management application as a Serve *application builder*, for declarative deploys (KubeRay).
+
+``modelpool start`` deploys the management app itself with ``serve.run``. A KubeRay RayService
+instead hands Serve a config (``serveConfigV2``) naming an import path, and Serve's controller
+imports and calls it in a build task: ``import_path: management.serve_entrypoint:app`` with the
+application's ``args``. This module is that import path, so the two ways of starting build the
+same application from the same ``Settings``.
+
+Why this is safe alongside the model apps: Serve deletes, on each declarative apply, only
+applications that were themselves deployed declaratively and are missing from the new config
+(``ApplicationStateManager.apply_app_configs``); the model applications that the management
+replica deploys with ``serve.run`` are imperative and are left alone (see
+cluster/kuberay-rayservice.yaml for the details).
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping, Optional, cast
+
+from ray.serve import Application
+
+from cluster.settings import Settings, env_name, load_settings
+
+TOKEN_ENV = env_name("management_token")  # MODELPOOL_MANAGEMENT_TOKEN, fed by a Kubernetes Secret
+
+
+def build_management(settings: Settings, token: str) -> Application:
+    """The management application at ``/``, bound exactly as ``modelpool start`` binds it."""
+    from management.app import Management
+
+    return Management.options(logging_config=settings.logging_config()).bind(settings.model_dump(), token)
+
+
+def settings_from_args(args: Optional[Mapping[str, Any]], environ: Optional[Mapping[str, str]] = None) -> Settings:
+    """Settings from the environment (``MODELPOOL_*``) overridden by the config's ``args``.
+
+    The token is refused in ``args``: a RayService's ``serveConfigV2`` is readable by anyone who can
+    read the custom resource, and Serve echoes every application's ``args`` back in its status
+    (``GET /api/serve/applications/``). It must come from the environment, i.e. from a Secret.
+    A missing token is refused too: ``modelpool start`` would generate one and save it in
+    ``HOME``, but in a pod that file is on a disk nobody reads and is gone with the pod, so the
+    API would be locked with a token no one knows.
+    """
+    args = dict(args or {})
+    if "management_token" in args:
+        raise ValueError(f"management_token must not be in the Serve config's args (they are readable by anyone "
+                         f"who can read the RayService and are shown in Serve's status): set {TOKEN_ENV} "
+                         f"from a Kubernetes Secret instead")
+    environ = os.environ if environ is None else environ
+    settings = load_settings(args, environ)
+    if not settings.management_token:
+        raise ValueError(f"{TOKEN_ENV} is not set: give every Ray container the management token "
+                         f"from a Kubernetes Secret (env valueFrom.secretKeyRef)")
+    return settings
+
+
+def app(args: dict) -> Application:
+    """Serve's entry point (``management.serve_entrypoint:app``); ``args`` are Settings field names."""
+    settings = settings_from_args(args)
+    return build_management(settings, cast(str, settings.management_token))  # set: checked above
