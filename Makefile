@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install start stop status test unit bench clean
+.PHONY: install start stop status test unit bench loadtest clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,8 @@ stop:
 status:
 	$(BIN)/modelpool status
 
-test: install ## install with the test extras, then run the whole suite (unit + real local Ray)
+test: install ## install with the test extras, then run the whole suite (unit + real local Ray + ray up over SSH)
+	bash tests/ensure_system_packages.sh
 	$(BIN)/pytest -q
 
 unit: install
@@ -31,6 +32,9 @@ unit: install
 bench: install ## serving benchmark (needs wrk: apt-get install -y wrk)
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python -m loadtests.bench_serving
+
+loadtest: install ## locust load test (inference, management, batch) on a throwaway local cluster; reports under results/
+	$(BIN)/python -m loadtests.run_load_test
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -31,6 +31,10 @@ SERVE_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
     # Ray's token authentication (a token in ~/.ray/auth_token): nobody joins without it.
     "RAY_AUTH_MODE": "token",
+    # A lost node is declared dead after 1 s x 5 missed health checks (Ray: 3 s x 5), so Serve moves its
+    # replicas ~10 s sooner (BENCHMARKS.md, faults). Read by the GCS on the head; cluster configs set it too.
+    "RAY_health_check_period_ms": "1000",
+    "RAY_health_check_failure_threshold": "5",
 }
 NAMESPACE = "modelpool"
 
@@ -69,9 +73,27 @@ def write_state(settings: Settings, state: dict) -> None:
     os.replace(tmp, path)
 
 
+def ensure_ray_token(env: dict) -> None:
+    """Make sure Ray's auth token exists before ``ray start --head`` (which refuses to make one).
+
+    ``ray.init()`` generates a token for a new local cluster, ``ray start`` does not: on a fresh machine
+    it fails with "token authentication is enabled but no token was found". Ray's own
+    ``ray get-auth-token --generate`` writes one to ~/.ray/auth_token (and leaves an existing one alone).
+    """
+    if env.get("RAY_AUTH_MODE", "").lower() != "token" or env.get("RAY_AUTH_TOKEN") or env.get("RAY_AUTH_TOKEN_PATH"):
+        return
+    result = subprocess.run([ray_executable(), "get-auth-token", "--generate"], env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"`ray get-auth-token --generate` failed:\n{result.stderr}")
+    token_file = Path(env.get("HOME", str(Path.home()))) / ".ray" / "auth_token"
+    if token_file.exists():
+        token_file.chmod(0o600)  # Ray writes it world-readable; it is the key to the whole cluster
+
+
 def start_local_head(settings: Settings) -> str:
     """Run ``ray start --head`` with the Serve environment; return the cluster address."""
     env = {**SERVE_ENV, **os.environ}
+    ensure_ray_token(env)
     command = [
         ray_executable(), "start", "--head",
         f"--port={settings.ray_port}",
@@ -105,7 +127,7 @@ def start_serve(settings: Settings) -> None:
                     "keep_alive_timeout_s": settings.keep_alive_s}
     if settings.request_timeout_s:
         http_options["request_timeout_s"] = settings.request_timeout_s
-    serve.start(http_options=http_options, logging_config=settings.logging_config())
+    serve.start(proxy_location=settings.proxy_location, http_options=http_options, logging_config=settings.logging_config())
 
 
 def haproxy_processes() -> list[psutil.Process]:

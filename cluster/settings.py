@@ -34,6 +34,7 @@ class Settings(BaseModel):
     num_cpus: Optional[int] = Field(None, ge=1, description="CPUs the local Ray head offers (default: all cores).")
     http_host: str = Field("127.0.0.1", description="Address the HTTP ingress binds to.")
     http_port: int = Field(8000, ge=1, le=65535, description="Port of the HTTP ingress (inference and management).")
+    proxy_location: str = Field("EveryNode", pattern="^(EveryNode|HeadOnly)$", description="Where Serve runs an HTTP ingress: EveryNode (put a load balancer over the nodes) or HeadOnly (one entry point; also for several Ray nodes on one machine, which would fight over the port).")
     model_store: Optional[str] = Field(None, description="Directory of model archives (default: HOME/model_store).")
     examples: bool = Field(True, description="Build the example models into the model store at start.")
     register_store: bool = Field(True, description="Register every archive of the model store that is not registered yet, at start.")

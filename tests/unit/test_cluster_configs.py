@@ -59,3 +59,36 @@ def test_the_cloud_config_has_an_autoscaling_cpu_worker_type():
     workers = {name: t for name, t in config["available_node_types"].items() if name != config["head_node_type"]}
     assert workers and all(t["max_workers"] > t["min_workers"] for t in workers.values())
     assert "--http-host 0.0.0.0" in config["head_start_ray_commands"][-1], "reachable from a load balancer"
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_node_gets_the_same_ray_token_and_token_auth(path):
+    """Ray's launcher does nothing about tokens: `ray start` with RAY_AUTH_MODE=token refuses to run without one,
+    and every node must hold the same one. file_mounts carries the user's ~/.ray/auth_token to the head, and the head
+    carries it on to every worker it launches; the mode is exported where Ray's commands run (bash -i reads ~/.bashrc)."""
+    config = load(path)
+    assert config["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
+    setup = config["setup_commands"]
+    auth = [c for c in setup if "RAY_AUTH_MODE" in c]
+    assert len(auth) == 1 and "export RAY_AUTH_MODE=token' >> ~/.bashrc" in auth[0]
+    assert "chmod 600 ~/.ray/auth_token" in auth[0], "the token is the key to the cluster: owner-only on every node"
+    start = config["head_start_ray_commands"] + config["worker_start_ray_commands"]
+    assert not any("RAY_AUTH_MODE=disabled" in c or "RAY_AUTH_TOKEN=" in c for c in setup + start), "no token in the config"
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_installing_is_one_setup_command(path):
+    """tests/multinode/test_ray_up_local.py swaps exactly this command (a venv already installed) and keeps the rest."""
+    setup = load(path)["setup_commands"]
+    assert len([c for c in setup if "pip install" in c]) == 1
+
+
+@pytest.mark.parametrize("path", [ROOT / "cluster.yaml", ROOT / "cluster" / "local.yaml"])
+def test_every_node_gets_the_environment_modelpool_start_uses(path):
+    """The HAProxy ingress, token auth and node health checks, as `modelpool start` sets them locally."""
+    from cluster.runtime import SERVE_ENV
+
+    setup = " ".join(yaml.safe_load(path.read_text())["setup_commands"])
+    for key, value in SERVE_ENV.items():
+        if key != "RAY_USAGE_STATS_ENABLED":  # the start commands pass --disable-usage-stats
+            assert f"{key}={value}" in setup, key

@@ -204,7 +204,7 @@ def test_every_ray_container_has_the_same_environment_with_the_haproxy_ingress()
     envs = {name: resolved_env(container) for name, container in ray_containers()}
     first = next(iter(envs.values()))
     assert all(env == first for env in envs.values()), "the builder, replicas and batch tasks run on any node"
-    for key in ("RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_THROUGHPUT_OPTIMIZED", "RAY_USAGE_STATS_ENABLED"):
+    for key in set(SERVE_ENV) - {"RAY_AUTH_MODE"}:  # token auth is authOptions, checked below
         assert first[key] == SERVE_ENV[key], key
     assert first["MODELPOOL_OBJECT_STORE"].startswith("s3://")
     known = {env_name(field) for field in Settings.model_fields}

@@ -42,3 +42,9 @@ def test_bad_values_name_the_flag_and_the_variable():
 
 def test_ray_address_is_honoured():
     assert load_settings({}, {"RAY_ADDRESS": "10.0.0.1:6379"}).address == "10.0.0.1:6379"
+
+
+def test_proxy_location_is_checked_at_start():
+    assert load_settings({}, {"MODELPOOL_PROXY_LOCATION": "HeadOnly"}).proxy_location == "HeadOnly"
+    with pytest.raises(SettingsError, match="proxy-location"):
+        load_settings({"proxy_location": "Everywhere"}, {})
