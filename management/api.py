@@ -18,6 +18,8 @@ from deployments.errors import RequestError
 from management.params import ListParams, PoolParams, RegisterParams, ScaleParams
 from modelpool import __version__
 
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+
 api = FastAPI(
     title="modelpool management API",
     version=__version__,
@@ -134,8 +136,16 @@ async def describe_api() -> dict:
 @api.post("/models", tags=["models"], dependencies=authorized)
 async def register_model(request: Request) -> JSONResponse:
     """Register a model archive: url, model_name, handler, runtime, batch_size, max_batch_delay (ms),
-    initial_workers, synchronous, response_timeout (s)."""
-    params = RegisterParams.parse(_query(request))
+    initial_workers, synchronous, response_timeout (s).
+
+    An ``Idempotency-Key`` header makes the request safe to retry when its answer was lost (the
+    connection dropped, the management replica died after the registry write): the same key gets
+    the first answer again instead of a 409."""
+    query = _query(request)
+    key = request.headers.get(IDEMPOTENCY_HEADER)
+    if key is not None:
+        query["idempotency_key"] = key
+    params = RegisterParams.parse(query)
     status, body = await _call(_manager(request).register, params)
     return JSONResponse(body, status_code=status)
 

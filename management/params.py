@@ -45,6 +45,9 @@ class RegisterParams(_Params):
     initial_workers: int = Field(0, ge=0, le=1024)
     synchronous: bool = False
     response_timeout: float = Field(120, gt=0, le=3600, description="seconds")
+    idempotency_key: Optional[str] = Field(None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$",
+                                           description="the Idempotency-Key header: a retry with the same key "
+                                                       "gets the first answer again instead of a 409")
 
     @model_validator(mode="after")
     def _runtime(self) -> "RegisterParams":

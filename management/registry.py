@@ -104,6 +104,7 @@ class ModelRecord(_Record):
     number_gpu: int = 0
     response_timeout_s: float
     manifest: dict[str, Any] = Field(default_factory=dict)
+    idempotency_key: Optional[str] = None  # of the register request that created it: a retry is answered, not refused
     registered_at: float = Field(default_factory=_now)
     updated_at: float = Field(default_factory=_now)
 

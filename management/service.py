@@ -126,6 +126,10 @@ class ModelManager:
         if params.handler and params.handler != manifest.handler:
             raise RequestError(f"the archive's manifest names handler '{manifest.handler}', not '{params.handler}'; "
                                "rebuild it with `modelpool archive --handler ...` or leave handler out", field="handler")
+        if self._is_retry(name, version, params.idempotency_key):
+            with self._lock:
+                apps = self.apply(only_model=name)
+            return self._registered(name, version, params, apps)
         self._refuse_duplicate(name, version)
         key, digest = self._copy_to_store(local, name, version)
         problem = ray.get(_load_check.remote(store_source(key), str(self.settings.cache_path),
@@ -142,14 +146,26 @@ class ModelManager:
             initial_workers=workers_wanted, min_workers=workers_wanted,
             max_workers=max(workers_wanted, self.settings.max_workers) if workers_wanted else 0,
             response_timeout_s=params.response_timeout, manifest=manifest.model_dump(),
+            idempotency_key=params.idempotency_key,
         )
         with self._lock:  # the load check ran unlocked (seconds); look again before writing
-            self._refuse_duplicate(name, version)
-            self.registry.put_model(record)
-            self.registry.clear_unregistered(name, version)
-            if apply:
-                apps = self.apply(only_model=name)
-        if apply and params.synchronous:
+            if not self._is_retry(name, version, params.idempotency_key):  # else a retry overtook this request
+                self._refuse_duplicate(name, version)
+                self.registry.put_model(record)  # the commit point: from here on the request has happened
+                self.registry.clear_unregistered(name, version)
+            apps = self.apply(only_model=name) if apply else None
+        return self._registered(name, version, params, apps)
+
+    def _is_retry(self, name: str, version: str, idempotency_key: Optional[str]) -> bool:
+        """True when this version was registered by a request with the same Idempotency-Key."""
+        if not idempotency_key:
+            return False
+        record = self.registry.get_model(name, version)
+        return record is not None and record.idempotency_key == idempotency_key
+
+    def _registered(self, name: str, version: str, params: RegisterParams, apps: Optional[list]) -> tuple[int, dict]:
+        """The answer to a register request, first time or retried: the same for both."""
+        if apps is not None and params.synchronous:
             self._wait(apps, params.response_timeout, f"model '{name}'")
             return 200, {"status": f'Model "{name}" registered'}
         return 202, {"status": f'Model "{name}" version "{version}" registered; workers are starting'}

@@ -39,7 +39,8 @@ from modelpool.client import (DEFAULT_URL, FINAL_STATES, RESULTS_PAGE, BadReques
                               Rows, Unauthorized, _Endpoint, _artifact_targets, _batch_path, _batch_records,
                               _default_headers, _done_and_total, _encode, _in_index_order, _infer_outputs,
                               _infer_request, _is_frame, _model_path, _params, _poll_delay, _pool_path, _segment,
-                              _server_wait, _service_path, _start_request, error_from, resolve_token)
+                              _server_wait, _service_path, _start_request, error_from, resolve_token,
+                              IDEMPOTENCY_HEADER, RETRY_FOR_S, is_transient, new_idempotency_key, retry_delay)
 
 __all__ = ["AsyncBatch", "AsyncClient", "AsyncService", "BadRequest", "Conflict", "ModelpoolError", "NotFound",
            "Unauthorized", "resolve_token"]  # the errors too: one import for asyncio callers
@@ -66,9 +67,11 @@ class AsyncClient(_Endpoint[httpx.AsyncClient]):
     """The management, pool, inference and batch API of one cluster, for asyncio."""
 
     def __init__(self, url: str = DEFAULT_URL, token: Optional[str] = None, timeout: float = 60.0,
-                 client: Optional[httpx.AsyncClient] = None, verify: Union[bool, str] = True) -> None:
-        """``verify``: for https URLs, True (system CAs), a CA bundle path (a cluster's own CA), or False."""
-        super().__init__(url, token, timeout, client)
+                 client: Optional[httpx.AsyncClient] = None, verify: Union[bool, str] = True,
+                 retry_for: float = RETRY_FOR_S) -> None:
+        """``verify``: for https URLs, True (system CAs), a CA bundle path (a cluster's own CA), or False.
+        ``retry_for``: as :class:`modelpool.client.Client`'s."""
+        super().__init__(url, token, timeout, client, retry_for)
         self.verify = verify
 
     # -------------------------------------------------------------- connection pool
@@ -102,18 +105,35 @@ class AsyncClient(_Endpoint[httpx.AsyncClient]):
             yield http
 
     async def _send(self, method: str, path: str, *, params: Optional[dict] = None, body: Any = None,
-                    timeout: Optional[float] = None) -> httpx.Response:
-        """One HTTP call, read whole; raises the typed error of any non-2xx answer."""
+                    timeout: Optional[float] = None, retry: bool = False,
+                    headers: Optional[dict] = None) -> httpx.Response:
+        """One HTTP call, read whole (retried while transient if ``retry``); raises on a non-2xx answer."""
+        deadline = time.monotonic() + self.retry_for
+        attempt = 0
+        while True:
+            try:
+                response = await self._send_once(method, path, params, body, timeout, headers)
+            except httpx.TransportError:
+                if not retry or time.monotonic() >= deadline:
+                    raise
+            else:
+                if response.is_success:
+                    return response
+                if not (retry and is_transient(response.status_code, response.text) and time.monotonic() < deadline):
+                    raise error_from(response.status_code, response.text, response.reason_phrase)
+            await asyncio.sleep(retry_delay(attempt))
+            attempt += 1
+
+    async def _send_once(self, method: str, path: str, params: Optional[dict], body: Any, timeout: Optional[float],
+                         extra_headers: Optional[dict]) -> httpx.Response:
         data = _encode(body)
         headers = {} if data is None else {"Content-Type": "application/json"}
+        headers.update(extra_headers or {})
         async with self._http() as http:
             if http is self._external:  # never written into the caller's client
                 headers.update(_default_headers(self.token))
-            response = await http.request(method, self.url + path, params=params, content=data, headers=headers,
-                                          timeout=timeout or self.timeout)
-        if not response.is_success:
-            raise error_from(response.status_code, response.text, response.reason_phrase)
-        return response
+            return await http.request(method, self.url + path, params=params, content=data, headers=headers,
+                                      timeout=timeout or self.timeout)
 
     async def _json(self, method: str, path: str, **kwargs: Any) -> Any:
         response = await self._send(method, path, **kwargs)
@@ -123,12 +143,13 @@ class AsyncClient(_Endpoint[httpx.AsyncClient]):
     async def register_model(self, url: str, model_name: Optional[str] = None, initial_workers: int = 0,
                              batch_size: Optional[int] = None, max_batch_delay: Optional[float] = None,
                              synchronous: bool = False, response_timeout: Optional[float] = None,
-                             handler: Optional[str] = None) -> dict:
+                             handler: Optional[str] = None, idempotency_key: Optional[str] = None) -> dict:
         """As :meth:`Client.register_model`; a synchronous call waits as long as the server may."""
         params = _params(url=url, model_name=model_name, initial_workers=initial_workers, batch_size=batch_size,
                          max_batch_delay=max_batch_delay, synchronous=synchronous,
                          response_timeout=response_timeout, handler=handler)
-        return await self._json("POST", "/models", params=params,
+        return await self._json("POST", "/models", params=params, retry=True,
+                                headers={IDEMPOTENCY_HEADER: idempotency_key or new_idempotency_key()},
                                 timeout=_server_wait(synchronous, response_timeout, self.timeout))
 
     async def scale_model(self, name: str, version: Optional[str] = None, min_worker: Optional[int] = None,
@@ -139,12 +160,12 @@ class AsyncClient(_Endpoint[httpx.AsyncClient]):
         params = _params(min_worker=min_worker, max_worker=max_worker, number_gpu=number_gpu,
                          synchronous=synchronous, timeout=timeout, batch_size=batch_size,
                          max_batch_delay=max_batch_delay)
-        return await self._json("PUT", _model_path(name, version), params=params,
+        return await self._json("PUT", _model_path(name, version), params=params, retry=True,
                                 timeout=_server_wait(synchronous, timeout, self.timeout))
 
     async def describe_model(self, name: str, version: Optional[str] = None) -> list[dict]:
         """One version's description (the default's when None; ``"all"`` for every version)."""
-        return await self._json("GET", _model_path(name, version))
+        return await self._json("GET", _model_path(name, version), retry=True)
 
     async def unregister_model(self, name: str, version: Optional[str] = None) -> dict:
         return await self._json("DELETE", _model_path(name, version))
@@ -154,7 +175,7 @@ class AsyncClient(_Endpoint[httpx.AsyncClient]):
         models: list[dict] = []
         token: Optional[str] = None
         while True:
-            page = await self._json("GET", "/models", params=_params(limit=limit, next_page_token=token))
+            page = await self._json("GET", "/models", params=_params(limit=limit, next_page_token=token), retry=True)
             models.extend(page.get("models", []))
             token = page.get("nextPageToken")
             if not token:

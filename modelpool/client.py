@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Generic, Iterator, Optional, TypeVar, Union
@@ -44,6 +45,9 @@ RESULTS_PAGE = 1000  # batch result rows per request (the server's default page)
 INPUT_NAME = "input-0"  # the input every modelpool handler receives rows under (see /predict)
 SERVER_WAIT_DEFAULT_S = 120.0  # the server's default response_timeout / scale timeout
 SERVER_WAIT_MARGIN_S = 10.0
+RETRY_FOR_S = 60.0  # how long a retryable call keeps trying while the management replica restarts (~5-20 s)
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+_INGRESS_STATUSES = (500, 502, 503, 504)
 
 _V2_DTYPES = {
     "BOOL": np.bool_, "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64,
@@ -149,6 +153,30 @@ def _default_headers(token: Optional[str]) -> dict[str, str]:
     return headers
 
 
+def is_transient(status: int, body: Union[bytes, str]) -> bool:
+    """An answer from the ingress, not from modelpool: nobody took the call (the replica died or restarts).
+
+    modelpool's own errors are JSON with an ``error`` key; HAProxy's are plain text (Serve normalises
+    its 502/503/504 to a text 500), so a retry never repeats a call modelpool answered.
+    """
+    if status not in _INGRESS_STATUSES:
+        return False
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return True
+    return not (isinstance(parsed, dict) and ("error" in parsed or "detail" in parsed))
+
+
+def retry_delay(attempt: int) -> float:
+    """0.25 s, 0.5 s, 1 s, then 2 s between tries: quick for a blip, gentle on a restarting replica."""
+    return min(2.0, 0.25 * 2 ** attempt)
+
+
+def new_idempotency_key() -> str:
+    return uuid.uuid4().hex
+
+
 def _segment(value: Any) -> str:
     """One URL path segment: a '/' in a name must not reach another route."""
     return quote(str(value), safe="")
@@ -218,10 +246,12 @@ class _Endpoint(Generic[Pool]):
     included; a caller's own pool serves every call and is never closed here.
     """
 
-    def __init__(self, url: str, token: Optional[str], timeout: float, external: Optional[Pool]) -> None:
+    def __init__(self, url: str, token: Optional[str], timeout: float, external: Optional[Pool],
+                 retry_for: float = RETRY_FOR_S) -> None:
         self.url = url.rstrip("/")
         self.token = resolve_token(token)
         self.timeout = timeout
+        self.retry_for = retry_for
         self._external = external  # the caller's: used for every call, never closed or modified here
         self._shared: Optional[Pool] = None
         self._depth = 0
@@ -254,9 +284,15 @@ class Client(_Endpoint[requests.Session]):
     """The management, pool, inference and batch API of one cluster."""
 
     def __init__(self, url: str = DEFAULT_URL, token: Optional[str] = None, timeout: float = 60.0,
-                 session: Optional[requests.Session] = None, verify: Union[bool, str] = True) -> None:
-        """``verify``: for https URLs, True (system CAs), a CA bundle path (a cluster's own CA), or False."""
-        super().__init__(url, token, timeout, session)
+                 session: Optional[requests.Session] = None, verify: Union[bool, str] = True,
+                 retry_for: float = RETRY_FOR_S) -> None:
+        """``verify``: for https URLs, True (system CAs), a CA bundle path (a cluster's own CA), or False.
+
+        ``retry_for``: seconds a management call that is safe to repeat (reads, scale, pools, a register
+        carrying its Idempotency-Key) keeps retrying when the ingress answers for a missing or restarting
+        management replica, or the connection drops; 0 turns retries off.
+        """
+        super().__init__(url, token, timeout, session, retry_for)
         self.verify = verify
 
     # -------------------------------------------------------------- sessions
@@ -303,18 +339,36 @@ class Client(_Endpoint[requests.Session]):
             session.close()
 
     def _send(self, method: str, path: str, *, params: Optional[dict] = None, body: Any = None,
-              timeout: Optional[float] = None) -> requests.Response:
-        """One HTTP call; raises the typed error of any non-2xx answer."""
+              timeout: Optional[float] = None, retry: bool = False,
+              headers: Optional[dict] = None) -> requests.Response:
+        """One HTTP call (retried while transient if ``retry``); raises the typed error of a non-2xx answer."""
+        deadline = time.monotonic() + self.retry_for
+        attempt = 0
+        while True:
+            try:
+                response = self._send_once(method, path, params, body, timeout, headers)
+            except requests.ConnectionError:
+                if not retry or time.monotonic() >= deadline:
+                    raise
+            else:
+                if 200 <= response.status_code < 300:
+                    return response
+                if not (retry and is_transient(response.status_code, response.text) and time.monotonic() < deadline):
+                    raise error_for(response)
+            time.sleep(retry_delay(attempt))
+            attempt += 1
+
+    def _send_once(self, method: str, path: str, params: Optional[dict], body: Any, timeout: Optional[float],
+                   extra_headers: Optional[dict]) -> requests.Response:
         data = _encode(body)
         with self._session() as session:
             headers = self._headers() if session is self._external else {}
+            headers.update(extra_headers or {})
             if data is not None:
                 headers["Content-Type"] = "application/json"
             response = session.request(method, self.url + path, params=params, data=data, headers=headers,
                                        timeout=timeout or self.timeout)
             response.content  # read it whole, so the connection goes back to the pool
-        if not 200 <= response.status_code < 300:
-            raise error_for(response)
         return response
 
     def _json(self, method: str, path: str, **kwargs: Any) -> Any:
@@ -325,12 +379,17 @@ class Client(_Endpoint[requests.Session]):
     def register_model(self, url: str, model_name: Optional[str] = None, initial_workers: int = 0,
                        batch_size: Optional[int] = None, max_batch_delay: Optional[float] = None,
                        synchronous: bool = False, response_timeout: Optional[float] = None,
-                       handler: Optional[str] = None) -> dict:
-        """Register an archive of the model store (or an allowed URL); ``max_batch_delay`` in ms."""
+                       handler: Optional[str] = None, idempotency_key: Optional[str] = None) -> dict:
+        """Register an archive of the model store (or an allowed URL); ``max_batch_delay`` in ms.
+
+        The call carries an Idempotency-Key (a new one unless given), so it is retried safely when
+        its answer is lost: the server answers a repeat as it answered the first.
+        """
         params = _params(url=url, model_name=model_name, initial_workers=initial_workers, batch_size=batch_size,
                          max_batch_delay=max_batch_delay, synchronous=synchronous,
                          response_timeout=response_timeout, handler=handler)
-        return self._json("POST", "/models", params=params,
+        return self._json("POST", "/models", params=params, retry=True,
+                          headers={IDEMPOTENCY_HEADER: idempotency_key or new_idempotency_key()},
                           timeout=_server_wait(synchronous, response_timeout, self.timeout))
 
     def scale_model(self, name: str, version: Optional[str] = None, min_worker: Optional[int] = None,
@@ -341,12 +400,12 @@ class Client(_Endpoint[requests.Session]):
         params = _params(min_worker=min_worker, max_worker=max_worker, number_gpu=number_gpu,
                          synchronous=synchronous, timeout=timeout, batch_size=batch_size,
                          max_batch_delay=max_batch_delay)
-        return self._json("PUT", _model_path(name, version), params=params,
+        return self._json("PUT", _model_path(name, version), params=params, retry=True,
                           timeout=_server_wait(synchronous, timeout, self.timeout))
 
     def describe_model(self, name: str, version: Optional[str] = None) -> list[dict]:
         """One version's description (the default's when None; ``"all"`` for every version)."""
-        return self._json("GET", _model_path(name, version))
+        return self._json("GET", _model_path(name, version), retry=True)
 
     def unregister_model(self, name: str, version: Optional[str] = None) -> dict:
         return self._json("DELETE", _model_path(name, version))
@@ -356,7 +415,7 @@ class Client(_Endpoint[requests.Session]):
         models: list[dict] = []
         token: Optional[str] = None
         while True:
-            page = self._json("GET", "/models", params=_params(limit=limit, next_page_token=token))
+            page = self._json("GET", "/models", params=_params(limit=limit, next_page_token=token), retry=True)
             models.extend(page.get("models", []))
             token = page.get("nextPageToken")
             if not token:

@@ -243,3 +243,20 @@ def test_killing_the_management_replica_loses_nothing(ray_client, admin, http):
     stable = wait_for(lambda: all(answers() for _ in range(10)), timeout_s=60)
     assert stable, "management answered once after the kill, then failed again"
     assert http.post(f"{cluster.url}/v2/models/iris/infer", json=ROW).status_code == 200
+
+
+def test_a_register_retried_with_its_idempotency_key_gets_the_first_answer_not_a_409(cluster, admin):
+    url = f"{cluster.url}/models"
+    params = {"url": "iris-1.zip", "model_name": "retried"}
+    try:
+        first = admin.post(url, params=params, headers={"Idempotency-Key": "k-1"})
+        assert first.status_code == 202, first.text
+        again = admin.post(url, params=params, headers={"Idempotency-Key": "k-1"})
+        assert (again.status_code, again.json()) == (202, first.json())
+        assert admin.post(url, params=params, headers={"Idempotency-Key": "k-2"}).status_code == 409
+        assert admin.post(url, params=params).status_code == 409
+        bad = admin.post(url, params={**params, "model_name": "other"}, headers={"Idempotency-Key": "a b/../c"})
+        assert bad.status_code == 400 and bad.json()["field"] == "idempotency_key"
+        assert len(admin.get(f"{url}/retried/all").json()) == 1
+    finally:
+        admin.delete(f"{url}/retried")

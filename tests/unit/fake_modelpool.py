@@ -42,6 +42,7 @@ class Seen:
     authorization: Optional[str]
     port: int
     user_agent: Optional[str] = None
+    idempotency_key: Optional[str] = None
 
 
 def _model(name: str, version: str) -> dict:
@@ -64,6 +65,7 @@ class FakeModelpool(ThreadingHTTPServer):
         self.defaults = {"x": "1"}
         self.pools: dict[tuple[str, str], dict] = {}
         self.batches: dict[str, dict] = {}
+        self.ingress_failures = 0  # answer this many calls as HAProxy does with no replica behind it
         self.routes: list[tuple[str, re.Pattern, Callable]] = [
             (method, re.compile(f"^{pattern}$"), handler) for method, pattern, handler in [
                 ("GET", "/ping", lambda q, b: (200, {"status": "Healthy"})),
@@ -274,15 +276,22 @@ class Handler(BaseHTTPRequestHandler):
         query = dict(parse_qsl(url.query))
         authorization = self.headers.get("Authorization")
         self.server.seen.append(Seen(self.command, url.path, query, body, authorization, self.client_address[1],
-                                     self.headers.get("User-Agent")))
+                                     self.headers.get("User-Agent"), self.headers.get("Idempotency-Key")))
+        if self.server.ingress_failures > 0:
+            self.server.ingress_failures -= 1
+            self._reply(500, b"Internal Server Error", "text/plain")  # Serve's HAProxy error file, word for word
+            return
         try:
             status, payload = self.server.answer(self.command, url.path, query, body, authorization)
         except Reply as reply:
             status, payload = reply.status, reply.body
         binary = isinstance(payload, bytes)
         data = payload if binary else json.dumps(payload).encode()
+        self._reply(status, data, "application/octet-stream" if binary else "application/json")
+
+    def _reply(self, status: int, data: bytes, content_type: str) -> None:
         self.send_response(status)
-        self.send_header("Content-Type", "application/octet-stream" if binary else "application/json")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)

@@ -461,3 +461,15 @@ async def test_wait_times_out_with_the_last_state(server, client):
     batch = await (await client.get_service("x", "1")).batch(iris_frame(3)).start()
     with pytest.raises(TimeoutError, match="still Running"):
         await batch.wait(timeout=0, poll=0)
+
+
+@in_event_loop
+async def test_the_async_client_retries_a_lost_register_with_one_idempotency_key(server):
+    server.ingress_failures = 2
+    async with AsyncClient(server.url, token=TOKEN) as client:
+        await client.register_model("y-1.zip")
+        with pytest.raises(NotFound):
+            await client.describe_model("nope")
+    tries = server.requests_to("/models", "POST")
+    assert len(tries) == 3 and len({t.idempotency_key for t in tries}) == 1 and tries[0].idempotency_key
+    assert len(server.requests_to("/models/nope")) == 1

@@ -358,3 +358,49 @@ def test_wait_times_out_with_the_last_state(server, client):
     batch = client.get_service("x", "1").batch(iris_frame(3)).start()
     with pytest.raises(TimeoutError, match="still Running"):
         batch.wait(timeout=0, poll=0)
+
+
+# ------------------------------------------------------------------------------------------ retries
+def test_a_register_lost_at_the_ingress_is_retried_with_the_same_idempotency_key(server):
+    server.ingress_failures = 2  # the management replica is down: HAProxy answers for it
+    with Client(server.url, token=TOKEN) as client:
+        assert client.register_model("y-1.zip")["status"] == 'Model "y" registered'
+    tries = server.requests_to("/models", "POST")
+    assert len(tries) == 3
+    assert tries[0].idempotency_key and {t.idempotency_key for t in tries} == {tries[0].idempotency_key}
+
+
+def test_reads_and_scale_are_retried_but_modelpools_own_errors_are_not(server):
+    server.ingress_failures = 1
+    with Client(server.url, token=TOKEN) as client:
+        assert client.describe_model("x")[0]["modelName"] == "x"
+        server.ingress_failures = 1
+        client.scale_model("x", "1", min_worker=1, max_worker=2)
+        with pytest.raises(NotFound):
+            client.describe_model("nope")
+    assert len(server.requests_to("/models/nope")) == 1, "a JSON error from modelpool is an answer, not a blip"
+
+
+def test_retries_stop_after_retry_for_and_the_ingress_error_surfaces(server):
+    server.ingress_failures = 1000
+    with Client(server.url, token=TOKEN, retry_for=0.6) as client:
+        with pytest.raises(ModelpoolError) as raised:
+            client.describe_model("x")
+    assert raised.value.status == 500 and 2 <= len(server.requests_to("/models/x")) <= 4
+
+
+def test_calls_that_are_not_safe_to_repeat_are_not_retried(server):
+    server.ingress_failures = 1
+    with Client(server.url, token=TOKEN) as client:
+        with pytest.raises(ModelpoolError):
+            client.unregister_model("x", "1")
+    assert len(server.requests_to("/models/x/1", "DELETE")) == 1
+
+
+def test_what_counts_as_an_ingress_blip():
+    from modelpool.client import is_transient, retry_delay
+
+    assert is_transient(500, "Internal Server Error") and is_transient(503, b"")
+    assert not is_transient(500, '{"error": "the handler raised", "field": null}')
+    assert not is_transient(404, "Not Found") and not is_transient(409, "x")
+    assert [retry_delay(n) for n in range(5)] == [0.25, 0.5, 1.0, 2.0, 2.0]

@@ -37,3 +37,11 @@ def test_cross_field_rules_say_what_to_fix():
     assert pool.value.field == "initial_pool_size"
     with pytest.raises(RequestError, match="runtime must be 'python'"):
         RegisterParams.parse({"url": "x", "runtime": "java"})
+
+
+def test_an_idempotency_key_is_short_and_plain():
+    assert RegisterParams.parse({"url": "a.zip", "idempotency_key": "3f2a-01:x.y_z"}).idempotency_key == "3f2a-01:x.y_z"
+    for bad in ("a b", "../x", "k" * 129, ""):
+        with pytest.raises(RequestError) as raised:
+            RegisterParams.parse({"url": "a.zip", "idempotency_key": bad})
+        assert raised.value.field == "idempotency_key"
