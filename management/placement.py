@@ -100,9 +100,14 @@ def replica_concurrency(settings: Settings, batch_size: int) -> int:
     return 1 if settings.single_threaded else max(settings.threads, batch_size)
 
 
+HEALTH_CHECK_PERIOD_S = 2.0
+
+
 def health_check_period(settings: Settings) -> float:
-    """Serve's health check is what recycles a replica after --max-requests: check often when it is on."""
-    return 2.0 if settings.max_requests else 10.0
+    """How often Serve checks each replica: the check is how a dead replica is noticed (and how one
+    recycles after --max-requests). Serve's 10 s made recovery from a killed replica take ~14 s on this
+    machine; at 2 s it is ~5 s (BENCHMARKS.md, faults), for one cheap actor call per replica every 2 s."""
+    return HEALTH_CHECK_PERIOD_S
 
 
 def pool_spec(record: ModelRecord) -> dict:

@@ -51,13 +51,30 @@ class BatchWorker:
         return result
 
 
+def spread_over_nodes(count: int) -> list[Any]:
+    """One scheduling strategy per worker, dealing the workers round the alive nodes.
+
+    On a cluster the warm workers then sit on different machines, so a job's partitions are scored on
+    all of them and a node's death costs only the partitions in flight there. Ray's "SPREAD" does not
+    do this for actors that reserve no CPU (seen here: both workers on one node), so each worker gets a
+    soft affinity to one node: soft, so a worker whose node died restarts on another.
+    """
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = sorted(node["NodeID"] for node in ray.nodes() if node.get("Alive"))
+    if len(nodes) < 2:
+        return ["DEFAULT"] * count
+    return [NodeAffinitySchedulingStrategy(node_id=nodes[i % len(nodes)], soft=True) for i in range(count)]
+
+
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1, max_concurrency=64)
 class BatchScheduler:
     def __init__(self, store_config: dict, cache_dir: str, workers: int) -> None:
         self.store_config = store_config
         self.cache_dir = cache_dir
         self.store = open_job_store(store_config)
-        self.workers = [BatchWorker.remote() for _ in range(max(1, workers))]
+        self.workers = [BatchWorker.options(scheduling_strategy=strategy).remote()
+                        for strategy in spread_over_nodes(max(1, workers))]
         self.idle: "queue.Queue[Any]" = queue.Queue()
         for worker in self.workers:
             self.idle.put(worker)

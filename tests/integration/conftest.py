@@ -1,4 +1,7 @@
-"""One real local Ray cluster for the whole integration session, started like a user would.
+"""One real local Ray cluster for the integration package, started like a user would.
+
+Package-scoped, so it is stopped before tests/multinode runs: those tests start clusters of their own
+(with `ray stop` in their start commands, as a user's would) and need the machine to themselves.
 
 ``modelpool start`` runs as a subprocess with a private home directory and free ports; the test
 process joins the same Ray cluster to inspect and reconfigure it. ``modelpool stop`` at the end must
@@ -16,6 +19,7 @@ import pytest
 import requests
 
 from cluster.net import free_port
+from tests.cluster_home import ManagementAccess
 from tests.s3server import S3_ENV
 
 pytestmark = pytest.mark.integration
@@ -24,26 +28,18 @@ MODELPOOL = [sys.executable, "-m", "modelpool.cli"]
 
 
 @dataclass
-class RunningCluster:
+class RunningCluster(ManagementAccess):
     url: str
     home: Path
     address: str
     env: dict
     metrics_url: str = ""
 
-    @property
-    def token(self) -> str:
-        return (self.home / "management_token").read_text().strip()
-
-    @property
-    def auth(self) -> dict:
-        return {"Authorization": f"Bearer {self.token}"}
-
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         return subprocess.run([*MODELPOOL, *args], env=self.env, capture_output=True, text=True, check=check, timeout=300)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def cluster(tmp_path_factory) -> RunningCluster:
     home = tmp_path_factory.mktemp("modelpool-home")
     http_port, ray_port, metrics_port = free_port(), free_port(), free_port()
@@ -81,7 +77,7 @@ def cluster(tmp_path_factory) -> RunningCluster:
         assert not ray_processes(), "modelpool stop left Ray processes running"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def ray_client(cluster):
     """The test process joined to the cluster, for inspecting and reconfiguring Serve."""
     from cluster.runtime import connect
