@@ -23,7 +23,7 @@ import psutil
 import requests
 
 from cluster.net import free_port
-from cluster.runtime import SERVE_ENV, haproxy_processes, ray_executable, ray_processes
+from cluster.runtime import SERVE_ENV, ensure_ray_token, haproxy_processes, ray_executable, ray_processes
 from tests.cluster_home import ManagementAccess
 
 MODELPOOL = [sys.executable, "-m", "modelpool.cli"]
@@ -94,6 +94,7 @@ def two_node_cluster(home: Path, extra_env: Optional[dict] = None) -> Iterator[T
     cluster = TwoNodeCluster(url=f"http://127.0.0.1:{http_port}", home=home, address=address, env=env,
                              worker_metrics_port=free_port())
     try:
+        ensure_ray_token(env)  # as `modelpool start` does: `ray start` makes none on a fresh machine
         run([ray_executable(), "start", "--head", f"--port={ray_port}", "--num-cpus=2", "--include-dashboard=false",
              "--disable-usage-stats", f"--metrics-export-port={free_port()}"], env)
         cluster.start_worker_node()
