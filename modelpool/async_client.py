@@ -113,7 +113,7 @@ class AsyncClient(_Endpoint[httpx.AsyncClient]):
         while True:
             try:
                 response = await self._send_once(method, path, params, body, timeout, headers)
-            except httpx.TransportError:
+            except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError):  # dropped, not refused
                 if not retry or time.monotonic() >= deadline:
                     raise
             else:

@@ -32,6 +32,7 @@ from urllib.parse import quote
 
 import numpy as np
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
 
 from modelpool import __version__
@@ -166,6 +167,17 @@ def is_transient(status: int, body: Union[bytes, str]) -> bool:
     except ValueError:
         return True
     return not (isinstance(parsed, dict) and ("error" in parsed or "detail" in parsed))
+
+
+def connection_dropped(exc: requests.ConnectionError) -> bool:
+    """A connection that was made and then lost (the replica behind it died): worth a retry.
+
+    A refused connection is not: nothing listens there (a wrong URL, a stopped cluster), and a CLI
+    command should say so at once rather than after a minute of retries.
+    """
+    reason = exc.args[0] if exc.args else None
+    reason = getattr(reason, "reason", reason)  # urllib3's MaxRetryError wraps the connect failure
+    return not isinstance(reason, (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError))
 
 
 def retry_delay(attempt: int) -> float:
@@ -347,8 +359,8 @@ class Client(_Endpoint[requests.Session]):
         while True:
             try:
                 response = self._send_once(method, path, params, body, timeout, headers)
-            except requests.ConnectionError:
-                if not retry or time.monotonic() >= deadline:
+            except requests.ConnectionError as exc:
+                if not (retry and connection_dropped(exc)) or time.monotonic() >= deadline:
                     raise
             else:
                 if 200 <= response.status_code < 300:

@@ -69,6 +69,9 @@ def cluster(tmp_path_factory) -> RunningCluster:
 
         if ray.is_initialized():
             ray.shutdown()
+        from ray.serve import context
+
+        context._set_global_client(None)  # it holds this cluster's controller; later tests join other clusters
         stopped = running.cli("stop", check=False)
         assert stopped.returncode == 0, stopped.stderr
         from cluster.runtime import haproxy_processes, ray_processes

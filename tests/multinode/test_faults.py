@@ -40,8 +40,11 @@ def predict(data):
 @pytest.fixture(scope="module")
 def nodes(tmp_path_factory) -> TwoNodeCluster:
     with two_node_cluster(tmp_path_factory.mktemp("two-nodes")) as cluster:
+        from ray.serve import context
+
         from cluster.runtime import connect
 
+        context._set_global_client(None)  # never a controller of a cluster an earlier test stopped
         connect(cluster.address)
         yield cluster
 

@@ -404,3 +404,16 @@ def test_what_counts_as_an_ingress_blip():
     assert not is_transient(500, '{"error": "the handler raised", "field": null}')
     assert not is_transient(404, "Not Found") and not is_transient(409, "x")
     assert [retry_delay(n) for n in range(5)] == [0.25, 0.5, 1.0, 2.0, 2.0]
+
+
+def test_a_refused_connection_is_not_retried():
+    """Nothing listening (wrong URL, stopped cluster) fails at once; only a dropped connection is retried."""
+    import time as clock
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    started = clock.monotonic()
+    with pytest.raises(requests.ConnectionError):
+        Client(f"http://127.0.0.1:{port}", token=TOKEN).describe_model("x")
+    assert clock.monotonic() - started < 2
