@@ -43,6 +43,9 @@ class BatchWorker:
 
         self._scoring = scoring
 
+    def node_id(self) -> str:
+        return ray.get_runtime_context().get_node_id()
+
     def score(self, store_config: dict, execution_id: str, partition: int, job: dict, cache_dir: str) -> dict:
         store = open_job_store(store_config)
         result = self._scoring.score_partition(store, execution_id, partition, job, Path(cache_dir),
@@ -51,20 +54,40 @@ class BatchWorker:
         return result
 
 
-def spread_over_nodes(count: int) -> list[Any]:
-    """One scheduling strategy per worker, dealing the workers round the alive nodes.
+PLACEMENT_TRIES = 3
 
-    On a cluster the warm workers then sit on different machines, so a job's partitions are scored on
-    all of them and a node's death costs only the partitions in flight there. Ray's "SPREAD" does not
-    do this for actors that reserve no CPU (seen here: both workers on one node), so each worker gets a
-    soft affinity to one node: soft, so a worker whose node died restarts on another.
+
+def start_workers(count: int) -> list[Any]:
+    """``count`` warm workers dealt round the alive nodes, each checked to be where it was sent.
+
+    On a cluster the workers then sit on different machines, so a job's partitions are scored on all
+    of them and a node's death costs only the partitions in flight there. Ray's "SPREAD" does not do
+    this for actors that reserve no CPU (seen here: both workers on one node), and even a soft node
+    affinity sometimes lands elsewhere (seen once in CI); so each worker is asked where it runs and a
+    misplaced one is started again. The affinity is soft so that a worker whose node died restarts on
+    another one.
     """
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     nodes = sorted(node["NodeID"] for node in ray.nodes() if node.get("Alive"))
     if len(nodes) < 2:
-        return ["DEFAULT"] * count
-    return [NodeAffinitySchedulingStrategy(node_id=nodes[i % len(nodes)], soft=True) for i in range(count)]
+        return [BatchWorker.remote() for _ in range(count)]
+    targets = [nodes[i % len(nodes)] for i in range(count)]
+
+    def start(target: str) -> Any:
+        return BatchWorker.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=target, soft=True)).remote()
+
+    workers = [start(target) for target in targets]
+    for _ in range(PLACEMENT_TRIES - 1):
+        placed = ray.get([worker.node_id.remote() for worker in workers], timeout=120)
+        misplaced = [i for i, (node, target) in enumerate(zip(placed, targets)) if node != target]
+        if not misplaced:
+            break
+        logger.warning("batch workers %s landed off their nodes; starting them again", misplaced)
+        for i in misplaced:
+            ray.kill(workers[i])
+            workers[i] = start(targets[i])
+    return workers
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1, max_concurrency=64)
@@ -73,8 +96,7 @@ class BatchScheduler:
         self.store_config = store_config
         self.cache_dir = cache_dir
         self.store = open_job_store(store_config)
-        self.workers = [BatchWorker.options(scheduling_strategy=strategy).remote()
-                        for strategy in spread_over_nodes(max(1, workers))]
+        self.workers = start_workers(max(1, workers))
         self.idle: "queue.Queue[Any]" = queue.Queue()
         for worker in self.workers:
             self.idle.put(worker)
