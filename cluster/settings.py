@@ -13,10 +13,15 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
+from cluster.net import is_loopback_host
+from cluster.tokens import token_digest
 from cluster.url_patterns import parse_allowed_urls
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 ENV_PREFIX = "MODELPOOL_"
+#: Shortest inference token accepted: replicas hold its SHA-256 where Serve's status shows it, so a
+#: short token could be found from its digest by guessing.
+MIN_INFERENCE_TOKEN = 16
 
 
 def _default_home() -> str:
@@ -26,7 +31,8 @@ def _default_home() -> str:
 class Settings(BaseModel):
     """Cluster and serving settings; see the README's table for what each one does."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # hide_input_in_errors: a refused value (a token) must not reach a log through the error's text
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, hide_input_in_errors=True)
 
     home: str = Field(default_factory=_default_home, description="Directory for state, caches and the default model store.")
     address: Optional[str] = Field(None, description="Ray cluster to join ('auto' or host:port); empty starts a local one. RAY_ADDRESS is honoured too.")
@@ -44,7 +50,8 @@ class Settings(BaseModel):
     allowed_urls: str = Field("", description="Comma-separated regular expressions; model URLs (http, https, s3) are fetched only when one matches in full.")
     allow_private_networks: bool = Field(False, description="Let model URLs resolve to loopback, private or link-local addresses (off: SSRF protection).")
     max_download_bytes: int = Field(2 << 30, ge=1, description="Largest model archive fetched from a URL.")
-    management_token: Optional[str] = Field(None, description="Bearer token for the management API (default: generated at start, written to HOME/management_token, mode 0600).")
+    management_token: Optional[str] = Field(None, repr=False, description="Bearer token for the management API (default: generated at start, written to HOME/management_token, mode 0600; required when --http-host is not loopback).")
+    inference_token: Optional[str] = Field(None, repr=False, min_length=MIN_INFERENCE_TOKEN, description="Bearer token every model route (infer, predict, model metadata and ready) requires; the management token is accepted too. Off by default; replicas only ever see its SHA-256.")
     batch_workers: int = Field(2, ge=1, le=1024, description="Warm batch-scoring workers (Ray actors, no CPU reservation): partitions scored at once across all jobs.")
     pool_models_per_replica: int = Field(8, ge=1, le=1000, description="Models each generic-pool replica keeps loaded (LRU).")
     pool_min_replicas: int = Field(1, ge=1, le=1024, description="Replicas of the generic pool at least.")
@@ -60,6 +67,7 @@ class Settings(BaseModel):
     downscale_delay_s: float = Field(30.0, ge=0, description="How long load must stay low before removing replicas.")
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="Largest request body accepted; larger ones get 413.")
     request_timeout_s: Optional[float] = Field(None, gt=0, description="End-to-end HTTP request timeout (default: none).")
+    body_timeout_s: float = Field(60.0, gt=0, le=3600, description="Longest a client may take to send a request body; slower ones get 408 (a trickling client would hold a replica slot).")
     metrics_port: int = Field(8082, ge=1, le=65535, description="Port where the local Ray head exports Prometheus metrics (Serve's and modelpool_* ones); joined clusters keep theirs.")
     max_requests: int = Field(0, ge=0, description="Recycle a model replica after about this many requests (a fresh process replaces it); 0 = never.")
     max_requests_jitter: int = Field(0, ge=0, description="Add a random 0..N to --max-requests per replica, so replicas do not recycle at once.")
@@ -91,10 +99,18 @@ class Settings(BaseModel):
         return "DEBUG" if self.debug else self.log_level
 
     def serving_options(self) -> dict:
-        """What every model replica needs to know of the server settings (travels in user_config)."""
-        return {"single_threaded": self.single_threaded, "debug": self.debug,
-                "payload_passthrough": self.payload_passthrough, "max_requests": self.max_requests,
-                "max_requests_jitter": self.max_requests_jitter}
+        """What every model replica needs to know of the server settings (travels in user_config).
+
+        With an inference token, replicas get the SHA-256 of it and of the management token (an
+        operator's token opens every route), never the tokens: Serve shows user_config in its status.
+        """
+        options = {"single_threaded": self.single_threaded, "debug": self.debug,
+                   "payload_passthrough": self.payload_passthrough, "max_requests": self.max_requests,
+                   "max_requests_jitter": self.max_requests_jitter, "body_timeout_s": self.body_timeout_s}
+        if self.inference_token:
+            options["inference_token_sha256"] = [token_digest(token) for token in
+                                                 (self.inference_token, self.management_token) if token]
+        return options
 
     def logging_config(self) -> dict:
         """Serve's per-deployment LoggingConfig: level and the access log."""
@@ -133,6 +149,23 @@ class Settings(BaseModel):
 
 class SettingsError(ValueError):
     """A setting has a bad value; the message names the flag and the environment variable."""
+
+
+def check_exposure(settings: Settings) -> None:
+    """Refuse to put the management API on the network behind a token nobody chose (``modelpool start``).
+
+    Not a model validator: ``stop`` and ``status`` read the same settings and must work whatever they say.
+    """
+    if settings.management_token or is_loopback_host(settings.http_host):
+        return
+    raise SettingsError(
+        f"--http-host {settings.http_host} opens the management API to the network, but no management token is "
+        f"configured: set {flag_name('management_token')} / {env_name('management_token')} to a secret you generate "
+        "(python3 -c 'import secrets; print(secrets.token_urlsafe(32))') and hand to the API's users, or bind "
+        f"127.0.0.1. The token modelpool generates when none is set is for loopback only: it stays in "
+        f"{settings.token_path} on this machine, so the network would be served on a credential that nobody chose, "
+        "nobody else holds and nobody rotates"
+    )
 
 
 def flag_name(field: str) -> str:

@@ -162,7 +162,7 @@ def _dir_manifest(directory: Path) -> Manifest:
     path = directory / MANIFEST_NAME
     if not path.is_file():
         raise RequestError(
-            f"{str(directory)!r} has no {MANIFEST_NAME}; build an archive with `modelpool archive`",
+            f"{directory.name!r} has no {MANIFEST_NAME}; build an archive with `modelpool archive`",
             field="url",
         )
     manifest = Manifest.parse(path.read_bytes())
@@ -172,12 +172,12 @@ def _dir_manifest(directory: Path) -> Manifest:
 
 def _open_zip(location: Path) -> zipfile.ZipFile:
     if not location.exists():
-        raise RequestError(f"no model archive at {str(location)!r}", status=404, field="url")
+        raise RequestError(f"no model archive {location.name!r}", status=404, field="url")
     try:
         return zipfile.ZipFile(location)
     except (zipfile.BadZipFile, OSError) as exc:
         raise RequestError(
-            f"{str(location)!r} is not a directory or a readable zip archive ({exc})", field="url"
+            f"{location.name!r} is not a directory or a readable zip archive ({exc})", field="url"
         ) from None
 
 
@@ -186,11 +186,11 @@ def _zip_manifest(zf: zipfile.ZipFile, location: Path) -> Manifest:
         info = zf.getinfo(MANIFEST_NAME)
     except KeyError:
         raise RequestError(
-            f"{str(location)!r} has no {MANIFEST_NAME} at its root; build it with `modelpool archive`",
+            f"{location.name!r} has no {MANIFEST_NAME} at its root; build it with `modelpool archive`",
             field="url",
         ) from None
     if info.file_size > MAX_MANIFEST_BYTES:
-        raise RequestError(f"{MANIFEST_NAME} in {str(location)!r} is larger than 1 MiB", field="url")
+        raise RequestError(f"{MANIFEST_NAME} in {location.name!r} is larger than 1 MiB", field="url")
     manifest = Manifest.parse(zf.read(info))
     check_required_files(manifest, zf.namelist())
     return manifest
@@ -348,6 +348,9 @@ def find_in_store(store: Path, reference: str) -> Path:
     )
 
 
+MAX_NAME_BYTES = 255  # NAME_MAX of Linux file systems
+
+
 def _check_reference(reference: str) -> None:
     parts = reference.replace("\\", "/").split("/")
     if (not reference or reference.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", reference)
@@ -357,3 +360,7 @@ def _check_reference(reference: str) -> None:
             "'..' or a leading '/'",
             field="url",
         )
+    if any(len(part.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES for part in parts):
+        # the file system's own limit: asking it about a longer name raises ENAMETOOLONG (a 500 otherwise)
+        raise RequestError(f"the archive name is longer than {MAX_NAME_BYTES} bytes per path segment; "
+                           "use the archive's file name in the model store, e.g. 'iris-1.zip'", field="url")

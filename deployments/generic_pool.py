@@ -56,14 +56,15 @@ class GenericPool:
 
     async def __call__(self, request: Request) -> Response:
         try:
+            http_routes.check_inference_token(request, self.options)
             name, rest = http_routes.split_model_path(http_routes.sub_path(request))
             call = http_routes.parse_model_call(rest, request.method)
             model, versions = await self._model_for(name, call.version)
         except RequestError as exc:
-            return http_routes.error_response(exc, self._headers)
+            return http_routes.error_response(exc, self._headers, self.options.debug)
         except Exception as exc:  # noqa: BLE001 - the archive failed to load here: say so, keep serving
             return http_routes.failure_response(name, call.version or "default", exc, self._headers, self.options.debug)
-        read = http_routes.body_reader(request, self.max_body_bytes)
+        read = http_routes.body_reader(request, self.max_body_bytes, self.options.body_timeout_s)
         try:
             return await http_routes.answer_model_call(model, call, read, versions, self._headers,
                                                        request.headers.get("content-type", ""))
@@ -82,7 +83,7 @@ class GenericPool:
         try:
             model, versions = await self._model_for(name, version)
         except RequestError as exc:
-            return exc.status, exc.to_json(), self._headers
+            return exc.status, http_routes.error_body(exc, self.options.debug), self._headers
         response = await http_routes.answer_model_call(model, http_routes.ModelCall(version, action), read, versions, self._headers)
         return response.status_code, bytes(response.body), {k: v for k, v in response.headers.items() if k.startswith("x-")}
 

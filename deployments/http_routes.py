@@ -5,6 +5,7 @@ app sees only the part after its route prefix, the generic pool the part after `
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -15,7 +16,11 @@ from typing import Awaitable, Callable, Optional
 from starlette.requests import Request
 from starlette.responses import Response
 
+from cluster.tokens import bearer_matches
+from deployments import deadlines
 from deployments.errors import RequestError
+from deployments.redact import public_message
+from deployments.serving_options import ServingOptions
 
 JSON = "application/json"
 logger = logging.getLogger("ray.serve")  # Serve's replica logger: its lines carry the request id
@@ -69,42 +74,87 @@ def split_model_path(path: str) -> tuple[str, str]:
     return name, (slash + rest if slash else "")
 
 
-async def read_body(request: Request, max_bytes: int) -> bytes:
+def check_inference_token(request: Request, options: ServingOptions) -> None:
+    """401 unless the request carries a token model routes accept (only when --inference-token is set).
+
+    Checked before the path is even parsed, so a caller without the token learns nothing, not even
+    which models exist (a 404 lists them).
+    """
+    if options.inference_token_sha256 and not bearer_matches(request.headers.get("authorization", ""),
+                                                             options.inference_token_sha256):
+        raise RequestError("missing or wrong inference token; send 'Authorization: Bearer <token>' with the token "
+                           "the operator set (--inference-token) or the management token", status=401,
+                           field="authorization")
+
+
+async def read_body(request: Request, max_bytes: int, timeout_s: Optional[float] = None) -> bytes:
+    """The body, refused with 413 as soon as it passes ``max_bytes`` and with 408 when it takes longer than ``timeout_s``.
+
+    Read chunk by chunk rather than with ``request.body()``: a chunked body declares no length,
+    and buffering all of it before measuring it would let one request fill the replica's memory.
+    The deadline covers the whole body, so a client trickling a byte at a time cannot hold a
+    replica slot for longer than that.
+    """
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise RequestError(f"request body of {declared} bytes exceeds the limit of {max_bytes}; send fewer rows per request",
                            status=413, field="body")
-    body = await request.body()
-    if len(body) > max_bytes:
-        raise RequestError(f"request body exceeds the limit of {max_bytes} bytes; send fewer rows per request",
-                           status=413, field="body")
-    return body
+    if not timeout_s:
+        return await _read_capped(request, max_bytes)
+    try:
+        return await deadlines.within(timeout_s, _read_capped(request, max_bytes))
+    except asyncio.TimeoutError:
+        raise RequestError(f"the request body did not arrive within {timeout_s:g}s; send it at once "
+                           "(the limit is --body-timeout-s)", status=408, field="body") from None
+
+
+async def _read_capped(request: Request, max_bytes: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise RequestError(f"request body exceeds the limit of {max_bytes} bytes; send fewer rows per request",
+                               status=413, field="body")
+        if chunk:  # Starlette ends the stream with an empty chunk
+            chunks.append(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def json_response(body: dict, status: int = 200, headers: Optional[dict] = None) -> Response:
     return Response(json.dumps(body).encode(), status_code=status, media_type=JSON, headers=headers)
 
 
-def error_response(exc: RequestError, headers: Optional[dict] = None) -> Response:
-    return Response(exc.to_json(), status_code=exc.status, media_type=JSON, headers=headers)
+def error_body(exc: RequestError, debug: bool = False) -> bytes:
+    """``{"error", "field"}``; without --debug the message is stripped of server paths and tracebacks."""
+    if debug:
+        return exc.to_json()
+    return RequestError(public_message(exc.message), status=exc.status, field=exc.field).to_json()
+
+
+def error_response(exc: RequestError, headers: Optional[dict] = None, debug: bool = False) -> Response:
+    if exc.status == 401:
+        headers = {**(headers or {}), "WWW-Authenticate": "Bearer"}
+    return Response(error_body(exc, debug), status_code=exc.status, media_type=JSON, headers=headers)
 
 
 def failure_response(name: str, version: str, exc: BaseException, headers: Optional[dict] = None,
                      debug: bool = False) -> Response:
     """A handler raised: 500 with the model's own message (and traceback under --debug); the replica keeps serving.
 
-    The error is logged too, through Serve's logger, so the line carries the request's id.
+    The error is logged too, through Serve's logger, so the line carries the request's id. Without
+    --debug the answer's message loses server paths (the log keeps them).
     """
     message = f"model '{name}' version '{version}' failed: {type(exc).__name__}: {exc}"
     logger.error(message, exc_info=exc if debug else None)
-    body: dict = {"error": message}
+    body: dict = {"error": message if debug else public_message(message)}
     if debug:
         body["traceback"] = traceback.format_exception(exc)
     return json_response(body, 500, headers)
 
 
-def body_reader(request: Request, max_bytes: int) -> Callable[[], Awaitable[bytes]]:
-    return lambda: read_body(request, max_bytes)
+def body_reader(request: Request, max_bytes: int, timeout_s: Optional[float] = None) -> Callable[[], Awaitable[bytes]]:
+    return lambda: read_body(request, max_bytes, timeout_s)
 
 
 async def answer_model_call(model, call: ModelCall, read: Callable[[], Awaitable[bytes]],
@@ -131,7 +181,7 @@ async def _answer(model, call: ModelCall, read: Callable[[], Awaitable[bytes]],
         else:
             return json_response(model.metadata(versions), headers=headers)
     except RequestError as exc:
-        return error_response(exc, headers)
+        return error_response(exc, headers, model.options.debug)
     except Exception as exc:  # noqa: BLE001 - the handler failed: report it, keep serving
         return failure_response(model.name, model.version, exc, headers, model.options.debug)
     return Response(result.payload, media_type=JSON, headers={**headers, "x-modelpool-batch-size": str(result.batch_size)})

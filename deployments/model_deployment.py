@@ -70,6 +70,7 @@ class ModelServer:
 
     async def __call__(self, request: Request) -> Response:
         try:
+            http_routes.check_inference_token(request, self.options)
             call = http_routes.parse_model_call(http_routes.sub_path(request), request.method)
             if call.version is not None and call.version != self.version:
                 if call.version in self.pool_versions:
@@ -77,8 +78,8 @@ class ModelServer:
                 raise RequestError(f"model '{self.name}' has no version '{call.version}'; "
                                    f"served versions: {', '.join(self.versions)}", status=404, field="version")
         except RequestError as exc:
-            return http_routes.error_response(exc, self._headers)
-        read = http_routes.body_reader(request, self.max_body_bytes)
+            return http_routes.error_response(exc, self._headers, self.options.debug)
+        read = http_routes.body_reader(request, self.max_body_bytes, self.options.body_timeout_s)
         try:
             return await http_routes.answer_model_call(self.model, call, read, self.versions, self._headers,
                                                        request.headers.get("content-type", ""))
@@ -91,7 +92,8 @@ class ModelServer:
 
     async def _forward_to_pool(self, call: http_routes.ModelCall, request: Request) -> Response:
         """One more hop, only for versions of this model that the generic pool serves."""
-        body = await http_routes.read_body(request, self.max_body_bytes) if request.method == "POST" else b""
+        body = (await http_routes.read_body(request, self.max_body_bytes, self.options.body_timeout_s)
+                if request.method == "POST" else b"")  # a 413/408 here is answered by __call__
         handle = serve.get_deployment_handle(http_routes.GENERIC_POOL_DEPLOYMENT, app_name=http_routes.GENERIC_POOL_APP)
         status, payload, headers = await handle.forward.remote(self.name, call.version, call.action, body)
         return Response(payload, status_code=status, media_type=http_routes.JSON, headers=headers)

@@ -332,7 +332,7 @@ def _save_response(response: requests.Response, download_dir: Path, name: str, d
             for chunk in _body_chunks(response, deadline, policy):
                 size += len(chunk)
                 if size > policy.max_bytes:
-                    raise _too_large(response.url, policy.max_bytes)
+                    raise too_large(response.url, policy.max_bytes)
                 digest.update(chunk)
                 out.write(chunk)
         return _finish(tmp, digest.hexdigest(), download_dir, name)
@@ -344,7 +344,7 @@ def _check_declared_size(response: requests.Response, url: str, max_bytes: int) 
     """Refuse before reading a byte when the server says up front that the body is too big."""
     declared = response.headers.get("Content-Length", "")
     if declared.isdigit() and int(declared) > max_bytes:
-        raise _too_large(url, max_bytes, declared=int(declared))
+        raise too_large(url, max_bytes, declared=int(declared))
 
 
 def _body_chunks(response: requests.Response, deadline: float, policy: UrlPolicy) -> Iterator[bytes]:
@@ -394,7 +394,7 @@ def _timed_out(url: str, policy: UrlPolicy) -> RequestError:
     )
 
 
-def _too_large(url: str, max_bytes: int, declared: Optional[int] = None) -> RequestError:
+def too_large(url: str, max_bytes: int, declared: Optional[int] = None) -> RequestError:
     size = f" ({declared} bytes)" if declared is not None else ""
     return RequestError(
         f"{url!r} is larger than the {max_bytes}-byte download limit{size}; ship a smaller archive "
@@ -424,7 +424,7 @@ def _download_s3(url: str, download_dir: Path, policy: UrlPolicy, fetch_s3: Opti
     try:
         _call_fetch_s3(fetch_s3, url, tmp)
         if tmp.stat().st_size > policy.max_bytes:
-            raise _too_large(url, policy.max_bytes, declared=tmp.stat().st_size)
+            raise too_large(url, policy.max_bytes, declared=tmp.stat().st_size)
         return _finish(tmp, file_sha256(tmp), download_dir, archive_basename(url))
     finally:
         tmp.unlink(missing_ok=True)

@@ -21,6 +21,9 @@ class ServingOptions:
     payload_passthrough: bool = False
     max_requests: int = 0
     max_requests_jitter: int = 0
+    body_timeout_s: float = 60.0
+    #: SHA-256 digests of the tokens model routes accept; empty: model routes are open (the default)
+    inference_token_sha256: tuple[str, ...] = ()
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "ServingOptions":
@@ -31,6 +34,8 @@ class ServingOptions:
             payload_passthrough=bool(config.get("payload_passthrough", False)),
             max_requests=max(0, int(config.get("max_requests", 0))),
             max_requests_jitter=max(0, int(config.get("max_requests_jitter", 0))),
+            body_timeout_s=float(config.get("body_timeout_s", 60.0)),
+            inference_token_sha256=tuple(str(d) for d in config.get("inference_token_sha256", ())),
         )
 
     def batch_limits(self, max_batch_size: int, max_delay_s: float) -> tuple[int, float]:

@@ -89,6 +89,9 @@ _OUTPUT_DATATYPES: dict[tuple[str, int], str] = {
 _ARRAY_TYPES = frozenset({list, tuple})
 _FEATURE_TYPES = frozenset({int, float, bool, str})
 _MAX_DIMS = 64  # numpy's limit on array dimensions
+#: Most input (and requested output) tensors per request. Each costs ~12 us of Python, so without a
+#: cap a body within --max-body-bytes could hold a replica's event loop for seconds; 4096 is ~50 ms.
+MAX_TENSORS = 4096
 _V2_EXAMPLE = '{"inputs": [{"name": "input-0", "shape": [1, 2], "datatype": "FP32", "data": [1.5, 2.5]}]}'
 _PREDICT_EXAMPLE = '{"instances": [[1.5, 2.5], [3.5, 4.5]]}'
 _V2_RAGGED_HINT = ("nested data must be rectangular (same length and depth everywhere), "
@@ -145,6 +148,9 @@ def _parse_inputs(request: dict) -> tuple[Tensor, ...]:
         hint = " (this looks like the plain JSON form: send it to the predict route)" if "instances" in request else ""
         raise RequestError(f'"inputs" {got}; a V2 request needs a non-empty list of tensors, e.g. {_V2_EXAMPLE}{hint}',
                            field="inputs")
+    if len(inputs) > MAX_TENSORS:
+        raise RequestError(f'"inputs" has {len(inputs)} tensors; at most {MAX_TENSORS} are accepted, so put '
+                           "values of the same datatype into one tensor with a wider shape", field="inputs")
     seen: dict[str, int] = {}
     tensors: list[Tensor] = []
     for i, item in enumerate(inputs):
@@ -234,7 +240,11 @@ def _requested_outputs(outputs: Any) -> Optional[tuple[str, ...]]:
     if type(outputs) is not list:
         raise RequestError(f'"outputs" must be a list of objects like {{"name": "predict"}}, got {_describe(outputs)}; '
                            "or leave it out to get every output", field="outputs")
+    if len(outputs) > MAX_TENSORS:
+        raise RequestError(f'"outputs" lists {len(outputs)} outputs; at most {MAX_TENSORS} can be requested, '
+                           "or leave it out to get every output", field="outputs")
     names: list[str] = []
+    seen: set[str] = set()  # a set, not `in names`: a list of 200k names would be a quadratic stall
     for i, item in enumerate(outputs):
         where = f"outputs[{i}]"
         if type(item) is not dict:
@@ -244,12 +254,13 @@ def _requested_outputs(outputs: Any) -> Optional[tuple[str, ...]]:
         if type(name) is not str or not name:
             raise RequestError(f"{where}.name must be a non-empty string naming a model output, got {_describe(name)}",
                                field=f"{where}.name")
-        if name in names:
+        if name in seen:
             raise RequestError(f"{where}.name is {_describe(name)}, which is already requested; list each output once",
                                field=f"{where}.name")
         parameters = _optional_object(item.get("parameters"), f"{where}.parameters")
         _refuse_binary(parameters, f"{where}.parameters", "binary_data")
         names.append(name)
+        seen.add(name)
     return tuple(names) or None
 
 

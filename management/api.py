@@ -2,19 +2,26 @@
 
 Thin: each route validates its parameters, calls :class:`management.service.ModelManager` in a
 worker thread (its Serve calls block) and shapes the answer. Everything but health needs
-``Authorization: Bearer <token>``.
+``Authorization: Bearer <token>``. Bodies are read with the replicas' limits (--max-body-bytes,
+--body-timeout-s), and error messages lose server paths and tracebacks unless --debug.
 """
 from __future__ import annotations
 
 import asyncio
 import hmac
+import json
+import re
 from typing import Any, Callable, Optional
+from urllib.parse import quote
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
 from deployments.errors import RequestError
+from deployments.http_routes import read_body
+from deployments.redact import public_message
+from management.openapi_docs import complete
 from management.params import ListParams, PoolParams, RegisterParams, ScaleParams
 from modelpool import __version__
 
@@ -25,6 +32,9 @@ api = FastAPI(
     version=__version__,
     description="Model registration and scaling in the shape of the MXNet Model Server / TorchServe management API, "
                 "session pools in the shape of Machine Learning Server.",
+    # FastAPI would serve these without the token (and /docs pulls scripts from a CDN); the description
+    # is served below, behind the token like everything but health.
+    openapi_url=None, docs_url=None, redoc_url=None,
 )
 
 
@@ -40,8 +50,12 @@ async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResp
 
 @api.exception_handler(RequestError)
 async def _request_error(_: Request, exc: RequestError) -> JSONResponse:
+    """Loader and Serve messages can carry server paths or a whole traceback: only --debug shows them."""
     headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-    return JSONResponse(exc.to_dict(), status_code=exc.status, headers=headers)
+    body = exc.to_dict()
+    if not state.debug:
+        body["error"] = public_message(exc.message)
+    return JSONResponse(body, status_code=exc.status, headers=headers)
 
 
 class _State:
@@ -51,6 +65,9 @@ class _State:
     manager: Any = None
     batches: Any = None
     token: str = ""
+    debug: bool = False
+    max_body_bytes: int = 16 << 20
+    body_timeout_s: float = 60.0
     readiness: Callable[[], dict] = staticmethod(lambda: {"ready": False})
 
 
@@ -83,16 +100,19 @@ def _query(request: Request) -> dict[str, str]:
     return dict(request.query_params)
 
 
+async def _body(request: Request) -> bytes:
+    """The body within --max-body-bytes (413) and --body-timeout-s (408), like a model replica reads it."""
+    return await read_body(request, state.max_body_bytes, state.body_timeout_s)
+
+
 async def _params_from(request: Request) -> dict[str, Any]:
     """Query parameters, and a JSON object body when one is sent (both forms are accepted)."""
     values: dict[str, Any] = dict(request.query_params)
-    body = await request.body()
+    body = await _body(request)
     if body.strip():
-        import json
-
         try:
             parsed = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
             raise RequestError("the body is not valid JSON; send parameters as a JSON object or as query parameters",
                                field="body") from None
         if not isinstance(parsed, dict):
@@ -126,9 +146,28 @@ async def server_metadata() -> dict:
     return {"name": "modelpool", "version": __version__, "extensions": ["model_repository"]}
 
 
+_generated_openapi = api.openapi
+
+
+def _described_openapi() -> dict:
+    """FastAPI's description, completed once with what it cannot see (management/openapi_docs.py)."""
+    if api.openapi_schema is None:
+        complete(_generated_openapi())  # FastAPI keeps it in api.openapi_schema; completed in place
+    return api.openapi_schema
+
+
+api.openapi = _described_openapi  # type: ignore[method-assign]
+
+
 @api.options("/", tags=["management"], dependencies=authorized)
 async def describe_api() -> dict:
     """The OpenAPI description, as MMS answers ``OPTIONS /``."""
+    return api.openapi()
+
+
+@api.get("/openapi.json", tags=["management"], dependencies=authorized, include_in_schema=False)
+async def openapi_json() -> dict:
+    """The same description where OpenAPI tools look for it (send the token: schemathesis -H ...)."""
     return api.openapi()
 
 
@@ -223,11 +262,10 @@ async def services(request: Request) -> list:
 
 # ---------------------------------------------------------------------------------- batches
 async def _json_body(request: Request) -> Any:
-    import json
-
+    body = await _body(request)
     try:
-        return json.loads(await request.body())
-    except ValueError:
+        return json.loads(body)
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
         raise RequestError("the body is not valid JSON; send {\"service\", \"version\", \"records\" | \"input_uri\"}",
                            field="body") from None
 
@@ -265,8 +303,17 @@ async def batch_artifacts(request: Request, execution_id: str, index: int) -> li
 @api.get("/batches/{execution_id}/results/{index}/artifacts/{name}", tags=["batches"], dependencies=authorized)
 async def batch_artifact(request: Request, execution_id: str, index: int, name: str) -> Response:
     data = await _call(state.batches.artifact, execution_id, index, name)
-    return Response(data, media_type="application/octet-stream",
-                    headers={"Content-Disposition": f'attachment; filename="{name}"'})
+    return Response(data, media_type="application/octet-stream", headers={"Content-Disposition": attachment(name)})
+
+
+def attachment(name: str) -> str:
+    """RFC 6266 ``Content-Disposition``: an ASCII stand-in and the exact name percent-encoded.
+
+    Artifact names are whatever a handler wrote; a quote, ';' or a non-Latin-1 character quoted
+    as is would break or extend the header (or fail to encode: a 500).
+    """
+    fallback = re.sub(r"[^A-Za-z0-9._-]", "_", name)
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
 
 
 @api.delete("/batches/{execution_id}", tags=["batches"], dependencies=authorized)

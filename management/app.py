@@ -31,11 +31,15 @@ class Management:
         # it a private copy of a module-level ``state`` instead of the one the routes read.
         from management import api as routes
 
-        self.manager = ModelManager(Settings(**settings))
+        # The token in effect (generated ones too): with --inference-token, model routes accept it as well
+        self.manager = ModelManager(Settings(**{**settings, "management_token": token}))
         self._status = TtlCache(serve.status, ttl_s=1.0)  # health probes may come many times a second
         routes.state.manager = self.manager
         routes.state.batches = BatchService(self.manager.settings, self.manager.store, self.manager.registry)
         routes.state.token = token
+        routes.state.debug = self.manager.settings.debug
+        routes.state.max_body_bytes = self.manager.settings.max_body_bytes
+        routes.state.body_timeout_s = self.manager.settings.body_timeout_s
         routes.state.readiness = self.readiness
         threading.Thread(target=self._reconcile, name="reconcile", daemon=True).start()
         threading.Thread(target=self._publish_replicas, name="replica-metrics", daemon=True).start()

@@ -42,10 +42,11 @@ def settings_from_args(args: Optional[Mapping[str, Any]], environ: Optional[Mapp
     API would be locked with a token no one knows.
     """
     args = dict(args or {})
-    if "management_token" in args:
-        raise ValueError(f"management_token must not be in the Serve config's args (they are readable by anyone "
-                         f"who can read the RayService and are shown in Serve's status): set {TOKEN_ENV} "
-                         f"from a Kubernetes Secret instead")
+    for secret in ("management_token", "inference_token"):
+        if secret in args:
+            raise ValueError(f"{secret} must not be in the Serve config's args (they are readable by anyone "
+                             f"who can read the RayService, are shown in Serve's status and logged by Serve's "
+                             f"controller): set {env_name(secret)} from a Kubernetes Secret instead")
     environ = os.environ if environ is None else environ
     settings = load_settings(args, environ)
     if not settings.management_token:

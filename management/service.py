@@ -25,7 +25,7 @@ from deployments.archive import file_sha256, list_store, read_manifest
 from deployments.archive_fetch import store_source
 from deployments.errors import RequestError
 from cluster.url_patterns import parse_allowed_urls
-from deployments.model_source import UrlPolicy, resolve_model_url
+from deployments.model_source import UrlPolicy, resolve_model_url, too_large
 from management import deployer, placement, serve_configs, workers
 from management.params import ListParams, PoolParams, RegisterParams, ScaleParams
 from management.ttl_cache import TtlCache
@@ -332,9 +332,16 @@ class ModelManager:
         return key, digest[:16]
 
     def _fetch_s3(self, url: str, dest: Path) -> None:
-        """s3:// model URLs go through the configured endpoint (allow-listed before this is called)."""
+        """s3:// model URLs go through the configured endpoint (allow-listed before this is called).
+
+        The object's size is asked first: a download past --max-download-bytes would fill the disk
+        before the size cap (checked on the file) could refuse it.
+        """
         bucket, _, key = url[len("s3://"):].partition("/")
         store = ObjectStore(f"s3://{bucket}", s3_endpoint=self.settings.s3_endpoint, s3_region=self.settings.s3_region)
+        size = store.filesystem.get_file_info(store.path(key)).size
+        if size is not None and size > self.settings.max_download_bytes:
+            raise too_large(url, self.settings.max_download_bytes, declared=size)
         store.download_file(key, dest)
 
     def _wait(self, apps: list[str], timeout_s: float, what: str, min_running: Optional[tuple[str, str, int]] = None) -> None:

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from cluster import runtime
-from cluster.settings import Settings, SettingsError, add_settings_arguments, settings_from_args
+from cluster.net import is_loopback_host
+from cluster.settings import Settings, SettingsError, add_settings_arguments, check_exposure, settings_from_args
 
 EXAMPLE_REQUEST = '{"inputs":[{"name":"input-0","shape":[1,4],"datatype":"FP64","data":[5.1,3.5,1.4,0.2]}]}'
 
@@ -66,6 +67,7 @@ def deploy_management(settings: Settings, token: str) -> None:
 
 def cmd_start(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
+    check_exposure(settings)  # before anything starts: a refused start leaves nothing behind
     settings.home_path.mkdir(parents=True, exist_ok=True)
     settings.model_store_path.mkdir(parents=True, exist_ok=True)
     if settings.examples:
@@ -107,16 +109,30 @@ def _print_banner(settings: Settings, elapsed_s: float) -> None:
         parsed = parse_app_name(name)
         if parsed:
             models.setdefault(parsed[0], []).append(parsed[1])
+    print("\n".join(banner_lines(settings, models, elapsed_s)))
+
+
+def banner_lines(settings: Settings, models: dict[str, list[str]], elapsed_s: float) -> list[str]:
+    """What ``start`` prints: where to send requests, and where the token is, never the token itself."""
     url = settings.http_url
-    print(f"modelpool is serving on {url} (ready in {elapsed_s:.0f}s)")
+    lines = [f"modelpool is serving on {url} (ready in {elapsed_s:.0f}s)"]
     for name, versions in sorted(models.items()):
-        print(f"  model {name} (versions {', '.join(sorted(versions))}): {url}/v2/models/{name}/infer")
-    print("  health:  curl -s " + f"{url}/v2/health/ready")
-    print(f"  manage:  curl -s -H \"Authorization: Bearer $(cat {settings.token_path})\" {url}/models"
-          if not settings.management_token else f"  manage:  curl -s -H 'Authorization: Bearer <your token>' {url}/models")
+        lines.append(f"  model {name} (versions {', '.join(sorted(versions))}): {url}/v2/models/{name}/infer")
+    lines.append("  health:  curl -s " + f"{url}/v2/health/ready")
+    if settings.management_token:
+        lines.append(f"  manage:  curl -s -H 'Authorization: Bearer <your token>' {url}/models")
+    else:
+        lines.append(f"  token:   {settings.token_path} (generated, readable by you only)")
+        lines.append(f"  manage:  curl -s -H \"Authorization: Bearer $(cat {settings.token_path})\" {url}/models")
+    auth = " -H 'Authorization: Bearer <inference token>'" if settings.inference_token else ""
     if "iris" in models:
-        print(f"  infer:   curl -s {url}/v2/models/iris/infer -H 'content-type: application/json' -d '{EXAMPLE_REQUEST}'")
-    print("  stop:    modelpool stop")
+        lines.append(f"  infer:   curl -s {url}/v2/models/iris/infer{auth} -H 'content-type: application/json' "
+                     f"-d '{EXAMPLE_REQUEST}'")
+    if not settings.inference_token and not is_loopback_host(settings.http_host):
+        lines.append(f"  note:    inference is open to anyone who reaches {settings.http_host}:{settings.http_port}; "
+                     "--inference-token puts it behind a token")
+    lines.append("  stop:    modelpool stop")
+    return lines
 
 
 def _block_until_signal() -> None:

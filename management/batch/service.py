@@ -13,6 +13,7 @@ from typing import Any, Optional
 from cluster.object_store import ObjectNotFound, ObjectStore
 from cluster.settings import Settings
 from deployments.errors import RequestError
+from deployments.redact import public_message
 from management.batch import inputs, jobs, layout, results, scheduler
 from management.registry import Registry
 
@@ -111,11 +112,12 @@ class BatchService:
             if job.get(key):
                 answer[key] = job[key]  # where the time went: start-up, input, first part, the rest
         if job.get("error"):
-            answer["error"] = job["error"]
+            answer["error"] = self._public(job["error"])
         if show_partial_results:
             if not 1 <= limit <= MAX_RESULTS_PAGE:
                 raise RequestError(f"limit must be from 1 to {MAX_RESULTS_PAGE} rows per page", field="limit")
-            page = results.read_results(self.store, execution_id, offset=offset, limit=limit)
+            page = [self._public_row(row) for row in results.read_results(self.store, execution_id, offset=offset,
+                                                                          limit=limit)]
             answer["results"] = page
             answer["nextOffset"] = offset + len(page) if len(page) == limit else None
         return answer
@@ -124,7 +126,8 @@ class BatchService:
         job = self._job(execution_id)
         if job.get("totalItems") is None:
             raise RequestError("the job's input is still being read; try again shortly", status=404, field="index")
-        return results.row_result(self.store, execution_id, index, int(job["totalItems"]), int(job["partitionRows"]))
+        return self._public_row(results.row_result(self.store, execution_id, index, int(job["totalItems"]),
+                                                   int(job["partitionRows"])))
 
     def artifacts(self, execution_id: str, index: int) -> list[str]:
         self.result(execution_id, index)  # 404 for rows out of range or not scored yet
@@ -144,6 +147,13 @@ class BatchService:
         return {"executionId": execution_id, "state": job["state"]}
 
     # ------------------------------------------------------------------ helpers
+    def _public(self, message: str) -> str:
+        """A job's or a row's error as stored (a handler's exception text), without server paths unless --debug."""
+        return message if self.settings.debug else public_message(message)
+
+    def _public_row(self, row: dict) -> dict:
+        return {**row, "error": self._public(row["error"])} if row.get("error") else row
+
     def _job(self, execution_id: str) -> dict:
         layout.check_execution_id(execution_id)
         try:

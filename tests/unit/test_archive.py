@@ -362,3 +362,32 @@ def test_find_in_store_missing_is_404_and_lists_available(tmp_path):
         find_in_store(store, "iris-1.zip")
     assert (exc.value.status, exc.value.field) == (404, "url")
     assert "toy-1.zip" in exc.value.message
+
+
+@pytest.mark.parametrize("entry, message", [
+    ("../evil", "archive entry '../evil' is refused: '..' path segments are not allowed"),
+    ("a/../../evil", "archive entry 'a/../../evil' is refused: '..' path segments are not allowed"),
+    ("/etc/cron.d/evil", "archive entry '/etc/cron.d/evil' is refused: absolute paths are not allowed"),
+    ("C:/evil", "archive entry 'C:/evil' is refused: absolute paths are not allowed"),
+    ("..\\evil", "archive entry '..\\\\evil' is refused: '\\' is not a valid separator in zip entries; use '/'"),
+    (_symlink_info("link"), "archive entry 'link' is refused: symbolic links are not allowed"),
+])
+def test_unsafe_entries_get_an_exact_400_before_anything_is_written(tmp_path, entry, message):
+    """Issue 7: the exact answer a registration of such an archive gets (field url, status 400)."""
+    bad = raw_zip(tmp_path / "bad.zip", [(entry, "/etc/passwd" if isinstance(entry, zipfile.ZipInfo) else "x")])
+    with pytest.raises(RequestError) as exc:
+        unpack_archive(bad, tmp_path / "cache")
+    assert (exc.value.status, exc.value.field, exc.value.message) == (400, "url", message)
+    assert not (tmp_path / "cache").exists()
+
+
+def test_an_over_long_store_reference_is_a_400_not_a_file_system_error(tmp_path):
+    """Found by schemathesis: a 300-byte name made the file system raise ENAMETOOLONG (a 500)."""
+    from deployments.archive import find_in_store
+    from deployments.errors import RequestError
+
+    for reference in ("a" * 300, "Ṱ̺̺o͞" * 60, "ok/" + "b" * 256):
+        with pytest.raises(RequestError) as raised:
+            find_in_store(tmp_path, reference)
+        assert (raised.value.status, raised.value.field) == (400, "url")
+        assert "longer than 255 bytes" in raised.value.message

@@ -92,3 +92,29 @@ def test_every_node_gets_the_environment_modelpool_start_uses(path):
     for key, value in SERVE_ENV.items():
         if key != "RAY_USAGE_STATS_ENABLED":  # the start commands pass --disable-usage-stats
             assert f"{key}={value}" in setup, key
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_a_head_bound_beyond_loopback_gets_a_management_token_from_a_mounted_file(path):
+    """`modelpool start` refuses a non-loopback --http-host without a configured token (issue 7). The cloud head
+    binds 0.0.0.0, so the operator's token file is mounted and exported on the head; the token itself is in
+    neither the config nor a command line (where `ps` would show it)."""
+    import re
+
+    from cluster.net import is_loopback_host
+    from cluster.settings import check_exposure, load_settings
+
+    config = load(path)
+    start = config["head_start_ray_commands"][-1]
+    host = re.search(r"--http-host (\S+)", start)
+    if host is None or is_loopback_host(host.group(1)):
+        check_exposure(load_settings({"http_host": host.group(1) if host else "127.0.0.1"}, {}))
+        return  # cluster/local.yaml: loopback, where the generated token is fine
+    token_file = "~/.modelpool/cluster_management_token"
+    assert config["file_mounts"][token_file] == token_file
+    exports = [c for c in config["head_setup_commands"] if "MODELPOOL_MANAGEMENT_TOKEN" in c]
+    assert len(exports) == 1
+    assert f"chmod 600 {token_file}" in exports[0]
+    assert f"""echo 'export MODELPOOL_MANAGEMENT_TOKEN="$(cat {token_file})"' >> ~/.bashrc""" in exports[0]
+    assert "--management-token" not in " ".join(config["head_start_ray_commands"])
+    check_exposure(load_settings({"http_host": host.group(1)}, {"MODELPOOL_MANAGEMENT_TOKEN": "x" * 43}))

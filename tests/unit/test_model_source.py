@@ -573,3 +573,50 @@ def test_s3_errors_and_size_cap(dirs) -> None:
 ])
 def test_archive_basename(url: str, name: str) -> None:
     assert archive_basename(url) == name
+
+
+# ------------------------------------------------------------ exact answers (issue 7, "Hostile input")
+
+PRIVATE_RULE = ("a loopback, private, link-local or reserved address; model downloads only go to public addresses "
+                "unless an operator sets --allow-private-networks / MODELPOOL_ALLOW_PRIVATE_NETWORKS")
+
+
+def not_allowed(url: str) -> str:
+    return (f"{url!r} is not allowed: it matches none of the allowed URL patterns; an operator can add a regular "
+            "expression for it with --allowed-urls / MODELPOOL_ALLOWED_URLS")
+
+
+def test_refused_model_urls_get_exact_statuses_and_messages(dirs, server, base, fake_dns, monkeypatch) -> None:
+    def answer(url: str, policy: UrlPolicy) -> tuple[int, str]:
+        with pytest.raises(RequestError) as info:
+            resolve_model_url(url, policy=policy, **dirs)
+        assert info.value.field == "url"
+        return info.value.status, info.value.message
+
+    fake_dns["table"]["metadata.test"] = ["169.254.169.254"]
+    fake_dns["table"]["intranet.test"] = ["10.0.0.5"]
+    anything = UrlPolicy(allowed_urls=(".*",), timeout_s=5.0)
+    assert answer("https://models.example/m.zip", UrlPolicy()) == (403, not_allowed("https://models.example/m.zip"))
+    assert answer("http://metadata.test/latest/", anything) == (
+        403, f"host 'metadata.test' resolves to 169.254.169.254, {PRIVATE_RULE}")
+    assert answer("http://intranet.test/m.zip", anything) == (403, f"host 'intranet.test' resolves to 10.0.0.5, "
+                                                                   f"{PRIVATE_RULE}")
+    assert answer(f"{base}/models/toy-1.zip", anything) == (403, f"address 127.0.0.1, {PRIVATE_RULE}")
+    assert answer("file:///etc/passwd", anything) == (
+        400, "file: URLs are refused (they would let callers read the server's disks); copy the archive into the "
+             "model store and register it by name, e.g. 'iris-1.zip'")
+    assert answer(f"{base}/redirect-away", local_policy(base)) == (403, not_allowed(f"{base}/forbidden/toy-1.zip"))
+    assert answer(f"{base}/huge-declared", local_policy(base)) == (
+        413, f"'{base}/huge-declared' is larger than the 65536-byte download limit (65537 bytes); ship a smaller "
+             "archive or copy it into the model store")
+    assert answer(f"{base}/huge-chunked", local_policy(base)) == (
+        413, f"'{base}/huge-chunked' is larger than the 65536-byte download limit; ship a smaller archive or copy it "
+             "into the model store")
+    assert answer(f"{base}/slow", local_policy(base, timeout_s=SLOW_TIMEOUT)) == (
+        408, f"downloading '{base}/slow' took longer than the 0.6s limit; use a faster or closer store, or copy the "
+             "archive into the model store")
+    monkeypatch.setattr(model_source, "is_public_address", lambda a: a == "127.0.0.1")  # the local server is "public"
+    assert answer(f"{base}/redirect-metadata", local_policy(base, allow_private_networks=False,
+                                                            allowed_urls=(".*",))) == (
+        403, f"address 169.254.169.254, {PRIVATE_RULE}")
+    assert server.paths()[-1] == "/redirect-metadata", "the redirect was checked, not followed"

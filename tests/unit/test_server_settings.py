@@ -85,7 +85,7 @@ def test_log_level_access_log_and_replica_options_reach_the_deployment():
                                            "max_requests_jitter": 10}, {}))
     assert options["logging_config"] == {"log_level": "ERROR", "enable_access_log": False}
     assert options["user_config"]["serving"] == {"single_threaded": False, "debug": False, "payload_passthrough": True,
-                                                 "max_requests": 100, "max_requests_jitter": 10}
+                                                 "max_requests": 100, "max_requests_jitter": 10, "body_timeout_s": 60.0}
     assert options["health_check_period_s"] == 2.0, "recycling rides on the health check: check often"
     assert serve_options(load_settings({}, {}))["health_check_period_s"] == 2.0, "a dead replica is noticed by it"
 
