@@ -19,8 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
 from deployments.errors import RequestError
-from deployments.http_routes import read_body
-from deployments.redact import public_message
+from deployments.http_routes import error_response, read_body
 from management.openapi_docs import complete
 from management.params import ListParams, PoolParams, RegisterParams, ScaleParams
 from modelpool import __version__
@@ -49,13 +48,9 @@ async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResp
 
 
 @api.exception_handler(RequestError)
-async def _request_error(_: Request, exc: RequestError) -> JSONResponse:
-    """Loader and Serve messages can carry server paths or a whole traceback: only --debug shows them."""
-    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-    body = exc.to_dict()
-    if not state.debug:
-        body["error"] = public_message(exc.message)
-    return JSONResponse(body, status_code=exc.status, headers=headers)
+async def _request_error(_: Request, exc: RequestError) -> Response:
+    """The replicas' error answer: loader and Serve messages lose server paths and tracebacks unless --debug."""
+    return error_response(exc, None, state.debug)
 
 
 class _State:

@@ -88,7 +88,7 @@ def model_config(record: ModelRecord, pool: Optional[PoolRecord], settings: Sett
         max_body_bytes=settings.max_body_bytes,
         request_timeout_s=record.response_timeout_s,
         health_check_timeout_s=max(30.0, record.response_timeout_s),
-        health_check_period_s=health_check_period(settings),
+        health_check_period_s=HEALTH_CHECK_PERIOD_S,
         object_store=settings.object_store_config,
         serving=settings.serving_options(),
         logging=settings.logging_config(),
@@ -100,14 +100,10 @@ def replica_concurrency(settings: Settings, batch_size: int) -> int:
     return 1 if settings.single_threaded else max(settings.threads, batch_size)
 
 
+# How often Serve checks each replica: the check is how a dead replica is noticed (and how one recycles
+# after --max-requests). Serve's 10 s made recovery from a killed replica take ~14 s on this machine; at
+# 2 s it is ~5 s (BENCHMARKS.md, faults), for one cheap actor call per replica every 2 s.
 HEALTH_CHECK_PERIOD_S = 2.0
-
-
-def health_check_period(settings: Settings) -> float:
-    """How often Serve checks each replica: the check is how a dead replica is noticed (and how one
-    recycles after --max-requests). Serve's 10 s made recovery from a killed replica take ~14 s on this
-    machine; at 2 s it is ~5 s (BENCHMARKS.md, faults), for one cheap actor call per replica every 2 s."""
-    return HEALTH_CHECK_PERIOD_S
 
 
 def pool_spec(record: ModelRecord) -> dict:
@@ -127,5 +123,5 @@ def pool_config(settings: Settings) -> PoolConfig:
         object_store=settings.object_store_config,
         serving=settings.serving_options(),
         logging=settings.logging_config(),
-        health_check_period_s=health_check_period(settings),
+        health_check_period_s=HEALTH_CHECK_PERIOD_S,
     )
