@@ -4,7 +4,8 @@
         --stop-timeout 30 --host http://127.0.0.1:8000 --csv results/management
 
 Each user registers one model of its own at start (``load_<run><user>_<n>``, from an archive already
-in the model store, ``initial_workers=1``, ``synchronous=false``) and then mixes, by weight: describe
+in the model store, ``initial_workers=1``, ``synchronous=false``), describes, lists and scales it once
+(so that even a short run exercises every call), and then mixes, by weight: describe
 and list (with pagination) dominate, scale its own model (``min_worker=1``, ``max_worker`` 1 or 2, so
 no replica is added: a 2-CPU machine has none to spare), and now and then unregister it, check that
 describing it answers 404, and register the next one. A user never holds more than one extra model,
@@ -95,6 +96,10 @@ class ManagementUser(FastHttpUser):
         self.pending: Optional[str] = None     # a registration sent but not answered yet
         self.max_worker: Optional[int] = None   # the last max_worker this user set (register's depends on the cluster)
         self._register()
+        # one of each read and write before the weighted mix: a short run still exercises every call
+        self.describe()
+        self.list_models()
+        self.scale()
 
     def on_stop(self) -> None:
         if self.pending:

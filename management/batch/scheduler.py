@@ -9,85 +9,28 @@ costs ~2.5 s before its first row), and reserve no CPUs so they never starve ser
 Nothing is lost and nothing is scored twice: the scheduler keeps no state that is not in object
 storage, so when its process dies Ray restarts it and it resumes every unfinished job from the
 result parts already written; a worker killed mid-partition is restarted by Ray and the call is
-retried, rewriting that part whole.
+retried, rewriting that part whole; a worker whose node died is replaced by the pool
+(``workers.py``) and its partition is scored again.
 """
 from __future__ import annotations
 
 import hashlib
 import logging
-import queue
 import threading
 import time
-from pathlib import Path
+from collections import Counter
 from typing import Any
 
 import ray
 
-from deployments.metrics import record_batch_rows
 from management.batch import results
 from management.batch.jobs import FINAL_STATES, input_location, is_cancelled, open_job_store, read_job, update_job
+from management.batch.workers import RETRIES, WORKER_LOST, WorkerPool
 
 logger = logging.getLogger(__name__)
 
 NAMESPACE = "modelpool"
 SCHEDULER_NAME = "batch-scheduler"
-RETRIES = 3
-
-
-@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=RETRIES)
-class BatchWorker:
-    """Scores partitions; keeps its imports and (per process) its loaded models between calls."""
-
-    def __init__(self) -> None:
-        from management.batch import scoring  # the expensive imports, once per worker
-
-        self._scoring = scoring
-
-    def node_id(self) -> str:
-        return ray.get_runtime_context().get_node_id()
-
-    def score(self, store_config: dict, execution_id: str, partition: int, job: dict, cache_dir: str) -> dict:
-        store = open_job_store(store_config)
-        result = self._scoring.score_partition(store, execution_id, partition, job, Path(cache_dir),
-                                               locate=lambda uri: input_location(store_config, store, uri))
-        record_batch_rows(job.get("service", ""), job.get("version", ""), result["completed"], result["failed"])
-        return result
-
-
-PLACEMENT_TRIES = 3
-
-
-def start_workers(count: int) -> list[Any]:
-    """``count`` warm workers dealt round the alive nodes, each checked to be where it was sent.
-
-    On a cluster the workers then sit on different machines, so a job's partitions are scored on all
-    of them and a node's death costs only the partitions in flight there. Ray's "SPREAD" does not do
-    this for actors that reserve no CPU (seen here: both workers on one node), and even a soft node
-    affinity sometimes lands elsewhere (seen once in CI); so each worker is asked where it runs and a
-    misplaced one is started again. The affinity is soft so that a worker whose node died restarts on
-    another one.
-    """
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    nodes = sorted(node["NodeID"] for node in ray.nodes() if node.get("Alive"))
-    if len(nodes) < 2:
-        return [BatchWorker.remote() for _ in range(count)]
-    targets = [nodes[i % len(nodes)] for i in range(count)]
-
-    def start(target: str) -> Any:
-        return BatchWorker.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=target, soft=True)).remote()
-
-    workers = [start(target) for target in targets]
-    for _ in range(PLACEMENT_TRIES - 1):
-        placed = ray.get([worker.node_id.remote() for worker in workers], timeout=120)
-        misplaced = [i for i, (node, target) in enumerate(zip(placed, targets)) if node != target]
-        if not misplaced:
-            break
-        logger.warning("batch workers %s landed off their nodes; starting them again", misplaced)
-        for i in misplaced:
-            ray.kill(workers[i])
-            workers[i] = start(targets[i])
-    return workers
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1, max_concurrency=64)
@@ -96,16 +39,13 @@ class BatchScheduler:
         self.store_config = store_config
         self.cache_dir = cache_dir
         self.store = open_job_store(store_config)
-        self.workers = start_workers(max(1, workers))
-        self.idle: "queue.Queue[Any]" = queue.Queue()
-        for worker in self.workers:
-            self.idle.put(worker)
+        self.pool = WorkerPool(max(1, workers))
         self._running: set[str] = set()
         self._lock = threading.Lock()
         self.resume()
 
     def ping(self) -> int:
-        return len(self.workers)
+        return len(self.pool)
 
     def resume(self) -> int:
         """Start every job in object storage that is not finished (after a restart, or on request)."""
@@ -163,34 +103,53 @@ class _JobRun:
         totals = results.counts(self.store, self.execution_id)  # once, for the parts a previous run wrote
         self.completed, self.failed = totals["completed"], totals["failed"]
         job = update_job(self.store, self.execution_id, state="Running", **self._progress())
-        in_flight: dict[Any, Any] = {}
+        in_flight: dict[Any, tuple[Any, int]] = {}   # call -> (worker, partition)
+        losses: Counter = Counter()                  # partition -> workers lost while scoring it
+        pool = self.scheduler.pool
         try:
             while pending or in_flight:
                 if is_cancelled(self.store, self.execution_id):
                     self._stop(in_flight)
                     return
                 while pending and len(in_flight) < int(job["parallelCount"]):
-                    worker = self._idle_worker()
+                    worker = pool.take()
                     if worker is None:
                         break
                     k = pending.pop(0)
                     ref = worker.score.remote(self.scheduler.store_config, self.execution_id, k, job, self.scheduler.cache_dir)
-                    in_flight[ref] = worker
+                    in_flight[ref] = (worker, k)
                 if not in_flight:
                     time.sleep(0.05)
                     continue
                 ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=0.5)
+                scored_any = False
                 for ref in ready:
-                    self.scheduler.idle.put(in_flight.pop(ref))
-                    scored = ray.get(ref)  # a partition that failed all its retries fails the job
+                    worker, k = in_flight.pop(ref)
+                    try:
+                        scored = ray.get(ref)  # a partition that failed all its retries fails the job
+                    except WORKER_LOST:
+                        losses[k] += 1
+                        if losses[k] > RETRIES:
+                            pool.give_back(worker)
+                            raise
+                        logger.warning("batch %s: the worker scoring partition %d was lost; scoring it again",
+                                       self.execution_id, k)
+                        pool.replace(worker)
+                        pending.insert(0, k)
+                        continue
+                    except BaseException:
+                        pool.give_back(worker)
+                        raise
+                    pool.give_back(worker)
+                    scored_any = True
                     self.first_part_at = self.first_part_at or time.time()
                     self.completed += scored["completed"]
                     self.failed += scored["failed"]
-                if ready:
+                if scored_any:
                     update_job(self.store, self.execution_id, firstPartAt=self.first_part_at, **self._progress())
         finally:
-            for worker in in_flight.values():  # cancelled or failed: the workers go back to the pool
-                self.scheduler.idle.put(worker)
+            for worker, _k in in_flight.values():  # cancelled or failed: the workers go back to the pool
+                pool.give_back(worker)
         update_job(self.store, self.execution_id, state="Complete", finishedAt=time.time(), **self._progress())
 
     def _stop(self, in_flight: dict) -> None:
@@ -204,12 +163,6 @@ class _JobRun:
         totals = results.counts(self.store, self.execution_id)
         update_job(self.store, self.execution_id, state="Cancelled",
                    completedItems=totals["completed"], failedItems=totals["failed"])
-
-    def _idle_worker(self):
-        try:
-            return self.scheduler.idle.get(timeout=0.05)
-        except queue.Empty:
-            return None
 
     def _prepare(self, job: dict) -> dict:
         """Plan the partitions of an input_uri job (records jobs were written at submit).

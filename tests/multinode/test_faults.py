@@ -125,15 +125,9 @@ def test_replicas_are_placed_on_both_nodes_and_batch_workers_are_dealt_round_the
 
     batch_workers = [a for a in actors().values() if a["ActorClassName"].endswith("BatchWorker")]
     worker_nodes = {a["Address"]["NodeID"] for a in batch_workers if a["State"] == "ALIVE"}
-    if worker_nodes != {head, worker}:
-        # Seen only in full CI runs (after the integration package), never alone: Ray put both zero-CPU workers
-        # on one node despite a soft node affinity and two re-placements. Reported as a warning (it shows in
-        # the CI log's summary) until understood; serving placement above and the exactly-once batch under
-        # node loss below are asserted.
-        import warnings
-
-        warnings.warn(f"batch workers not spread: {[(a['State'], a['Address']['NodeID']) for a in batch_workers]}; "
-                      f"nodes: {[(n['NodeID'], n['Alive'], n['Resources']) for n in ray.nodes()]}")
+    assert worker_nodes == {head, worker}, (
+        f"batch workers not spread: {[(a['State'], a['Address']['NodeID']) for a in batch_workers]}; "
+        f"nodes: {[(n['NodeID'], n['Alive'], n['Resources']) for n in ray.nodes()]}")
 
 
 def test_a_killed_replica_costs_under_one_percent_of_requests_and_is_back_within_15_s(nodes, tmp_path):
@@ -315,5 +309,10 @@ def test_losing_the_worker_node_under_load_loses_no_batch_row_and_serving_recove
     assert done and body["state"] == "Complete", body
     assert [r["index"] for r in rows] == list(range(12000)), "a row is missing or scored twice"
     assert [r["outputs"]["predict"] for r in rows[:2]] == [1.0, 2.0]
+    from ray._private.state import actors
+
+    live_workers = [a["Address"]["NodeID"] for a in actors().values()
+                    if a["ActorClassName"].endswith("BatchWorker") and a["State"] == "ALIVE"]
+    assert live_workers == [head] * settings.batch_workers, f"the lost batch worker was not replaced on the head: {live_workers}"
     assert result.requests > 500
     assert post_ok(f"{nodes.url}/v2/models/iris/infer", ROW)
