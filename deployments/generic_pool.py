@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import weakref
 from pathlib import Path
 from typing import Optional
 
@@ -44,6 +45,8 @@ class GenericPool:
         self._headers = {"x-modelpool-replica": self.replica_id, "x-modelpool-pool": "generic"}
         self.options = ServingOptions()
         self.budget = RequestBudget()
+        # the models this replica has served, for the health check; weak, so evicted models drop out
+        self._serving: "weakref.WeakValueDictionary[str, LoadedModel]" = weakref.WeakValueDictionary()
         start_log_flusher()
 
     def reconfigure(self, user_config: dict) -> None:
@@ -72,8 +75,11 @@ class GenericPool:
             self.budget.count()
 
     def check_health(self) -> None:
-        """Failing once the request budget (--max-requests) is spent makes Serve replace this replica."""
+        """Failing makes Serve replace this replica: once the request budget (--max-requests) is spent,
+        or while a model's handler call runs past its response_timeout (it holds that model's thread)."""
         self.budget.check()
+        for model in list(self._serving.values()):
+            http_routes.check_not_overdue(model)
 
     async def forward(self, name: str, version: str, action: str, body: bytes) -> tuple[int, bytes, dict]:
         """Entry point for a dedicated app passing on a version that this pool serves."""
@@ -97,10 +103,13 @@ class GenericPool:
         if spec is None:
             raise RequestError(f"model '{name}' has no version '{version}'; served versions: "
                                f"{', '.join(entry.get('all_versions', entry['versions']))}", status=404, field="version")
-        model = await self.get_model(f"{name}:{version}:{spec['digest']}")
+        model_id = f"{name}:{version}:{spec['digest']}"
+        model = await self.get_model(model_id)
         model.options = self.options
         model.configure(*self.options.batch_limits(int(spec.get("max_batch_size", 64)),
-                                                   float(spec.get("max_batch_delay_ms", 5.0)) / 1000))
+                                                   float(spec.get("max_batch_delay_ms", 5.0)) / 1000),
+                        spec.get("response_timeout_s"))
+        self._serving[model_id] = model
         return model, list(entry.get("all_versions", entry["versions"]))
 
     @serve.multiplexed(max_num_models_per_replica=MODELS_PER_REPLICA)

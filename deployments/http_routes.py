@@ -161,9 +161,33 @@ async def answer_model_call(model, call: ModelCall, read: Callable[[], Awaitable
                             versions: list[str], headers: dict, content_type: str = "") -> Response:
     """Run one call on a loaded model, turn the outcome into a response and count it in the metrics."""
     started = time.perf_counter()
-    response = await _answer(model, call, read, versions, headers, content_type)
+    try:
+        async with asyncio.timeout(model.response_timeout_s):  # no task hop, unlike wait_for
+            response = await _answer(model, call, read, versions, headers, content_type)
+    except TimeoutError:
+        response = error_response(overdue_error(model), headers, model.options.debug)
     model.metrics.request(call.action, response.status_code, (time.perf_counter() - started) * 1000)
     return response
+
+
+def check_not_overdue(model) -> None:
+    """For a replica's health check: raise while ``model``'s handler call runs past its response_timeout."""
+    overdue_s = model.overdue_call_s()
+    if overdue_s is not None:
+        raise RuntimeError(f"model '{model.name}' version '{model.version}': a handler call has run {overdue_s:.0f} s, "
+                           f"past its response_timeout of {model.response_timeout_s:g} s; replacing this replica")
+
+
+def overdue_error(model) -> RequestError:
+    """504 for a call past the model's response_timeout (registered per model, 120 s by default).
+
+    Enforced here, in the replica, rather than left to Serve's request timeout: a client can turn
+    that one off with an ``x-request-timeout-seconds: 0`` header, and must not be able to hold a
+    replica for as long as it likes.
+    """
+    return RequestError(f"model '{model.name}' version '{model.version}' did not answer within its response_timeout "
+                        f"of {model.response_timeout_s:g} s; send fewer rows per request, or register the model "
+                        f"with a larger response_timeout", status=504, field="response_timeout")
 
 
 async def _answer(model, call: ModelCall, read: Callable[[], Awaitable[bytes]],

@@ -24,6 +24,7 @@ from deployments.metrics import ModelMetrics
 from deployments.serving_options import ServingOptions
 
 INLINE_BELOW_S = 0.002
+DEFAULT_RESPONSE_TIMEOUT_S = 120.0  # TorchServe's default response_timeout
 
 BodyReader = Callable[[], Awaitable[bytes]]
 
@@ -136,9 +137,27 @@ class LoadedModel:
         self.options = ServingOptions()
         self.metrics = ModelMetrics(name, version, replica)
         self._has_predict_raw = callable(getattr(self.handler, "predict_raw", None))
+        self.response_timeout_s = DEFAULT_RESPONSE_TIMEOUT_S
+        self._call_started: Optional[float] = None  # monotonic start of the handler call running now
 
-    def configure(self, max_batch_size: int, max_batch_delay_s: float) -> None:
+    def configure(self, max_batch_size: int, max_batch_delay_s: float,
+                  response_timeout_s: Optional[float] = None) -> None:
         self.batcher.configure(max_batch_size, max_batch_delay_s)
+        if response_timeout_s:
+            self.response_timeout_s = float(response_timeout_s)
+
+    def overdue_call_s(self) -> Optional[float]:
+        """How long the running handler call has taken, when that is past the response timeout (else None).
+
+        A call that never returns (a deadlock, an endless loop) holds the one model thread, and every
+        later request would time out behind it; the replica's health check uses this to have Serve
+        replace the replica, as TorchServe restarts a worker that misses its response_timeout.
+        """
+        started = self._call_started
+        if started is None:
+            return None
+        running = time.monotonic() - started
+        return running if running > self.response_timeout_s else None
 
     async def infer(self, read_body: BodyReader) -> ModelAnswer:
         """Open Inference Protocol V2: decode, batch, encode."""
@@ -221,16 +240,24 @@ class LoadedModel:
         return await asyncio.get_running_loop().run_in_executor(self._executor, self._timed_handle, inputs, wanted)
 
     async def _run_raw(self, request: RawRequest) -> ModelAnswer:
-        answer = await asyncio.get_running_loop().run_in_executor(
-            self._executor, self.handler.predict_raw, request.body, request.content_type)
+        answer = await asyncio.get_running_loop().run_in_executor(self._executor, self._watched_raw, request)
         return raw_answer(answer, getattr(self.handler, "raw_media_type", "application/octet-stream"))
+
+    def _watched_raw(self, request: RawRequest) -> Any:
+        self._call_started = time.monotonic()
+        try:
+            return self.handler.predict_raw(request.body, request.content_type)
+        finally:
+            self._call_started = None
 
     def _timed_handle(self, inputs: dict[str, np.ndarray], wanted: Optional[tuple[str, ...]]) -> dict[str, np.ndarray]:
         started = time.perf_counter()
+        self._call_started = time.monotonic()
         self.context.requested_outputs = wanted
         try:
             return self.handler.handle(inputs)
         finally:
+            self._call_started = None
             elapsed = time.perf_counter() - started
             self._call_seconds = elapsed if self._call_seconds == float("inf") else 0.8 * self._call_seconds + 0.2 * elapsed
 

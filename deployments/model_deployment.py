@@ -62,7 +62,7 @@ class ModelServer:
         self.model.configure(*self.options.batch_limits(
             int(user_config.get("max_batch_size", self.model.batcher.max_batch_size)),
             float(user_config.get("max_batch_delay_ms", self.model.batcher.max_delay_s * 1000)) / 1000,
-        ))
+        ), user_config.get("response_timeout_s"))
         self.versions = [str(v) for v in user_config.get("versions", self.versions)]
         self.pool_versions = {str(v) for v in user_config.get("pool_versions", ())}
         self.max_body_bytes = int(user_config.get("max_body_bytes", self.max_body_bytes))
@@ -87,8 +87,10 @@ class ModelServer:
             self.budget.count()
 
     def check_health(self) -> None:
-        """Serve calls this periodically; failing it once the request budget is spent recycles the replica."""
+        """Serve calls this periodically; failing it recycles the replica: once the request budget is
+        spent, or while a handler call is past the model's response_timeout (it holds the model thread)."""
         self.budget.check()
+        http_routes.check_not_overdue(self.model)
 
     async def _forward_to_pool(self, call: http_routes.ModelCall, request: Request) -> Response:
         """One more hop, only for versions of this model that the generic pool serves."""

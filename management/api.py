@@ -170,7 +170,8 @@ async def openapi_json() -> dict:
 @api.post("/models", tags=["models"], dependencies=authorized)
 async def register_model(request: Request) -> JSONResponse:
     """Register a model archive: url, model_name, handler, runtime, batch_size, max_batch_delay (ms),
-    initial_workers, synchronous, response_timeout (s).
+    initial_workers, synchronous, response_timeout (s: each inference call), startup_timeout (s: the
+    synchronous wait).
 
     An ``Idempotency-Key`` header makes the request safe to retry when its answer was lost (the
     connection dropped, the management replica died after the registry write): the same key gets

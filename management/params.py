@@ -44,7 +44,10 @@ class RegisterParams(_Params):
     max_batch_delay: Optional[float] = Field(None, ge=0, le=60_000, description="milliseconds")
     initial_workers: int = Field(0, ge=0, le=1024)
     synchronous: bool = False
-    response_timeout: float = Field(120, gt=0, le=3600, description="seconds")
+    response_timeout: float = Field(120, gt=0, le=3600, description="seconds a call may take: past it the "
+                                    "caller gets 504 and a replica whose handler still runs is replaced")
+    startup_timeout: float = Field(120, gt=0, le=3600, description="seconds a synchronous registration waits for "
+                                   "its workers to start (TorchServe's startup_timeout)")
     idempotency_key: Optional[str] = Field(None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$",
                                            description="the Idempotency-Key header: a retry with the same key "
                                                        "gets the first answer again instead of a 409")

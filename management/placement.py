@@ -108,7 +108,8 @@ HEALTH_CHECK_PERIOD_S = 2.0
 
 def pool_spec(record: ModelRecord) -> dict:
     return {"source": record.source, "digest": record.digest or record.source,
-            "max_batch_size": record.batch_size, "max_batch_delay_ms": record.max_batch_delay_ms}
+            "max_batch_size": record.batch_size, "max_batch_delay_ms": record.max_batch_delay_ms,
+            "response_timeout_s": record.response_timeout_s}
 
 
 def pool_config(settings: Settings) -> PoolConfig:

@@ -133,6 +133,7 @@ def model_app_config(model: ModelConfig, cache_dir: str, code_version: str) -> A
         "user_config": {
             "max_batch_size": model.max_batch_size,
             "max_batch_delay_ms": model.max_batch_delay_ms,
+            "response_timeout_s": model.request_timeout_s,
             "versions": list(model.versions or (model.version,)),
             "pool_versions": list(model.pool_versions),
             "max_body_bytes": model.max_body_bytes,

@@ -166,7 +166,7 @@ class ModelManager:
     def _registered(self, name: str, version: str, params: RegisterParams, apps: Optional[list]) -> tuple[int, dict]:
         """The answer to a register request, first time or retried: the same for both."""
         if apps is not None and params.synchronous:
-            self._wait(apps, params.response_timeout, f"model '{name}'")
+            self._wait(apps, params.startup_timeout, f"model '{name}'")
             return 200, {"status": f'Model "{name}" registered'}
         return 202, {"status": f'Model "{name}" version "{version}" registered; workers are starting'}
 

@@ -143,14 +143,15 @@ class AsyncClient(_Endpoint[httpx.AsyncClient]):
     async def register_model(self, url: str, model_name: Optional[str] = None, initial_workers: int = 0,
                              batch_size: Optional[int] = None, max_batch_delay: Optional[float] = None,
                              synchronous: bool = False, response_timeout: Optional[float] = None,
-                             handler: Optional[str] = None, idempotency_key: Optional[str] = None) -> dict:
+                             handler: Optional[str] = None, idempotency_key: Optional[str] = None,
+                             startup_timeout: Optional[float] = None) -> dict:
         """As :meth:`Client.register_model`; a synchronous call waits as long as the server may."""
         params = _params(url=url, model_name=model_name, initial_workers=initial_workers, batch_size=batch_size,
                          max_batch_delay=max_batch_delay, synchronous=synchronous,
-                         response_timeout=response_timeout, handler=handler)
+                         response_timeout=response_timeout, startup_timeout=startup_timeout, handler=handler)
         return await self._json("POST", "/models", params=params, retry=True,
                                 headers={IDEMPOTENCY_HEADER: idempotency_key or new_idempotency_key()},
-                                timeout=_server_wait(synchronous, response_timeout, self.timeout))
+                                timeout=_server_wait(synchronous, startup_timeout, self.timeout))
 
     async def scale_model(self, name: str, version: Optional[str] = None, min_worker: Optional[int] = None,
                           max_worker: Optional[int] = None, number_gpu: Optional[int] = None,

@@ -44,7 +44,7 @@ TOKEN_FILE = "management_token"
 FINAL_STATES = ("Complete", "Failed", "Cancelled")
 RESULTS_PAGE = 1000  # batch result rows per request (the server's default page)
 INPUT_NAME = "input-0"  # the input every modelpool handler receives rows under (see /predict)
-SERVER_WAIT_DEFAULT_S = 120.0  # the server's default response_timeout / scale timeout
+SERVER_WAIT_DEFAULT_S = 120.0  # the server's default startup_timeout / scale timeout
 SERVER_WAIT_MARGIN_S = 10.0
 RETRY_FOR_S = 60.0  # how long a retryable call keeps trying while the management replica restarts (~5-20 s)
 IDEMPOTENCY_HEADER = "Idempotency-Key"
@@ -391,18 +391,22 @@ class Client(_Endpoint[requests.Session]):
     def register_model(self, url: str, model_name: Optional[str] = None, initial_workers: int = 0,
                        batch_size: Optional[int] = None, max_batch_delay: Optional[float] = None,
                        synchronous: bool = False, response_timeout: Optional[float] = None,
-                       handler: Optional[str] = None, idempotency_key: Optional[str] = None) -> dict:
+                       handler: Optional[str] = None, idempotency_key: Optional[str] = None,
+                       startup_timeout: Optional[float] = None) -> dict:
         """Register an archive of the model store (or an allowed URL); ``max_batch_delay`` in ms.
+
+        ``response_timeout`` (s) bounds each inference call; ``startup_timeout`` (s) bounds how long a
+        ``synchronous`` registration waits for the workers to start.
 
         The call carries an Idempotency-Key (a new one unless given), so it is retried safely when
         its answer is lost: the server answers a repeat as it answered the first.
         """
         params = _params(url=url, model_name=model_name, initial_workers=initial_workers, batch_size=batch_size,
                          max_batch_delay=max_batch_delay, synchronous=synchronous,
-                         response_timeout=response_timeout, handler=handler)
+                         response_timeout=response_timeout, startup_timeout=startup_timeout, handler=handler)
         return self._json("POST", "/models", params=params, retry=True,
                           headers={IDEMPOTENCY_HEADER: idempotency_key or new_idempotency_key()},
-                          timeout=_server_wait(synchronous, response_timeout, self.timeout))
+                          timeout=_server_wait(synchronous, startup_timeout, self.timeout))
 
     def scale_model(self, name: str, version: Optional[str] = None, min_worker: Optional[int] = None,
                     max_worker: Optional[int] = None, number_gpu: Optional[int] = None, synchronous: bool = False,

@@ -190,7 +190,7 @@ def models_register(c: Client, args: argparse.Namespace) -> Outcome:
     return _status(c.register_model(args.model_url, model_name=args.model_name, handler=args.handler,
                                     initial_workers=args.initial_workers, batch_size=args.batch_size,
                                     max_batch_delay=args.max_batch_delay, synchronous=args.synchronous,
-                                    response_timeout=args.response_timeout))
+                                    response_timeout=args.response_timeout, startup_timeout=args.startup_timeout))
 
 
 def _running(described: dict) -> int:
@@ -447,7 +447,9 @@ def add_remote_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--max-batch-delay", type=float, default=None, help="milliseconds")
     p.add_argument("--initial-workers", type=int, default=0, help="0: served by the generic pool")
     p.add_argument("--synchronous", action="store_true", help="answer once the workers run")
-    p.add_argument("--response-timeout", type=float, default=None, help="seconds the server waits when --synchronous")
+    p.add_argument("--response-timeout", type=float, default=None,
+                   help="seconds an inference may take (default 120): past it, 504 and the replica is replaced")
+    p.add_argument("--startup-timeout", type=float, default=None, help="seconds the server waits when --synchronous")
     p = leaf(models, "scale", models_scale, "change workers or batching of a version (the default when omitted)")
     p.add_argument("name")
     p.add_argument("version", nargs="?", default=None)

@@ -128,15 +128,9 @@ def predict(data):
 
 
 def test_a_handler_that_raises_gives_500_and_the_replica_keeps_serving(cluster, admin, http, tmp_path):
-    from cluster.settings import load_settings
-    from deployments.examples import archive_command
+    from tests.integration.handler_models import register_handler_model
 
-    settings = load_settings({}, cluster.env)
-    source = tmp_path / "fragile.py"
-    source.write_text(FRAGILE_HANDLER)
-    archive_command(name="fragile", version="1", handler="fragile:predict", files=[source],
-                    out=settings.model_store_path / "fragile-1.zip")
-    registered = admin.post(f"{cluster.url}/models", params={"url": "fragile-1.zip", "initial_workers": 1, "synchronous": "true"})
+    registered = register_handler_model(cluster, admin, tmp_path, "fragile", FRAGILE_HANDLER, initial_workers=1)
     assert registered.status_code == 200, registered.text
     url = f"{cluster.url}/v2/models/fragile/infer"
     failing = http.post(url, json=v2_body([[1.0, -2.0]]))
@@ -146,3 +140,47 @@ def test_a_handler_that_raises_gives_500_and_the_replica_keeps_serving(cluster, 
     assert good.status_code == 200
     assert good.json()["outputs"][0]["data"] == [3.0]
     assert good.headers["x-modelpool-replica"] == failing.headers["x-modelpool-replica"]
+
+
+STUCK_HANDLER = """
+import time
+import numpy as np
+
+def predict(data):
+    time.sleep(max(0.01, float(np.asarray(data)[0][0])))   # a slow model; the first reading says how slow
+    return np.asarray(data).sum(axis=1)
+"""
+
+
+def test_response_timeout_answers_504_even_when_the_client_turns_timeouts_off_and_recycles_the_stuck_replica(
+        cluster, admin, http, tmp_path):
+    """TorchServe's response_timeout: the caller gets a 504 in time, and Serve replaces the replica whose
+    handler is still stuck (Serve's own timeout yields to ``x-request-timeout-seconds: 0``; this one does not)."""
+    import time
+
+    from tests.integration.handler_models import register_handler_model
+
+    registered = register_handler_model(cluster, admin, tmp_path, "stuck", STUCK_HANDLER, initial_workers=1,
+                                        response_timeout=1)
+    assert registered.status_code == 200, registered.text
+    url = f"{cluster.url}/v2/models/stuck/infer"
+    try:
+        quick = http.post(url, json=v2_body([[0.0, 1.0]]))
+        assert quick.status_code == 200, quick.text
+        began = time.monotonic()
+        stuck = http.post(url, json=v2_body([[20.0, 1.0]]), headers={"x-request-timeout-seconds": "0"}, timeout=30)
+        waited = time.monotonic() - began
+        assert stuck.status_code == 504, stuck.text
+        assert stuck.json()["field"] == "response_timeout" and "response_timeout of 1 s" in stuck.json()["error"]
+        assert waited < 5, f"answered after {waited:.1f} s"
+        deadline, fresh = time.monotonic() + 60, None
+        while time.monotonic() < deadline:  # the health check fails while the call is stuck: a new replica serves
+            answer = http.post(url, json=v2_body([[0.0, 1.0]]), timeout=30)
+            if answer.status_code == 200 and answer.headers["x-modelpool-replica"] != quick.headers["x-modelpool-replica"]:
+                fresh = answer
+                break
+            time.sleep(0.5)
+        assert fresh is not None, "the replica stuck past its response_timeout was never replaced"
+        assert fresh.json()["outputs"][0]["data"] == [1.0]
+    finally:
+        admin.delete(f"{cluster.url}/models/stuck")

@@ -2,7 +2,8 @@
 
 The session cluster runs with the defaults; this module first checks the default behaviour, then
 restarts the cluster with every setting turned (flags, as a person would) and checks again. The
-session fixture stops it at the end as usual.
+restart also shows that every registered model, default version and pool comes back (one restart
+for both: each costs most of a minute). The session fixture stops the cluster at the end as usual.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
+from tests.integration.handler_models import register_handler_model
 from tests.integration.test_observability import replica_log_text
 from tests.integration.test_serving import FRAGILE_HANDLER, v2_body
 
@@ -22,8 +24,26 @@ pytestmark = pytest.mark.integration
 
 ROW = [[5.1, 3.5, 1.4, 0.2]]
 CSV = b"sepal_length,sepal_width,petal_length,petal_width\n5.1,3.5,1.4,0.2\n6.7,3.0,5.2,2.3\n"
+INFERENCE_TOKEN = f"inference-{uuid.uuid4().hex}"
 TURNED = ["--keep-alive-s", "1", "--no-access-log", "--single-threaded", "--debug", "--payload-passthrough",
-          "--max-requests", "25", "--max-requests-jitter", "5"]
+          "--max-requests", "25", "--max-requests-jitter", "5", "--inference-token", INFERENCE_TOKEN,
+          "--body-timeout-s", "2"]
+AUTHORIZATION = f"Authorization: Bearer {INFERENCE_TOKEN}"
+# A handler whose error names a file in its own (server-side) directory.
+WEIGHTLESS_HANDLER = """
+from pathlib import Path
+
+def predict(data):
+    return Path(__file__).with_name("weights.bin").read_bytes()
+"""
+
+
+@pytest.fixture()
+def http():
+    """Inference calls carry the inference token: ignored with the defaults, required once it is turned on."""
+    with requests.Session() as session:
+        session.headers["Authorization"] = f"Bearer {INFERENCE_TOKEN}"
+        yield session
 
 
 def idle_connection_survives(url: str, idle_s: float) -> bool:
@@ -31,7 +51,7 @@ def idle_connection_survives(url: str, idle_s: float) -> bool:
     parts = urlsplit(url)
     body = b'{"instances": [[5.1, 3.5, 1.4, 0.2]]}'
     request = (f"POST /v2/models/iris/predict HTTP/1.1\r\nHost: {parts.netloc}\r\nContent-Type: application/json\r\n"
-               f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+               f"{AUTHORIZATION}\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
     with socket.create_connection((parts.hostname, parts.port), timeout=10) as conn:
         conn.sendall(request)
         answer = b""
@@ -58,17 +78,16 @@ def deployment_config(app_prefix: str) -> dict:
 
 
 def ensure_fragile(cluster, admin, tmp_path) -> str:
-    from cluster.settings import load_settings
-    from deployments.examples import archive_command
-
-    source = tmp_path / "fragile.py"
-    source.write_text(FRAGILE_HANDLER)
-    archive_command(name="fragile_settings", version="1", handler="fragile:predict", files=[source],
-                    out=load_settings({}, cluster.env).model_store_path / "fragile_settings-1.zip")
-    registered = admin.post(f"{cluster.url}/models", params={"url": "fragile_settings-1.zip", "initial_workers": 1,
-                                                             "synchronous": "true"})
+    registered = register_handler_model(cluster, admin, tmp_path, "fragile_settings", FRAGILE_HANDLER, initial_workers=1)
     assert registered.status_code in (200, 409), registered.text
     return f"{cluster.url}/v2/models/fragile_settings/infer"
+
+
+def ensure_weightless(cluster, admin, tmp_path) -> str:
+    """A model in the generic pool (no replicas of its own) whose every call fails naming a server file."""
+    registered = register_handler_model(cluster, admin, tmp_path, "weightless", WEIGHTLESS_HANDLER, initial_workers=0)
+    assert registered.status_code in (200, 409), registered.text
+    return f"{cluster.url}/v2/models/weightless/infer"
 
 
 @pytest.fixture(scope="module")
@@ -87,8 +106,28 @@ def test_defaults_keep_idle_connections_decode_bodies_and_batch(cluster, http, d
     assert "applied user_config" not in replica_log_text(answered.headers["x-modelpool-replica"]), "INFO: no DEBUG lines"
 
 
-def test_restart_with_every_setting_turned(cluster, ray_client, defaults_then_turned):
+def test_default_errors_name_no_server_path(cluster, admin, http, tmp_path, defaults_then_turned):
+    failed = http.post(ensure_weightless(cluster, admin, tmp_path), json=v2_body(ROW))
+    assert failed.status_code == 500 and failed.headers["x-modelpool-pool"] == "generic"
+    error = failed.json()["error"]
+    assert error.startswith("model 'weightless' version '1' failed: FileNotFoundError:"), error
+    assert error.endswith("'<server path>/weights.bin'") and str(cluster.home) not in error
+    assert "traceback" not in failed.json()
+
+
+def test_restart_with_every_setting_turned_restores_models_defaults_and_pools(cluster, admin, http, tmp_path,
+                                                                            ray_client, defaults_then_turned):
+    """One restart serves two checks: every registered model and pool comes back, and the settings change."""
     import ray
+
+    models = f"{cluster.url}/models"
+    assert register_handler_model(cluster, admin, tmp_path, "gone", FRAGILE_HANDLER).status_code == 200
+    assert admin.delete(f"{models}/gone/1").status_code == 200  # its archive stays in the model store
+    assert admin.post(models, params={"url": "iris-2.zip", "model_name": "durable", "synchronous": "true"}).status_code == 200
+    assert admin.put(f"{cluster.url}/pools/durable/2", params={"initial_pool_size": 1, "max_pool_size": 2}).status_code == 200
+    assert admin.post(models, params={"url": "iris-1.zip", "model_name": "durable_generic", "synchronous": "true"}).status_code == 200
+    assert admin.put(f"{models}/iris/1/set-default").status_code == 200
+    before = sorted((s["name"], s["version"], s["pool"], s["isDefault"]) for s in admin.get(f"{cluster.url}/services").json())
 
     if ray.is_initialized():
         ray.shutdown()
@@ -102,6 +141,15 @@ def test_restart_with_every_setting_turned(cluster, ray_client, defaults_then_tu
     _set_global_client(None)  # the old cluster's Serve controller is gone
     connect(cluster.address)
     defaults_then_turned["restarted"] = True
+
+    after = sorted((s["name"], s["version"], s["pool"], s["isDefault"]) for s in admin.get(f"{cluster.url}/services").json())
+    assert after == before, "unregistered store archives must not come back at start"
+    assert admin.get(f"{models}/gone").status_code == 404
+    assert all(n["status"] == "Success" for n in admin.get(f"{cluster.url}/pools/durable/2").json())
+    assert http.post(f"{cluster.url}/v2/models/durable/infer", json=v2_body(ROW)).json()["model_version"] == "2"
+    generic = http.post(f"{cluster.url}/v2/models/durable_generic/infer", json=v2_body(ROW))
+    assert generic.status_code == 200 and generic.headers.get("x-modelpool-pool") == "generic"
+    assert http.post(f"{cluster.url}/v2/models/iris/infer", json=v2_body(ROW)).json()["model_version"] == "1"
 
 
 @pytest.fixture()
@@ -130,15 +178,83 @@ def test_debug_answers_carry_the_traceback_and_logs_go_to_debug(cluster, admin, 
     assert any("negative readings" in line for line in failed.json()["traceback"])
     answered = http.post(f"{cluster.url}/v2/models/iris/versions/1/infer", json=v2_body(ROW))
     assert "applied user_config" in replica_log_text(answered.headers["x-modelpool-replica"], wait_for="applied user_config")
+    weightless = http.post(f"{cluster.url}/v2/models/weightless/infer", json=v2_body(ROW)).json()
+    assert "<server path>" not in weightless["error"] and weightless["error"].endswith("/weights.bin'")
+
+
+@pytest.mark.parametrize("method, path", [("POST", "/v2/models/iris/infer"), ("POST", "/v2/models/iris/versions/1/infer"),
+                                          ("GET", "/v2/models/iris"), ("GET", "/v2/models/iris/ready"),
+                                          ("POST", "/v2/models/nosuch/infer"), ("GET", "/v2/models/weightless")])
+def test_the_inference_token_guards_every_model_route(cluster, method, path, turned):
+    body = v2_body(ROW) if method == "POST" else None
+    with requests.Session() as anonymous:
+        for header in ({}, {"Authorization": "Bearer wrong-token-of-some-length"}, {"Authorization": INFERENCE_TOKEN}):
+            refused = anonymous.request(method, cluster.url + path, json=body, headers=header)
+            assert refused.status_code == 401, (header, refused.text)
+            assert refused.json()["field"] == "authorization" and refused.headers["WWW-Authenticate"] == "Bearer"
+            assert "nosuch" not in refused.text and "iris" not in refused.text, "a refusal reveals no model"
+        for token in (INFERENCE_TOKEN, cluster.token):  # the management token is accepted too
+            answered = anonymous.request(method, cluster.url + path, json=body,
+                                         headers={"Authorization": f"Bearer {token}"})
+            assert answered.status_code == (404 if "nosuch" in path else 200), answered.text
+    if path.endswith("weightless"):
+        assert answered.headers["x-modelpool-pool"] == "generic"
+
+
+def test_health_routes_stay_open_with_an_inference_token(cluster, turned):
+    with requests.Session() as anonymous:
+        for path in ("/v2/health/live", "/v2/health/ready", "/v2"):
+            assert anonymous.get(cluster.url + path).status_code == 200, path
+
+
+def test_a_trickling_body_gets_408_while_other_requests_are_answered(cluster, http, turned):
+    import select
+
+    parts = urlsplit(cluster.url)
+    head = (f"POST /v2/models/iris/infer HTTP/1.1\r\nHost: {parts.netloc}\r\nContent-Type: application/json\r\n"
+            f"{AUTHORIZATION}\r\nContent-Length: 4000\r\n\r\n").encode()
+    with socket.create_connection((parts.hostname, parts.port), timeout=20) as slow:
+        slow.sendall(head + b'{"inputs": [')
+        began = time.monotonic()
+        answered = http.post(f"{cluster.url}/v2/models/iris/infer", json=v2_body(ROW))
+        assert answered.status_code == 200, "a trickling client must not hold up the others"
+        while time.monotonic() - began < 15 and not select.select([slow], [], [], 0.5)[0]:
+            slow.sendall(b" ")  # a byte every half second: alive, but 4,000 bytes would take half an hour
+        waited = time.monotonic() - began
+        answer = b""
+        while not answer.rstrip().endswith(b"}") and (chunk := slow.recv(65536)):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:300]
+    assert b'"field":"body"' in answer.replace(b" ", b"")
+    assert 2 <= waited < 10, f"answered after {waited:.1f} s with --body-timeout-s 2"
+
+
+def test_tokens_stay_out_of_serve_status_and_debug_logs(cluster, http, turned):
+    import glob
+    import json
+    import os
+
+    from management.workers import serve_details
+
+    http.post(f"{cluster.url}/v2/models/iris/infer", json=v2_body(ROW))
+    status = json.dumps(serve_details())
+    assert INFERENCE_TOKEN not in status and cluster.token not in status
+    time.sleep(1.5)  # replicas flush their buffered logs every second
+    leaked = [path for path in glob.glob("/tmp/ray/session_latest/logs/**/*", recursive=True)
+              if os.path.isfile(path) and INFERENCE_TOKEN.encode() in open(path, "rb").read()]
+    assert not leaked, "DEBUG logging must not write the inference token"
 
 
 def test_single_threaded_serves_one_request_at_a_time_unbatched(cluster, turned):
     config = deployment_config("model:iris:1")
     assert config["max_ongoing_requests"] == 1
 
+    session_headers = {"Authorization": f"Bearer {INFERENCE_TOKEN}"}
+
     def call(_: int) -> requests.Response:
         with requests.Session() as session:
-            return session.post(f"{cluster.url}/v2/models/iris/infer", json=v2_body(ROW), timeout=60)
+            return session.post(f"{cluster.url}/v2/models/iris/infer", json=v2_body(ROW), headers=session_headers,
+                                timeout=60)
 
     with concurrent.futures.ThreadPoolExecutor(12) as pool:
         answers = list(pool.map(call, range(24)))

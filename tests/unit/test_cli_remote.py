@@ -131,11 +131,11 @@ def test_models_describe_json_and_table_with_workers(server, capsys):
 def test_register_set_default_unregister(server, capsys):
     assert cli(server, "models", "register", "y-1.zip", "--model-name", "y", "--handler", "sklearn",
                "--initial-workers", "1", "--batch-size", "8", "--max-batch-delay", "2.5", "--synchronous",
-               "--response-timeout", "30") == 0
+               "--response-timeout", "30", "--startup-timeout", "90") == 0
     assert capsys.readouterr().out == 'Model "y" registered\n'
     assert server.seen[-1].query == {"url": "y-1.zip", "model_name": "y", "handler": "sklearn", "initial_workers": "1",
                                      "batch_size": "8", "max_batch_delay": "2.5", "synchronous": "true",
-                                     "response_timeout": "30.0"}
+                                     "response_timeout": "30.0", "startup_timeout": "90.0"}
     assert cli(server, "models", "set-default", "y", "1", "--json") == 0
     assert out_json(capsys) == {"status": 'Default version successfully updated for model "y" to "1"'}
     assert cli(server, "models", "unregister", "y", "1") == 0

@@ -16,6 +16,7 @@ def test_query_strings_are_parsed_with_mms_defaults():
     (RegisterParams, {"url": "x", "batch_size": "0"}, "batch_size"),
     (RegisterParams, {"url": "x", "initial_workers": "lots"}, "initial_workers"),
     (RegisterParams, {"url": "x", "response_timeout": "-1"}, "response_timeout"),
+    (RegisterParams, {"url": "x", "startup_timeout": "0"}, "startup_timeout"),
     (RegisterParams, {"url": "x", "colour": "red"}, "colour"),
     (ScaleParams, {"min_worker": "-1"}, "min_worker"),
     (PoolParams, {"initial_pool_size": "1"}, "max_pool_size"),
