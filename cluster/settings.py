@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 ENV_PREFIX = "MODELPOOL_"
 #: Shortest inference token accepted: replicas hold its SHA-256 where Serve's status shows it, so a
 #: short token could be found from its digest by guessing.
-MIN_INFERENCE_TOKEN = 16
+MIN_TOKEN_LENGTH = 16  # a shorter secret can be guessed; the generated management token has 43 characters
 
 
 def _default_home() -> str:
@@ -50,8 +50,8 @@ class Settings(BaseModel):
     allowed_urls: str = Field("", description="Comma-separated regular expressions; model URLs (http, https, s3) are fetched only when one matches in full.")
     allow_private_networks: bool = Field(False, description="Let model URLs resolve to loopback, private or link-local addresses (off: SSRF protection).")
     max_download_bytes: int = Field(2 << 30, ge=1, description="Largest model archive fetched from a URL.")
-    management_token: Optional[str] = Field(None, repr=False, description="Bearer token for the management API (default: generated at start, written to HOME/management_token, mode 0600; required when --http-host is not loopback).")
-    inference_token: Optional[str] = Field(None, repr=False, min_length=MIN_INFERENCE_TOKEN, description="Bearer token every model route (infer, predict, model metadata and ready) requires; the management token is accepted too. Off by default; replicas only ever see its SHA-256.")
+    management_token: Optional[str] = Field(None, repr=False, min_length=MIN_TOKEN_LENGTH, description="Bearer token for the management API (default: generated at start, written to HOME/management_token, mode 0600; required when --http-host is not loopback).")
+    inference_token: Optional[str] = Field(None, repr=False, min_length=MIN_TOKEN_LENGTH, description="Bearer token every model route (infer, predict, model metadata and ready) requires; the management token is accepted too. Off by default; replicas only ever see its SHA-256.")
     batch_workers: int = Field(2, ge=1, le=1024, description="Warm batch-scoring workers (Ray actors, no CPU reservation): partitions scored at once across all jobs.")
     pool_models_per_replica: int = Field(8, ge=1, le=1000, description="Models each generic-pool replica keeps loaded (LRU).")
     pool_min_replicas: int = Field(1, ge=1, le=1024, description="Replicas of the generic pool at least.")

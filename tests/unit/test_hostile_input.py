@@ -249,6 +249,10 @@ def test_tokens_never_appear_in_settings_reprs_errors_or_replica_configs():
     with pytest.raises(SettingsError) as short:
         load_settings({"inference_token": "short-secret"}, {})
     assert str(short.value) == "--inference-token / MODELPOOL_INFERENCE_TOKEN: String should have at least 16 characters"
+    with pytest.raises(SettingsError) as short_management:
+        load_settings({}, {"MODELPOOL_MANAGEMENT_TOKEN": "short-secret"})
+    assert str(short_management.value) == ("--management-token / MODELPOOL_MANAGEMENT_TOKEN: String should have at "
+                                           "least 16 characters")
     with pytest.raises(ValueError) as direct:  # pydantic's own error text would echo the input
         Settings(inference_token="short-secret")
     assert "short-secret" not in str(direct.value)
