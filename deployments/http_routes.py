@@ -162,9 +162,9 @@ async def answer_model_call(model, call: ModelCall, read: Callable[[], Awaitable
     """Run one call on a loaded model, turn the outcome into a response and count it in the metrics."""
     started = time.perf_counter()
     try:
-        async with asyncio.timeout(model.response_timeout_s):  # no task hop, unlike wait_for
-            response = await _answer(model, call, read, versions, headers, content_type)
-    except TimeoutError:
+        response = await deadlines.within(model.response_timeout_s,
+                                          _answer(model, call, read, versions, headers, content_type))
+    except asyncio.TimeoutError:
         response = error_response(overdue_error(model), headers, model.options.debug)
     model.metrics.request(call.action, response.status_code, (time.perf_counter() - started) * 1000)
     return response

@@ -3,8 +3,8 @@
 In process, no cluster: a real iris model (scikit-learn, trained from the dataset it ships) loaded
 as replicas load it, answering V2 requests one at a time, as a lone client makes them. The
 baseline calls the answer path without the deadline (``http_routes._answer``, what replicas ran
-before), the other the one replicas run now (``answer_model_call``: an ``asyncio.timeout`` around
-it, plus the metrics both record). Rounds alternate so machine noise hits both alike; the figure
+before), the other the one replicas run now (``answer_model_call``: the response_timeout deadline
+around it, plus the metrics both record). Rounds alternate so machine noise hits both alike; the figure
 is the ratio of medians; the deadline alone is timed around a coroutine that does nothing, since
 its few microseconds are below the noise of a whole call.
 
@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from deployments import http_routes
+from deployments import deadlines, http_routes
 from deployments.archive import unpack_archive
 from deployments.examples import build_examples
 from deployments.loaded_model import LoadedModel
@@ -55,17 +55,22 @@ async def _noop() -> None:
     return None
 
 
-async def bare_deadline_cost(calls: int) -> tuple[float, float]:
-    """The deadline alone, around a coroutine that does nothing: (without, with) seconds per call."""
+async def bare_deadline_cost(calls: int) -> tuple[float, float, float]:
+    """A deadline alone, around a coroutine that does nothing: seconds per call without one, with
+    modelpool's swept deadline (``deadlines.within``), and with ``asyncio.timeout`` (a timer each)."""
     started = time.perf_counter()
     for _ in range(calls):
         await _noop()
     plain = (time.perf_counter() - started) / calls
     started = time.perf_counter()
     for _ in range(calls):
+        await deadlines.within(120, _noop())
+    swept = (time.perf_counter() - started) / calls
+    started = time.perf_counter()
+    for _ in range(calls):
         async with asyncio.timeout(120):
             await _noop()
-    return plain, (time.perf_counter() - started) / calls
+    return plain, swept, (time.perf_counter() - started) / calls
 
 
 def main() -> None:
@@ -87,11 +92,13 @@ def main() -> None:
             model.close()
     bare = [asyncio.run(bare_deadline_cost(100_000)) for _ in range(args.rounds)]
     b, t = statistics.median(base) * 1e6, statistics.median(timed) * 1e6
-    bare_cost = (statistics.median(w for _, w in bare) - statistics.median(p for p, _ in bare)) * 1e6
+    plain = statistics.median(r[0] for r in bare)
+    swept, timer = ((statistics.median(r[i] for r in bare) - plain) * 1e6 for i in (1, 2))
     print(f"replica answer path, {args.calls} V2 calls x {args.rounds} rounds (median per call):")
     print(f"  without deadline (baseline): {b:7.1f} us")
     print(f"  with response_timeout:       {t:7.1f} us   ratio {t / b:.3f} (+{t - b:.1f} us)")
-    print(f"  the deadline alone (asyncio.timeout around a no-op, 100,000 calls): {bare_cost:.1f} us")
+    print(f"  a deadline alone, around a no-op (100,000 calls): swept (deadlines.within) {swept:.1f} us, "
+          f"asyncio.timeout {timer:.1f} us")
 
 
 if __name__ == "__main__":

@@ -431,6 +431,32 @@ def test_a_body_deadline_ends_only_its_own_read_and_leaves_the_task_usable():
     asyncio.run(scenario())
 
 
+def test_nested_deadlines_each_end_only_their_own_wait():
+    """The body read's deadline runs inside the call's (response_timeout): each raises only for itself."""
+    from deployments import deadlines
+
+    async def inner_passes() -> str:
+        try:
+            await deadlines.within(0.05, asyncio.sleep(10))
+        except asyncio.TimeoutError:
+            return "inner timed out, outer goes on"
+        return "no timeout"
+
+    async def outer_passes_during_inner() -> None:
+        await deadlines.within(10, asyncio.sleep(10))
+
+    async def scenario() -> None:
+        assert await deadlines.within(10, inner_passes()) == "inner timed out, outer goes on"
+        started = time.monotonic()
+        with pytest.raises(asyncio.TimeoutError):
+            await deadlines.within(0.05, outer_passes_during_inner())
+        assert time.monotonic() - started < 0.05 + 2 * deadlines.SWEEP_EVERY_S
+        assert getattr(asyncio.current_task(), "cancelling", lambda: 0)() == 0
+        assert await deadlines.within(5, asyncio.sleep(0, "still usable")) == "still usable"
+
+    asyncio.run(scenario())
+
+
 def test_management_bodies_have_the_same_limits(management):
     client, manager, batches = management
     big = client.put("/pools/iris/1", headers=bearer(TOKEN), content=b"{" + b" " * 5000 + b"}")
