@@ -27,6 +27,7 @@ from deployments.errors import RequestError
 from cluster.url_patterns import parse_allowed_urls
 from deployments.model_source import UrlPolicy, resolve_model_url, too_large
 from management import deployer, placement, serve_configs, workers
+from management.batch import leases
 from management.params import ListParams, PoolParams, RegisterParams, ScaleParams
 from management.ttl_cache import TtlCache
 from management.registry import ModelRecord, PoolRecord, Registry, check_model_name, check_model_version
@@ -233,8 +234,10 @@ class ModelManager:
             self.registry.delete_model(record.name, record.version)
             self.registry.delete_pool(record.name, record.version)
             self.apply(only_model=record.name)
-            if record.source.startswith("objects://"):
-                self.store.delete(record.source[len("objects://"):])
+            held_by = leases.delete_archive_unless_held(self.store, record.source)
+            if held_by:
+                logger.info("kept the archive of %s/%s for the batch jobs still scoring with it: %s",
+                            record.name, record.version, ", ".join(held_by))
         return {"status": f'Model "{record.name}" unregistered'}
 
     def list_models(self, params: ListParams) -> dict:

@@ -23,9 +23,10 @@ from typing import Any
 
 import ray
 
-from management.batch import results
+from management.batch import leases, results
 from management.batch.jobs import FINAL_STATES, input_location, is_cancelled, open_job_store, read_job, update_job
 from management.batch.workers import RETRIES, WORKER_LOST, WorkerPool
+from management.registry import Registry
 
 logger = logging.getLogger(__name__)
 
@@ -77,8 +78,24 @@ class BatchScheduler:
             except Exception:  # noqa: BLE001
                 logger.exception("could not record the failure of batch %s", execution_id)
         finally:
+            self._release_archive(execution_id)
             with self._lock:
                 self._running.discard(execution_id)
+
+    def _release_archive(self, execution_id: str) -> None:
+        """A job that ended gives back its hold on the model archive (see ``leases``)."""
+        try:
+            job = read_job(self.store, execution_id)
+            if job.get("state") not in FINAL_STATES or not job.get("source"):
+                return  # still to run (this scheduler stopped mid-job): the one that resumes it releases
+
+            def still_registered() -> bool:
+                record = Registry(self.store).get_model(job["service"], job["version"])
+                return record is not None and record.source == job["source"]
+
+            leases.release(self.store, job["source"], execution_id, still_registered)
+        except Exception:  # noqa: BLE001 - a lease left behind only keeps an archive longer
+            logger.exception("could not release the model archive of batch %s", execution_id)
 
 
 class _JobRun:

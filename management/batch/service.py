@@ -14,7 +14,7 @@ from cluster.object_store import ObjectNotFound, ObjectStore
 from cluster.settings import Settings
 from deployments.errors import RequestError
 from deployments.redact import public_message
-from management.batch import inputs, jobs, layout, results, scheduler
+from management.batch import inputs, jobs, layout, leases, results, scheduler
 from management.registry import Registry
 
 DEFAULT_PARALLEL_COUNT = 10
@@ -64,9 +64,19 @@ class BatchService:
                                    field="input_uri")
             self._check_readable(uri)
             job.update(inputUri=uri, totalItems=None, partitions=None)
+        self._hold_archive(record, execution_id)
         self.store.write_json(layout.job_key(execution_id), job)
         self._start(execution_id)
         return {"executionId": execution_id, "state": "Pending"}
+
+    def _hold_archive(self, record, execution_id: str) -> None:
+        """Lease the model's archive for the job; the model unregistered meanwhile is a 404, as before."""
+        leases.take(self.store, record.source, execution_id)
+        current = self.registry.get_model(record.name, record.version)
+        if current is None or current.source != record.source:
+            leases.release(self.store, record.source, execution_id, still_registered=lambda: False)
+            raise RequestError(f"service '{record.name}' version '{record.version}' was unregistered while the batch "
+                               "was being accepted", status=404, field="service")
 
     def _check_readable(self, uri: str) -> None:
         """A missing input is a 400 now, not a Failed job later (the scheduler reads the rows)."""

@@ -154,6 +154,34 @@ def test_cancel_mid_run_keeps_the_rows_already_scored(cluster, admin, slow_model
     assert admin.post(f"{url}/cancel").json()["state"] == "Cancelled"  # repeated: harmless
 
 
+def test_a_model_unregistered_mid_job_keeps_its_archive_until_the_job_ends(cluster, admin, tmp_path):
+    """An accepted job is not lost to an unregister: its archive stays in object storage until the job ends."""
+    from cluster.object_store import object_store_from_settings
+    from cluster.settings import load_settings
+    from management.batch import leases
+    from tests.integration.handler_models import register_handler_model
+
+    settings = load_settings({}, cluster.env)
+    store = object_store_from_settings(settings.object_store_uri, settings.s3_endpoint, settings.s3_region)
+    assert register_handler_model(cluster, admin, tmp_path, "leased", SLOW_HANDLER).status_code == 200
+    archives = store.list("models/leased/1")
+    assert len(archives) == 1, archives
+    started = admin.post(f"{cluster.url}/batches", json={"service": "leased", "records": [[1.0, 2.0]] * 4000,
+                                                        "parallel_count": 1})  # 4 partitions, ~1 s each
+    url = f"{cluster.url}/batches/{started.json()['executionId']}"
+    deadline = time.monotonic() + 120
+    while admin.get(url).json()["completedItems"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert admin.delete(f"{cluster.url}/models/leased/1").status_code == 200
+    assert admin.get(f"{cluster.url}/models/leased").status_code == 404
+    assert admin.get(url).json()["state"] == "Running"
+    assert store.list("models/leased/1") == archives, "the running job's archive was deleted"
+    done = wait_state(admin, url)
+    assert (done["state"], done["completedItems"], done["failedItems"]) == ("Complete", 4000, 0)
+    assert store.list("models/leased/1") == [], "the last job to end deletes the unregistered model's archive"
+    assert leases.holders(store, f"objects://{archives[0]}") == []
+
+
 def _scoring_workers():
     return [p for p in psutil.process_iter(["cmdline"]) if "ray::BatchWorker" in " ".join(p.info.get("cmdline") or [])]
 
