@@ -48,8 +48,12 @@ def before_generate_path_parameters(context: Any, strategy: st.SearchStrategy) -
     if not real:
         return strategy
 
-    def with_real(parameters: dict) -> st.SearchStrategy:
-        wanted = {key: value for key, value in real.items() if key in (parameters or {})}
-        return st.fixed_dictionaries(wanted).map(lambda chosen: {**parameters, **chosen})
+    def with_real(parameters: Any) -> st.SearchStrategy:
+        # schemathesis hands over a plain dict, or its GeneratedValue wrapper (kept, with its provenance)
+        plain = getattr(parameters, "value", parameters) or {}
+        wanted = st.fixed_dictionaries({key: value for key, value in real.items() if key in plain})
+        if hasattr(parameters, "map_value"):
+            return wanted.map(lambda chosen: parameters.map_value(lambda value: {**(value or {}), **chosen}))
+        return wanted.map(lambda chosen: {**plain, **chosen})
 
     return st.one_of(strategy, strategy.flatmap(with_real))

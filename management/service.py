@@ -83,13 +83,15 @@ class ModelManager:
         apps = [serve_configs.model_app_config(c, cache, deployer.code_version()) for c in configs]
         pool_app = serve_configs.generic_pool_app_config(placement.pool_config(self.settings), plan.catalog,
                                                          plan.known_models, cache, deployer.code_version())
-        deployer.deploy_apps(apps + [pool_app], wait=wait)
         wanted = {app.app_name for app in (serve_configs.model_app_config(c, cache, deployer.code_version())
                                            for c in plan.dedicated)}
+        # Apps no longer wanted go first: an unregistered default version holds the unversioned route
+        # the next default takes, and Serve refuses a prefix a live app holds (a deleting one is fine).
         for app_name in deployer.model_app_names():
             parsed = serve_configs.parse_app_name(app_name)
             if app_name not in wanted and (only_model is None or (parsed and parsed[0] == only_model)):
                 deployer.delete_app(app_name, wait=False)
+        deployer.deploy_apps(apps + [pool_app], wait=wait)
         return [app.app_name for app in apps] + [pool_app.app_name]
 
     def reconcile(self) -> None:

@@ -159,6 +159,10 @@ def test_set_default_moves_the_unversioned_route(cluster, admin, http):
         versions = {d["modelVersion"]: d["isDefault"] for d in admin.get(f"{url}/flower/all").json()}
         assert versions == {"1": True, "2": False}
         assert admin.put(f"{url}/flower/9/set-default").status_code == 404
+        unregistered = admin.delete(f"{url}/flower")  # the default (1): version 2 takes the unversioned route
+        assert unregistered.status_code == 200, unregistered.text
+        moved_back = wait_for(lambda: version_answering(http, f"{cluster.url}/v2/models/flower/infer") == "2")
+        assert moved_back, "after unregistering the default, the remaining version did not take the unversioned path"
     finally:
         admin.delete(f"{url}/flower/1")
         admin.delete(f"{url}/flower/2")

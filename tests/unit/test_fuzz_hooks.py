@@ -45,3 +45,12 @@ def test_batch_reads_name_the_real_batch_row_and_artifact(hooks):
 def test_writes_keep_random_names(hooks, method, path):
     strategy = st.fixed_dictionaries({"model_name": st.text()})
     assert hooks.before_generate_path_parameters(operation(method, path), strategy) is strategy
+
+
+def test_schemathesis_wrapped_parameters_keep_their_wrapper(hooks):
+    from schemathesis.generation.value import GeneratedValue
+
+    wrapped = st.builds(lambda name: GeneratedValue({"model_name": name}, None), st.text())
+    seeded = hooks.before_generate_path_parameters(operation("GET", "/models/{model_name}"), wrapped)
+    real = find(seeded, lambda p: p.value == {"model_name": "iris"})
+    assert isinstance(real, GeneratedValue)

@@ -49,3 +49,11 @@ def test_schemathesis_reads_every_operation(spec):
 
     schema = schemathesis.openapi.from_dict(spec)
     assert len(list(schema.get_all_operations())) == sum(1 for _ in operations(spec))
+
+
+def test_answers_outside_the_signatures_are_documented(spec):
+    """Found by the fuzzer once it read real batches: an artifact is bytes, and readiness can be a 503."""
+    artifact = spec["paths"]["/batches/{execution_id}/results/{index}/artifacts/{name}"]["get"]["responses"]["200"]
+    assert list(artifact["content"]) == ["application/octet-stream"]
+    ready = spec["paths"]["/v2/health/ready"]["get"]["responses"]
+    assert ready["503"]["content"]["application/json"]["schema"]["required"] == ["ready", "notReady"]
