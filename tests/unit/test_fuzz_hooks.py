@@ -54,3 +54,14 @@ def test_schemathesis_wrapped_parameters_keep_their_wrapper(hooks):
     seeded = hooks.before_generate_path_parameters(operation("GET", "/models/{model_name}"), wrapped)
     real = find(seeded, lambda p: p.value == {"model_name": "iris"})
     assert isinstance(real, GeneratedValue)
+
+
+def test_only_readiness_saying_not_ready_is_forgiven(hooks):
+    def failure_for(path: str, status: int, body: dict) -> bool:
+        case = SimpleNamespace(operation=SimpleNamespace(path=path))
+        response = SimpleNamespace(status_code=status, json=lambda: body)
+        return hooks.filter_failure(None, object(), case, response)
+
+    assert failure_for("/v2/health/ready", 503, {"ready": False, "notReady": {"model:iris:1": "DELETING"}}) is False
+    assert failure_for("/v2/health/ready", 500, {"error": "boom"}) is True
+    assert failure_for("/models/{model_name}", 503, {"ready": False}) is True
