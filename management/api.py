@@ -268,8 +268,11 @@ async def _json_body(request: Request) -> Any:
 
 @api.post("/batches", tags=["batches"], dependencies=authorized, status_code=202)
 async def start_batch(request: Request) -> JSONResponse:
-    """Score records (or a Parquet/CSV input_uri) asynchronously on Ray tasks: 202 with an executionId."""
-    answer = await _call(state.batches.submit, await _json_body(request))
+    """Score records (or a Parquet/CSV input_uri) asynchronously on Ray tasks: 202 with an executionId.
+
+    An ``Idempotency-Key`` header makes the request safe to retry: the same key gets the job it
+    started the first time, not a second job."""
+    answer = await _call(state.batches.submit, await _json_body(request), request.headers.get(IDEMPOTENCY_HEADER))
     return JSONResponse(answer, status_code=202)
 
 

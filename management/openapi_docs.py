@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 from pydantic import BaseModel
 
-from management.params import ListParams, PoolParams, RegisterParams, ScaleParams
+from management.params import IDEMPOTENCY_KEY_PATTERN, ListParams, PoolParams, RegisterParams, ScaleParams
 
 ERROR_SCHEMA = {
     "type": "object",
@@ -105,6 +105,10 @@ def complete(spec: dict[str, Any]) -> dict[str, Any]:
                 responses["400"].setdefault("content", {})["text/html"] = {"schema": {"type": "string"}}
             if where == "batch-body":
                 operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": BATCH_BODY}}}
+                operation["parameters"] = operation.get("parameters", []) + [{
+                    "name": "Idempotency-Key", "in": "header", "required": False,
+                    "description": "a retry with the same key gets the job the first request started, not a second one",
+                    "schema": {"type": "string", "minLength": 1, "maxLength": 128, "pattern": IDEMPOTENCY_KEY_PATTERN}}]
     return spec
 
 

@@ -6,11 +6,22 @@ Machine Learning Server for pools (``initial_pool_size``, ``max_pool_size``).
 """
 from __future__ import annotations
 
+import re
 from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from deployments.errors import RequestError
+
+IDEMPOTENCY_KEY_PATTERN = r"^[A-Za-z0-9._:-]+$"
+
+
+def check_idempotency_key(key: Optional[str]) -> Optional[str]:
+    """An ``Idempotency-Key`` header as given, or a 400 naming it (1-128 of ``A-Z a-z 0-9 . _ : -``)."""
+    if key is not None and not (1 <= len(key) <= 128 and re.fullmatch(IDEMPOTENCY_KEY_PATTERN, key)):
+        raise RequestError("Idempotency-Key must be 1 to 128 of A-Z a-z 0-9 . _ : - (a UUID will do)",
+                           field="Idempotency-Key")
+    return key
 
 
 class _Params(BaseModel):
@@ -48,7 +59,7 @@ class RegisterParams(_Params):
                                     "caller gets 504 and a replica whose handler still runs is replaced")
     startup_timeout: float = Field(120, gt=0, le=3600, description="seconds a synchronous registration waits for "
                                    "its workers to start (TorchServe's startup_timeout)")
-    idempotency_key: Optional[str] = Field(None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$",
+    idempotency_key: Optional[str] = Field(None, min_length=1, max_length=128, pattern=IDEMPOTENCY_KEY_PATTERN,
                                            description="the Idempotency-Key header: a retry with the same key "
                                                        "gets the first answer again instead of a 409")
 

@@ -267,10 +267,12 @@ class AsyncBatch:
         return _batch_path(self.execution_id)
 
     async def start(self) -> "AsyncBatch":
-        """Submit the records; the server answers at once (202) and scores on Ray tasks."""
+        """As :meth:`Batch.start`: idempotent, retried while the connection drops."""
         body = _start_request(self.service.name, self.service.version, self.records, self.parallel_count,
                               self.execution_id)
-        self.execution_id = (await self._client._json("POST", "/batches", body=body))["executionId"]
+        answer = await self._client._json("POST", "/batches", body=body, retry=True,
+                                          headers={IDEMPOTENCY_HEADER: new_idempotency_key()})
+        self.execution_id = answer["executionId"]
         return self
 
     async def state(self) -> str:

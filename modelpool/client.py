@@ -629,10 +629,15 @@ class Batch:
         return _batch_path(self.execution_id)
 
     def start(self) -> "Batch":
-        """Submit the records; the server answers at once (202) and scores on Ray tasks."""
+        """Submit the records; the server answers at once (202) and scores on Ray tasks.
+
+        The call carries an Idempotency-Key and is retried while the connection drops or the ingress
+        has no management replica: a retry whose first attempt was accepted gets that same job back.
+        """
         body = _start_request(self.service.name, self.service.version, self.records, self.parallel_count,
                               self.execution_id)
-        self.execution_id = self._client._json("POST", "/batches", body=body)["executionId"]
+        self.execution_id = self._client._json("POST", "/batches", body=body, retry=True,
+                                               headers={IDEMPOTENCY_HEADER: new_idempotency_key()})["executionId"]
         return self
 
     @property

@@ -6,6 +6,8 @@ the answers survive restarts of the management replica, the scheduler, or the wh
 """
 from __future__ import annotations
 
+import hashlib
+import threading
 import time
 import uuid
 from typing import Any, Optional
@@ -15,6 +17,7 @@ from cluster.settings import Settings
 from deployments.errors import RequestError
 from deployments.redact import public_message
 from management.batch import inputs, jobs, layout, leases, results, scheduler
+from management.params import check_idempotency_key
 from management.registry import Registry
 
 DEFAULT_PARALLEL_COUNT = 10
@@ -22,14 +25,43 @@ DEFAULT_RESULTS_PAGE = 1_000   # results travel in pages: a job may hold million
 MAX_RESULTS_PAGE = 100_000
 
 
+def _request_key(idempotency_key: str) -> str:
+    """Where the execution id a key was first answered with is kept (hashed: a key is the caller's text)."""
+    return f"batch-requests/{hashlib.sha256(idempotency_key.encode()).hexdigest()[:32]}"
+
+
 class BatchService:
     def __init__(self, settings: Settings, store: ObjectStore, registry: Registry) -> None:
         self.settings = settings
         self.store = store
         self.registry = registry
+        self._submitting = threading.Lock()  # a key's check and its job's creation happen as one
 
     # ------------------------------------------------------------------ submit
-    def submit(self, body: Any) -> dict:
+    def submit(self, body: Any, idempotency_key: Optional[str] = None) -> dict:
+        """Accept a job; with an ``Idempotency-Key`` already used, answer with that job instead of a second one.
+
+        A submit whose answer is lost (a dropped connection, a management replica killed after the
+        job was written) can then be sent again without scoring everything twice.
+        """
+        check_idempotency_key(idempotency_key)
+        if idempotency_key is None:
+            return self._submit(body)
+        with self._submitting:
+            earlier = self._accepted_with(idempotency_key)
+            if earlier is not None:
+                return {"executionId": earlier, "state": self._job(earlier)["state"]}
+            answer = self._submit(body)
+            self.store.write_bytes(_request_key(idempotency_key), answer["executionId"].encode())
+            return answer
+
+    def _accepted_with(self, idempotency_key: str) -> Optional[str]:
+        try:
+            return self.store.read_bytes(_request_key(idempotency_key)).decode()
+        except ObjectNotFound:
+            return None
+
+    def _submit(self, body: Any) -> dict:
         if not isinstance(body, dict):
             raise RequestError("send a JSON object: {\"service\", \"version\", \"records\" | \"input_uri\", \"parallel_count\"}",
                                field="body")

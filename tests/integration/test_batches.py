@@ -154,6 +154,21 @@ def test_cancel_mid_run_keeps_the_rows_already_scored(cluster, admin, slow_model
     assert admin.post(f"{url}/cancel").json()["state"] == "Cancelled"  # repeated: harmless
 
 
+def test_a_batch_sent_again_with_its_idempotency_key_is_the_same_job(cluster, admin):
+    import uuid
+
+    body = {"service": "iris", "version": "1", "records": iris_records(10)}
+    key = {"Idempotency-Key": str(uuid.uuid4())}
+    first = admin.post(f"{cluster.url}/batches", json=body, headers=key)
+    again = admin.post(f"{cluster.url}/batches", json=body, headers=key)
+    other = admin.post(f"{cluster.url}/batches", json=body, headers={"Idempotency-Key": str(uuid.uuid4())})
+    assert first.status_code == again.status_code == other.status_code == 202, (first.text, again.text, other.text)
+    assert again.json()["executionId"] == first.json()["executionId"] != other.json()["executionId"]
+    listed = admin.get(f"{cluster.url}/batches", params={"service": "iris", "version": "1"}).json()
+    assert listed.count(first.json()["executionId"]) == 1
+    assert wait_state(admin, f"{cluster.url}/batches/{first.json()['executionId']}")["completedItems"] == 10
+
+
 def test_a_model_unregistered_mid_job_keeps_its_archive_until_the_job_ends(cluster, admin, tmp_path):
     """An accepted job is not lost to an unregister: its archive stays in object storage until the job ends."""
     from cluster.object_store import object_store_from_settings

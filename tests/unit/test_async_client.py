@@ -473,3 +473,14 @@ async def test_the_async_client_retries_a_lost_register_with_one_idempotency_key
     tries = server.requests_to("/models", "POST")
     assert len(tries) == 3 and len({t.idempotency_key for t in tries}) == 1 and tries[0].idempotency_key
     assert len(server.requests_to("/models/nope")) == 1
+
+
+@in_event_loop
+async def test_the_async_client_retries_a_lost_batch_start_with_one_idempotency_key(server):
+    async with AsyncClient(server.url, token=TOKEN) as client:
+        service = await client.get_service("x", "1")
+        server.ingress_failures = 1  # the management replica is down when the batch is sent
+        batch = await service.batch([[1.0, 2.0, 3.0, 4.0]]).start()
+    tries = server.requests_to("/batches", "POST")
+    assert batch.execution_id and len(tries) == 2
+    assert tries[0].idempotency_key and tries[1].idempotency_key == tries[0].idempotency_key

@@ -370,6 +370,16 @@ def test_a_register_lost_at_the_ingress_is_retried_with_the_same_idempotency_key
     assert tries[0].idempotency_key and {t.idempotency_key for t in tries} == {tries[0].idempotency_key}
 
 
+def test_a_batch_start_lost_at_the_ingress_is_retried_with_one_idempotency_key(server):
+    with Client(server.url, token=TOKEN) as client:
+        service = client.get_service("x", "1")
+        server.ingress_failures = 1  # the management replica is down when the batch is sent
+        batch = service.batch([[1.0, 2.0, 3.0, 4.0]]).start()
+    tries = server.requests_to("/batches", "POST")
+    assert batch.execution_id and len(tries) == 2
+    assert tries[0].idempotency_key and tries[1].idempotency_key == tries[0].idempotency_key
+
+
 def test_reads_and_scale_are_retried_but_modelpools_own_errors_are_not(server):
     server.ingress_failures = 1
     with Client(server.url, token=TOKEN) as client:

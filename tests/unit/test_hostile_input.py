@@ -88,7 +88,7 @@ class FakeBatches:
     def __init__(self) -> None:
         self.calls: list[str] = []
 
-    def submit(self, body: Any) -> dict:
+    def submit(self, body: Any, idempotency_key: Optional[str] = None) -> dict:
         self.calls.append("submit")
         return {"executionId": EXECUTION_ID, "state": "Pending"}
 
@@ -707,3 +707,13 @@ def test_an_artifact_name_cannot_break_the_download_header():
         "filename*=UTF-8''rapport%20%22final%22%3B%20x%3D1%0D%0A.json")
     assert management_api.attachment("报告.json") == \
         "attachment; filename=\"__.json\"; filename*=UTF-8''%E6%8A%A5%E5%91%8A.json"
+
+
+@pytest.mark.parametrize("key", ["", "x" * 129, "has space", "a/b", "k;v=1"])
+def test_a_batch_idempotency_key_outside_the_rule_is_a_400_before_anything_is_written(real_core, key):
+    client, store = real_core
+    answer = client.post("/batches", headers={**bearer(TOKEN), "Idempotency-Key": key},
+                         json={"service": "iris", "records": [[1, 2, 3, 4]]})
+    assert (answer.status_code, answer.json()) == (400, {
+        "error": "Idempotency-Key must be 1 to 128 of A-Z a-z 0-9 . _ : - (a UUID will do)", "field": "Idempotency-Key"})
+    assert store.list() == []
