@@ -23,6 +23,7 @@ from management.registry import Registry
 DEFAULT_PARALLEL_COUNT = 10
 DEFAULT_RESULTS_PAGE = 1_000   # results travel in pages: a job may hold millions of rows
 MAX_RESULTS_PAGE = 100_000
+KEY_LOCK_STRIPES = 64
 
 
 def _request_key(idempotency_key: str) -> str:
@@ -35,7 +36,9 @@ class BatchService:
         self.settings = settings
         self.store = store
         self.registry = registry
-        self._submitting = threading.Lock()  # a key's check and its job's creation happen as one
+        # A key's check and its job's creation happen as one; striped, so submits with other keys
+        # (the clients send one with every submit) do not wait for a big upload.
+        self._key_locks = [threading.Lock() for _ in range(KEY_LOCK_STRIPES)]
 
     # ------------------------------------------------------------------ submit
     def submit(self, body: Any, idempotency_key: Optional[str] = None) -> dict:
@@ -47,7 +50,7 @@ class BatchService:
         check_idempotency_key(idempotency_key)
         if idempotency_key is None:
             return self._submit(body)
-        with self._submitting:
+        with self._key_locks[int(_request_key(idempotency_key)[-8:], 16) % KEY_LOCK_STRIPES]:
             earlier = self._accepted_with(idempotency_key)
             if earlier is not None:
                 return {"executionId": earlier, "state": self._job(earlier)["state"]}
