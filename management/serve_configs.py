@@ -47,6 +47,7 @@ class ModelConfig:
     target_ongoing_requests: float = 32.0
     upscale_delay_s: float = 5.0
     downscale_delay_s: float = 30.0
+    look_back_period_s: float = 30.0   # Serve's window for averaging ongoing requests (its default)
     max_body_bytes: int = 16 << 20
     health_check_period_s: float = 10.0
     health_check_timeout_s: float = 30.0
@@ -129,6 +130,7 @@ def model_app_config(model: ModelConfig, cache_dir: str, code_version: str) -> A
             "target_ongoing_requests": model.target_ongoing_requests,
             "upscale_delay_s": model.upscale_delay_s,
             "downscale_delay_s": model.downscale_delay_s,
+            "look_back_period_s": model.look_back_period_s,
         },
         "user_config": {
             "max_batch_size": model.max_batch_size,

@@ -31,6 +31,7 @@ from management.registry import Registry
 logger = logging.getLogger(__name__)
 
 NAMESPACE = "modelpool"
+HEAD_NODE_RESOURCE = "node:__internal_head__"  # every Ray head has 1 of it
 SCHEDULER_NAME = "batch-scheduler"
 
 
@@ -235,9 +236,16 @@ def scheduler_name(store_config: dict) -> str:
 
 
 def scheduler_handle(store_config: dict, cache_dir: str, workers: int):
-    """The store's scheduler, started if it is not running (idempotent: any replica may call it)."""
+    """The store's scheduler, started if it is not running (idempotent: any replica may call it).
+
+    It runs on the head node (as Ray Train's state actor does, through the head's own resource):
+    the head is the one node whose loss ends the cluster anyway. Left to Ray, it went wherever its
+    caller was, and a worker node's death took it and its workers down mid-job (it resumes, but
+    the tests saw the workers it had placed vanish with it).
+    """
     return BatchScheduler.options(name=scheduler_name(store_config), namespace=NAMESPACE, lifetime="detached",
-                                  get_if_exists=True).remote(store_config, cache_dir, workers)
+                                  get_if_exists=True, resources={HEAD_NODE_RESOURCE: 0.001}
+                                  ).remote(store_config, cache_dir, workers)
 
 
 def start_job(store_config: dict, cache_dir: str, workers: int, execution_id: str) -> None:

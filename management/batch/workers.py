@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import ray
-from ray.exceptions import ActorUnschedulableError, RayActorError
+from ray.exceptions import ActorUnschedulableError, RayActorError, RayError
 
 from deployments.metrics import record_batch_rows
 from management.batch.jobs import input_location, open_job_store
@@ -85,10 +85,15 @@ def start_on(nodes: list[Optional[str]]) -> tuple[list[Any], list[Optional[str]]
     placed: list[Optional[str]] = []
     for i, ref in enumerate(where):
         if ref in ready:
-            placed.append(ray.get(ref))
-            continue
-        logger.warning("batch worker pinned to node %s is not up after %.0f s; starting it unpinned", nodes[i],
-                       PLACEMENT_WAIT_S)
+            try:
+                placed.append(ray.get(ref))
+                continue
+            except RayError as exc:  # its node died between listing and placing (ActorUnschedulableError)
+                logger.warning("batch worker pinned to node %s could not start (%s); starting it unpinned", nodes[i],
+                               type(exc).__name__)
+        else:
+            logger.warning("batch worker pinned to node %s is not up after %.0f s; starting it unpinned", nodes[i],
+                           PLACEMENT_WAIT_S)
         ray.kill(workers[i], no_restart=True)
         workers[i] = _start_pinned(None)
         placed.append(None)

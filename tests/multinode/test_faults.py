@@ -27,6 +27,7 @@ pytestmark = pytest.mark.integration
 ROW = {"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64", "data": [5.1, 3.5, 1.4, 0.2]}]}
 IRIS_APP = "model:iris:2"  # the default version of the example model
 LOCUSTFILE = Path(__file__).with_name("iris_load.py")
+ROWS = 40_000  # the batch job that spans the worker node's death
 SLOW_HANDLER = """
 import time
 import numpy as np
@@ -125,6 +126,9 @@ def test_replicas_are_placed_on_both_nodes_and_batch_workers_are_dealt_round_the
 
     batch_workers = [a for a in actors().values() if a["ActorClassName"].endswith("BatchWorker")]
     worker_nodes = {a["Address"]["NodeID"] for a in batch_workers if a["State"] == "ALIVE"}
+    schedulers = {a["Address"]["NodeID"] for a in actors().values()
+                  if a["ActorClassName"].endswith("BatchScheduler") and a["State"] == "ALIVE"}
+    assert schedulers == {head}, "the batch scheduler must live on the head, the node whose loss ends the cluster anyway"
     assert worker_nodes == {head, worker}, (
         f"batch workers not spread: {[(a['State'], a['Address']['NodeID']) for a in batch_workers]}; "
         f"nodes: {[(n['NodeID'], n['Alive'], n['Resources']) for n in ray.nodes()]}")
@@ -276,17 +280,20 @@ def test_losing_the_worker_node_under_load_loses_no_batch_row_and_serving_recove
     assert admin.post(f"{nodes.url}/models", params={"url": "slow-1.zip", "synchronous": "true"}).status_code == 200
 
     head, worker = nodes.node_ids()
-    records = [[float(i), 1.0] for i in range(12000)]  # 12 partitions of 1,000 rows, 0.5 s each, 2 at a time
+    target = len(running(IRIS_APP))
+    load = Load(nodes.url, tmp_path / "node-kill", seconds=25)
+    time.sleep(5)  # locust at full rate
+    # 40 partitions of 1,000 rows, 0.5 s each, 2 at a time: ~10 s of scoring, killed right after its first part
+    # (a 12-partition job started long before the kill, as this test had first, was over before it)
+    records = [[float(i), 1.0] for i in range(ROWS)]
     started = admin.post(f"{nodes.url}/batches", json={"service": "slow", "records": records, "parallel_count": 2})
     assert started.status_code == 202, started.text
     url = f"{nodes.url}/batches/{started.json()['executionId']}"
-    assert wait_until(lambda: admin.get(url).json()["completedItems"] > 0, timeout_s=120), "the job never started"
-
-    target = len(running(IRIS_APP))
-    load = Load(nodes.url, tmp_path / "node-kill", seconds=25)
-    time.sleep(8)
+    assert wait_until(lambda: admin.get(url).json()["completedItems"] > 0, timeout_s=30, step_s=0.1), "the job never started"
     killed_at = time.monotonic()
     kill(nodes.worker_raylet())
+    at_kill = admin.get(url).json()
+    assert at_kill["state"] == "Running" and at_kill["completedItems"] < ROWS, f"the job was not mid-run: {at_kill}"
     node_gone = wait_until(lambda: nodes.node_ids()[1] is None, timeout_s=60, step_s=0.2)
     detected_s = time.monotonic() - killed_at
     back = wait_until(lambda: {r["node_id"] for r in running(IRIS_APP)} == {head} and len(running(IRIS_APP)) >= target,
@@ -307,12 +314,21 @@ def test_losing_the_worker_node_under_load_loses_no_batch_row_and_serving_recove
     assert node_gone, "Ray never noticed the dead node"
     assert back, f"serving did not recover on the head: {replicas(IRIS_APP)}"
     assert done and body["state"] == "Complete", body
-    assert [r["index"] for r in rows] == list(range(12000)), "a row is missing or scored twice"
+    assert [r["index"] for r in rows] == list(range(ROWS)), "a row is missing or scored twice"
     assert [r["outputs"]["predict"] for r in rows[:2]] == [1.0, 2.0]
+    # The pool heals when a lost worker is next called: a second job uses every pool entry, and the one whose
+    # node died is replaced on the head. Afterwards every live worker is there, as many as configured.
+    again = admin.post(f"{nodes.url}/batches", json={"service": "slow", "records": records[:4000], "parallel_count": 2})
+    again_url = f"{nodes.url}/batches/{again.json()['executionId']}"
+    assert wait_until(lambda: admin.get(again_url).json()["state"] in ("Complete", "Failed"), timeout_s=120)
+    assert admin.get(again_url).json()["completedItems"] == 4000
     from ray._private.state import actors
 
     live_workers = [a["Address"]["NodeID"] for a in actors().values()
                     if a["ActorClassName"].endswith("BatchWorker") and a["State"] == "ALIVE"]
-    assert live_workers == [head] * settings.batch_workers, f"the lost batch worker was not replaced on the head: {live_workers}"
+    batch_actors = [(a["ActorClassName"].rsplit(".", 1)[-1], a["State"], a["Address"]["NodeID"][:8], a.get("NumRestarts"))
+                    for a in actors().values() if "Batch" in a["ActorClassName"]]
+    assert live_workers == [head] * settings.batch_workers, (
+        f"the lost batch worker was not replaced on the head ({head[:8]}; worker node {worker[:8]}): {batch_actors}")
     assert result.requests > 500
     assert post_ok(f"{nodes.url}/v2/models/iris/infer", ROW)
