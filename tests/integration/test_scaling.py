@@ -93,7 +93,7 @@ def test_autoscaling_adds_replicas_under_load_and_removes_them_after(ray_client)
     plan = core._plan()
     config = next(c for c in plan.dedicated if c.name == "diabetes")
     eager = dataclasses.replace(config, min_replicas=1, initial_replicas=1, max_replicas=2, target_ongoing_requests=1,
-                                upscale_delay_s=0.5, downscale_delay_s=2.0, look_back_period_s=2.0)
+                                upscale_delay_s=0.5, downscale_delay_s=2.0, look_back_period_s=12.0)
     deploy_config(eager, core.settings)
     assert running_replicas(app) == 1
     stop, seen, replicas = threading.Event(), Counter(), set()
