@@ -50,17 +50,18 @@ class BatchService:
         check_idempotency_key(idempotency_key)
         if idempotency_key is None:
             return self._submit(body)
-        with self._key_locks[int(_request_key(idempotency_key)[-8:], 16) % KEY_LOCK_STRIPES]:
-            earlier = self._accepted_with(idempotency_key)
+        request_key = _request_key(idempotency_key)
+        with self._key_locks[int(request_key[-8:], 16) % KEY_LOCK_STRIPES]:
+            earlier = self._accepted_with(request_key)
             if earlier is not None:
                 return {"executionId": earlier, "state": self._job(earlier)["state"]}
             answer = self._submit(body)
-            self.store.write_bytes(_request_key(idempotency_key), answer["executionId"].encode())
+            self.store.write_bytes(request_key, answer["executionId"].encode())
             return answer
 
-    def _accepted_with(self, idempotency_key: str) -> Optional[str]:
+    def _accepted_with(self, request_key: str) -> Optional[str]:
         try:
-            return self.store.read_bytes(_request_key(idempotency_key)).decode()
+            return self.store.read_bytes(request_key).decode()
         except ObjectNotFound:
             return None
 
