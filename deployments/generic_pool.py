@@ -69,8 +69,7 @@ class GenericPool:
             return http_routes.failure_response(name, call.version or "default", exc, self._headers, self.options.debug)
         read = http_routes.body_reader(request, self.max_body_bytes, self.options.body_timeout_s)
         try:
-            return await http_routes.answer_model_call(model, call, read, versions, self._headers,
-                                                       request.headers.get("content-type", ""))
+            return await http_routes.answer_model_call(model, call, read, versions, self._headers, request.headers)
         finally:
             self.budget.count()
 
@@ -81,17 +80,24 @@ class GenericPool:
         for model in list(self._serving.values()):
             http_routes.check_not_overdue(model)
 
-    async def forward(self, name: str, version: str, action: str, body: bytes) -> tuple[int, bytes, dict]:
-        """Entry point for a dedicated app passing on a version that this pool serves."""
+    async def forward(self, name: str, version: str, action: str, body: bytes,
+                      request_headers: dict[str, str]) -> tuple[int, bytes, dict]:
+        """Entry point for a dedicated app passing on a version that this pool serves.
+
+        ``request_headers`` are the few the codecs read (lower-case names); the answer's headers
+        come back with its media type, so a binary answer stays binary.
+        """
         async def read() -> bytes:
             return body
 
         try:
             model, versions = await self._model_for(name, version)
         except RequestError as exc:
-            return exc.status, http_routes.error_body(exc, self.options.debug), self._headers
-        response = await http_routes.answer_model_call(model, http_routes.ModelCall(version, action), read, versions, self._headers)
-        return response.status_code, bytes(response.body), {k: v for k, v in response.headers.items() if k.startswith("x-")}
+            return exc.status, http_routes.error_body(exc, self.options.debug), {**self._headers,
+                                                                                 "content-type": http_routes.JSON}
+        response = await http_routes.answer_model_call(model, http_routes.ModelCall(version, action), read, versions,
+                                                       self._headers, request_headers)
+        return response.status_code, bytes(response.body), http_routes.forwarded_headers(response.headers)
 
     async def _model_for(self, name: str, version: Optional[str]) -> tuple[LoadedModel, list[str]]:
         entry = self.catalog.get(name)

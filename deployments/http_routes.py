@@ -11,22 +11,25 @@ import logging
 import time
 import traceback
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Optional
+from typing import Awaitable, Callable, Mapping, Optional
 
 from starlette.requests import Request
 from starlette.responses import Response
 
 from cluster.tokens import bearer_matches
 from deployments import deadlines
+from deployments.codecs import REST_CODECS, v2_binary
 from deployments.errors import RequestError
 from deployments.redact import public_message
 from deployments.serving_options import ServingOptions
+from deployments.tensors import InferenceRequest
 
 JSON = "application/json"
 logger = logging.getLogger("ray.serve")  # Serve's replica logger: its lines carry the request id
 GENERIC_POOL_APP = "generic-pool"
 GENERIC_POOL_DEPLOYMENT = "GenericPool"
 GENERIC_POOL_ROUTE = "/v2/models"
+CODEC_HEADERS = ("content-type", v2_binary.HEADER)
 ACTIONS = {"/infer": ("POST", "infer"), "/predict": ("POST", "predict"), "/ready": ("GET", "ready"), "": ("GET", "metadata")}
 
 
@@ -153,17 +156,28 @@ def failure_response(name: str, version: str, exc: BaseException, headers: Optio
     return json_response(body, 500, headers)
 
 
+def codec_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """The request headers a codec may read, for passing a request on to another replica."""
+    return {name: headers[name] for name in CODEC_HEADERS if name in headers}
+
+
+def forwarded_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """An answer's headers worth passing back through a forwarding replica: its own, its type and binary length."""
+    return {name: value for name, value in headers.items()
+            if name.startswith("x-") or name in ("content-type", v2_binary.HEADER)}
+
+
 def body_reader(request: Request, max_bytes: int, timeout_s: Optional[float] = None) -> Callable[[], Awaitable[bytes]]:
     return lambda: read_body(request, max_bytes, timeout_s)
 
 
 async def answer_model_call(model, call: ModelCall, read: Callable[[], Awaitable[bytes]],
-                            versions: list[str], headers: dict, content_type: str = "") -> Response:
+                            versions: list[str], headers: dict, request_headers: Mapping[str, str]) -> Response:
     """Run one call on a loaded model, turn the outcome into a response and count it in the metrics."""
     started = time.perf_counter()
     try:
         response = await deadlines.within(model.response_timeout_s,
-                                          _answer(model, call, read, versions, headers, content_type))
+                                          _answer(model, call, read, versions, headers, request_headers))
     except asyncio.TimeoutError:
         response = error_response(overdue_error(model), headers, model.options.debug)
     model.metrics.request(call.action, response.status_code, (time.perf_counter() - started) * 1000)
@@ -191,15 +205,18 @@ def overdue_error(model) -> RequestError:
 
 
 async def _answer(model, call: ModelCall, read: Callable[[], Awaitable[bytes]],
-                  versions: list[str], headers: dict, content_type: str) -> Response:
+                  versions: list[str], headers: dict, request_headers: Mapping[str, str]) -> Response:
     try:
-        if call.action in ("infer", "predict") and model.takes_raw_payloads:
-            result = await model.raw(read, content_type)
-            return Response(result.payload, media_type=result.media_type, headers=headers)
-        if call.action == "infer":
-            result = await model.infer(read)
-        elif call.action == "predict":
-            result = await model.predict(read)
+        codec = REST_CODECS.get(call.action)
+        if codec is not None and model.takes_raw_payloads:
+            raw = await model.raw(read, request_headers.get("content-type", ""))
+            return Response(raw.payload, media_type=raw.media_type, headers=headers)
+        if codec is not None:
+            async def decode() -> InferenceRequest:
+                return codec.decode(await read(), request_headers)
+
+            result = await model.infer(decode)
+            encoded = codec.encode(result)
         elif call.action == "ready":
             return json_response({"name": model.name, "version": model.version, "ready": True}, headers=headers)
         else:
@@ -208,4 +225,5 @@ async def _answer(model, call: ModelCall, read: Callable[[], Awaitable[bytes]],
         return error_response(exc, headers, model.options.debug)
     except Exception as exc:  # noqa: BLE001 - the handler failed: report it, keep serving
         return failure_response(model.name, model.version, exc, headers, model.options.debug)
-    return Response(result.payload, media_type=JSON, headers={**headers, "x-modelpool-batch-size": str(result.batch_size)})
+    return Response(encoded.payload, media_type=encoded.media_type,
+                    headers={**headers, **encoded.headers, "x-modelpool-batch-size": str(result.batch_size)})

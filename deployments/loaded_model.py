@@ -15,27 +15,20 @@ from typing import Any, Awaitable, Callable, Optional
 
 import numpy as np
 
-from deployments import v2_protocol
+from deployments import dataplane
 from deployments.archive import LoadedArchive
 from deployments.batcher import AdaptiveBatcher
-from deployments.errors import RequestError
+from deployments.codecs.json_values import json_bytes
 from deployments.handlers import Handler, ModelContext, load_handler
 from deployments.metrics import ModelMetrics
 from deployments.serving_options import ServingOptions
+from deployments.tensors import InferenceRequest, InferenceResult, model_metadata
 
 INLINE_BELOW_S = 0.002
 DEFAULT_RESPONSE_TIMEOUT_S = 120.0  # TorchServe's default response_timeout
 
 BodyReader = Callable[[], Awaitable[bytes]]
-
-
-@dataclass(frozen=True)
-class ModelRequest:
-    """A decoded request: named input arrays that share their first (row) dimension."""
-
-    inputs: dict[str, np.ndarray]
-    rows: int
-    requested_outputs: Optional[tuple[str, ...]] = None
+Decoder = Callable[[], Awaitable[InferenceRequest]]
 
 
 @dataclass(frozen=True)
@@ -55,71 +48,6 @@ class RawRequest:
     content_type: str
 
 
-def batch_key(request: ModelRequest) -> tuple:
-    """Requests share a model call only when their arrays concatenate and they want the same outputs."""
-    return (tuple((name, array.shape[1:], array.dtype.str) for name, array in request.inputs.items()),
-            request.requested_outputs)
-
-
-def concatenate(requests: list[ModelRequest]) -> dict[str, np.ndarray]:
-    if len(requests) == 1:
-        return requests[0].inputs
-    return {name: np.concatenate([r.inputs[name] for r in requests]) for name in requests[0].inputs}
-
-
-def split_outputs(outputs: dict[str, np.ndarray], requests: list[ModelRequest]) -> list[dict[str, np.ndarray]]:
-    if len(requests) == 1:
-        return [outputs]
-    results: list[dict[str, np.ndarray]] = []
-    start = 0
-    for request in requests:
-        stop = start + request.rows
-        results.append({name: array[start:stop] for name, array in outputs.items()})
-        start = stop
-    return results
-
-
-def request_from_v2(parsed: v2_protocol.InferenceRequest, manifest_inputs: list) -> ModelRequest:
-    """Check that the tensors are rows of one batch and fit the model's declared input."""
-    rows: Optional[int] = None
-    inputs: dict[str, np.ndarray] = {}
-    for i, tensor in enumerate(parsed.inputs):
-        data = tensor.data
-        if data.ndim == 0:
-            raise RequestError(
-                f"input '{tensor.name}' is a scalar; send shape [rows, ...] with one row per instance",
-                field=f"inputs[{i}].shape",
-            )
-        if rows is None:
-            rows = data.shape[0]
-        elif data.shape[0] != rows:
-            raise RequestError(
-                f"input '{tensor.name}' has {data.shape[0]} rows but the first input has {rows}; "
-                "every input needs the same first dimension",
-                field=f"inputs[{i}].shape",
-            )
-        inputs[tensor.name] = data
-    if len(manifest_inputs) == 1 and len(parsed.inputs) == 1:
-        check_declared_shape(parsed.inputs[0].data, manifest_inputs[0], "inputs[0].shape")
-    return ModelRequest(inputs=inputs, rows=rows or 0, requested_outputs=parsed.requested_outputs)
-
-
-def check_declared_shape(data: np.ndarray, declared: Any, field: str) -> None:
-    shape = list(declared.shape or [])
-    if not shape:
-        return
-    expected_tail = shape[1:]
-    actual_tail = list(data.shape[1:])
-    fits = len(expected_tail) == len(actual_tail) and all(e in (-1, a) for e, a in zip(expected_tail, actual_tail))
-    if not fits:
-        raise RequestError(
-            f"the model expects input shape {shape} (rows first) but got {list(data.shape)}; "
-            f"send rows of {expected_tail or 'scalars'}",
-            status=422,
-            field=field,
-        )
-
-
 class LoadedModel:
     """A model version ready to answer V2 and plain JSON requests through its own batcher."""
 
@@ -132,7 +60,7 @@ class LoadedModel:
         self.handler: Handler = load_handler(archive.model_dir, archive.manifest, self.context)
         self.loaded_at = time.time()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{name}")
-        self.batcher: AdaptiveBatcher[ModelRequest] = AdaptiveBatcher(self._predict_batch, max_batch_size, max_batch_delay_s)
+        self.batcher: AdaptiveBatcher[dataplane.ModelRequest] = AdaptiveBatcher(self._predict_batch, max_batch_size, max_batch_delay_s)
         self._call_seconds = float("inf")  # running average of handler calls; unknown until the first
         self.options = ServingOptions()
         self.metrics = ModelMetrics(name, version, replica)
@@ -159,27 +87,19 @@ class LoadedModel:
         running = time.monotonic() - started
         return running if running > self.response_timeout_s else None
 
-    async def infer(self, read_body: BodyReader) -> ModelAnswer:
-        """Open Inference Protocol V2: decode, batch, encode."""
-        with self.batcher.incoming() as incoming:
-            parsed = v2_protocol.parse_infer_request(await read_body())
-            model_request = request_from_v2(parsed, self.manifest.inputs)
-            incoming.release()
-            outputs, batch_size = await self.batcher.submit(model_request, batch_key(model_request))
-        payload = v2_protocol.encode_infer_response(self.name, self.version, parsed.id, outputs, parsed.requested_outputs)
-        return ModelAnswer(payload, batch_size)
+    async def infer(self, decode: Decoder) -> InferenceResult:
+        """Decode (inside the batcher's view, so a batch waits for requests still being read), batch, run.
 
-    async def predict(self, read_body: BodyReader) -> ModelAnswer:
-        """Plain JSON: ``{"instances": [...]}`` -> ``{"predictions": [...]}``."""
+        ``decode`` reads the body and turns it into a request with the transport's codec; the
+        outputs come back selected and ordered for the codec to encode.
+        """
         with self.batcher.incoming() as incoming:
-            instances = v2_protocol.parse_predict_request(await read_body())
-            if len(self.manifest.inputs) == 1:
-                check_declared_shape(instances, self.manifest.inputs[0], "instances")
-            model_request = ModelRequest(inputs={"input-0": instances}, rows=instances.shape[0])
+            request = await decode()
+            queued = dataplane.model_request(request, self.manifest.inputs)
             incoming.release()
-            outputs, batch_size = await self.batcher.submit(model_request, batch_key(model_request))
-        predictions = outputs["predict"] if "predict" in outputs else next(iter(outputs.values()))
-        return ModelAnswer(v2_protocol.encode_predict_response(predictions), batch_size)
+            outputs, batch_size = await self.batcher.submit(queued, dataplane.batch_key(queued))
+        return InferenceResult(self.name, self.version, request,
+                               dataplane.select_outputs(outputs, request, self.name), batch_size)
 
     @property
     def takes_raw_payloads(self) -> bool:
@@ -200,22 +120,22 @@ class LoadedModel:
 
     def metadata(self, versions: list[str]) -> dict:
         manifest = self.manifest
-        return v2_protocol.model_metadata(
+        return model_metadata(
             self.name, versions, manifest.handler,
             [_spec(t) for t in manifest.inputs], [_spec(t) for t in manifest.outputs])
 
     def close(self) -> None:
         self._executor.shutdown(wait=False)
 
-    async def _predict_batch(self, requests: list[ModelRequest]) -> list[Any]:
+    async def _predict_batch(self, requests: list[dataplane.ModelRequest]) -> list[Any]:
         """One handler call for the batch; on failure, retry alone so one bad request fails alone."""
         self.metrics.batch(len(requests), self.batcher.waiting)
         if isinstance(requests[0], RawRequest):
             return [(await self._run_raw(request), 1) for request in requests]
         wanted = requests[0].requested_outputs
         try:
-            outputs = await self._run_model(concatenate(requests), wanted)
-            return [(out, len(requests)) for out in split_outputs(outputs, requests)]
+            outputs = await self._run_model(dataplane.concatenate(requests), wanted)
+            return [(out, len(requests)) for out in dataplane.split_outputs(outputs, requests)]
         except Exception:
             if len(requests) == 1:
                 raise
@@ -268,7 +188,7 @@ def raw_answer(answer: Any, bytes_media_type: str) -> ModelAnswer:
         return ModelAnswer(bytes(answer), 1, bytes_media_type)
     if isinstance(answer, str):
         return ModelAnswer(answer.encode(), 1, "text/plain; charset=utf-8")
-    return ModelAnswer(v2_protocol.json_bytes(answer), 1)
+    return ModelAnswer(json_bytes(answer), 1)
 
 
 def _spec(tensor: Any) -> dict:

@@ -82,7 +82,7 @@ class ModelServer:
         read = http_routes.body_reader(request, self.max_body_bytes, self.options.body_timeout_s)
         try:
             return await http_routes.answer_model_call(self.model, call, read, self.versions, self._headers,
-                                                       request.headers.get("content-type", ""))
+                                                       request.headers)
         finally:
             self.budget.count()
 
@@ -97,8 +97,9 @@ class ModelServer:
         body = (await http_routes.read_body(request, self.max_body_bytes, self.options.body_timeout_s)
                 if request.method == "POST" else b"")  # a 413/408 here is answered by __call__
         handle = serve.get_deployment_handle(http_routes.GENERIC_POOL_DEPLOYMENT, app_name=http_routes.GENERIC_POOL_APP)
-        status, payload, headers = await handle.forward.remote(self.name, call.version, call.action, body)
-        return Response(payload, status_code=status, media_type=http_routes.JSON, headers=headers)
+        status, payload, headers = await handle.forward.remote(self.name, call.version, call.action, body,
+                                                               http_routes.codec_headers(request.headers))
+        return Response(payload, status_code=status, headers=headers)
 
 
 def _replica_id() -> str:

@@ -37,7 +37,7 @@ async def _read() -> bytes:
 async def with_deadline(model: LoadedModel, calls: int) -> float:
     started = time.perf_counter()
     for _ in range(calls):
-        response = await http_routes.answer_model_call(model, CALL, _read, ["1"], {})
+        response = await http_routes.answer_model_call(model, CALL, _read, ["1"], {}, {})
     assert response.status_code == 200, response.body
     return (time.perf_counter() - started) / calls
 
@@ -45,7 +45,7 @@ async def with_deadline(model: LoadedModel, calls: int) -> float:
 async def without_deadline(model: LoadedModel, calls: int) -> float:
     started = time.perf_counter()
     for _ in range(calls):
-        response = await http_routes._answer(model, CALL, _read, ["1"], {}, "")
+        response = await http_routes._answer(model, CALL, _read, ["1"], {}, {})
         model.metrics.request(CALL.action, response.status_code, 0.0)  # the same bookkeeping as the real path
     assert response.status_code == 200, response.body
     return (time.perf_counter() - started) / calls

@@ -27,7 +27,7 @@ with warnings.catch_warnings():  # starlette's notice about httpx, raised on imp
 
 from cluster.net import is_loopback_host
 from cluster.settings import Settings, SettingsError, check_exposure, load_settings
-from deployments import v2_protocol
+from deployments.codecs import plain_json as plain_codec, v2_json as v2_codec
 from deployments.archive import read_manifest
 from deployments.errors import RequestError
 from deployments.examples import build_examples
@@ -472,13 +472,13 @@ def test_deeply_nested_json_is_a_quick_400(management, iris):
     deep = b"[" * 100_000
     started = time.monotonic()
     with pytest.raises(RequestError) as nested:
-        v2_protocol.parse_infer_request(deep)
+        v2_codec.parse_infer_request(deep)
     with pytest.raises(RequestError) as nested_predict:
-        v2_protocol.parse_predict_request(b'{"instances": ' + deep)
+        plain_codec.parse_predict_request(b'{"instances": ' + deep)
     assert time.monotonic() - started < 0.5
     assert (nested.value.status, nested.value.field) == (400, "body")
     assert nested.value.message == ("request body is not valid JSON (it is nested too deeply); send a JSON object "
-                                    f"such as {v2_protocol._V2_EXAMPLE}")
+                                    f"such as {v2_codec._V2_EXAMPLE}")
     assert nested_predict.value.message.startswith("request body is not valid JSON (it is nested too deeply)")
 
     iris.reconfigure(user_config(load_settings({}, {})))
@@ -499,17 +499,17 @@ def test_deeply_nested_json_is_a_quick_400(management, iris):
 def test_too_many_tensors_are_refused_and_many_outputs_parse_in_linear_time():
     one = {"name": "x", "shape": [1], "datatype": "FP64", "data": [1.0]}
     with pytest.raises(RequestError) as inputs:
-        v2_protocol.parse_infer_request({"inputs": [dict(one, name=f"i{k}") for k in range(5000)]})
+        v2_codec.parse_infer_request({"inputs": [dict(one, name=f"i{k}") for k in range(5000)]})
     assert (inputs.value.status, inputs.value.field, inputs.value.message) == (
         400, "inputs", '"inputs" has 5000 tensors; at most 4096 are accepted, so put values of the same datatype '
                        "into one tensor with a wider shape")
     with pytest.raises(RequestError) as outputs:
-        v2_protocol.parse_infer_request({"inputs": [one], "outputs": [{"name": f"o{k}"} for k in range(5000)]})
+        v2_codec.parse_infer_request({"inputs": [one], "outputs": [{"name": f"o{k}"} for k in range(5000)]})
     assert (outputs.value.status, outputs.value.field, outputs.value.message) == (
         400, "outputs", '"outputs" lists 5000 outputs; at most 4096 can be requested, or leave it out to get every '
                         "output")
     started = time.monotonic()
-    parsed = v2_protocol.parse_infer_request({"inputs": [one], "outputs": [{"name": f"o{k}"} for k in range(4096)]})
+    parsed = v2_codec.parse_infer_request({"inputs": [one], "outputs": [{"name": f"o{k}"} for k in range(4096)]})
     assert len(parsed.requested_outputs) == 4096
     assert time.monotonic() - started < 0.5, "a list of requested names was checked quadratically (minutes at 200k)"
 

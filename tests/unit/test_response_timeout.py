@@ -44,7 +44,7 @@ def predict(model: LoadedModel, seconds: float):
     async def read() -> bytes:
         return json.dumps({"instances": [[seconds, 1.0]]}).encode()
 
-    return asyncio.run(http_routes.answer_model_call(model, http_routes.ModelCall(None, "predict"), read, ["1"], {}))
+    return asyncio.run(http_routes.answer_model_call(model, http_routes.ModelCall(None, "predict"), read, ["1"], {}, {}))
 
 
 def test_a_call_past_the_response_timeout_is_a_504_naming_it_and_the_replica_turns_unhealthy(slow_model):

@@ -157,7 +157,7 @@ def answer(model: LoadedModel, action: str, body: bytes, content_type: str):
         return body
 
     return asyncio.run(http_routes.answer_model_call(model, http_routes.ModelCall(None, action), read, ["1"], {},
-                                                     content_type))
+                                                     {"content-type": content_type}))
 
 
 def test_payload_passthrough_hands_the_raw_body_to_predict_raw(report_model):

@@ -1,4 +1,4 @@
-"""Unit tests for the V2 / plain JSON codec: round trips, every refusal, and a fuzz loop.
+"""Unit tests for the V2 JSON and plain JSON codecs: round trips, every refusal, and a fuzz loop.
 
 The codec sits in front of every model, so each rejection is checked for its status and field
 (what clients and dashboards key on), and random junk must only ever produce RequestError.
@@ -13,18 +13,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+from deployments.codecs.plain_json import encode_predict_response, parse_predict_request
+from deployments.codecs.v2_json import encode_infer_response, parse_infer_request, tensor_from_array
+from deployments.dataplane import select_outputs
 from deployments.errors import RequestError
-from deployments.v2_protocol import (
-    V2_DATATYPES,
-    InferenceRequest,
-    encode_infer_response,
-    encode_predict_response,
-    error_body,
-    model_metadata,
-    parse_infer_request,
-    parse_predict_request,
-    tensor_from_array,
-)
+from deployments.tensors import V2_DATATYPES, InferenceRequest, InferenceResult, RequestedOutput, model_metadata
 
 SAMPLES: dict[str, list] = {
     "BOOL": [True, False, True, True],
@@ -159,11 +152,19 @@ def test_big_ints_are_fine_for_fp64() -> None:
 # --- responses -----------------------------------------------------------------------------------
 
 
+def answer(outputs: dict, name: str = "m", version: str | None = None, request_id: str | None = None,
+           wanted: tuple[str, ...] | None = None) -> bytes:
+    """Encode ``outputs`` as the data plane hands them over: selected and ordered for the request."""
+    asked = None if wanted is None else tuple(RequestedOutput(n) for n in wanted)
+    request = InferenceRequest(id=request_id, inputs=(), parameters={}, outputs=asked)
+    return encode_infer_response(InferenceResult(name, version, request, select_outputs(outputs, request, name)))
+
+
 def test_response_echoes_id_and_keeps_order() -> None:
     outputs = {"predict": np.array([1, 0]), "proba": np.array([[0.1, 0.9], [0.8, 0.2]])}
-    body = json.loads(encode_infer_response("iris", "2", "req-7", outputs, parameters={"t": np.float32(1.5)}))
-    assert list(body) == ["model_name", "model_version", "id", "parameters", "outputs"]
-    assert body["id"] == "req-7" and body["model_version"] == "2" and body["parameters"] == {"t": 1.5}
+    body = json.loads(answer(outputs, "iris", "2", "req-7"))
+    assert list(body) == ["model_name", "model_version", "id", "outputs"]
+    assert body["id"] == "req-7" and body["model_version"] == "2"
     assert body["outputs"] == [
         {"name": "predict", "datatype": "INT64", "shape": [2], "data": [1, 0]},
         {"name": "proba", "datatype": "FP64", "shape": [2, 2], "data": [0.1, 0.9, 0.8, 0.2]},
@@ -171,20 +172,20 @@ def test_response_echoes_id_and_keeps_order() -> None:
 
 
 def test_response_omits_missing_optional_fields() -> None:
-    body = json.loads(encode_infer_response("m", None, None, {"y": np.zeros(1, np.float32)}))
+    body = json.loads(answer({"y": np.zeros(1, np.float32)}))
     assert body == {"model_name": "m", "outputs": [{"name": "y", "datatype": "FP32", "shape": [1], "data": [0.0]}]}
 
 
 def test_requested_outputs_filter_and_order() -> None:
     outputs = {"a": np.array([1]), "b": np.array([2.0]), "c": np.array([True])}
-    body = json.loads(encode_infer_response("m", None, None, outputs, ("c", "a")))
+    body = json.loads(answer(outputs, wanted=("c", "a")))
     assert [o["name"] for o in body["outputs"]] == ["c", "a"]
     assert body["outputs"][0]["datatype"] == "BOOL"
 
 
 def test_unknown_requested_output_lists_available() -> None:
     with pytest.raises(RequestError) as info:
-        encode_infer_response("m", None, None, {"a": np.array([1]), "b": np.array([2])}, ("a", "nope"))
+        answer({"a": np.array([1]), "b": np.array([2])}, wanted=("a", "nope"))
     assert info.value.status == 400 and info.value.field == "outputs[1].name"
     assert '"nope"' in info.value.message and '"a", "b"' in info.value.message
 
@@ -273,16 +274,31 @@ def test_protocol_violations(body: dict, field: str, words: list[str]) -> None:
     rejects_infer(body, field, *words)
 
 
-@pytest.mark.parametrize("body,field", [
-    ({"inputs": [tensor(parameters={"binary_data_size": 8})]}, "inputs[0].parameters.binary_data_size"),
-    ({"inputs": [tensor(parameters={"binary_data_size": 0})]}, "inputs[0].parameters.binary_data_size"),
-    ({"inputs": [tensor(parameters={"binary_data": True})]}, "inputs[0].parameters.binary_data"),
-    ({"inputs": [tensor()], "outputs": [{"name": "y", "parameters": {"binary_data": True}}]},
-     "outputs[0].parameters.binary_data"),
-    ({"inputs": [tensor()], "parameters": {"binary_data_output": True}}, "parameters.binary_data_output"),
+@pytest.mark.parametrize("parameters", [{"binary_data_size": 8}, {"binary_data_size": 0}])
+def test_binary_input_without_a_binary_section_names_the_header(parameters: dict) -> None:
+    rejects_infer({"inputs": [tensor(parameters=parameters)]}, "inputs[0].parameters.binary_data_size",
+                  "Inference-Header-Content-Length", "no binary section")
+
+
+def test_binary_output_wishes_are_read() -> None:
+    parsed = parse_infer_request(request(outputs=[{"name": "a", "parameters": {"binary_data": True}},
+                                                  {"name": "b", "parameters": {"binary_data": False}}, {"name": "c"}],
+                                         parameters={"binary_data_output": True}))
+    assert parsed.outputs == (RequestedOutput("a", True), RequestedOutput("b", False), RequestedOutput("c"))
+    assert [parsed.wants_binary(n) for n in "abc"] == [True, False, True]
+    assert not parse_infer_request(request()).binary_output
+
+
+@pytest.mark.parametrize("body,field,words", [
+    ({"inputs": [tensor()], "parameters": {"binary_data_output": "yes"}}, "parameters.binary_data_output",
+     ["true or false"]),
+    ({"inputs": [tensor()], "outputs": [{"name": "y", "parameters": {"binary_data": 1}}]},
+     "outputs[0].parameters.binary_data", ["true or false"]),
+    ({"inputs": [tensor()], "outputs": [{"name": "y", "parameters": {"classification": 2}}]},
+     "outputs[0].parameters.classification", ["not supported", "predict_proba"]),
 ])
-def test_binary_extension_is_refused(body: dict, field: str) -> None:
-    rejects_infer(body, field, "binary tensor data is not supported", "JSON")
+def test_bad_binary_and_classification_parameters(body: dict, field: str, words: list[str]) -> None:
+    rejects_infer(body, field, *words)
 
 
 @pytest.mark.parametrize("data,shape,words", [
@@ -420,11 +436,6 @@ def test_model_metadata() -> None:
     json.dumps(body)
     with pytest.raises(ValueError, match="FLOAT"):
         model_metadata("m", [], "p", [{"name": "x", "datatype": "FLOAT", "shape": [1]}], [])
-
-
-def test_error_body() -> None:
-    assert json.loads(error_body("bad", "inputs[0].shape")) == {"error": "bad", "field": "inputs[0].shape"}
-    assert json.loads(error_body("bad")) == {"error": "bad"}
 
 
 # --- fuzz ----------------------------------------------------------------------------------------

@@ -1,0 +1,127 @@
+"""The decoded shapes every wire format meets in: V2 datatypes, request tensors and inference results.
+
+Codecs turn bytes into these and back (``deployments/codecs/``); the data plane
+(``deployments/dataplane.py``) and the batcher only ever see these and numpy arrays, so a new
+transport never touches the model path.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Union
+
+import numpy as np
+
+V2_DATATYPES: dict[str, Union[np.dtype, type]] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype(np.uint8),
+    "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32),
+    "UINT64": np.dtype(np.uint64),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "FP16": np.dtype(np.float16),
+    "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64),
+    "BYTES": np.dtype(object),  # values are Python str
+}
+
+
+# numpy (kind, itemsize) -> V2 datatype, for outputs; keyed this way so byte order does not matter.
+_OUTPUT_DATATYPES: dict[tuple[str, int], str] = {
+    (dtype.kind, dtype.itemsize): name for name, dtype in V2_DATATYPES.items() if name != "BYTES"
+}
+
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """One decoded request input: ``data`` is already typed and shaped, ready for a model.
+
+    BYTES elements are ``str`` when they are UTF-8 text (JSON always sends text), else ``bytes``,
+    so a model sees the same values whichever wire format the client chose.
+    """
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    data: np.ndarray
+    parameters: dict
+
+
+@dataclass(frozen=True)
+class RequestedOutput:
+    """An output the client asked for; ``binary`` is its own binary-data wish (None: the request's default)."""
+
+    name: str
+    binary: Optional[bool] = None
+
+
+@dataclass(frozen=True)
+class InferenceRequest:
+    """A decoded V2 request; ``outputs`` is None when the client wants every output.
+
+    ``binary_output`` is the request-wide wish for binary output data (the REST binary extension's
+    ``binary_data_output``); gRPC and JSON-only clients leave it False.
+    """
+
+    id: Optional[str]
+    inputs: tuple[Tensor, ...]
+    parameters: dict
+    outputs: Optional[tuple[RequestedOutput, ...]] = None
+    binary_output: bool = False
+
+    @property
+    def requested_outputs(self) -> Optional[tuple[str, ...]]:
+        """The names asked for, in the client's order; None for all."""
+        return None if self.outputs is None else tuple(output.name for output in self.outputs)
+
+    def wants_binary(self, name: str) -> bool:
+        """Whether output ``name`` goes back as binary data (its own wish first, then the request's)."""
+        for output in self.outputs or ():
+            if output.name == name and output.binary is not None:
+                return output.binary
+        return self.binary_output
+
+
+@dataclass(frozen=True)
+class InferenceResult:
+    """A model's answer to one request: the outputs to send, in the order to send them."""
+
+    model_name: str
+    model_version: Optional[str]
+    request: InferenceRequest
+    outputs: dict[str, np.ndarray]
+    batch_size: int = 1
+
+
+
+def datatype_of(dtype: np.dtype, name: str) -> str:
+    """Map a numpy dtype to a V2 datatype; anything V2 cannot carry is a server bug, not a 4xx."""
+    if dtype.kind in "USO":
+        return "BYTES"
+    datatype = _OUTPUT_DATATYPES.get((dtype.kind, dtype.itemsize))
+    if datatype is None:
+        raise TypeError(f"output {name!r} has numpy dtype {dtype}, which V2 cannot carry; "
+                        f"cast it to one of {', '.join(V2_DATATYPES)} first")
+    return datatype
+
+
+def model_metadata(name: str, versions: list[str], platform: str, inputs: list[dict], outputs: list[dict]) -> dict:
+    """The V2 model metadata body; tensors are trimmed to name/datatype/shape as the spec defines them."""
+    return {
+        "name": name,
+        "versions": list(versions),
+        "platform": platform,
+        "inputs": [_metadata_tensor(t) for t in inputs],
+        "outputs": [_metadata_tensor(t) for t in outputs],
+    }
+
+
+def _metadata_tensor(tensor: dict) -> dict:
+    """A wrong datatype here is a model-config bug, so it fails loudly rather than reaching clients."""
+    if tensor["datatype"] not in V2_DATATYPES:
+        raise ValueError(f"tensor {tensor['name']!r} has datatype {tensor['datatype']!r}; "
+                         f"use one of {', '.join(V2_DATATYPES)}")
+    return {"name": tensor["name"], "datatype": tensor["datatype"], "shape": list(tensor["shape"])}
