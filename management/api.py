@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse, Response
 
 from deployments.errors import RequestError
 from deployments.http_routes import error_response, read_body
+from management import repository
 from management.openapi_docs import complete
 from management.params import ListParams, PoolParams, RegisterParams, ScaleParams
 from modelpool import __version__
@@ -138,7 +139,7 @@ async def ready(request: Request) -> JSONResponse:
 
 @api.get("/v2", tags=["health"])
 async def server_metadata() -> dict:
-    return {"name": "modelpool", "version": __version__, "extensions": ["model_repository"]}
+    return {"name": "modelpool", "version": __version__, "extensions": ["binary_tensor_data", "model_repository"]}
 
 
 _generated_openapi = api.openapi
@@ -254,6 +255,38 @@ async def delete_pool(request: Request, name: str, version: str) -> dict:
 @api.get("/services", tags=["services"], dependencies=authorized)
 async def services(request: Request) -> list:
     return await _call(_manager(request).services)
+
+
+# ---------------------------------------------------------------------------------- model repository (V2)
+# The Open Inference Protocol's model repository extension, in Triton's shape (MLServer's is the same):
+# the store is the repository, the registry what is loaded. Behind the token, unlike Triton's.
+@api.post("/v2/repository/index", tags=["repository"], dependencies=authorized)
+async def repository_index(request: Request) -> JSONResponse:
+    """Every registered model version with its state (READY, LOADING, UNLOADING, UNAVAILABLE) and every
+    model store archive that is not registered (UNAVAILABLE); the body ``{"ready": true}`` keeps the READY ones."""
+    ready_only = repository.parse_index_request(await _body(request))
+    return JSONResponse(await _call(_manager(request).repository_index, ready_only))
+
+
+@api.post("/v2/repository/models/{model_name}/load", tags=["repository"], dependencies=authorized,
+          response_class=Response)
+async def repository_load(request: Request, model_name: str) -> Response:
+    """Register the model's archives from the model store and answer once it serves: 200, empty body, as Triton.
+
+    Already registered: nothing changes. ``parameters`` are ignored but for Triton's ``config`` and
+    ``file:`` ones, which are refused (modelpool cannot honour them)."""
+    repository.parse_load_request(await _body(request))
+    await _call(_manager(request).load, model_name)
+    return Response(status_code=200)
+
+
+@api.post("/v2/repository/models/{model_name}/unload", tags=["repository"], dependencies=authorized,
+          response_class=Response)
+async def repository_unload(request: Request, model_name: str) -> Response:
+    """Unregister every version of the model: 200, empty body, as Triton. ``unload_dependents`` is ignored."""
+    repository.parse_unload_request(await _body(request))
+    await _call(_manager(request).unload, model_name)
+    return Response(status_code=200)
 
 
 # ---------------------------------------------------------------------------------- batches

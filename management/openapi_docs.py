@@ -42,6 +42,27 @@ BATCH_BODY = {
     },
     "required": ["service"],
 }
+REPOSITORY_INDEX = "/v2/repository/index"
+REPOSITORY_LOAD = "/v2/repository/models/{model_name}/load"
+REPOSITORY_UNLOAD = "/v2/repository/models/{model_name}/unload"
+_PARAMETERS = {"type": "object", "description": "key/value pairs, as the Open Inference Protocol's parameters"}
+# Optional JSON bodies of the model repository routes (Triton's shapes; no body is the same as {}).
+REQUEST_BODIES: dict[tuple[str, str], dict[str, Any]] = {
+    ("post", REPOSITORY_INDEX): {"type": "object", "properties": {
+        "ready": {"type": "boolean", "description": "true: only the models ready for inference"}}},
+    ("post", REPOSITORY_LOAD): {"type": "object", "properties": {"parameters": {
+        **_PARAMETERS, "description": "accepted and ignored, except Triton's `config` and `file:...`, refused with 400"}}},
+    ("post", REPOSITORY_UNLOAD): {"type": "object", "properties": {"parameters": {
+        **_PARAMETERS, "properties": {"unload_dependents": {"type": "boolean", "description": "accepted, ignored"}}}}},
+}
+INDEX_ENTRY = {
+    "type": "object",
+    "properties": {"name": {"type": "string"}, "version": {"type": "string"},
+                   "state": {"type": "string", "enum": ["READY", "LOADING", "UNLOADING", "UNAVAILABLE"]},
+                   "reason": {"type": "string"}},
+    "required": ["name", "version", "state", "reason"],
+}
+_EMPTY_200 = {"200": {"description": "done; the body is empty, as Triton answers"}}
 # (method, path) -> (parameters model, where it goes, the error statuses the route can answer)
 ROUTES: dict[tuple[str, str], tuple[Optional[type[BaseModel]], str, tuple[int, ...]]] = {
     ("post", "/models"): (RegisterParams, "query", (400, 403, 404, 408, 409, 413, 500, 504)),
@@ -64,6 +85,9 @@ ROUTES: dict[tuple[str, str], tuple[Optional[type[BaseModel]], str, tuple[int, .
     ("get", "/batches/{execution_id}/results/{index}"): (None, "", (400, 404)),
     ("get", "/batches/{execution_id}/results/{index}/artifacts"): (None, "", (400, 404)),
     ("get", "/batches/{execution_id}/results/{index}/artifacts/{name}"): (None, "", (400, 404)),
+    ("post", REPOSITORY_INDEX): (None, "", (400, 408, 413)),
+    ("post", REPOSITORY_LOAD): (None, "", (400, 404, 408, 413, 500, 504)),
+    ("post", REPOSITORY_UNLOAD): (None, "", (400, 404, 408, 413)),
 }
 OPEN_PATHS = {"/ping", "/v2/health/live", "/v2/health/ready", "/v2"}  # health: no token
 # Answers FastAPI cannot see in the route's signature (found by the fuzzer with real batch ids).
@@ -71,6 +95,10 @@ RESPONSES: dict[tuple[str, str], dict[str, Any]] = {
     ("get", "/batches/{execution_id}/results/{index}/artifacts/{name}"): {
         "200": {"description": "the file, as the handler wrote it",
                 "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}},
+    ("post", REPOSITORY_INDEX): {"200": {"description": "the index, sorted by name and version",
+                                         "content": {"application/json": {"schema": {"type": "array", "items": INDEX_ENTRY}}}}},
+    ("post", REPOSITORY_LOAD): _EMPTY_200,
+    ("post", REPOSITORY_UNLOAD): _EMPTY_200,
     ("get", "/v2/health/ready"): {
         "200": {"description": "every application runs", "content": {"application/json": {"schema": {
             "type": "object", "properties": {"ready": {"type": "boolean", "const": True}}, "required": ["ready"]}}}},
@@ -103,6 +131,9 @@ def complete(spec: dict[str, Any]) -> dict[str, Any]:
                 # A request line past HAProxy's 16 kB buffer (a long url of non-ASCII characters is up to
                 # 6 bytes a character once percent-encoded) is refused by the ingress with its own HTML page.
                 responses["400"].setdefault("content", {})["text/html"] = {"schema": {"type": "string"}}
+            if (method, path) in REQUEST_BODIES:
+                operation["requestBody"] = {"required": False, "content": {
+                    "application/json": {"schema": REQUEST_BODIES[(method, path)]}}}
             if where == "batch-body":
                 operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": BATCH_BODY}}}
                 operation["parameters"] = operation.get("parameters", []) + [{

@@ -168,8 +168,11 @@ class Registry:
 
     def versions(self, name: str) -> list[str]:
         """Readable versions of ``name``, oldest first (natural order)."""
-        check_model_name(name)
-        return [record.version for record in self._list("models", ModelRecord, name)]
+        return [record.version for record in self.model_versions(name)]
+
+    def model_versions(self, name: str) -> list[ModelRecord]:
+        """Readable records of ``name``, oldest version first: one listing of that model, not of all."""
+        return self._list("models", ModelRecord, check_model_name(name))
 
     # ------------------------------------------------------------------------------- defaults
 

@@ -26,7 +26,7 @@ from deployments.archive_fetch import store_source
 from deployments.errors import RequestError
 from cluster.url_patterns import parse_allowed_urls
 from deployments.model_source import UrlPolicy, resolve_model_url, too_large
-from management import deployer, placement, serve_configs, workers
+from management import deployer, placement, repository, serve_configs, workers
 from management.batch import leases
 from management.params import ListParams, PoolParams, RegisterParams, ScaleParams
 from management.ttl_cache import TtlCache
@@ -108,15 +108,20 @@ class ModelManager:
         known = {(r.name, r.version) for r in self.registry.list_models()} | self.registry.unregistered()
         new = [path for manifest, path in list_store(self.settings.model_store_path)
                if (manifest.name, manifest.version) not in known]
+        for path, exc in self._register_from_store(new):
+            logger.warning("could not register %s from the model store: %s", path.name, exc.message)
 
-        def register(path: Path) -> None:
+    def _register_from_store(self, paths: list[Path]) -> list[tuple[Path, RequestError]]:
+        """Register store archives with the start-up defaults, recorded but not deployed; returns the refusals."""
+        def register(path: Path) -> Optional[tuple[Path, RequestError]]:
             try:
                 self.register(RegisterParams(url=path.name, initial_workers=self.settings.workers), apply=False)
+                return None
             except RequestError as exc:
-                logger.warning("could not register %s from the model store: %s", path.name, exc.message)
+                return path, exc
 
         with ThreadPoolExecutor(max_workers=4) as pool:  # load checks run in parallel Ray tasks
-            list(pool.map(register, new))
+            return [refused for refused in pool.map(register, paths) if refused is not None]
 
     # ------------------------------------------------------------------ models (MMS API)
     def register(self, params: RegisterParams, apply: bool = True) -> tuple[int, dict]:
@@ -232,15 +237,24 @@ class ModelManager:
     def unregister(self, name: str, version: Optional[str]) -> dict:
         with self._lock:
             record = self._record(name, version)
+            self._unregister_all(record.name, [record])
+        return {"status": f'Model "{record.name}" unregistered'}
+
+    def _unregister_all(self, name: str, records: list[ModelRecord]) -> None:
+        """Forget these versions of one model (remembered as unregistered), redeploy it once, drop the archives.
+
+        Called under ``self._lock``.
+        """
+        for record in records:
             self.registry.mark_unregistered(record.name, record.version)
             self.registry.delete_model(record.name, record.version)
             self.registry.delete_pool(record.name, record.version)
-            self.apply(only_model=record.name)
+        self.apply(only_model=name)
+        for record in records:
             held_by = leases.delete_archive_unless_held(self.store, record.source)
             if held_by:
                 logger.info("kept the archive of %s/%s for the batch jobs still scoring with it: %s",
                             record.name, record.version, ", ".join(held_by))
-        return {"status": f'Model "{record.name}" unregistered'}
 
     def list_models(self, params: ListParams) -> dict:
         names = self.registry.model_names()
@@ -289,21 +303,57 @@ class ModelManager:
 
     def services(self) -> list[dict]:
         details = self._details.get()
-        apps = details.get("applications", {})
-        plan = self._plan()
-        dedicated = {(c.name, c.version) for c in plan.dedicated}
         result = []
-        for record in self.registry.list_models():
-            key = (record.name, record.version)
-            if key in dedicated:
-                app = apps.get(serve_configs.app_name(*key), {})
-                state = workers.status_name(app.get("status", "NOT_DEPLOYED"))
-            else:
-                state = workers.status_name(apps.get(serve_configs.GENERIC_POOL_APP, {}).get("status", "NOT_DEPLOYED"))
+        for record, app in self._serving_apps():
             result.append({"name": record.name, "version": record.version,
-                           "pool": "dedicated" if key in dedicated else "generic", "state": state,
+                           "pool": "generic" if app == serve_configs.GENERIC_POOL_APP else "dedicated",
+                           "state": workers.serving(details, app).status,
                            "isDefault": self.registry.get_default(record.name) == record.version})
         return result
+
+    def _serving_apps(self) -> list[tuple[ModelRecord, str]]:
+        """Every registered version and the Serve application that serves it (its own, or the generic pool)."""
+        dedicated = {(c.name, c.version) for c in self._plan().dedicated}
+        return [(record, serve_configs.app_name(record.name, record.version)
+                 if (record.name, record.version) in dedicated else serve_configs.GENERIC_POOL_APP)
+                for record in self.registry.list_models()]
+
+    # ------------------------------------------------------------------ model repository (Open Inference Protocol)
+    def repository_index(self, ready_only: bool) -> list[dict]:
+        """Triton's repository index: every registered version with its state, and the store's other archives."""
+        details = self._details.get()
+        registered = [(record.name, record.version, workers.serving(details, app)) for record, app in self._serving_apps()]
+        return repository.index(registered, self._store_archives(), self.registry.unregistered(), ready_only)
+
+    def load(self, name: str) -> None:
+        """Register every store version of ``name`` the registry lacks, then answer once the model serves.
+
+        A model with nothing new in the store is left as it is (no reload: its replicas keep running),
+        and the answer still waits until it serves, as Triton's load does.
+        """
+        check_model_name(name)
+        archives = repository.archives_to_load(name, self._store_archives(), set(self.registry.versions(name)))
+        # 409: a concurrent load registered that version first, which is as good
+        refused = [exc for _, exc in self._register_from_store(archives) if exc.status != 409]
+        if archives:
+            with self._lock:
+                apps = self.apply(only_model=name)  # what did register deploys even if another version was refused
+        else:
+            apps = sorted({app for record, app in self._serving_apps() if record.name == name})
+        if refused:
+            raise refused[0]
+        self._wait(apps, RegisterParams.model_fields["startup_timeout"].default, f"model '{name}'", field="model_name")
+
+    def unload(self, name: str) -> None:
+        """Unregister every version of ``name`` (Triton unloads a model with all its versions)."""
+        check_model_name(name)
+        with self._lock:
+            records = self.registry.model_versions(name)
+            repository.unload_versions(name, [record.version for record in records])
+            self._unregister_all(name, records)
+
+    def _store_archives(self) -> list[repository.StoreArchive]:
+        return [(manifest.name, manifest.version, path) for manifest, path in list_store(self.settings.model_store_path)]
 
     # ------------------------------------------------------------------ helpers
     def _refuse_duplicate(self, name: str, version: str) -> None:
@@ -349,14 +399,15 @@ class ModelManager:
             raise too_large(url, self.settings.max_download_bytes, declared=size)
         store.download_file(key, dest)
 
-    def _wait(self, apps: list[str], timeout_s: float, what: str, min_running: Optional[tuple[str, str, int]] = None) -> None:
+    def _wait(self, apps: list[str], timeout_s: float, what: str, min_running: Optional[tuple[str, str, int]] = None,
+              field: str = "synchronous") -> None:
         try:
             deployer.wait_until_running(apps, timeout_s)
             if min_running is not None:
                 deployer.wait_for_replicas(serve_configs.app_name(min_running[0], min_running[1]), min_running[2], timeout_s)
         except TimeoutError as exc:
             raise RequestError(f"{what}: {exc}; the request is recorded and its replicas keep starting",
-                               status=504, field="synchronous") from None
+                               status=504, field=field) from None
         except RuntimeError as exc:
             raise RequestError(f"{what}: {exc}", status=500, field=None) from None
 

@@ -12,6 +12,8 @@ import psutil
 import ray
 from ray.serve.context import _get_global_client
 
+from management.repository import Serving
+
 _WORKER_STATUS = {"RUNNING": "READY", "STARTING": "LOADING", "UPDATING": "LOADING", "RECOVERING": "LOADING",
                   "PENDING_MIGRATION": "READY", "STOPPING": "STOPPING"}
 
@@ -85,6 +87,11 @@ def pool_status(details: dict, app_name: str) -> list[dict[str, Any]]:
     return statuses
 
 
+def _running(app: dict) -> int:
+    replicas = [r for d in app.get("deployments", {}).values() for r in d.get("replicas", [])]
+    return sum(1 for r in replicas if status_name(r.get("state")) == "RUNNING")
+
+
 def running_replicas(details: dict) -> dict[tuple[str, str], int]:
     """RUNNING replicas of every model app, keyed (model, version): the ``modelpool_replicas`` gauge."""
     from management.serve_configs import parse_app_name
@@ -92,8 +99,14 @@ def running_replicas(details: dict) -> dict[tuple[str, str], int]:
     counts: dict[tuple[str, str], int] = {}
     for name, app in details.get("applications", {}).items():
         parsed = parse_app_name(name)
-        if parsed is None:
-            continue
-        replicas = [r for d in app.get("deployments", {}).values() for r in d.get("replicas", [])]
-        counts[parsed] = sum(1 for r in replicas if status_name(r.get("state")) == "RUNNING")
+        if parsed is not None:
+            counts[parsed] = _running(app)
     return counts
+
+
+def serving(details: dict, app_name: str) -> Serving:
+    """What the repository index needs to know about one application: status, message, RUNNING replicas."""
+    app = details.get("applications", {}).get(app_name)
+    if not app:
+        return Serving("NOT_DEPLOYED")
+    return Serving(status_name(app.get("status", "NOT_DEPLOYED")), str(app.get("message") or ""), _running(app))

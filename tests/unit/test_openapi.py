@@ -57,3 +57,17 @@ def test_answers_outside_the_signatures_are_documented(spec):
     assert list(artifact["content"]) == ["application/octet-stream"]
     ready = spec["paths"]["/v2/health/ready"]["get"]["responses"]
     assert ready["503"]["content"]["application/json"]["schema"]["required"] == ["ready", "notReady"]
+
+
+def test_the_model_repository_routes_document_their_optional_bodies_and_answers(spec):
+    index = spec["paths"]["/v2/repository/index"]["post"]
+    assert index["requestBody"]["required"] is False
+    assert index["requestBody"]["content"]["application/json"]["schema"]["properties"]["ready"] == {
+        "type": "boolean", "description": "true: only the models ready for inference"}
+    entry = index["responses"]["200"]["content"]["application/json"]["schema"]["items"]
+    assert entry["required"] == ["name", "version", "state", "reason"]
+    for action in ("load", "unload"):
+        operation = spec["paths"][f"/v2/repository/models/{{model_name}}/{action}"]["post"]
+        assert "content" not in operation["responses"]["200"]  # Triton answers 200 with an empty body
+        assert {"400", "401", "404"} <= set(operation["responses"])
+        assert "parameters" in operation["requestBody"]["content"]["application/json"]["schema"]["properties"]
