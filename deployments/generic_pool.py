@@ -14,17 +14,18 @@ import asyncio
 import os
 import weakref
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from ray import serve
 from starlette.requests import Request
 from starlette.responses import Response
 
-from deployments import http_routes
+from deployments import grpc_entry, http_routes
 from deployments.archive import unpack_archive
 from deployments.archive_fetch import local_archive, open_store
 from deployments.errors import RequestError
 from deployments.loaded_model import LoadedModel
+from deployments.protos import open_inference_pb2 as pb
 from deployments.log_flush import start_log_flusher
 from deployments.model_deployment import _replica_id
 from deployments.serving_options import RequestBudget, ServingOptions
@@ -41,6 +42,7 @@ class GenericPool:
         self.max_body_bytes = max_body_bytes
         self.catalog: dict[str, dict] = {}
         self.known_models: list[str] = []
+        self.versions: dict[str, list[str]] = {}  # every registered version, dedicated ones too
         self.replica_id = _replica_id()
         self._headers = {"x-modelpool-replica": self.replica_id, "x-modelpool-pool": "generic"}
         self.options = ServingOptions()
@@ -53,6 +55,7 @@ class GenericPool:
         """``catalog``: {name: {"default": v, "versions": {v: {"source", "digest", batching...}}}}."""
         self.catalog = user_config.get("catalog", {})
         self.known_models = sorted(user_config.get("known_models", []))
+        self.versions: dict[str, list[str]] = user_config.get("versions", {})
         self.max_body_bytes = int(user_config.get("max_body_bytes", self.max_body_bytes))
         self.options = ServingOptions.from_config(user_config.get("serving", {}))
         self.budget.configure(self.options)
@@ -72,6 +75,37 @@ class GenericPool:
             return await http_routes.answer_model_call(model, call, read, versions, self._headers, request.headers)
         finally:
             self.budget.count()
+
+    # --- V2 over gRPC: the gRPC front sends here every model version without an app of its own ---
+
+    async def ModelInfer(self, request: pb.ModelInferRequest, grpc_context: Any = None) -> pb.ModelInferResponse:
+        found = await self._grpc_model(request.model_name, request.model_version, grpc_context)
+        if found is None:
+            return pb.ModelInferResponse()
+        try:
+            return await grpc_entry.model_infer(found[0], request, grpc_context)
+        finally:
+            self.budget.count()
+
+    async def ModelReady(self, request: pb.ModelReadyRequest, grpc_context: Any = None) -> pb.ModelReadyResponse:
+        return grpc_entry.model_ready(await self._grpc_model(request.name, request.version, grpc_context) is not None)
+
+    async def ModelMetadata(self, request: pb.ModelMetadataRequest,
+                            grpc_context: Any = None) -> pb.ModelMetadataResponse:
+        found = await self._grpc_model(request.name, request.version, grpc_context)
+        return pb.ModelMetadataResponse() if found is None else grpc_entry.model_metadata(*found)
+
+    async def _grpc_model(self, name: str, version: str, grpc_context: Any) -> Optional[tuple[LoadedModel, list[str]]]:
+        """The model a call names, loaded; None once the call's status says why not (NOT_FOUND, ...)."""
+        try:
+            grpc_entry.check_token(grpc_context, self.options)
+            return await self._model_for(name, version or None)
+        except RequestError as exc:
+            grpc_entry.fail(grpc_context, exc, self.options.debug)
+        except Exception as exc:  # noqa: BLE001 - the archive failed to load here: say so, keep serving
+            grpc_entry.fail(grpc_context, RequestError(f"model '{name}' failed to load: {type(exc).__name__}: {exc}",
+                                                       status=500), self.options.debug)
+        return None
 
     def check_health(self) -> None:
         """Failing makes Serve replace this replica: once the request budget (--max-requests) is spent,
@@ -101,6 +135,12 @@ class GenericPool:
 
     async def _model_for(self, name: str, version: Optional[str]) -> tuple[LoadedModel, list[str]]:
         entry = self.catalog.get(name)
+        if entry is None and name in self.versions and version is None:  # routes moved under this call
+            raise RequestError(f"model '{name}' is served by replicas of its own and its route is being updated; "
+                               "retry", status=503, field="model_name")
+        if entry is None and name in self.versions:  # a model with apps of its own, asked for a version it lacks
+            raise RequestError(f"model '{name}' has no version '{version}'; served versions: "
+                               f"{', '.join(self.versions[name])}", status=404, field="version")
         if entry is None:
             known = ", ".join(self.known_models) or "none"
             raise RequestError(f"unknown model '{name}'; served models: {known}", status=404, field="model_name")

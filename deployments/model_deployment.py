@@ -14,17 +14,18 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from ray import serve
 from starlette.requests import Request
 from starlette.responses import Response
 
-from deployments import http_routes
+from deployments import grpc_entry, http_routes
 from deployments.archive import unpack_archive
 from deployments.archive_fetch import local_archive, open_store
 from deployments.errors import RequestError
 from deployments.loaded_model import LoadedModel
+from deployments.protos import open_inference_pb2 as pb
 from deployments.log_flush import start_log_flusher
 from deployments.serving_options import RequestBudget, ServingOptions
 
@@ -85,6 +86,35 @@ class ModelServer:
                                                        request.headers)
         finally:
             self.budget.count()
+
+    # --- V2 over gRPC (Serve's gRPC ingress calls these by the call's name) ---------------------
+
+    async def ModelInfer(self, request: pb.ModelInferRequest, grpc_context: Any = None) -> pb.ModelInferResponse:
+        if not self._grpc_allowed(request.model_version, grpc_context):
+            return pb.ModelInferResponse()
+        try:
+            return await grpc_entry.model_infer(self.model, request, grpc_context)
+        finally:
+            self.budget.count()
+
+    async def ModelReady(self, request: pb.ModelReadyRequest, grpc_context: Any = None) -> pb.ModelReadyResponse:
+        return grpc_entry.model_ready(self._grpc_allowed(request.version, grpc_context))
+
+    async def ModelMetadata(self, request: pb.ModelMetadataRequest,
+                            grpc_context: Any = None) -> pb.ModelMetadataResponse:
+        if not self._grpc_allowed(request.version, grpc_context):
+            return pb.ModelMetadataResponse()
+        return grpc_entry.model_metadata(self.model, self.versions)
+
+    def _grpc_allowed(self, version: str, grpc_context: Any) -> bool:
+        """The token and the version, checked as over REST; False once the call's status says why not."""
+        try:
+            grpc_entry.check_token(grpc_context, self.options)
+            grpc_entry.check_version(version, self.name, self.version, self.versions)
+        except RequestError as exc:
+            grpc_entry.fail(grpc_context, exc, self.options.debug)
+            return False
+        return True
 
     def check_health(self) -> None:
         """Serve calls this periodically; failing it recycles the replica: once the request budget is

@@ -80,8 +80,12 @@ async def require_token(request: Request) -> None:
     ``async`` although it never awaits: FastAPI runs a plain ``def`` dependency on its thread
     pool, a hop that cost more than the check itself on every management call.
     """
+    check_management_token(request.headers.get("authorization", ""))
+
+
+def check_management_token(header: str) -> None:
+    """401 unless ``header`` is ``Bearer <the management token>`` (REST header or gRPC metadata alike)."""
     expected: str = state.token
-    header = request.headers.get("authorization", "")
     scheme, _, presented = header.partition(" ")
     if scheme.lower() != "bearer" or not presented or not hmac.compare_digest(presented.strip().encode(), expected.encode()):
         raise RequestError("missing or wrong management token; send 'Authorization: Bearer <token>' "
@@ -118,6 +122,9 @@ async def _params_from(request: Request) -> dict[str, Any]:
 
 
 authorized = [Depends(require_token)]
+SERVER_NAME = "modelpool"
+#: The V2 extensions served (REST and gRPC alike), as ServerMetadata lists them.
+SERVER_EXTENSIONS = ("binary_tensor_data", "model_repository")
 
 
 # ---------------------------------------------------------------------------------- health
@@ -139,7 +146,7 @@ async def ready(request: Request) -> JSONResponse:
 
 @api.get("/v2", tags=["health"])
 async def server_metadata() -> dict:
-    return {"name": "modelpool", "version": __version__, "extensions": ["binary_tensor_data", "model_repository"]}
+    return {"name": SERVER_NAME, "version": __version__, "extensions": list(SERVER_EXTENSIONS)}
 
 
 _generated_openapi = api.openapi

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 from ray import serve
 
 from cluster.settings import Settings
+from management import grpc_api
 from management.api import api
 from management.batch.service import BatchService
 from management.service import ModelManager
@@ -73,6 +75,28 @@ class Management:
             except Exception:  # noqa: BLE001 - metrics must never take management down
                 pass
             time.sleep(1.0)
+
+    # --- V2 over gRPC: calls that name no model (the gRPC front sends them here) ---------------
+
+    async def ServerLive(self, request: Any, grpc_context: Any = None) -> Any:
+        from deployments.protos import open_inference_pb2 as pb
+
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request: Any, grpc_context: Any = None) -> Any:
+        return await grpc_api.server_ready(self.readiness)
+
+    async def ServerMetadata(self, request: Any, grpc_context: Any = None) -> Any:
+        return grpc_api.server_metadata()
+
+    async def RepositoryIndex(self, request: Any, grpc_context: Any = None) -> Any:
+        return await grpc_api.repository_index(self.manager, request, grpc_context)
+
+    async def RepositoryModelLoad(self, request: Any, grpc_context: Any = None) -> Any:
+        return await grpc_api.load(self.manager, request, grpc_context)
+
+    async def RepositoryModelUnload(self, request: Any, grpc_context: Any = None) -> Any:
+        return await grpc_api.unload(self.manager, request, grpc_context)
 
     def readiness(self) -> dict:
         if not self.manager.reconciled.is_set():
