@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import psutil
 
@@ -120,23 +120,35 @@ def connect(address: str) -> None:
     ray.init(address=address, namespace=NAMESPACE, logging_level=logging.WARNING, log_to_driver=False)
 
 
-def start_serve(settings: Settings) -> None:
+def start_serve(settings: Settings, grpc_servicer_functions: Sequence[str] = ()) -> None:
+    """Serve with the HAProxy ingress; with gRPC on, Serve's own gRPC ingress too, on the internal port.
+
+    ``grpc_servicer_functions`` are import paths (the caller's, so this layer imports no service code).
+    """
     from ray import serve
 
     http_options = {"host": settings.http_host, "port": settings.http_port,
                     "keep_alive_timeout_s": settings.keep_alive_s}
     if settings.request_timeout_s:
         http_options["request_timeout_s"] = settings.request_timeout_s
-    serve.start(proxy_location=settings.proxy_location, http_options=http_options, logging_config=settings.logging_config())
+    grpc_options = None
+    if settings.grpc_enabled and grpc_servicer_functions:  # the gRPC front on --grpc-port forwards to this one
+        # no reflection: the service lives under its protocol name but its messages under modelpool's
+        # package (deployments/protos), so reflection could list it but not describe it
+        grpc_options = {"port": settings.grpc_ingress_port, "grpc_servicer_functions": list(grpc_servicer_functions),
+                        "enable_reflection": False}
+    serve.start(proxy_location=settings.proxy_location, http_options=http_options, grpc_options=grpc_options,
+                logging_config=settings.logging_config())
 
 
 def haproxy_processes() -> list[psutil.Process]:
-    """haproxy processes started by Serve (recognised by the config directory Serve gives them)."""
+    """haproxy processes started by Serve or as modelpool's gRPC front (recognised by their config directories)."""
     found = []
     for process in psutil.process_iter(["name", "cmdline"]):
         try:
             cmdline = " ".join(process.info.get("cmdline") or [])
-            if (process.info.get("name") == "haproxy" or "haproxy" in cmdline.split(" ")[0]) and "haproxy-serve" in cmdline:
+            if (process.info.get("name") == "haproxy" or "haproxy" in cmdline.split(" ")[0]) and ("haproxy-serve" in cmdline
+                                                                                     or "modelpool-grpc-front" in cmdline):
                 found.append(process)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue

@@ -40,6 +40,9 @@ class Settings(BaseModel):
     num_cpus: Optional[int] = Field(None, ge=1, description="CPUs the local Ray head offers (default: all cores).")
     http_host: str = Field("127.0.0.1", description="Address the HTTP ingress binds to.")
     http_port: int = Field(8000, ge=1, le=65535, description="Port of the HTTP ingress (inference and management).")
+    grpc_port: int = Field(8001, ge=1, le=65535, description="Port of the V2 gRPC endpoint (inference.GRPCInferenceService), on --http-host; Triton's default.")
+    grpc_workers: int = Field(1, ge=0, le=64, description="Threads of the gRPC front that routes each call by the model it names; 0 turns gRPC off (Seldon's GRPC_WORKERS=0).")
+    grpc_ingress_port: int = Field(9001, ge=1, le=65535, description="Internal: port of Serve's own gRPC ingress on --http-host, which the gRPC front forwards to.")
     proxy_location: str = Field("EveryNode", pattern="^(EveryNode|HeadOnly)$", description="Where Serve runs an HTTP ingress: EveryNode (put a load balancer over the nodes) or HeadOnly (one entry point; also for several Ray nodes on one machine, which would fight over the port).")
     model_store: Optional[str] = Field(None, description="Directory of model archives (default: HOME/model_store).")
     examples: bool = Field(True, description="Build the example models into the model store at start.")
@@ -140,6 +143,16 @@ class Settings(BaseModel):
     @property
     def cache_path(self) -> Path:
         return self.home_path / "cache"
+
+    @property
+    def grpc_enabled(self) -> bool:
+        return self.grpc_workers > 0
+
+    @property
+    def grpc_target(self) -> str:
+        """host:port a gRPC client dials (what tritonclient.grpc takes as its url)."""
+        host = "127.0.0.1" if self.http_host in ("0.0.0.0", "::") else self.http_host
+        return f"{host}:{self.grpc_port}"
 
     @property
     def http_url(self) -> str:

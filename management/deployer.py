@@ -9,6 +9,7 @@ from ray import serve
 from ray.serve.api import RunTarget
 
 from deployments.generic_pool import GenericPool
+from deployments.grpc_front import GRPC_FRONT_DEPLOYMENT, GrpcFront
 from deployments.http_routes import GENERIC_POOL_DEPLOYMENT
 from deployments.model_deployment import ModelServer
 from management.serve_configs import MODEL_APP_PREFIX, AppConfig
@@ -25,7 +26,7 @@ def code_version() -> str:
 def _bind(app: AppConfig):
     options = dict(app.deployment_options)
     version = options.pop("version")
-    target = GenericPool if app.deployment_name == GENERIC_POOL_DEPLOYMENT else ModelServer
+    target = {GENERIC_POOL_DEPLOYMENT: GenericPool, GRPC_FRONT_DEPLOYMENT: GrpcFront}.get(app.deployment_name, ModelServer)
     deployment = serve.deployment(target).options(version=version, _internal=True, **options)
     return deployment.bind(**app.init_kwargs)
 

@@ -7,12 +7,12 @@ registered or scaled with workers (``max_workers > 0``); otherwise the generic p
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable, Optional
 
 from cluster.settings import Settings
 from management.registry import ModelRecord, PoolRecord, version_sort_key
-from management.serve_configs import ModelConfig, PoolConfig
+from management.serve_configs import GrpcFrontConfig, ModelConfig, PoolConfig
 
 
 @dataclass(frozen=True)
@@ -20,6 +20,7 @@ class Placement:
     dedicated: list[ModelConfig]
     catalog: dict          # generic pool catalog: {name: {"default", "all_versions", "versions": {v: spec}}}
     known_models: list[str]
+    versions: dict = field(default_factory=dict)  # every registered version of every model, for the pool's 404s
 
 
 def is_dedicated(record: ModelRecord, pool: Optional[PoolRecord]) -> bool:
@@ -59,7 +60,8 @@ def plan(records: Iterable[ModelRecord], defaults: dict[str, str], pools: dict[t
                 "all_versions": all_versions,
                 "versions": {r.version: pool_spec(r) for r in pooled},
             }
-    return Placement(dedicated, catalog, sorted(by_name))
+    versions = {name: [r.version for r in records] for name, records in by_name.items()}
+    return Placement(dedicated, catalog, sorted(by_name), versions)
 
 
 def model_config(record: ModelRecord, pool: Optional[PoolRecord], settings: Settings, is_default: bool,
@@ -126,3 +128,13 @@ def pool_config(settings: Settings) -> PoolConfig:
         logging=settings.logging_config(),
         health_check_period_s=HEALTH_CHECK_PERIOD_S,
     )
+
+
+def grpc_front_config(settings: Settings) -> GrpcFrontConfig:
+    """The front listens where HTTP does, on --grpc-port, and forwards to Serve's gRPC ingress on that host."""
+    upstream_host = "127.0.0.1" if settings.http_host in ("0.0.0.0", "::") else settings.http_host
+    if ":" in upstream_host:
+        upstream_host = f"[{upstream_host}]"
+    return GrpcFrontConfig(host=settings.http_host, port=settings.grpc_port,
+                           upstream=f"{upstream_host}:{settings.grpc_ingress_port}", workers=settings.grpc_workers,
+                           health_check_period_s=HEALTH_CHECK_PERIOD_S)

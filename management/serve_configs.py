@@ -21,9 +21,11 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
+from deployments.grpc_front import GRPC_FRONT_APP, GRPC_FRONT_DEPLOYMENT, route_key
 from deployments.http_routes import GENERIC_POOL_APP, GENERIC_POOL_DEPLOYMENT, GENERIC_POOL_ROUTE
 
 MODEL_APP_PREFIX = "model:"
+MANAGEMENT_APP = "management"  # at route prefix "/"; the gRPC front sends it the calls that name no model
 
 
 @dataclass(frozen=True)
@@ -63,7 +65,7 @@ class AppConfig:
     """A Serve application: its name, route and the options of its single deployment."""
 
     app_name: str
-    route_prefix: str
+    route_prefix: Optional[str]  # None: no HTTP route (the gRPC front)
     deployment_name: str
     deployment_options: dict[str, Any]
     init_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -176,7 +178,7 @@ class PoolConfig:
 
 
 def generic_pool_app_config(pool: PoolConfig, catalog: dict, known_models: list[str], cache_dir: str,
-                            code_version: str) -> AppConfig:
+                            code_version: str, versions: Optional[dict] = None) -> AppConfig:
     """Serve options for the generic pool; the catalog travels in user_config (live updates)."""
     init_kwargs = {"cache_dir": cache_dir, "object_store": pool.object_store, "max_body_bytes": pool.max_body_bytes}
     ray_actor_options = {
@@ -194,13 +196,56 @@ def generic_pool_app_config(pool: PoolConfig, catalog: dict, known_models: list[
             "max_replicas": pool.max_replicas,
             "target_ongoing_requests": pool.target_ongoing_requests,
         },
-        "user_config": {"catalog": catalog, "known_models": sorted(known_models), "max_body_bytes": pool.max_body_bytes,
+        "user_config": {"catalog": catalog, "known_models": sorted(known_models), "versions": dict(versions or {}),
+                        "max_body_bytes": pool.max_body_bytes,
                         "serving": dict(pool.serving)},
         "health_check_period_s": pool.health_check_period_s,
     }
     if pool.logging:
         options["logging_config"] = dict(pool.logging)
     return AppConfig(GENERIC_POOL_APP, GENERIC_POOL_ROUTE, GENERIC_POOL_DEPLOYMENT, options, init_kwargs)
+
+
+@dataclass(frozen=True)
+class GrpcFrontConfig:
+    """The V2 gRPC front: where it listens, the Serve gRPC ingress it forwards to, its threads."""
+
+    host: str
+    port: int
+    upstream: str
+    workers: int
+    management_app: str = MANAGEMENT_APP
+    health_check_period_s: float = 2.0
+
+
+def grpc_routes(dedicated: list["ModelConfig"]) -> dict[str, str]:
+    """The front's routing table: ``name/version`` (and ``name/`` for the default) -> the app serving it.
+
+    Only dedicated versions are listed; every other call goes to the generic pool, which serves the
+    rest and names the served models in its NOT_FOUND.
+    """
+    routes: dict[str, str] = {}
+    for model in dedicated:
+        routes[route_key(model.name, model.version)] = app_name(model.name, model.version)
+        if model.is_default:
+            routes[route_key(model.name)] = app_name(model.name, model.version)
+    return routes
+
+
+def grpc_front_app_config(front: GrpcFrontConfig, routes: dict[str, str], code_version: str) -> AppConfig:
+    """One front replica with no HTTP route; the routing table travels in user_config (live, no restart)."""
+    init_kwargs = {"host": front.host, "port": front.port, "upstream": front.upstream, "workers": front.workers,
+                   "management_app": front.management_app, "pool_app": GENERIC_POOL_APP}
+    options: dict[str, Any] = {
+        "name": GRPC_FRONT_DEPLOYMENT,
+        "version": _fingerprint({"init": init_kwargs, "code": code_version}),
+        "num_replicas": 1,
+        "max_replicas_per_node": 1,  # one port per node
+        "ray_actor_options": {"num_cpus": 0},
+        "user_config": {"routes": dict(sorted(routes.items()))},
+        "health_check_period_s": front.health_check_period_s,
+    }
+    return AppConfig(GRPC_FRONT_APP, None, GRPC_FRONT_DEPLOYMENT, options, init_kwargs)
 
 
 def deployment_name(name: str, version: str) -> str:

@@ -82,7 +82,8 @@ class ModelManager:
         configs = [c for c in plan.dedicated if only_model is None or c.name == only_model]
         apps = [serve_configs.model_app_config(c, cache, deployer.code_version()) for c in configs]
         pool_app = serve_configs.generic_pool_app_config(placement.pool_config(self.settings), plan.catalog,
-                                                         plan.known_models, cache, deployer.code_version())
+                                                         plan.known_models, cache, deployer.code_version(),
+                                                         plan.versions)
         wanted = {app.app_name for app in (serve_configs.model_app_config(c, cache, deployer.code_version())
                                            for c in plan.dedicated)}
         # Apps no longer wanted go first: an unregistered default version holds the unversioned route
@@ -91,8 +92,11 @@ class ModelManager:
             parsed = serve_configs.parse_app_name(app_name)
             if app_name not in wanted and (only_model is None or (parsed and parsed[0] == only_model)):
                 deployer.delete_app(app_name, wait=False)
-        deployer.deploy_apps(apps + [pool_app], wait=wait)
-        return [app.app_name for app in apps] + [pool_app.app_name]
+        fronts = [serve_configs.grpc_front_app_config(placement.grpc_front_config(self.settings),
+                                                      serve_configs.grpc_routes(plan.dedicated), deployer.code_version())
+                  ] if self.settings.grpc_enabled else []
+        deployer.deploy_apps(apps + [pool_app] + fronts, wait=wait)
+        return [app.app_name for app in apps] + [pool_app.app_name] + [front.app_name for front in fronts]
 
     def reconcile(self) -> None:
         """At start: register new store archives if asked, then deploy everything the registry holds."""

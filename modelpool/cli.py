@@ -39,6 +39,10 @@ def _http_ready(url: str, timeout_s: float) -> None:
     raise TimeoutError(f"{url}/v2/health/ready not ready after {timeout_s:.0f}s ({last})")
 
 
+#: Serve's gRPC ingress registers V2's GRPCInferenceService from this (deployments/protos/service.py).
+GRPC_SERVICER_FUNCTION = "deployments.protos.service.add_inference_servicer_to_server"
+
+
 def management_token(settings: Settings) -> str:
     """The configured token, else the one saved in HOME, else a new one saved there (mode 0600)."""
     if settings.management_token:
@@ -59,9 +63,10 @@ def deploy_management(settings: Settings, token: str) -> None:
     from ray import serve
     from ray.serve.api import RunTarget
 
+    from management.serve_configs import MANAGEMENT_APP
     from management.serve_entrypoint import build_management
 
-    serve.run_many([RunTarget(target=build_management(settings, token), name="management", route_prefix="/")],
+    serve.run_many([RunTarget(target=build_management(settings, token), name=MANAGEMENT_APP, route_prefix="/")],
                    wait_for_applications_running=False)
 
 
@@ -85,7 +90,7 @@ def cmd_start(args: argparse.Namespace) -> int:
     try:
         token = management_token(settings)
         runtime.connect(address)
-        runtime.start_serve(settings)
+        runtime.start_serve(settings, [GRPC_SERVICER_FUNCTION])
         deploy_management(settings, token)
         _http_ready(settings.http_url, settings.start_timeout_s)
     except BaseException:
@@ -119,6 +124,9 @@ def banner_lines(settings: Settings, models: dict[str, list[str]], elapsed_s: fl
     for name, versions in sorted(models.items()):
         lines.append(f"  model {name} (versions {', '.join(sorted(versions))}): {url}/v2/models/{name}/infer")
     lines.append("  health:  curl -s " + f"{url}/v2/health/ready")
+    if settings.grpc_enabled:
+        lines.append(f"  gRPC:    {settings.grpc_target} (V2 inference.GRPCInferenceService, e.g. "
+                     f"tritonclient.grpc.InferenceServerClient('{settings.grpc_target}'))")
     if settings.management_token:
         lines.append(f"  manage:  curl -s -H 'Authorization: Bearer <your token>' {url}/models")
     else:

@@ -34,6 +34,7 @@ class RunningCluster(ManagementAccess):
     address: str
     env: dict
     metrics_url: str = ""
+    grpc_target: str = ""
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         return subprocess.run([*MODELPOOL, *args], env=self.env, capture_output=True, text=True, check=check, timeout=300)
@@ -43,6 +44,7 @@ class RunningCluster(ManagementAccess):
 def cluster(tmp_path_factory) -> RunningCluster:
     home = tmp_path_factory.mktemp("modelpool-home")
     http_port, ray_port, metrics_port = free_port(), free_port(), free_port()
+    grpc_port, grpc_ingress_port = free_port(), free_port()
     env = {
         **os.environ,
         "MODELPOOL_HOME": str(home),
@@ -51,13 +53,16 @@ def cluster(tmp_path_factory) -> RunningCluster:
         "MODELPOOL_MAX_BODY_BYTES": str(256 * 1024),
         "MODELPOOL_REPLICA_NUM_CPUS": "0.1",
         "MODELPOOL_METRICS_PORT": str(metrics_port),
+        "MODELPOOL_GRPC_PORT": str(grpc_port),
+        "MODELPOOL_GRPC_INGRESS_PORT": str(grpc_ingress_port),
         "RAY_metrics_report_interval_ms": "1000",  # Ray exports metrics every 10 s by default: too slow to wait for
         **S3_ENV,  # node credentials, as a cloud node has them: the S3 tests' object stores need them in every worker
     }
     env.pop("RAY_ADDRESS", None)
     started = subprocess.run([*MODELPOOL, "start"], env=env, capture_output=True, text=True, timeout=400)
     running = RunningCluster(url=f"http://127.0.0.1:{http_port}", home=home, address=f"127.0.0.1:{ray_port}", env=env,
-                             metrics_url=f"http://127.0.0.1:{metrics_port}/metrics")
+                             metrics_url=f"http://127.0.0.1:{metrics_port}/metrics",
+                             grpc_target=f"127.0.0.1:{grpc_port}")
     if started.returncode != 0:
         running.cli("stop", check=False)
         pytest.fail(f"modelpool start failed:\n{started.stdout}\n{started.stderr}")

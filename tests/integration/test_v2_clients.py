@@ -1,5 +1,6 @@
 """V2 clients written by others, with their default settings, against the real local cluster.
 
+REST through tritonclient.http, gRPC through tritonclient.grpc (via the gRPC front on --grpc-port).
 tritonclient.http's default ``infer`` sends inputs as binary tensor data and asks for binary
 outputs; these tests use it as a user would (no option changed) on dedicated apps, versions, the
 generic pool and a version the generic pool serves behind a dedicated app (one forwarding hop).
@@ -9,14 +10,19 @@ from __future__ import annotations
 import json
 import struct
 
+import grpc
 import numpy as np
 import pytest
 import requests
+import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
 from sklearn.datasets import load_iris
 from tritonclient.utils import InferenceServerException
 
+from deployments.protos import open_inference_pb2 as pb
+from deployments.protos.service import InferenceStub
 from tests.integration.handler_models import register_handler_model
+from tests.integration.test_management import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -169,3 +175,92 @@ def test_server_metadata_shape(cluster, http):
     body = http.get(f"{cluster.url}/v2").json()
     assert set(body) >= {"name", "version", "extensions"}
     assert "binary_tensor_data" in body["extensions"], body
+
+
+# --- V2 over gRPC, through tritonclient.grpc with its defaults ------------------------------------
+
+@pytest.fixture(scope="module")
+def triton_rpc(cluster) -> triton_grpc.InferenceServerClient:
+    client = triton_grpc.InferenceServerClient(url=cluster.grpc_target)
+    yield client
+    client.close()
+
+
+def grpc_iris_input(rows: np.ndarray) -> triton_grpc.InferInput:
+    tensor = triton_grpc.InferInput("input-0", list(rows.shape), "FP64")
+    tensor.set_data_from_numpy(rows)
+    return tensor
+
+
+def test_grpc_health_and_metadata(triton_rpc, http, cluster):
+    assert triton_rpc.is_server_live()
+    # ready as REST says it: false while an application is still deploying or deleting (the test before unregisters)
+    assert wait_for(triton_rpc.is_server_ready), http.get(f"{cluster.url}/v2/health/ready").text
+    metadata = triton_rpc.get_server_metadata()
+    assert metadata.name == "modelpool" and "binary_tensor_data" in metadata.extensions
+    assert triton_rpc.is_model_ready("iris") and triton_rpc.is_model_ready("iris", "1")
+    model = triton_rpc.get_model_metadata("iris")
+    assert model.name == "iris" and set(model.versions) >= {"1", "2"}
+    assert model.inputs[0].datatype == "FP64" and list(model.inputs[0].shape) == [-1, 4]
+
+
+def test_grpc_infer_with_defaults_versions_and_requested_outputs(triton_rpc):
+    iris = load_iris()
+    result = triton_rpc.infer("iris", [grpc_iris_input(iris.data)])
+    assert result.get_response().model_name == "iris" and result.get_response().model_version == "2"
+    assert np.mean(result.as_numpy("predict") == iris.target) > 0.9
+    outputs = [triton_grpc.InferRequestedOutput("predict_proba"), triton_grpc.InferRequestedOutput("predict")]
+    versioned = triton_rpc.infer("iris", [grpc_iris_input(iris.data[:3])], model_version="1", outputs=outputs,
+                                 request_id="g-1")
+    assert versioned.get_response().model_version == "1" and versioned.get_response().id == "g-1"
+    assert [o.name for o in versioned.get_response().outputs] == ["predict_proba", "predict"]
+    assert versioned.as_numpy("predict").tolist() == [0, 0, 0]
+
+
+def test_grpc_bytes_on_a_generic_pool_model_and_typed_contents(cluster, triton_rpc, text_model):
+    tensor = triton_grpc.InferInput("text", [2, 1], "BYTES")
+    tensor.set_data_from_numpy(np.array([["héllo"], ["ab"]], dtype=object))
+    result = triton_rpc.infer(text_model, [tensor])
+    assert result.as_numpy("length").tolist() == [5, 2]
+    assert [v.decode() for v in result.as_numpy("upper")] == ["HÉLLO", "AB"]
+    # typed contents (what KServe's and MLServer's clients may send) instead of tritonclient's raw bytes
+    message = pb.ModelInferRequest(model_name="iris", model_version="1")
+    message.inputs.add(name="input-0", datatype="FP64", shape=[1, 4]).contents.fp64_contents.extend([5.1, 3.5, 1.4, 0.2])
+    with grpc.insecure_channel(cluster.grpc_target) as channel:
+        answer = InferenceStub(channel).ModelInfer(message, timeout=30)
+    assert answer.model_version == "1" and np.frombuffer(answer.raw_output_contents[0], "<i8").tolist() == [0]
+
+
+def test_grpc_errors_carry_the_protocol_status_and_the_rest_message(cluster, triton_rpc):
+    def status_of(call) -> tuple:
+        with pytest.raises(InferenceServerException) as failed:
+            call()
+        return failed.value.status(), failed.value.message()
+
+    code, message = status_of(lambda: triton_rpc.infer("no-such-model", [grpc_iris_input(np.ones((1, 4)))]))
+    assert code == "StatusCode.NOT_FOUND" and "unknown model 'no-such-model'" in message
+    code, message = status_of(lambda: triton_rpc.infer("iris", [grpc_iris_input(np.ones((1, 4)))], model_version="9"))
+    assert code == "StatusCode.NOT_FOUND" and "no version '9'" in message
+    code, message = status_of(lambda: triton_rpc.infer("iris", [grpc_iris_input(np.ones((1, 3)))]))
+    assert code == "StatusCode.INVALID_ARGUMENT" and "expects input shape [-1, 4]" in message
+    bad = pb.ModelInferRequest(model_name="iris", raw_input_contents=[b"\x00" * 12])
+    bad.inputs.add(name="input-0", datatype="FP64", shape=[1, 4])
+    with grpc.insecure_channel(cluster.grpc_target) as channel:
+        with pytest.raises(grpc.RpcError) as malformed:
+            InferenceStub(channel).ModelInfer(bad, timeout=30)
+    assert malformed.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "needs 32" in malformed.value.details()
+
+
+def test_grpc_repository_extension_needs_the_token_and_agrees_with_models(cluster, admin, triton_rpc):
+    auth = {"authorization": cluster.auth["Authorization"]}
+    with pytest.raises(InferenceServerException) as anonymous:
+        triton_rpc.get_model_repository_index()
+    assert anonymous.value.status() == "StatusCode.UNAUTHENTICATED"
+    index = triton_rpc.get_model_repository_index(headers=auth)
+    ready = {(m.name, m.version) for m in index.models if m.state == "READY"}
+    listed = {m["modelName"] for m in admin.get(f"{cluster.url}/models", params={"limit": 100}).json()["models"]}
+    assert listed <= {m.name for m in index.models} and ("iris", "1") in ready
+    triton_rpc.load_model("iris", headers=auth)  # already registered: nothing changes
+    with pytest.raises(InferenceServerException) as unknown:
+        triton_rpc.load_model("no-such-archive", headers=auth)
+    assert unknown.value.status() == "StatusCode.NOT_FOUND"
