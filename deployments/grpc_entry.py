@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Optional
+from typing import Any
 
 from cluster.tokens import bearer_matches
 from deployments import deadlines
@@ -93,7 +93,3 @@ def model_metadata(model, versions: list[str]) -> pb.ModelMetadataResponse:
             getattr(response, kind).add(name=tensor["name"], datatype=tensor["datatype"], shape=tensor["shape"])
     return response
 
-
-def requested_version(message: Any, field: str = "version") -> Optional[str]:
-    """The version a message names, None when it names none (the default version)."""
-    return getattr(message, field) or None

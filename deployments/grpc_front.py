@@ -36,6 +36,8 @@ logger = logging.getLogger("ray.serve")
 SERVICE_PATH = "/inference.GRPCInferenceService/"
 MODEL_CALLS = ("ModelInfer", "ModelReady", "ModelMetadata")  # their field 1 and 2 name the model and version
 GRPC_FRONT_APP = "grpc-front"
+COMPRESSED_MESSAGE = ("compressed requests are not supported: the model name must be readable from the message; "
+                      "send it uncompressed (the default of V2 clients)")
 STARTING_MESSAGE = "the model is loading (its replicas are starting or being replaced); retry shortly"
 GRPC_FRONT_DEPLOYMENT = "GrpcFront"
 
@@ -73,6 +75,9 @@ frontend v2_grpc
     # the message must be in the buffer to read fields 1 and 2 (the first bytes of it: the rest may follow)
     option http-buffer-request
     acl model_call path {calls}
+    # a compressed message (flag byte 1) cannot be read for its model name: say so rather than misroute it
+    acl compressed req.body,bytes(0,1),hex -m str 01
+    http-request return status 200 content-type application/grpc hdr grpc-status 12 hdr grpc-message "{COMPRESSED_MESSAGE}" if model_call compressed
     http-request set-var(txn.app) str({pool_app}) if model_call
     http-request set-var(txn.model_name) req.body,bytes(5),protobuf(1) if model_call
     http-request set-var(txn.model_version) req.body,bytes(5),protobuf(2) if model_call

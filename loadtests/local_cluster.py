@@ -20,6 +20,8 @@ class BenchCluster:
     url: str
     home: Path
     env: dict
+    grpc_target: str = ""          # the V2 gRPC front (--grpc-port)
+    grpc_ingress_target: str = ""  # Serve's own gRPC ingress behind it (routes by the `application` header)
 
     @property
     def token(self) -> str:
@@ -31,13 +33,16 @@ def bench_cluster(extra_env: Optional[dict] = None) -> Iterator[BenchCluster]:
     """``modelpool start`` in a temp home on free ports; ``modelpool stop`` and cleanup whatever happens."""
     with tempfile.TemporaryDirectory(prefix="modelpool-bench-") as tmp:
         home = Path(tmp)
-        port, ray_port, metrics_port = free_port(), free_port(), free_port()
+        port, ray_port, metrics_port, grpc_port, ingress_port = (free_port() for _ in range(5))
         env = {**os.environ, "MODELPOOL_HOME": str(home), "MODELPOOL_HTTP_PORT": str(port),
-               "MODELPOOL_RAY_PORT": str(ray_port), "MODELPOOL_METRICS_PORT": str(metrics_port), **(extra_env or {})}
+               "MODELPOOL_RAY_PORT": str(ray_port), "MODELPOOL_METRICS_PORT": str(metrics_port),
+               "MODELPOOL_GRPC_PORT": str(grpc_port), "MODELPOOL_GRPC_INGRESS_PORT": str(ingress_port),
+               **(extra_env or {})}
         started = subprocess.run([*CLI, "start"], env=env, capture_output=True, text=True)
         try:
             if started.returncode != 0:
                 raise RuntimeError(f"modelpool start failed:\n{started.stdout}\n{started.stderr}")
-            yield BenchCluster(f"http://127.0.0.1:{port}", home, env)
+            yield BenchCluster(f"http://127.0.0.1:{port}", home, env, f"127.0.0.1:{grpc_port}",
+                               f"127.0.0.1:{ingress_port}")
         finally:
             subprocess.run([*CLI, "stop"], env=env, capture_output=True)

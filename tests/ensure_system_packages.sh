@@ -2,10 +2,12 @@
 # System packages the tests need beyond the venv; idempotent, installs only what is missing.
 #   sshd, rsync, nc: tests/multinode/test_ray_up_local.py runs `ray up` over SSH to this machine
 #   (its own sshd on a loopback port, reached through `nc` as the ProxyCommand; rsync for file_mounts).
+#   h2load: the load generator of loadtests/bench_protocols.py (REST and gRPC alike), run for real by
+#   tests/unit/test_h2load.py.
 # Needs root (or sudo) and Debian/Ubuntu's apt; elsewhere it says what is missing and leaves it to you.
 set -euo pipefail
 
-declare -A needs=([/usr/sbin/sshd]=openssh-server [rsync]=rsync [nc]=netcat-openbsd)
+declare -A needs=([/usr/sbin/sshd]=openssh-server [rsync]=rsync [nc]=netcat-openbsd [h2load]=nghttp2-client)
 missing=()
 for tool in "${!needs[@]}"; do
   if [[ "$tool" == /* ]]; then [[ -x "$tool" ]] || missing+=("${needs[$tool]}")

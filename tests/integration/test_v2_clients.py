@@ -63,7 +63,8 @@ def iris_input(rows: np.ndarray, binary: bool = True) -> triton_http.InferInput:
 
 
 def test_health_and_metadata_through_tritonclient(triton):
-    assert triton.is_server_live() and triton.is_server_ready()
+    assert triton.is_server_live()
+    assert wait_for(triton.is_server_ready)  # false while an earlier test's application still deploys or deletes
     assert triton.get_server_metadata()["name"]
     assert triton.is_model_ready("iris") and triton.is_model_ready("iris", "1")
     metadata = triton.get_model_metadata("iris")
@@ -105,22 +106,6 @@ def test_bytes_inputs_and_outputs_on_a_generic_pool_model(triton, text_model):
     json_tensor.set_data_from_numpy(np.array([["ab"]], dtype=object), binary_data=False)
     as_json = triton.infer(text_model, [json_tensor], outputs=[triton_http.InferRequestedOutput("upper", binary_data=False)])
     assert as_json.get_response()["outputs"] == [{"name": "upper", "datatype": "BYTES", "shape": [1], "data": ["AB"]}]
-
-
-def test_a_pool_version_behind_a_dedicated_app_answers_binary_through_the_forward(cluster, admin, triton):
-    url = f"{cluster.url}/models"
-    for archive, workers in (("iris-1.zip", 0), ("iris-2.zip", 1)):
-        registered = admin.post(url, params={"url": archive, "model_name": "petal", "initial_workers": workers,
-                                             "synchronous": "true"})
-        assert registered.status_code == 200, registered.text
-    try:
-        rows = load_iris().data[:2]
-        result = triton.infer("petal", [iris_input(rows)], model_version="1")
-        assert result.get_response()["model_version"] == "1"
-        assert result.as_numpy("predict").tolist() == [0, 0]
-        assert triton.infer("petal", [iris_input(rows)]).get_response()["model_version"] == "2"
-    finally:
-        admin.delete(f"{url}/petal")
 
 
 def test_errors_reach_tritonclient_as_400s_with_the_message(triton):
@@ -194,7 +179,6 @@ def grpc_iris_input(rows: np.ndarray) -> triton_grpc.InferInput:
 
 def test_grpc_health_and_metadata(triton_rpc, http, cluster):
     assert triton_rpc.is_server_live()
-    # ready as REST says it: false while an application is still deploying or deleting (the test before unregisters)
     assert wait_for(triton_rpc.is_server_ready), http.get(f"{cluster.url}/v2/health/ready").text
     metadata = triton_rpc.get_server_metadata()
     assert metadata.name == "modelpool" and "binary_tensor_data" in metadata.extensions
@@ -264,3 +248,20 @@ def test_grpc_repository_extension_needs_the_token_and_agrees_with_models(cluste
     with pytest.raises(InferenceServerException) as unknown:
         triton_rpc.load_model("no-such-archive", headers=auth)
     assert unknown.value.status() == "StatusCode.NOT_FOUND"
+
+
+# last: it unregisters a model, and readiness (checked above) is false while its application deletes
+def test_a_pool_version_behind_a_dedicated_app_answers_binary_through_the_forward(cluster, admin, triton):
+    url = f"{cluster.url}/models"
+    for archive, workers in (("iris-1.zip", 0), ("iris-2.zip", 1)):
+        registered = admin.post(url, params={"url": archive, "model_name": "petal", "initial_workers": workers,
+                                             "synchronous": "true"})
+        assert registered.status_code == 200, registered.text
+    try:
+        rows = load_iris().data[:2]
+        result = triton.infer("petal", [iris_input(rows)], model_version="1")
+        assert result.get_response()["model_version"] == "1"
+        assert result.as_numpy("predict").tolist() == [0, 0]
+        assert triton.infer("petal", [iris_input(rows)]).get_response()["model_version"] == "2"
+    finally:
+        admin.delete(f"{url}/petal")

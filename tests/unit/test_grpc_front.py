@@ -122,6 +122,16 @@ def test_an_application_serve_does_not_know_yet_is_unavailable_not_not_found(fro
     assert model_says.value.code() == grpc.StatusCode.NOT_FOUND and model_says.value.details().startswith("unknown")
 
 
+def test_a_compressed_model_call_is_unimplemented_with_the_fix(front):
+    _, channel = front
+    stub = channel.unary_unary(PATH + "ModelInfer", request_serializer=lambda m: m.SerializeToString(),
+                               response_deserializer=lambda b: b)
+    with pytest.raises(grpc.RpcError) as compressed:
+        stub(pb.ModelInferRequest(model_name="iris", raw_input_contents=[b"\x00" * 4096]), timeout=10,
+             compression=grpc.Compression.Gzip)
+    assert compressed.value.code() == grpc.StatusCode.UNIMPLEMENTED and "uncompressed" in compressed.value.details()
+
+
 def test_a_new_routing_table_is_seen_by_the_next_call(front):
     process, channel = front
     process.set_routes({"iris/": "model:iris:1", "textlen/": "model:textlen:1"})
