@@ -13,11 +13,10 @@ import logging
 import time
 from typing import Any
 
-from cluster.tokens import bearer_matches
 from deployments import deadlines
 from deployments.codecs import v2_grpc
 from deployments.errors import RequestError
-from deployments.http_routes import overdue_error
+from deployments.http_routes import check_authorization, overdue_error
 from deployments.protos import open_inference_pb2 as pb
 from deployments.redact import public_message
 from deployments.serving_options import ServingOptions
@@ -32,10 +31,7 @@ def check_token(context: Any, options: ServingOptions) -> None:
     if not options.inference_token_sha256:
         return
     metadata = dict(context.invocation_metadata()) if context is not None else {}
-    if not bearer_matches(metadata.get("authorization", ""), options.inference_token_sha256):
-        raise RequestError("missing or wrong inference token; send the metadata 'authorization: Bearer <token>' with "
-                           "the token the operator set (--inference-token) or the management token", status=401,
-                           field="authorization")
+    check_authorization(metadata.get("authorization", ""), options, "the metadata 'authorization: Bearer <token>'")
 
 
 def fail(context: Any, exc: RequestError, debug: bool = False) -> None:

@@ -77,17 +77,25 @@ def split_model_path(path: str) -> tuple[str, str]:
     return name, (slash + rest if slash else "")
 
 
+def check_authorization(authorization: str, options: ServingOptions,
+                        how: str = "'Authorization: Bearer <token>'") -> None:
+    """401 unless ``authorization`` carries a token model calls accept (only when --inference-token is set).
+
+    REST and gRPC share it; ``how`` says how the client sends the token (a header, gRPC metadata).
+    """
+    if options.inference_token_sha256 and not bearer_matches(authorization, options.inference_token_sha256):
+        raise RequestError(f"missing or wrong inference token; send {how} with the "
+                           "token the operator set (--inference-token) or the management token", status=401,
+                           field="authorization")
+
+
 def check_inference_token(request: Request, options: ServingOptions) -> None:
     """401 unless the request carries a token model routes accept (only when --inference-token is set).
 
     Checked before the path is even parsed, so a caller without the token learns nothing, not even
     which models exist (a 404 lists them).
     """
-    if options.inference_token_sha256 and not bearer_matches(request.headers.get("authorization", ""),
-                                                             options.inference_token_sha256):
-        raise RequestError("missing or wrong inference token; send 'Authorization: Bearer <token>' with the token "
-                           "the operator set (--inference-token) or the management token", status=401,
-                           field="authorization")
+    check_authorization(request.headers.get("authorization", ""), options)
 
 
 async def read_body(request: Request, max_bytes: int, timeout_s: Optional[float] = None) -> bytes:
@@ -164,7 +172,7 @@ def codec_headers(headers: Mapping[str, str]) -> dict[str, str]:
 def forwarded_headers(headers: Mapping[str, str]) -> dict[str, str]:
     """An answer's headers worth passing back through a forwarding replica: its own, its type and binary length."""
     return {name: value for name, value in headers.items()
-            if name.startswith("x-") or name in ("content-type", v2_binary.HEADER)}
+            if name.startswith("x-") or name in CODEC_HEADERS}
 
 
 def body_reader(request: Request, max_bytes: int, timeout_s: Optional[float] = None) -> Callable[[], Awaitable[bytes]]:

@@ -11,8 +11,9 @@ import asyncio
 import json
 from typing import Any, Callable
 
-from deployments.codecs.v2_grpc import grpc_status
+from deployments.codecs.v2_grpc import parameters_from_proto
 from deployments.errors import RequestError
+from deployments.grpc_entry import fail
 from deployments.protos import open_inference_pb2 as pb
 from management import api, repository
 from modelpool import __version__
@@ -66,15 +67,10 @@ def _authorize(context: Any) -> None:
 
 def _as_body(parameters: Any) -> bytes:
     """ModelRepositoryParameter map -> the REST body carrying the same values, so one parser checks both."""
-    plain: dict = {}
-    for key, parameter in parameters.items():
-        choice = parameter.WhichOneof("parameter_choice")
-        value = None if choice is None else getattr(parameter, choice)
-        plain[key] = value.decode(errors="replace") if isinstance(value, bytes) else value
+    plain = {key: value.decode(errors="replace") if isinstance(value, bytes) else value
+             for key, value in parameters_from_proto(parameters).items()}
     return json.dumps({"parameters": plain}).encode()
 
 
 def _fail(context: Any, exc: RequestError) -> None:
-    if context is not None:
-        context.set_code(grpc_status(exc.status))
-        context.set_details(exc.message)
+    fail(context, exc, debug=True)  # sent whole, as before: management's repository messages name the fix

@@ -16,7 +16,7 @@ import numpy as np
 from deployments.errors import RequestError
 from deployments.tensors import V2_DATATYPES, datatype_of
 
-__all__ = ["array_from_bytes", "array_to_bytes", "byte_size"]
+__all__ = ["array_from_bytes", "array_to_bytes", "byte_size", "text_or_bytes"]
 
 Buffer = Union[bytes, bytearray, memoryview]
 _LENGTH = struct.Struct("<I")
@@ -69,7 +69,7 @@ def _bytes_elements(data: memoryview, count: int, field: str) -> np.ndarray:
         if offset + length > size:
             raise RequestError(f"{field}: BYTES element {k} declares {length} bytes but only {size - offset} remain; "
                                f"{_BYTES_HINT}", field=field)
-        elements.append(_text_or_bytes(data[offset:offset + length]))
+        elements.append(text_or_bytes(data[offset:offset + length].tobytes()))
         offset += length
     if offset != size:
         raise RequestError(f"{field}: {size - offset} bytes are left after the {count} BYTES elements the shape "
@@ -79,9 +79,8 @@ def _bytes_elements(data: memoryview, count: int, field: str) -> np.ndarray:
     return flat
 
 
-def _text_or_bytes(element: memoryview) -> Union[str, bytes]:
-    """UTF-8 text becomes str, as JSON would have sent it; anything else stays bytes."""
-    raw = element.tobytes()
+def text_or_bytes(raw: bytes) -> Union[str, bytes]:
+    """A BYTES element: UTF-8 text becomes str, as JSON would have sent it; anything else stays bytes."""
     try:
         return raw.decode()
     except UnicodeDecodeError:

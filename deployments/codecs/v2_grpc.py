@@ -15,7 +15,7 @@ from typing import Any, Iterable, Mapping, Optional
 import grpc
 import numpy as np
 
-from deployments.codecs.raw_tensors import array_from_bytes, array_to_bytes
+from deployments.codecs.raw_tensors import array_from_bytes, array_to_bytes, text_or_bytes
 from deployments.codecs.v2_json import MAX_TENSORS, check_datatype, check_shape
 from deployments.errors import RequestError
 from deployments.protos import open_inference_pb2 as pb
@@ -114,7 +114,7 @@ def _typed_contents(contents: Any, filled: list[str], datatype: str, shape: tupl
                            "that many (row-major) or fix the shape", field=field)
     if datatype == "BYTES":
         flat = np.empty(expected, dtype=object)
-        flat[:] = [_text_or_bytes(v) for v in values]
+        flat[:] = [text_or_bytes(v) for v in values]
     else:
         flat = _in_range(np.asarray(values), datatype, field)
     try:
@@ -135,13 +135,6 @@ def _in_range(values: np.ndarray, datatype: str, field: str) -> np.ndarray:
             raise RequestError(f"{field}[{k}] is {int(values[k])}, outside the {datatype} range [{info.min}, "
                                f"{info.max}]; send values in range or declare a wider datatype", field=field)
     return values.astype(dtype)
-
-
-def _text_or_bytes(value: bytes) -> Any:
-    try:
-        return value.decode()
-    except UnicodeDecodeError:
-        return value
 
 
 def _requested_outputs(outputs: Iterable[Any]) -> Optional[tuple[RequestedOutput, ...]]:
@@ -167,7 +160,7 @@ def _requested_outputs(outputs: Iterable[Any]) -> Optional[tuple[RequestedOutput
 
 
 def parameters_from_proto(parameters: Mapping[str, Any]) -> dict:
-    """InferParameter map -> plain values (the one field of each oneof that is set)."""
+    """InferParameter (or ModelRepositoryParameter) map -> plain values (the one field of each oneof that is set)."""
     plain: dict[str, Any] = {}
     for key, parameter in parameters.items():
         choice = parameter.WhichOneof("parameter_choice")
