@@ -26,9 +26,10 @@ from deployments.archive_fetch import store_source
 from deployments.errors import RequestError
 from cluster.url_patterns import parse_allowed_urls
 from deployments.model_source import UrlPolicy, resolve_model_url, too_large
-from management import deployer, placement, repository, serve_configs, workers
+from management import deployer, placement, serve_configs, workers
 from management.batch import leases
 from management.params import ListParams, PoolParams, RegisterParams, ScaleParams
+from management.repository_service import RepositoryCalls
 from management.ttl_cache import TtlCache
 from management.registry import ModelRecord, PoolRecord, Registry, check_model_name, check_model_version
 
@@ -52,7 +53,7 @@ def _load_check(source: str, cache_dir: str, object_store: dict) -> Optional[str
         return f"{type(exc).__name__}: {exc}"
 
 
-class ModelManager:
+class ModelManager(RepositoryCalls):
     """Register, scale, describe, unregister models; session pools; services."""
 
     def __init__(self, settings: Settings, store: Optional[ObjectStore] = None) -> None:
@@ -321,43 +322,6 @@ class ModelManager:
         return [(record, serve_configs.app_name(record.name, record.version)
                  if (record.name, record.version) in dedicated else serve_configs.GENERIC_POOL_APP)
                 for record in self.registry.list_models()]
-
-    # ------------------------------------------------------------------ model repository (Open Inference Protocol)
-    def repository_index(self, ready_only: bool) -> list[dict]:
-        """Triton's repository index: every registered version with its state, and the store's other archives."""
-        details = self._details.get()
-        registered = [(record.name, record.version, workers.serving(details, app)) for record, app in self._serving_apps()]
-        return repository.index(registered, self._store_archives(), self.registry.unregistered(), ready_only)
-
-    def load(self, name: str) -> None:
-        """Register every store version of ``name`` the registry lacks, then answer once the model serves.
-
-        A model with nothing new in the store is left as it is (no reload: its replicas keep running),
-        and the answer still waits until it serves, as Triton's load does.
-        """
-        check_model_name(name)
-        archives = repository.archives_to_load(name, self._store_archives(), set(self.registry.versions(name)))
-        # 409: a concurrent load registered that version first, which is as good
-        refused = [exc for _, exc in self._register_from_store(archives) if exc.status != 409]
-        if archives:
-            with self._lock:
-                apps = self.apply(only_model=name)  # what did register deploys even if another version was refused
-        else:
-            apps = sorted({app for record, app in self._serving_apps() if record.name == name})
-        if refused:
-            raise refused[0]
-        self._wait(apps, RegisterParams.model_fields["startup_timeout"].default, f"model '{name}'", field="model_name")
-
-    def unload(self, name: str) -> None:
-        """Unregister every version of ``name`` (Triton unloads a model with all its versions)."""
-        check_model_name(name)
-        with self._lock:
-            records = self.registry.model_versions(name)
-            repository.unload_versions(name, [record.version for record in records])
-            self._unregister_all(name, records)
-
-    def _store_archives(self) -> list[repository.StoreArchive]:
-        return [(manifest.name, manifest.version, path) for manifest, path in list_store(self.settings.model_store_path)]
 
     # ------------------------------------------------------------------ helpers
     def _refuse_duplicate(self, name: str, version: str) -> None:
