@@ -11,6 +11,12 @@ Measured against the alternatives (BENCHMARKS.md): a Python router replica cost 
 a fifth of the throughput at c=64; reading the fields in HAProxy costs about nothing. Statuses,
 details and trailers pass through untouched.
 
+Dedicated model replicas also open a gRPC port of their own (``grpc_port``: HTTP/2 on uvicorn,
+about three times cheaper per call than Serve's grpcio path) and register it here. A call for an
+app with registered ports goes straight to one of them, picked at random per call (a second map,
+``app@slot -> host|port``, and ``set-dst``); any other call takes Serve's gRPC ingress. A port
+that stops answering a TCP probe leaves the map within a second.
+
 The front runs as a child of a Serve replica (``GrpcFront``): Serve restarts it with the replica,
 and management pushes the routing table through ``user_config`` like the generic pool's catalog;
 ``reconfigure`` swaps the map atomically over HAProxy's admin socket, so a routing change is seen
@@ -31,6 +37,8 @@ import time
 from pathlib import Path
 from typing import Mapping, Optional
 
+from deployments.grpc_port import MAX_CALLS_PER_CONNECTION
+
 logger = logging.getLogger("ray.serve")
 
 SERVICE_PATH = "/inference.GRPCInferenceService/"
@@ -40,6 +48,9 @@ COMPRESSED_MESSAGE = ("compressed requests are not supported: the model name mus
                       "send it uncompressed (the default of V2 clients)")
 STARTING_MESSAGE = "the model is loading (its replicas are starting or being replaced); retry shortly"
 GRPC_FRONT_DEPLOYMENT = "GrpcFront"
+PORT_SLOTS = 60  # map entries per app: replicas share them evenly for any count that divides 60 (1-6, 10, 12...)
+PROBE_PERIOD_S = 1.0
+PORT_GONE_MESSAGE = "the replica chosen for this call stopped; retry (the front has dropped it or will within a second)"
 
 
 def route_key(name: str, version: str = "") -> str:
@@ -52,8 +63,19 @@ def render_map(routes: Mapping[str, str]) -> str:
     return "".join(f"{key} {app}\n" for key, app in sorted(routes.items()))
 
 
+def port_slots(ports: Mapping[str, Mapping[str, str]]) -> dict[str, str]:
+    """The ports map: ``app@k -> host|port`` for k < PORT_SLOTS, the app's replicas taking turns."""
+    slots: dict[str, str] = {}
+    for app, replicas in ports.items():
+        addresses = sorted(replicas.values())
+        for k in range(PORT_SLOTS if addresses else 0):
+            host, _, port = addresses[k % len(addresses)].rpartition(":")
+            slots[f"{app}@{k}"] = f"{host.strip('[]')}|{port}"
+    return slots
+
+
 def render_config(*, host: str, port: int, upstream: str, workers: int, map_path: Path, socket_path: Path,
-                  management_app: str, pool_app: str, timeout_s: int = 300) -> str:
+                  management_app: str, pool_app: str, ports_path: Path, timeout_s: int = 300) -> str:
     """The front's whole configuration (pure: unit-tested against a real HAProxy)."""
     calls = " ".join(SERVICE_PATH + call for call in MODEL_CALLS)
     bind_host = f"[{host}]" if ":" in host else host
@@ -91,11 +113,23 @@ frontend v2_grpc
     http-response set-var(txn.starting) bool(true) if {{ res.hdr(grpc-status) -m str 5 }} app_missing
     http-response set-header grpc-message "{STARTING_MESSAGE}" if {{ var(txn.starting) -m bool }}
     http-response set-header grpc-status 14 if {{ var(txn.starting) -m bool }}
+    # an app whose replicas registered gRPC ports of their own: straight to one of them
+    http-request set-var(txn.slot) rand({PORT_SLOTS}) if model_call
+    http-request set-var(txn.port) var(txn.app),concat(@,txn.slot),map_str({ports_path}) if model_call
+    use_backend replica_ports if {{ var(txn.port) -m found }}
     default_backend serve_grpc
 
 backend serve_grpc
     http-reuse always
     server serve {upstream} proto h2
+
+backend replica_ports
+    http-reuse always
+    http-request set-dst var(txn.port),field(1,|)
+    http-request set-dst-port var(txn.port),field(2,|)
+    # max-reuse: a connection is retired before the replica's HTTP/2 stack would drop it (grpc_port.py)
+    server replica 0.0.0.0:0 proto h2 max-reuse {MAX_CALLS_PER_CONNECTION}
+    http-error status 503 content-type application/grpc hdr grpc-status 14 hdr grpc-message "{PORT_GONE_MESSAGE}"
 """
 
 
@@ -139,6 +173,16 @@ def replace_map(socket_path: Path, map_path: Path, routes: Mapping[str, str]) ->
         raise RuntimeError(f"HAProxy refused to commit the map: {committed.strip()}")
 
 
+def port_answers(address: str, timeout_s: float = 0.5) -> bool:
+    """A TCP connect to ``host:port`` succeeds."""
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout_s):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
 class FrontProcess:
     """A running front HAProxy in a private directory; it dies with the process that started it."""
 
@@ -146,12 +190,15 @@ class FrontProcess:
                  routes: Optional[Mapping[str, str]] = None, start_timeout_s: float = 10.0) -> None:
         self.directory = Path(tempfile.mkdtemp(prefix="modelpool-grpc-front-"))
         self.map_path = self.directory / "routes.map"
+        self.ports_path = self.directory / "ports.map"
         self.socket_path = self.directory / "admin.sock"
         self.map_path.write_text(render_map(routes or {}))
+        self.ports_path.write_text("")
         config = self.directory / "haproxy.cfg"
         config.write_text(render_config(host=host, port=port, upstream=upstream, workers=workers,
                                         map_path=self.map_path, socket_path=self.socket_path,
-                                        management_app=management_app, pool_app=pool_app))
+                                        management_app=management_app, pool_app=pool_app,
+                                        ports_path=self.ports_path))
         self.process = _spawn_kept([haproxy_binary(), "-db", "-f", str(config)])
         self._wait_listening(host, port, start_timeout_s)
 
@@ -177,6 +224,10 @@ class FrontProcess:
     def set_routes(self, routes: Mapping[str, str]) -> None:
         self.map_path.write_text(render_map(routes))  # what a restarted front starts from
         replace_map(self.socket_path, self.map_path, routes)
+
+    def set_ports(self, ports: Mapping[str, Mapping[str, str]]) -> None:
+        """``{app: {replica: host:port}}``: the replica gRPC ports calls go to, swapped in one step."""
+        replace_map(self.socket_path, self.ports_path, port_slots(ports))
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -235,6 +286,45 @@ class GrpcFront:
     def __init__(self, host: str, port: int, upstream: str, workers: int, management_app: str, pool_app: str) -> None:
         self.front = FrontProcess(host=host, port=port, upstream=upstream, workers=workers,
                                   management_app=management_app, pool_app=pool_app)
+        self.ports: dict[str, dict[str, str]] = {}  # app -> replica -> host:port
+        self._ports_lock = threading.Lock()
+        self._stop = threading.Event()
+        threading.Thread(target=self._probe_forever, name="grpc-front-prober", daemon=True).start()
+
+    def register(self, app: str, replica: str, address: str) -> None:
+        """A replica's gRPC port serving ``app``: calls for it go there from the next one on."""
+        with self._ports_lock:
+            if self.ports.get(app, {}).get(replica) == address:
+                return
+            self.ports.setdefault(app, {})[replica] = address
+            self.front.set_ports(self.ports)
+        logger.info("gRPC front: %s serves %s", address, app)
+
+    def unregister(self, app: str, replica: str) -> None:
+        """Answered once no new call can be routed to the port (the replica drains it next)."""
+        with self._ports_lock:
+            if self.ports.get(app, {}).pop(replica, None) is None:
+                return
+            if not self.ports[app]:
+                del self.ports[app]
+            self.front.set_ports(self.ports)
+
+    def ports_table(self) -> dict[str, dict[str, str]]:
+        """``{app: {replica: host:port}}``: where calls go now (for benchmarks and status pages)."""
+        with self._ports_lock:
+            return {app: dict(replicas) for app, replicas in self.ports.items()}
+
+    def _probe_forever(self) -> None:
+        while not self._stop.wait(PROBE_PERIOD_S):
+            known = [(app, replica, address) for app, replicas in list(self.ports.items())
+                     for replica, address in list(replicas.items())]
+            gone = [(app, replica) for app, replica, address in known if not port_answers(address)]
+            for app, replica in gone:
+                logger.warning("gRPC front: the port of replica %s of %s stopped answering; dropped", replica, app)
+                try:
+                    self.unregister(app, replica)
+                except Exception:  # noqa: BLE001 - HAProxy restarting: the health check replaces us
+                    logger.exception("gRPC front: dropping a port failed")
 
     def reconfigure(self, user_config: dict) -> None:
         """``routes``: {"name/" or "name/version": app}; every other call goes to the generic pool."""
@@ -247,6 +337,9 @@ class GrpcFront:
             raise RuntimeError("the gRPC front (haproxy) exited; replacing this replica")
 
     def __del__(self) -> None:
+        stop = getattr(self, "_stop", None)
+        if stop is not None:
+            stop.set()
         front = getattr(self, "front", None)
         if front is not None:
             front.close()

@@ -14,7 +14,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Awaitable, Optional
 
 from ray import serve
 from starlette.requests import Request
@@ -25,8 +25,10 @@ from deployments.archive import unpack_archive
 from deployments.archive_fetch import local_archive, open_store
 from deployments.errors import RequestError
 from deployments.loaded_model import LoadedModel
+from deployments.grpc_port import GrpcMethod
 from deployments.protos import open_inference_pb2 as pb
 from deployments.log_flush import start_log_flusher
+from deployments.replica_grpc import IN_FLIGHT_METRIC, ReplicaGrpcPort
 from deployments.serving_options import RequestBudget, ServingOptions
 
 logger = logging.getLogger("ray.serve")
@@ -53,6 +55,11 @@ class ModelServer:
         self._headers = {"x-modelpool-replica": self.replica_id}
         self.options = ServingOptions()
         self.budget = RequestBudget()
+        self.grpc_port = ReplicaGrpcPort({
+            "ModelInfer": GrpcMethod(pb.ModelInferRequest, self.ModelInfer),
+            "ModelReady": GrpcMethod(pb.ModelReadyRequest, self.ModelReady),
+            "ModelMetadata": GrpcMethod(pb.ModelMetadataRequest, self.ModelMetadata),
+        }, self._headers)
         start_log_flusher()
 
     def reconfigure(self, user_config: dict) -> None:
@@ -67,6 +74,8 @@ class ModelServer:
         self.versions = [str(v) for v in user_config.get("versions", self.versions)]
         self.pool_versions = {str(v) for v in user_config.get("pool_versions", ())}
         self.max_body_bytes = int(user_config.get("max_body_bytes", self.max_body_bytes))
+        if self.options.replica_grpc_port:
+            self.grpc_port.open()
         logger.debug("model %s version %s applied user_config %s", self.name, self.version, user_config)
 
     async def __call__(self, request: Request) -> Response:
@@ -115,6 +124,18 @@ class ModelServer:
             grpc_entry.fail(grpc_context, exc, self.options.debug)
             return False
         return True
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """gRPC calls in flight on the replica's own port, which Serve's ongoing count does not see
+        (``deployments.autoscaling`` adds the two)."""
+        return {IN_FLIGHT_METRIC: float(self.grpc_port.in_flight)}
+
+    def __del__(self) -> Optional[Awaitable[None]]:
+        """Serve's shutdown hook, after it drained its own requests; it awaits what this returns:
+        withdrawing the gRPC port from the front, answering the calls in flight on it, closing it.
+        (Not ``async def``: the garbage collector calls ``__del__`` too and would drop a coroutine.)"""
+        port = getattr(self, "grpc_port", None)
+        return port.close() if port is not None and port.opened else None
 
     def check_health(self) -> None:
         """Serve calls this periodically; failing it recycles the replica: once the request budget is

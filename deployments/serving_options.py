@@ -24,6 +24,8 @@ class ServingOptions:
     body_timeout_s: float = 60.0
     #: SHA-256 digests of the tokens model routes accept; empty: model routes are open (the default)
     inference_token_sha256: tuple[str, ...] = ()
+    #: open the replica's own gRPC port and register it with the gRPC front (on when gRPC is)
+    replica_grpc_port: bool = False
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "ServingOptions":
@@ -36,6 +38,7 @@ class ServingOptions:
             max_requests_jitter=max(0, int(config.get("max_requests_jitter", 0))),
             body_timeout_s=float(config.get("body_timeout_s", 60.0)),
             inference_token_sha256=tuple(str(d) for d in config.get("inference_token_sha256", ())),
+            replica_grpc_port=bool(config.get("replica_grpc_port", False)),
         )
 
     def batch_limits(self, max_batch_size: int, max_delay_s: float) -> tuple[int, float]:

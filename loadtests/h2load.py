@@ -35,12 +35,14 @@ def grpc_frame(message: bytes) -> bytes:
 
 
 def run_h2load(url: str, body: bytes, connections: int, seconds: float, *, headers: tuple[str, ...] = (),
-               http1: bool = True, streams: int = 1) -> LoadResult:
-    """``connections`` clients, each with ``streams`` requests in flight, for ``seconds``; non-2xx count as errors."""
+               http1: bool = True, streams: int = 1, requests: int = 0) -> LoadResult:
+    """``connections`` clients, each with ``streams`` requests in flight, for ``seconds`` (or, given ``requests``,
+    until that many are answered); non-2xx count as errors."""
     with tempfile.TemporaryDirectory(prefix="modelpool-h2load-") as tmp:
         data, log = Path(tmp) / "body", Path(tmp) / "log.tsv"
         data.write_bytes(body)
-        command = [require_h2load(), "-c", str(connections), "-m", str(streams), "-t", "1", "-D", f"{max(1, round(seconds))}s",
+        length = ["-n", str(requests)] if requests else ["-D", f"{max(1, round(seconds))}s"]
+        command = [require_h2load(), "-c", str(connections), "-m", str(streams), "-t", "1", *length,
                    "-d", str(data), "--log-file", str(log), "-T", "10s"]
         command += ["--h1"] if http1 else []
         for header in headers:

@@ -22,6 +22,7 @@ class BenchCluster:
     env: dict
     grpc_target: str = ""          # the V2 gRPC front (--grpc-port)
     grpc_ingress_target: str = ""  # Serve's own gRPC ingress behind it (routes by the `application` header)
+    ray_address: str = ""          # for a driver that inspects the cluster (before any load)
 
     @property
     def token(self) -> str:
@@ -43,6 +44,6 @@ def bench_cluster(extra_env: Optional[dict] = None) -> Iterator[BenchCluster]:
             if started.returncode != 0:
                 raise RuntimeError(f"modelpool start failed:\n{started.stdout}\n{started.stderr}")
             yield BenchCluster(f"http://127.0.0.1:{port}", home, env, f"127.0.0.1:{grpc_port}",
-                               f"127.0.0.1:{ingress_port}")
+                               f"127.0.0.1:{ingress_port}", f"127.0.0.1:{ray_port}")
         finally:
             subprocess.run([*CLI, "stop"], env=env, capture_output=True)

@@ -21,6 +21,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
+from deployments.autoscaling import POLICY as AUTOSCALING_POLICY
 from deployments.grpc_front import GRPC_FRONT_APP, GRPC_FRONT_DEPLOYMENT, route_key
 from deployments.http_routes import GENERIC_POOL_APP, GENERIC_POOL_DEPLOYMENT, GENERIC_POOL_ROUTE
 
@@ -133,6 +134,7 @@ def model_app_config(model: ModelConfig, cache_dir: str, code_version: str) -> A
             "upscale_delay_s": model.upscale_delay_s,
             "downscale_delay_s": model.downscale_delay_s,
             "look_back_period_s": model.look_back_period_s,
+            "policy": {"policy_function": AUTOSCALING_POLICY},  # counts gRPC calls on replica ports too
         },
         "user_config": {
             "max_batch_size": model.max_batch_size,

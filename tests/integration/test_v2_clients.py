@@ -251,6 +251,53 @@ def test_grpc_repository_extension_needs_the_token_and_agrees_with_models(cluste
     assert unknown.value.status() == "StatusCode.NOT_FOUND"
 
 
+def grpc_answer(cluster, name: str = "iris", version: str = "1"):
+    """One ModelInfer over the front: (the replica's header or None, None) or (None, the status code)."""
+    message = pb.ModelInferRequest(model_name=name, model_version=version)
+    message.inputs.add(name="input-0", datatype="FP64", shape=[1, 4]).contents.fp64_contents.extend([5.1, 3.5, 1.4, 0.2])
+    with grpc.insecure_channel(cluster.grpc_target) as channel:
+        try:
+            _, call = InferenceStub(channel).ModelInfer.with_call(message, timeout=30)
+        except grpc.RpcError as failed:
+            return None, failed.code()
+    return dict(call.initial_metadata()).get("x-modelpool-replica", ""), None
+
+
+def test_grpc_calls_of_a_dedicated_model_reach_its_replica_port(cluster, text_model):
+    """The fast path: the front sends them to the replica's own port (its header says which replica)."""
+    assert wait_for(lambda: grpc_answer(cluster)[0], timeout_s=30), "iris v1's replica never registered its port"
+    tensor = triton_grpc.InferInput("text", [1, 1], "BYTES")
+    tensor.set_data_from_numpy(np.array([["ab"]], dtype=object))
+    with grpc.insecure_channel(cluster.grpc_target) as channel:  # the generic pool keeps Serve's path
+        message = pb.ModelInferRequest(model_name=text_model)
+        message.inputs.add(name="text", datatype="BYTES", shape=[1, 1]).contents.bytes_contents.append(b"ab")
+        _, call = InferenceStub(channel).ModelInfer.with_call(message, timeout=30)
+    assert "x-modelpool-replica" not in dict(call.initial_metadata())
+
+
+def test_a_killed_replica_costs_grpc_callers_only_retryable_unavailable(ray_client):
+    """SIGKILL iris v1's replica: calls fail only with UNAVAILABLE, then its new replica answers on its port."""
+    import ray
+
+    from management.workers import serve_details
+
+    cluster = ray_client
+    before, _ = grpc_answer(cluster)
+    replica = serve_details()["applications"]["model:iris:1"]["deployments"]["iris_v1"]["replicas"][0]
+    ray.kill(ray.get_actor(replica["actor_name"], namespace="serve"), no_restart=True)
+    statuses = set()
+
+    def answered_by_a_new_replica():
+        replica_id, status = grpc_answer(cluster)
+        if status is not None:
+            statuses.add(status)
+        return replica_id and replica_id != before
+
+    assert wait_for(answered_by_a_new_replica, timeout_s=90, step=0.1), f"no new replica; statuses {statuses}"
+    assert statuses <= {grpc.StatusCode.UNAVAILABLE}, statuses
+    assert all(grpc_answer(cluster)[0] for _ in range(20)), "the new replica answered once, then failed"
+
+
 # last: it unregisters a model, and readiness (checked above) is false while its application deletes
 def test_a_pool_version_behind_a_dedicated_app_answers_binary_through_the_forward(cluster, admin, triton):
     url = f"{cluster.url}/models"

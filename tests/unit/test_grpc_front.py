@@ -158,5 +158,6 @@ def test_the_config_binds_the_given_host_and_threads():
     from pathlib import Path
 
     text = render_config(host="::1", port=8001, upstream="127.0.0.1:9001", workers=3, map_path=Path("/m"),
-                         socket_path=Path("/s"), management_app="management", pool_app="generic-pool")
+                         socket_path=Path("/s"), management_app="management", pool_app="generic-pool",
+                         ports_path=Path("/p"))
     assert "bind [::1]:8001 proto h2" in text and "nbthread 3" in text and "server serve 127.0.0.1:9001 proto h2" in text

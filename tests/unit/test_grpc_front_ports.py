@@ -1,0 +1,108 @@
+"""The gRPC front with real HAProxy and real replica ports: registered ports get their app's calls.
+
+``GrpcFront`` is the class Serve runs (here without Serve): it starts the front's HAProxy, takes
+registrations and probes ports. The replicas are real ``GrpcPort`` servers answering with their
+own name; "Serve's gRPC ingress" is a grpcio server answering ``serve``. So each test sees where
+HAProxy sent a call.
+"""
+from __future__ import annotations
+
+import time
+from concurrent import futures
+from typing import Iterator
+
+import grpc
+import pytest
+
+from cluster.net import free_port
+from deployments.grpc_front import PORT_GONE_MESSAGE, PORT_SLOTS, GrpcFront, port_slots
+from deployments.protos import open_inference_pb2 as pb
+from deployments.protos.service import InferenceStub
+from tests.unit.running_port import RunningPort
+
+APP = "model:iris:1"
+
+
+def _serve_ingress(request: bytes, context: grpc.ServicerContext) -> bytes:
+    return pb.ModelInferResponse(id="serve").SerializeToString()
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[str]:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        "inference.GRPCInferenceService", {"ModelInfer": grpc.unary_unary_rpc_method_handler(_serve_ingress)}),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield f"127.0.0.1:{port}"
+    server.stop(None)
+
+
+@pytest.fixture()
+def front(upstream) -> Iterator[tuple[GrpcFront, InferenceStub]]:
+    port = free_port()
+    front = GrpcFront("127.0.0.1", port, upstream, 1, "management", "generic-pool")
+    front.reconfigure({"routes": {"iris/": APP, "iris/1": APP}})
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        yield front, InferenceStub(channel)
+    finally:
+        channel.close()
+        front.__del__()
+
+
+def served_by(stub: InferenceStub, name: str = "iris", version: str = "") -> str:
+    return stub.ModelInfer(pb.ModelInferRequest(model_name=name, model_version=version), timeout=10).id
+
+
+def test_calls_of_an_app_go_to_its_registered_ports_and_others_to_serve(front):
+    process, stub = front
+    assert served_by(stub) == "serve", "no port registered yet: Serve's path"
+    replicas = [RunningPort("replica-a"), RunningPort("replica-b")]
+    try:
+        for replica in replicas:
+            process.register(APP, replica.served_by, replica.address)
+        answers = {served_by(stub, version=v) for v in ("", "1") for _ in range(40)}
+        assert answers == {"replica-a", "replica-b"}, "both replicas take calls, by the name or by the version"
+        assert served_by(stub, "textlen") == "serve", "the generic pool's models keep Serve's path"
+        process.unregister(APP, "replica-a")
+        assert {served_by(stub) for _ in range(30)} == {"replica-b"}, "the very next call sees the withdrawal"
+    finally:
+        for replica in replicas:
+            replica.close()
+
+
+def test_a_port_that_dies_is_unavailable_with_a_retry_message_then_dropped(front):
+    process, stub = front
+    replica = RunningPort("replica-a")
+    process.register(APP, replica.served_by, replica.address)
+    assert served_by(stub) == "replica-a"
+    replica.close()
+    with pytest.raises(grpc.RpcError) as gone:
+        served_by(stub)
+    assert gone.value.code() == grpc.StatusCode.UNAVAILABLE and gone.value.details() == PORT_GONE_MESSAGE
+    deadline = time.monotonic() + 5
+    while process.ports and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not process.ports, "the prober drops a port that stopped answering"
+    assert served_by(stub) == "serve"
+
+
+def test_many_calls_over_one_connection_all_succeed(front):
+    """The front retires a connection to a port before zttp's 4,096-stream limit would drop it."""
+    process, stub = front
+    replica = RunningPort("replica-a")
+    try:
+        process.register(APP, replica.served_by, replica.address)
+        failures = [f for f in [stub.ModelInfer.future(pb.ModelInferRequest(model_name="iris"), timeout=30)
+                                for _ in range(5000)] if f.exception() is not None]
+        assert failures == []
+    finally:
+        replica.close()
+
+
+def test_replicas_share_the_slots_evenly():
+    slots = port_slots({APP: {"a": "10.0.0.1:7001", "b": "10.0.0.2:7002", "c": "[::1]:7003"}, "empty": {}})
+    assert len(slots) == PORT_SLOTS
+    assert sorted(slots.values()).count("10.0.0.1|7001") == PORT_SLOTS // 3
+    assert "::1|7003" in slots.values() and f"{APP}@0" in slots
