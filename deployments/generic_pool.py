@@ -6,11 +6,15 @@ models on first use through ``@serve.multiplexed`` and keeps the most recently u
 of ``MODELPOOL_POOL_MODELS_PER_REPLICA``, default 8), like Machine Learning Server's generic
 session pool. Management pushes the catalog of pool-served versions through ``user_config``, so a
 registration reaches every replica live, without a restart and without deployments reading the
-management registry.
+management registry; management answers once every replica has applied it (``management.deployer``),
+so a model just registered is never a 404 here. A registered version whose own replicas are still
+starting (its route not yet theirs) is a 503 with ``Retry-After``, not a 404.
 """
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import os
 import weakref
 from pathlib import Path
@@ -133,23 +137,41 @@ class GenericPool:
                                                        self._headers, request_headers)
         return response.status_code, bytes(response.body), http_routes.forwarded_headers(response.headers)
 
+    async def protocol_call(self, protocol: str, name: str, version: Optional[str], action: str, body: bytes,
+                            request_headers: dict[str, str]) -> http_routes.ProtocolAnswer:
+        """Entry point for ``deployments.protocol_front``: a TorchServe or KServe V1 call for a model this pool
+        serves (or an unknown one: the 404 lists what is served), answered in the protocol's shape."""
+        try:
+            model, versions = await self._model_for(name, version)
+            return await http_routes.answer_protocol_call(model, protocol, action, body, versions, self._headers,
+                                                          request_headers)
+        except RequestError as exc:
+            return http_routes.protocol_error(protocol, exc, self._headers, self.options.debug)
+        except Exception as exc:  # noqa: BLE001 - the archive failed to load here: say so, keep serving
+            failed = http_routes.failure_response(name, version or "default", exc, self._headers, self.options.debug)
+            return http_routes.protocol_answer(protocol, 500, json.loads(failed.body), self._headers)
+        finally:
+            self.budget.count()
+
     async def _model_for(self, name: str, version: Optional[str]) -> tuple[LoadedModel, list[str]]:
         entry = self.catalog.get(name)
-        if entry is None and name in self.versions and version is None:  # routes moved under this call
-            raise RequestError(f"model '{name}' is served by replicas of its own and its route is being updated; "
-                               "retry", status=503, field="model_name")
-        if entry is None and name in self.versions:  # a model with apps of its own, asked for a version it lacks
+        registered = self.versions.get(name, [])
+        if entry is None and registered and (version is None or version in registered):
+            raise _starting(name, version)
+        if entry is None and registered:  # a model with apps of its own, asked for a version it lacks
             raise RequestError(f"model '{name}' has no version '{version}'; served versions: "
-                               f"{', '.join(self.versions[name])}", status=404, field="version")
+                               f"{', '.join(registered)}", status=404, field="version")
         if entry is None:
             known = ", ".join(self.known_models) or "none"
             raise RequestError(f"unknown model '{name}'; served models: {known}", status=404, field="model_name")
         version = version or entry["default"]
         spec = entry["versions"].get(version)
+        if spec is None and version in registered:
+            raise _starting(name, version)
         if spec is None:
             raise RequestError(f"model '{name}' has no version '{version}'; served versions: "
                                f"{', '.join(entry.get('all_versions', entry['versions']))}", status=404, field="version")
-        model_id = f"{name}:{version}:{spec['digest']}"
+        model_id = f"{name}:{version}:{_load_key(spec)}"
         model = await self.get_model(model_id)
         model.options = self.options
         model.configure(*self.options.batch_limits(int(spec.get("max_batch_size", 64)),
@@ -163,8 +185,25 @@ class GenericPool:
         """Load ``name:version:digest`` (the digest makes a re-registered archive a new model)."""
         name, version, _digest = model_id.rsplit(":", 2)
         spec = self.catalog[name]["versions"][version]
-        return await asyncio.to_thread(self._load, spec["source"], name, version)
+        return await asyncio.to_thread(self._load, spec["source"], name, version, spec.get("handler"))
 
-    def _load(self, source: str, name: str, version: str) -> LoadedModel:
-        archive = unpack_archive(local_archive(source, self.cache_dir, self.store), self.cache_dir)
+    def _load(self, source: str, name: str, version: str, handler: Optional[str] = None) -> LoadedModel:
+        archive = unpack_archive(local_archive(source, self.cache_dir, self.store), self.cache_dir, handler=handler)
         return LoadedModel(archive, name, version, replica=self.replica_id)
+
+
+def _load_key(spec: dict) -> str:
+    """What makes a loaded model current: the archive's digest, and the handler when register chose one
+    (the same archive registered again with another handler= must not reuse the loaded one)."""
+    handler = spec.get("handler")
+    if not handler:
+        return str(spec["digest"])
+    return f"{spec['digest']}-{hashlib.sha256(handler.encode()).hexdigest()[:8]}"
+
+
+def _starting(name: str, version: Optional[str]) -> RequestError:
+    """A registered version that replicas of its own serve, reaching the pool: those replicas are starting
+    (or its route is moving to them), so the request is early, not wrong: a 503, which carries Retry-After."""
+    which = f"model '{name}'" + (f" version '{version}'" if version else "")
+    return RequestError(f"{which} is registered and its workers are starting; retry in a moment",
+                        status=503, field="model_name")

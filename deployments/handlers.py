@@ -9,6 +9,7 @@ One small contract (like TorchServe's BaseHandler): ``initialize`` loads the mod
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import re
 import sys
 import threading
@@ -23,7 +24,9 @@ import numpy as np
 import pandas as pd
 
 from deployments.errors import RequestError
+from deployments.handler_refs import missing_import_message
 from deployments.manifest import SKLEARN_HANDLER, Manifest, split_handler
+from deployments.mar import EXTRA_KEY as MAR_EXTRA_KEY
 
 _IMPORT_LOCK = threading.Lock()
 
@@ -320,8 +323,11 @@ def _wrap(target: Any, spec: str) -> Handler:
     """A Handler subclass is instantiated, a class with predict is adapted, a function wrapped."""
     if isinstance(target, type):
         if not issubclass(target, Handler) and not callable(getattr(target, "predict", None)):
+            torchserve = (" It has handle(data, context), TorchServe's and MMS's entry point: modelpool calls "
+                          "predict(data) once per batch with the rows instead (and initialize(context) once)."
+                          if callable(getattr(target, "handle", None)) else "")
             raise RequestError(f"class {spec!r} must subclass deployments.handlers.Handler or "
-                               "define predict(data)", field="handler")
+                               f"define predict(data).{torchserve}", field="handler")
         try:
             instance = target()
         except Exception as exc:
@@ -329,9 +335,29 @@ def _wrap(target: Any, spec: str) -> Handler:
                                f"{type(exc).__name__}: {exc}", field="handler") from exc
         return instance if isinstance(instance, Handler) else _DuckHandler(instance)
     if callable(target):
+        _check_one_argument(target, spec)
         return CallableHandler(target)
     raise RequestError(f"{spec!r} is a {type(target).__name__}; name a function or a class",
                        field="handler")
+
+
+def _check_one_argument(fn: Callable[..., Any], spec: str) -> None:
+    """A function handler is called as ``fn(data)``; one that cannot be (TorchServe's ``handle(data,
+    context)``) is refused when it loads rather than on every request."""
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return  # a builtin without a signature: nothing to check ahead of the call
+    try:
+        signature.bind(None)
+    except TypeError as exc:
+        raise RequestError(
+            f"function {spec!r} cannot be called as {getattr(fn, '__name__', 'fn')}(data) ({exc}): modelpool calls a "
+            "function handler with one argument, the batch's rows, and takes its return value as the predictions. "
+            "A TorchServe or MMS handle(data, context) does not fit: give context a default, or write a class "
+            "with initialize(context) and predict(data)",
+            field="handler",
+        ) from None
 
 
 def import_handler_module(model_dir: Path, module_name: str, manifest: Manifest) -> ModuleType:
@@ -357,6 +383,10 @@ def import_handler_module(model_dir: Path, module_name: str, manifest: Manifest)
         sys.modules[unique] = module
         try:
             spec.loader.exec_module(module)
+        except ModuleNotFoundError as exc:
+            sys.modules.pop(unique, None)
+            raise RequestError(missing_import_message(f"{module_name}.py", exc.name, _requirements_file(manifest)),
+                               field="handler") from exc
         except (Exception, SystemExit) as exc:
             sys.modules.pop(unique, None)
             raise RequestError(f"could not import {module_name}.py of model {manifest.name}:"
@@ -366,6 +396,14 @@ def import_handler_module(model_dir: Path, module_name: str, manifest: Manifest)
             _restore_path(str(root))
             _forget_archive_modules(before, root, keep=unique)
     return module
+
+
+def _requirements_file(manifest: Manifest) -> Optional[str]:
+    """The requirements file a TorchServe archive names (TorchServe may pip-install it; modelpool does not)."""
+    mar = manifest.extra.get(MAR_EXTRA_KEY)
+    model = mar.get("model") if isinstance(mar, dict) else None
+    value = model.get("requirementsFile") if isinstance(model, dict) else None
+    return value if isinstance(value, str) and value else None
 
 
 def _slug(text: str) -> str:

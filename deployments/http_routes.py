@@ -18,7 +18,7 @@ from starlette.responses import Response
 
 from cluster.tokens import bearer_matches
 from deployments import deadlines
-from deployments.codecs import REST_CODECS, v2_binary
+from deployments.codecs import PROTOCOLS, REST_CODECS, kserve_v1, torchserve, v2_binary
 from deployments.errors import RequestError
 from deployments.redact import public_message
 from deployments.serving_options import ServingOptions
@@ -29,6 +29,9 @@ logger = logging.getLogger("ray.serve")  # Serve's replica logger: its lines car
 GENERIC_POOL_APP = "generic-pool"
 GENERIC_POOL_DEPLOYMENT = "GenericPool"
 GENERIC_POOL_ROUTE = "/v2/models"
+PROTOCOL_FRONT_DEPLOYMENT = "ProtocolFront"
+# protocol -> the Serve app at its codec's ROUTE_PREFIX (deployments.protocol_front)
+PROTOCOL_FRONT_APPS = {torchserve.NAME: "torchserve-inference", kserve_v1.NAME: "kserve-v1"}
 CODEC_HEADERS = ("content-type", v2_binary.HEADER)
 ACTIONS = {"/infer": ("POST", "infer"), "/predict": ("POST", "predict"), "/ready": ("GET", "ready"), "": ("GET", "metadata")}
 
@@ -136,6 +139,10 @@ def json_response(body: dict, status: int = 200, headers: Optional[dict] = None)
     return Response(json.dumps(body).encode(), status_code=status, media_type=JSON, headers=headers)
 
 
+#: Seconds a client is told to wait (``Retry-After``) when a model is registered but not ready to answer yet.
+RETRY_AFTER_S = "1"
+
+
 def error_body(exc: RequestError, debug: bool = False) -> bytes:
     """``{"error", "field"}``; without --debug the message is stripped of server paths and tracebacks."""
     if debug:
@@ -146,6 +153,8 @@ def error_body(exc: RequestError, debug: bool = False) -> bytes:
 def error_response(exc: RequestError, headers: Optional[dict] = None, debug: bool = False) -> Response:
     if exc.status == 401:
         headers = {**(headers or {}), "WWW-Authenticate": "Bearer"}
+    if exc.status == 503:  # a model still starting, a route moving: early, not wrong; say when to come back
+        headers = {**(headers or {}), "Retry-After": RETRY_AFTER_S}
     return Response(error_body(exc, debug), status_code=exc.status, media_type=JSON, headers=headers)
 
 
@@ -235,3 +244,48 @@ async def _answer(model, call: ModelCall, read: Callable[[], Awaitable[bytes]],
         return failure_response(model.name, model.version, exc, headers, model.options.debug)
     return Response(encoded.payload, media_type=encoded.media_type,
                     headers={**headers, **encoded.headers, "x-modelpool-batch-size": str(result.batch_size)})
+
+
+# --- calls in other servers' URL schemes (TorchServe, KServe V1), passed on by deployments.protocol_front ---
+
+ProtocolAnswer = tuple[int, bytes, dict]  # (status, body, headers): what a replica hands back to the front
+
+
+async def answer_protocol_call(model, protocol: str, action: str, body: bytes, versions: list[str], headers: dict,
+                               request_headers: Mapping[str, str]) -> ProtocolAnswer:
+    """Run a TorchServe or KServe V1 call on a loaded model: the same batcher, timeout and metrics as V2.
+
+    ``action`` is ``infer`` (decoded and encoded by the protocol's codec), ``ready`` or ``explain``.
+    """
+    codec = PROTOCOLS[protocol]
+    if action == "ready":
+        return 200, codec.ready_body(model.name), {**headers, "content-type": JSON}
+    if action == "explain":
+        raise codec.no_explainer(model.name, model.version)
+    if action != "infer":
+        raise RequestError(f"unknown action '{action}'", status=404, field="path")
+
+    async def read() -> bytes:
+        return body
+
+    response = await answer_model_call(model, ModelCall(model.version, protocol), read, versions, headers,
+                                       request_headers)
+    answer_headers = forwarded_headers(response.headers)
+    if response.status_code < 400:
+        return response.status_code, bytes(response.body), answer_headers
+    return protocol_answer(protocol, response.status_code, json.loads(response.body), answer_headers)
+
+
+def protocol_error(protocol: str, exc: RequestError, headers: dict, debug: bool = False) -> ProtocolAnswer:
+    """A refused call in the protocol's error shape (TorchServe's, KServe's)."""
+    if exc.status == 401:
+        headers = {**headers, "WWW-Authenticate": "Bearer"}
+    return protocol_answer(protocol, exc.status, json.loads(error_body(exc, debug)), headers)
+
+
+def protocol_answer(protocol: str, status: int, error: dict, headers: dict) -> ProtocolAnswer:
+    """modelpool's ``{"error", "field"}`` reshaped by the codec; a 503 says when to retry."""
+    headers = {**headers, "content-type": JSON}
+    if status == 503:
+        headers["Retry-After"] = RETRY_AFTER_S
+    return status, PROTOCOLS[protocol].error_body(status, error), headers

@@ -49,6 +49,11 @@ def check_relative_file(value: str, what: str) -> str:
     return value
 
 
+def is_identifier(text: str) -> bool:
+    """An ASCII Python identifier: what a handler's module (a file name) and attribute may be."""
+    return bool(_IDENTIFIER.fullmatch(text))
+
+
 def split_handler(handler: str) -> tuple[str, str]:
     """Split ``"module:attr"`` into its parts (caller has validated it)."""
     module, _, attr = handler.partition(":")
@@ -123,7 +128,7 @@ class Manifest(BaseModel):
         if value == SKLEARN_HANDLER:
             return value
         module, sep, attr = value.partition(":")
-        if not sep or not _IDENTIFIER.fullmatch(module) or not _IDENTIFIER.fullmatch(attr):
+        if not sep or not is_identifier(module) or not is_identifier(attr):
             raise ValueError(
                 f"handler {value!r} must be 'sklearn' or 'module:attr', where module.py is a file "
                 "in the archive and attr a function or class in it"

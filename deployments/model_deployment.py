@@ -42,15 +42,17 @@ class ModelServer:
     """
 
     def __init__(self, source: str, cache_dir: str, name: str, version: str, max_body_bytes: int = 16 << 20,
-                 object_store: Optional[dict] = None) -> None:
+                 object_store: Optional[dict] = None, handler: Optional[str] = None) -> None:
         self.replica_id = _replica_id()
         archive_path = local_archive(source, Path(cache_dir), open_store(object_store))
-        self.model = LoadedModel(unpack_archive(archive_path, Path(cache_dir)), name, version, replica=self.replica_id)
+        archive = unpack_archive(archive_path, Path(cache_dir), handler=handler)  # handler: register's handler=
+        self.model = LoadedModel(archive, name, version, replica=self.replica_id)
         self.name = name
         self.version = version
         self.max_body_bytes = max_body_bytes
         self.versions = [version]
         self.pool_versions: set[str] = set()
+        self.retired = False
         self.started_at = time.time()
         self._headers = {"x-modelpool-replica": self.replica_id}
         self.options = ServingOptions()
@@ -73,6 +75,7 @@ class ModelServer:
         ), user_config.get("response_timeout_s"))
         self.versions = [str(v) for v in user_config.get("versions", self.versions)]
         self.pool_versions = {str(v) for v in user_config.get("pool_versions", ())}
+        self.retired = bool(user_config.get("retired"))  # unregistered: draining, but no longer answering for it
         self.max_body_bytes = int(user_config.get("max_body_bytes", self.max_body_bytes))
         if self.options.replica_grpc_port:
             self.grpc_port.open()
@@ -82,6 +85,10 @@ class ModelServer:
         try:
             http_routes.check_inference_token(request, self.options)
             call = http_routes.parse_model_call(http_routes.sub_path(request), request.method)
+            if self.retired:  # the version a request names: in its path, or in this app's route (not the default's)
+                named = call.version or (self.version if request.scope.get("root_path", "").endswith(
+                    f"/versions/{self.version}") else None)
+                raise self._unregistered(named)
             if call.version is not None and call.version != self.version:
                 if call.version in self.pool_versions:
                     return await self._forward_to_pool(call, request)
@@ -93,6 +100,33 @@ class ModelServer:
         try:
             return await http_routes.answer_model_call(self.model, call, read, self.versions, self._headers,
                                                        request.headers)
+        finally:
+            self.budget.count()
+
+    def _unregistered(self, version: Optional[str]) -> RequestError:
+        """This version was unregistered and drains: a request that still reaches it (a client connection kept
+        open across HAProxy's reload) gets what the registry says now, not an answer from a removed model."""
+        others = [v for v in self.versions if v != self.version]
+        if version in (None, self.version) and not others:
+            return RequestError(f"model '{self.name}' is not registered", status=404, field="model_name")
+        if version == self.version:
+            return RequestError(f"model '{self.name}' has no version '{version}'; versions: {', '.join(others)}",
+                                status=404, field="version")
+        return RequestError(f"the route of model '{self.name}' moved to version(s) {', '.join(others)} while this "
+                            "connection was open; retry", status=503, field="version")
+
+    async def protocol_call(self, protocol: str, name: str, version: Optional[str], action: str, body: bytes,
+                            request_headers: dict[str, str]) -> http_routes.ProtocolAnswer:
+        """Entry point for ``deployments.protocol_front``: a TorchServe or KServe V1 call, answered by its codec on
+        this replica's batcher (so it batches with V2 requests); (status, body, headers) in the protocol's shape."""
+        try:
+            if name != self.name or (version is not None and version != self.version):
+                raise RequestError(f"model '{name}' version '{version or 'default'}' is served elsewhere now and the "
+                                   "routes are being updated; retry", status=503, field="version")
+            return await http_routes.answer_protocol_call(self.model, protocol, action, body, self.versions,
+                                                          self._headers, request_headers)
+        except RequestError as exc:
+            return http_routes.protocol_error(protocol, exc, self._headers, self.options.debug)
         finally:
             self.budget.count()
 

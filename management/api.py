@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse, Response
 from deployments.errors import RequestError
 from deployments.http_routes import error_response, read_body
 from management import repository
-from management.openapi_docs import complete
+from management.openapi_docs import describe
 from management.params import ListParams, PoolParams, RegisterParams, ScaleParams
 from modelpool import __version__
 
@@ -153,10 +153,14 @@ _generated_openapi = api.openapi
 
 
 def _described_openapi() -> dict:
-    """FastAPI's description, completed once with what it cannot see (management/openapi_docs.py)."""
-    if api.openapi_schema is None:
-        complete(_generated_openapi())  # FastAPI keeps it in api.openapi_schema; completed in place
-    return api.openapi_schema
+    """FastAPI's description, completed once with what it cannot see and the inference APIs, as OpenAPI
+    3.0.1 (management/openapi_docs.py); built on the first call, then kept."""
+    if _description.get("spec") is None:
+        _description["spec"] = describe(_generated_openapi())
+    return _description["spec"]
+
+
+_description: dict[str, Optional[dict]] = {"spec": None}
 
 
 api.openapi = _described_openapi  # type: ignore[method-assign]
@@ -164,7 +168,7 @@ api.openapi = _described_openapi  # type: ignore[method-assign]
 
 @api.options("/", tags=["management"], dependencies=authorized)
 async def describe_api() -> dict:
-    """The OpenAPI description, as MMS answers ``OPTIONS /``."""
+    """The OpenAPI 3.0.1 description of the inference and management APIs, as MMS answers ``OPTIONS /``."""
     return api.openapi()
 
 
@@ -181,10 +185,12 @@ async def register_model(request: Request) -> JSONResponse:
     initial_workers, synchronous, response_timeout (s: each inference call), startup_timeout (s: the
     synchronous wait).
 
-    An ``Idempotency-Key`` header makes the request safe to retry when its answer was lost (the
-    connection dropped, the management replica died after the registry write): the same key gets
-    the first answer again instead of a 409."""
-    query = _query(request)
+    Parameters come as a query string or, as TorchServe also takes them, as a JSON object body
+    (``Content-Type: application/json``). An ``Idempotency-Key`` header makes the request safe to retry
+    when its answer was lost (the connection dropped, the management replica died after the registry
+    write): the same key gets the first answer again instead of a 409."""
+    is_json = request.headers.get("content-type", "").split(";")[0].strip().lower() == "application/json"
+    query = await _params_from(request) if is_json else _query(request)  # TorchServe reads a body only if JSON
     key = request.headers.get(IDEMPOTENCY_HEADER)
     if key is not None:
         query["idempotency_key"] = key

@@ -1,18 +1,39 @@
-"""Puts applications on Serve: the only place that turns an ``AppConfig`` into running replicas."""
+"""Puts applications on Serve: the only place that turns an ``AppConfig`` into running replicas.
+
+Read your writes: Serve applies a new config to running replicas after ``serve.run`` returns (its
+control loop calls ``reconfigure`` on each replica). A management call that answered before that
+left a window in which the generic pool still had its old catalog and answered 404 for a model it
+had just been told about. So ``deploy_apps`` returns only once every application that was running
+and changes in place (a new catalog, batching, versions, routes) has applied the change, which Serve
+reports as the application being RUNNING again; applications that start replicas are not waited
+for (that is what ``synchronous`` is for). Route changes (a default version moving, an app deleted) reach
+Serve's HAProxy later still, so when a deploy moves routes it also waits until this node's ingress sends
+each moved prefix to its new owner (``management.route_probe``). Each deployment's ``user_config`` carries a fingerprint of
+its whole config (``config_id``; replicas ignore it), so an app whose running config Serve reports
+with the same fingerprint is not sent again: a call that changes nothing waits for nothing, and any
+management replica can tell, because the fingerprint lives in Serve, not in a process.
+"""
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
-from typing import Iterable
+import dataclasses
+from dataclasses import dataclass
+from typing import Iterable, Optional
 
 from ray import serve
 from ray.serve.api import RunTarget
 
 from deployments.generic_pool import GenericPool
 from deployments.grpc_front import GRPC_FRONT_DEPLOYMENT, GrpcFront
-from deployments.http_routes import GENERIC_POOL_DEPLOYMENT
+from deployments.http_routes import GENERIC_POOL_DEPLOYMENT, PROTOCOL_FRONT_DEPLOYMENT
 from deployments.model_deployment import ModelServer
+from deployments.protocol_front import ProtocolFront
+from management import route_probe
 from management.serve_configs import MODEL_APP_PREFIX, AppConfig
+from management.workers import serve_details, status_name
 from modelpool import __version__
 
 logger = logging.getLogger(__name__)
@@ -23,16 +44,40 @@ def code_version() -> str:
     return __version__
 
 
+#: The key of ``user_config`` that carries the app's config fingerprint (see the module docstring).
+CONFIG_ID = "config_id"
+
+
 def _bind(app: AppConfig):
     options = dict(app.deployment_options)
+    options["user_config"] = {**(options.get("user_config") or {}), CONFIG_ID: fingerprint(app)}
     version = options.pop("version")
-    target = {GENERIC_POOL_DEPLOYMENT: GenericPool, GRPC_FRONT_DEPLOYMENT: GrpcFront}.get(app.deployment_name, ModelServer)
+    target = {GENERIC_POOL_DEPLOYMENT: GenericPool, GRPC_FRONT_DEPLOYMENT: GrpcFront,
+              PROTOCOL_FRONT_DEPLOYMENT: ProtocolFront}.get(app.deployment_name, ModelServer)
     deployment = serve.deployment(target).options(version=version, _internal=True, **options)
     return deployment.bind(**app.init_kwargs)
 
 
-def deploy_apps(apps: Iterable[AppConfig], wait: bool = False) -> None:
-    """Deploy (or update in place) applications.
+#: How long a mutation waits for running applications to apply its change (a few control loops, normally).
+APPLY_TIMEOUT_S = 10.0
+_POLL_S = 0.02
+
+
+@dataclass(frozen=True)
+class LiveApp:
+    """What Serve runs now under one application name."""
+
+    route_prefix: Optional[str]
+    status: str
+    running: int  # RUNNING replicas
+    config_id: Optional[str] = None  # the fingerprint of the config it was last given (``CONFIG_ID``)
+
+
+def deploy_apps(apps: Iterable[AppConfig], wait: bool = False, ingress: Optional[route_probe.Ingress] = None,
+                deleted: Iterable[str] = ()) -> None:
+    """Deploy (or update in place) applications; return once the running ones have applied the change and,
+    given this node's ``ingress``, once it routes every moved prefix to its new owner (``deleted``: the apps
+    just deleted, whose routes move too; Serve may report them RUNNING for a moment).
 
     Serve refuses a route prefix another app still holds, even within one call, so when the
     default version changes, the app giving up the short route moves first, then the rest.
@@ -40,18 +85,122 @@ def deploy_apps(apps: Iterable[AppConfig], wait: bool = False) -> None:
     apps = list(apps)
     if not apps:
         return
-    for batch in _route_safe_batches(apps, current_routes()):
+    live = live_apps()
+    for name in deleted:
+        if name in live:
+            live[name] = dataclasses.replace(live[name], status="DELETING")
+    changed = [app for app in apps if not is_deployed(app, live.get(app.app_name))]
+    for batch in _route_safe_batches(changed, {name: app.route_prefix for name, app in live.items()}):
         targets = [RunTarget(target=_bind(app), name=app.app_name, route_prefix=app.route_prefix) for app in batch]
         serve.run_many(targets, wait_for_applications_running=wait)
+    in_place = [app.app_name for app in changed if changes_in_place(app, live.get(app.app_name))]
+    started = time.monotonic()
+    late = wait_until_applied(in_place, APPLY_TIMEOUT_S)
+    if late:
+        logger.warning("applications still applying their new config after %.0fs: %s", APPLY_TIMEOUT_S, late)
+    applied = time.monotonic()
+    owners = new_route_owners(apps, changed, live) if ingress is not None else {}
+    if owners:
+        deleting = [name for name, app in live.items() if app.status == "DELETING"]
+        late = route_probe.wait_for_owners(ingress, owners, replica_apps, draining=deleting)
+        if late:
+            logger.warning("the ingress still routes %s elsewhere after %.0fs", late, route_probe.TIMEOUT_S)
+    logger.debug("deployed %s; %s applied in %.2fs; routes %s in %.2fs", [app.app_name for app in changed], in_place,
+                 applied - started, sorted(owners), time.monotonic() - applied)
+
+
+def new_route_owners(apps: list[AppConfig], changed: list[AppConfig], live: dict[str, "LiveApp"]) -> dict[str, str]:
+    """Moved prefix -> the app that owns it after this deploy, for owners that can answer now (running, and
+    not waiting for new replicas: a request for a starting app waits in Serve's proxy, it is not answered stale)."""
+    before = {name: app.route_prefix for name, app in live.items()}
+    after = {name: app.route_prefix for name, app in live.items() if app.status != "DELETING" and app.route_prefix}
+    after.update({app.app_name: app.route_prefix for app in apps if app.route_prefix})
+    starting = {app.app_name for app in changed if not changes_in_place(app, live.get(app.app_name))}
+    owners = {}
+    for prefix in route_probe.moved_prefixes(before, after):
+        owner = route_probe.owner_of(prefix, after)
+        state = live.get(owner) if owner else None
+        if state is not None and state.status == "RUNNING" and state.running and owner not in starting:
+            owners[prefix] = owner
+    return owners
+
+
+def replica_apps() -> dict[str, str]:
+    """Replica id (as replicas put it in ``x-modelpool-replica``) -> its application, from Serve's details."""
+    return {replica.get("replica_id"): name for name, app in serve_details().get("applications", {}).items()
+            for deployment in app.get("deployments", {}).values() for replica in deployment.get("replicas", [])}
+
+
+def fingerprint(app: AppConfig) -> str:
+    """Everything ``serve.run`` is given for an app: equal fingerprints deploy the same thing."""
+    payload = [app.route_prefix, app.deployment_name, app.deployment_options, app.init_kwargs]
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def is_deployed(app: AppConfig, live: Optional[LiveApp]) -> bool:
+    """True when Serve runs ``app`` with exactly this config (and is not deleting it)."""
+    return live is not None and live.status != "DELETING" and live.config_id == fingerprint(app)
+
+
+def changes_in_place(app: AppConfig, live: Optional[LiveApp]) -> bool:
+    """True when ``app`` runs already and keeps at least the replicas it has: the change lands on running
+    replicas (config, routes) within a few control loops. New apps and scale-ups start replicas instead."""
+    if live is None or live.status != "RUNNING":
+        return False
+    options = app.deployment_options
+    wanted = (options.get("autoscaling_config") or {}).get("min_replicas", options.get("num_replicas", 1))
+    return int(wanted or 0) <= live.running
+
+
+def live_apps() -> dict[str, LiveApp]:
+    """App name -> route, status, RUNNING replicas and config fingerprint of what Serve runs now.
+
+    The status comes from ``serve.status()``: Serve's details are refreshed by its control loop, so an app
+    deleted a moment ago still shows RUNNING there, while its status says DELETING at once."""
+    statuses = {name: status_name(app.status) for name, app in serve.status().applications.items()}
+    result = {}
+    for name, app in serve_details().get("applications", {}).items():
+        deployments = list(app.get("deployments", {}).values())
+        replicas = [r for d in deployments for r in d.get("replicas", [])]
+        user_config = ((deployments[0].get("deployment_config") or {}).get("user_config") or {}) if deployments else {}
+        result[name] = LiveApp(app.get("route_prefix"), statuses.get(name, status_name(app.get("status", ""))),
+                               sum(1 for r in replicas if status_name(r.get("state")) == "RUNNING"),
+                               user_config.get(CONFIG_ID) if isinstance(user_config, dict) else None)
+    return result
 
 
 def current_routes() -> dict[str, str]:
     """App name -> route prefix of what Serve runs now."""
-    from ray.serve.context import _get_global_client
-    import ray
+    return {name: app.route_prefix for name, app in live_apps().items()}
 
-    details = ray.get(_get_global_client()._controller.get_serve_instance_details.remote())
-    return {name: app.get("route_prefix") for name, app in details.get("applications", {}).items()}
+
+def wait_until_applied(app_names: Iterable[str], timeout_s: float) -> list[str]:
+    """Wait until Serve reports each app RUNNING again after a deploy; returns the ones that were not in time.
+
+    Serve marks an application DEPLOYING when it is given a new config (synchronously, inside the
+    deploy call) and RUNNING once every replica runs the new version, i.e. has been reconfigured.
+    An app that fails or turns unhealthy is not waited for: its own status says what is wrong.
+    """
+    pending = set(app_names)
+    deadline = time.monotonic() + timeout_s
+    while pending:
+        applications = serve.status().applications
+        for name in list(pending):
+            app = applications.get(name)
+            if app is None or app.status != "DEPLOYING":
+                pending.discard(name)
+        if not pending or time.monotonic() > deadline:
+            break
+        time.sleep(_POLL_S)
+    return sorted(pending)
+
+
+def has_replicas(app_names: Iterable[str], app_name: str, at_least: int) -> bool:
+    """True when the apps run and ``app_name`` has ``at_least`` RUNNING replicas: nothing is pending."""
+    applications = serve.status().applications
+    if any(name in applications and applications[name].status != "RUNNING" for name in app_names):
+        return False
+    return running_replicas(app_name) >= at_least
 
 
 def _route_safe_batches(apps: list[AppConfig], routes: dict[str, str]) -> list[list[AppConfig]]:

@@ -1,10 +1,12 @@
-"""The management API's OpenAPI description, completed where FastAPI cannot see the routes' contract.
+"""The OpenAPI description ``OPTIONS /`` answers: management completed, inference added, in OpenAPI 3.0.1.
 
 The routes parse their parameters by hand (``RegisterParams.parse`` and friends: MMS-style query
 strings or JSON, errors in the project's shape), so FastAPI's generated description lists no query
 parameters, no bodies, no bearer token and a 422 the API never sends. A client generator or a fuzzer
 (schemathesis, BENCHMARKS.md "Robustness") needs the real contract, so it is added here from the
-same pydantic models that validate the requests, once, when the description is first built.
+same pydantic models that validate the requests, once, when the description is first built. As MMS
+does, the one document lists the inference APIs too (``management.openapi_inference``), and it is
+OpenAPI 3.0.1 as MMS and TorchServe answer (``management.openapi30``), not FastAPI's 3.1.
 """
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ from typing import Any, Optional
 
 from pydantic import BaseModel
 
+from management.openapi30 import to_openapi_30
+from management.openapi_inference import add_inference
 from management.params import IDEMPOTENCY_KEY_PATTERN, ListParams, PoolParams, RegisterParams, ScaleParams
 
 ERROR_SCHEMA = {
@@ -32,6 +36,33 @@ STATUS_TEXT = {
     504: "a synchronous call outlived its timeout",
 }
 HEADER_FIELDS = {"idempotency_key": "Idempotency-Key"}
+STATUS_SCHEMA = {"type": "object", "properties": {"status": {"type": "string"}}, "required": ["status"]}
+_WORKER = {"type": "object", "properties": {
+    "id": {"type": "string"}, "startTime": {"type": "string", "nullable": True},
+    "status": {"type": "string", "enum": ["READY", "LOADING", "STOPPING"]}, "gpu": {"type": "boolean"},
+    "memoryUsage": {"type": "integer", "nullable": True}, "pid": {"type": "integer", "nullable": True},
+    "gpuUsage": {"type": "string"}, "node": {"type": "string", "nullable": True}}}
+#: TorchServe's describe keys, and modelpool's (handler, isDefault, pool).
+DESCRIPTION_SCHEMA = {"type": "object", "properties": {
+    **{key: {"type": "string"} for key in ("modelName", "modelVersion", "modelUrl", "engine", "runtime",
+                                           "parallelType", "deviceType", "handler")},
+    **{key: {"type": "integer"} for key in ("minWorkers", "maxWorkers", "batchSize", "maxRetryTimeoutInSec",
+                                            "clientTimeoutInMills", "parallelLevel", "sequenceMaxIdleMSec",
+                                            "sequenceTimeoutMSec", "maxNumSequence", "maxSequenceJobQueueSize")},
+    **{key: {"type": "number"} for key in ("maxBatchDelay", "responseTimeout", "startupTimeout")},
+    **{key: {"type": "boolean"} for key in ("continuousBatching", "useJobTicket", "useVenv", "stateful",
+                                            "loadedAtStartup", "isDefault")},
+    "deviceIds": {"type": "array", "items": {"type": "integer"}},
+    "pool": {"type": "string", "enum": ["dedicated", "generic"]},
+    "workers": {"type": "array", "items": _WORKER},
+    "jobQueueStatus": {"type": "object", "properties": {"remainingCapacity": {"type": "integer"},
+                                                        "pendingRequests": {"type": "integer", "nullable": True}}},
+}, "required": ["modelName", "modelVersion", "modelUrl", "engine", "runtime", "minWorkers", "maxWorkers",
+                "batchSize", "maxBatchDelay", "workers"]}
+LIST_SCHEMA = {"type": "object", "required": ["models"], "properties": {
+    "nextPageToken": {"type": "string", "nullable": True, "description": "pass as next_page_token for the next page"},
+    "models": {"type": "array", "items": {"type": "object", "properties": {
+        "modelName": {"type": "string"}, "modelUrl": {"type": "string", "nullable": True}}}}}}
 BATCH_BODY = {
     "type": "object",
     "properties": {
@@ -90,8 +121,29 @@ ROUTES: dict[tuple[str, str], tuple[Optional[type[BaseModel]], str, tuple[int, .
     ("post", REPOSITORY_UNLOAD): (None, "", (400, 404, 408, 413)),
 }
 OPEN_PATHS = {"/ping", "/v2/health/live", "/v2/health/ready", "/v2"}  # health: no token
+def _status(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Status"}}}}
+
+
+_SCALED = {"200": _status('synchronous: the workers run ("Workers scaled to N for model: ...")'),
+           "202": _status('asynchronous: "Processing worker updates..."')}
+_DESCRIBED = {"200": {"description": "the version(s), in TorchServe's keys", "content": {"application/json": {
+    "schema": {"type": "array", "items": {"$ref": "#/components/schemas/ModelDescription"}}}}}}
 # Answers FastAPI cannot see in the route's signature (found by the fuzzer with real batch ids).
 RESPONSES: dict[tuple[str, str], dict[str, Any]] = {
+    ("post", "/models"): {
+        "200": _status('registered; nothing pending: no workers asked for ("... registered with 0 initial workers. '
+                       '..."), or synchronous and the workers run'),
+        "202": _status('registered; the workers start asynchronously ("Processing worker updates...")')},
+    ("get", "/models"): {"200": {"description": "a page of models, in name order", "content": {
+        "application/json": {"schema": {"$ref": "#/components/schemas/ModelList"}}}}},
+    ("get", "/models/{model_name}"): _DESCRIBED,
+    ("get", "/models/{model_name}/{model_version}"): _DESCRIBED,
+    ("put", "/models/{model_name}"): _SCALED,
+    ("put", "/models/{model_name}/{model_version}"): _SCALED,
+    ("put", "/models/{model_name}/{model_version}/set-default"): {"200": _status("the default version changed")},
+    ("delete", "/models/{model_name}"): {"200": _status('"Model \"...\" unregistered"')},
+    ("delete", "/models/{model_name}/{model_version}"): {"200": _status('"Model \"...\" unregistered"')},
     ("get", "/batches/{execution_id}/results/{index}/artifacts/{name}"): {
         "200": {"description": "the file, as the handler wrote it",
                 "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}},
@@ -109,15 +161,26 @@ RESPONSES: dict[tuple[str, str], dict[str, Any]] = {
 }
 
 
+def describe(generated: dict[str, Any]) -> dict[str, Any]:
+    """The whole description from FastAPI's: management completed, inference added, as OpenAPI 3.0.1."""
+    return to_openapi_30(add_inference(complete(generated)))
+
+
 def complete(spec: dict[str, Any]) -> dict[str, Any]:
-    """Add parameters, bodies, the bearer scheme and the real error answers to FastAPI's description."""
+    """Add parameters, bodies, the bearer scheme and the real answers to FastAPI's description (in place)."""
     spec.setdefault("components", {}).setdefault("securitySchemes", {})["bearer"] = {
         "type": "http", "scheme": "bearer", "description": "the management token (`modelpool start` prints its file)"}
-    spec["components"].setdefault("schemas", {})["Error"] = ERROR_SCHEMA
+    schemas = spec["components"].setdefault("schemas", {})
+    for unused in ("HTTPValidationError", "ValidationError"):  # FastAPI's 422, which the API never sends
+        schemas.pop(unused, None)
+    schemas.update({"Error": ERROR_SCHEMA, "Status": STATUS_SCHEMA, "ModelDescription": DESCRIPTION_SCHEMA,
+                    "ModelList": LIST_SCHEMA})
     for path, operations in spec.get("paths", {}).items():
         for method, operation in operations.items():
             responses = operation.setdefault("responses", {})
             responses.pop("422", None)  # validation errors are 400s in the project's shape, never 422
+            if (method, path) in RESPONSES:
+                responses.pop("200", None)  # FastAPI's untyped "Successful Response"
             responses.update(RESPONSES.get((method, path), {}))
             if path in OPEN_PATHS:
                 operation["security"] = []
@@ -134,6 +197,11 @@ def complete(spec: dict[str, Any]) -> dict[str, Any]:
             if (method, path) in REQUEST_BODIES:
                 operation["requestBody"] = {"required": False, "content": {
                     "application/json": {"schema": REQUEST_BODIES[(method, path)]}}}
+            if (method, path) == ("post", "/models"):  # TorchServe takes the same parameters as a JSON body
+                operation["requestBody"] = {"required": False, "content": {
+                    "application/json": {"schema": json_body(RegisterParams)}}}
+                for parameter in operation["parameters"]:
+                    parameter["required"] = False  # url comes in the query or in the body
             if where == "batch-body":
                 operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": BATCH_BODY}}}
                 operation["parameters"] = operation.get("parameters", []) + [{
@@ -154,6 +222,15 @@ def query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
             "required": name in required, "description": prop.get("description", ""), "schema": _plain(prop),
         })
     return parameters
+
+
+def json_body(model: type[BaseModel]) -> dict[str, Any]:
+    """A parameters model as a JSON object body (the header fields stay headers)."""
+    schema = model.model_json_schema()
+    properties = {name: {**_plain(prop), **({"description": prop["description"]} if prop.get("description") else {})}
+                  for name, prop in schema.get("properties", {}).items() if name not in HEADER_FIELDS}
+    return {"type": "object", "properties": properties,
+            "required": [name for name in schema.get("required", []) if name in properties]}
 
 
 def _plain(prop: dict[str, Any]) -> dict[str, Any]:

@@ -2,12 +2,16 @@
 
 Names follow the APIs they come from: the MXNet Model Server / TorchServe management API for models
 (``model_name``, ``initial_workers``, ``max_batch_delay`` in ms, ``response_timeout`` in s) and
-Machine Learning Server for pools (``initial_pool_size``, ``max_pool_size``).
+Machine Learning Server for pools (``initial_pool_size``, ``max_pool_size``). Their conventions hold
+too: an empty query value (``?limit=&next_page_token=``) is the parameter's default, ``runtime`` is
+case-insensitive (``PYTHON`` is the documented default), and a scale's ``timeout`` is ``-1`` (no limit),
+``0`` (at once) or seconds. Values that are not of the parameter's type are 400s naming it, where
+TorchServe silently takes the default.
 """
 from __future__ import annotations
 
 import re
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -26,12 +30,18 @@ def check_idempotency_key(key: Optional[str]) -> Optional[str]:
 
 class _Params(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    #: Fields whose empty value is an error rather than the default (headers, which no client sends empty by accident).
+    _keep_empty: ClassVar[tuple[str, ...]] = ("idempotency_key",)
 
     @classmethod
     def parse(cls, values: dict[str, Any]) -> "_Params":
-        """Validate query values (strings) or JSON values; the first error becomes a 400 naming its field."""
+        """Validate query values (strings) or JSON values; the first error becomes a 400 naming its field.
+
+        ``None`` and empty strings are left out, so they take the default: TorchServe's clients send
+        ``?limit=&next_page_token=`` for "no limit given" and its regression suite expects a listing.
+        """
         try:
-            return cls(**{k: v for k, v in values.items() if v is not None})
+            return cls(**{k: v for k, v in values.items() if v is not None and (v != "" or k in cls._keep_empty)})
         except ValidationError as exc:
             error = exc.errors()[0]
             field = ".".join(str(part) for part in error.get("loc", ())) or None
@@ -46,11 +56,19 @@ class _Params(BaseModel):
             raise RequestError(message, status=400, field=field) from None
 
 
+#: Runtimes TorchServe's manifests name that mean "a Python handler" here (case-insensitive).
+PYTHON_RUNTIMES = ("python", "python3")
+#: A scale's ``timeout``: no limit of its own (MMS and TorchServe's default).
+NO_TIMEOUT = -1
+
+
 class RegisterParams(_Params):
     url: str = Field(min_length=1, max_length=4096)
     model_name: Optional[str] = None
-    handler: Optional[str] = None
-    runtime: str = "python"
+    handler: Optional[str] = Field(None, min_length=1, max_length=256, description=(
+        "overrides the manifest's handler (MMS): 'module:function', 'module', 'module.py' or 'sklearn', "
+        "checked against the archive like the manifest's own"))
+    runtime: str = Field("python", description="PYTHON (the default; any case) or python3: handlers are Python")
     batch_size: Optional[int] = Field(None, ge=1, le=100_000)
     max_batch_delay: Optional[float] = Field(None, ge=0, le=60_000, description="milliseconds")
     initial_workers: int = Field(0, ge=0, le=1024)
@@ -65,8 +83,10 @@ class RegisterParams(_Params):
 
     @model_validator(mode="after")
     def _runtime(self) -> "RegisterParams":
-        if self.runtime != "python":
-            raise ValueError("runtime must be 'python' (handlers are Python: 'sklearn' or 'module:attr')")
+        if self.runtime.lower() not in PYTHON_RUNTIMES:
+            raise ValueError(f"runtime {self.runtime!r} cannot run here: use PYTHON (the default, any case) or "
+                             "python3 (handlers are Python: 'sklearn' or 'module:attr')")
+        self.runtime = "python"  # one spelling in the registry and in describe, as TorchServe reports it
         return self
 
 
@@ -77,12 +97,20 @@ class ScaleParams(_Params):
     batch_size: Optional[int] = Field(None, ge=1, le=100_000)
     max_batch_delay: Optional[float] = Field(None, ge=0, le=60_000)
     synchronous: bool = False
-    timeout: float = Field(120, gt=0, le=3600, description="seconds to wait when synchronous")
+    timeout: float = Field(NO_TIMEOUT, ge=NO_TIMEOUT, le=3600, description=(
+        "seconds the change may take (MMS): workers being stopped finish their pending requests within it and a "
+        "synchronous call waits for it; 0 stops workers at once and answers at once, -1 (default) sets no limit "
+        "of its own (requests end within response_timeout, workers start within the model's startup_timeout)"))
+    model_version: Optional[str] = Field(None, max_length=64, description="the version to scale when the path names "
+                                         "none (TorchServe's query form); default: the default version")
 
     @model_validator(mode="after")
     def _bounds(self) -> "ScaleParams":
         if self.min_worker is not None and self.max_worker is not None and self.min_worker > self.max_worker:
             raise ValueError(f"min_worker ({self.min_worker}) must not exceed max_worker ({self.max_worker})")
+        if -1 < self.timeout < 0:
+            raise ValueError(f"timeout {self.timeout:g} is not one MMS defines: use -1 (no limit), 0 (at once) or "
+                             "seconds")
         return self
 
 
@@ -99,4 +127,5 @@ class PoolParams(_Params):
 
 class ListParams(_Params):
     limit: int = Field(100, ge=1, le=1000)
-    next_page_token: Optional[str] = Field(None, max_length=256)
+    next_page_token: int = Field(0, ge=0, le=10_000_000, description="the nextPageToken of the previous page: as in "
+                                 "TorchServe, the position of the page's first model in name order")

@@ -73,6 +73,7 @@ def model_config(record: ModelRecord, pool: Optional[PoolRecord], settings: Sett
         version=record.version,
         source=record.source,
         source_digest=record.digest or record.source,
+        handler=record.handler,
         is_default=is_default,
         versions=tuple(versions),
         pool_versions=tuple(pool_versions),
@@ -89,6 +90,7 @@ def model_config(record: ModelRecord, pool: Optional[PoolRecord], settings: Sett
         downscale_delay_s=settings.downscale_delay_s,
         max_body_bytes=settings.max_body_bytes,
         request_timeout_s=record.response_timeout_s,
+        drain_timeout_s=None if record.drain_timeout_s < 0 else record.drain_timeout_s,  # a scale's MMS timeout
         health_check_timeout_s=max(30.0, record.response_timeout_s),
         health_check_period_s=HEALTH_CHECK_PERIOD_S,
         object_store=settings.object_store_config,
@@ -109,7 +111,7 @@ HEALTH_CHECK_PERIOD_S = 2.0
 
 
 def pool_spec(record: ModelRecord) -> dict:
-    return {"source": record.source, "digest": record.digest or record.source,
+    return {"source": record.source, "digest": record.digest or record.source, "handler": record.handler,
             "max_batch_size": record.batch_size, "max_batch_delay_ms": record.max_batch_delay_ms,
             "response_timeout_s": record.response_timeout_s}
 

@@ -103,6 +103,9 @@ class ModelRecord(_Record):
     max_workers: int
     number_gpu: int = 0
     response_timeout_s: float
+    startup_timeout_s: float = 120.0  # how long its workers may take to start (TorchServe's startup_timeout)
+    drain_timeout_s: float = -1.0  # the last scale's timeout: how long stopped workers may drain (-1: no limit)
+    loaded_at_startup: bool = False  # registered from the model store by `modelpool start` (TorchServe's loadedAtStartup)
     manifest: dict[str, Any] = Field(default_factory=dict)
     idempotency_key: Optional[str] = None  # of the register request that created it: a retry is answered, not refused
     registered_at: float = Field(default_factory=_now)

@@ -22,8 +22,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
 from deployments.autoscaling import POLICY as AUTOSCALING_POLICY
+from deployments.codecs import PROTOCOLS
 from deployments.grpc_front import GRPC_FRONT_APP, GRPC_FRONT_DEPLOYMENT, route_key
-from deployments.http_routes import GENERIC_POOL_APP, GENERIC_POOL_DEPLOYMENT, GENERIC_POOL_ROUTE
+from deployments.http_routes import (GENERIC_POOL_APP, GENERIC_POOL_DEPLOYMENT, GENERIC_POOL_ROUTE,
+                                     PROTOCOL_FRONT_APPS, PROTOCOL_FRONT_DEPLOYMENT)
+from deployments.loaded_model import DEFAULT_RESPONSE_TIMEOUT_S
 
 MODEL_APP_PREFIX = "model:"
 MANAGEMENT_APP = "management"  # at route prefix "/"; the gRPC front sends it the calls that name no model
@@ -37,6 +40,7 @@ class ModelConfig:
     version: str
     source: str                      # archive path (dir or zip) the replicas load
     source_digest: str               # content fingerprint of the archive
+    handler: Optional[str] = None    # the handler replicas run (register's handler=); None: the manifest's
     is_default: bool = True
     versions: tuple[str, ...] = ()   # every served version of this model, for metadata
     initial_replicas: int = 1
@@ -55,6 +59,7 @@ class ModelConfig:
     health_check_period_s: float = 10.0
     health_check_timeout_s: float = 30.0
     request_timeout_s: float = 120.0
+    drain_timeout_s: Optional[float] = None  # how long a stopping replica may finish its requests (None: as they take)
     pool_versions: tuple[str, ...] = ()  # versions of this model served by the generic pool
     object_store: Optional[dict] = None  # how replicas open the object store holding the archive
     serving: dict = field(default_factory=dict)   # ServingOptions fields (Settings.serving_options())
@@ -110,6 +115,8 @@ def model_app_config(model: ModelConfig, cache_dir: str, code_version: str) -> A
         "max_body_bytes": model.max_body_bytes,
         "object_store": model.object_store,
     }
+    if model.handler is not None:
+        init_kwargs["handler"] = model.handler  # a new handler needs new replicas: it is in the fingerprint
     ray_actor_options = {"num_cpus": model.num_cpus}
     if model.num_gpus:
         ray_actor_options["num_gpus"] = model.num_gpus
@@ -147,7 +154,9 @@ def model_app_config(model: ModelConfig, cache_dir: str, code_version: str) -> A
         },
         "health_check_period_s": model.health_check_period_s,
         "health_check_timeout_s": model.health_check_timeout_s,
-        "graceful_shutdown_timeout_s": model.request_timeout_s,
+        # no request outlives request_timeout_s, so waiting that long waits for every request (MMS's timeout=-1)
+        "graceful_shutdown_timeout_s": model.request_timeout_s if model.drain_timeout_s is None
+        else min(model.drain_timeout_s, model.request_timeout_s),
     }
     if model.logging:
         options["logging_config"] = dict(model.logging)
@@ -248,6 +257,50 @@ def grpc_front_app_config(front: GrpcFrontConfig, routes: dict[str, str], code_v
         "health_check_period_s": front.health_check_period_s,
     }
     return AppConfig(GRPC_FRONT_APP, None, GRPC_FRONT_DEPLOYMENT, options, init_kwargs)
+
+
+PROTOCOL_FRONT_MAX_ONGOING = 1024  # a front only waits on model replicas, which bound the work themselves
+
+
+def protocol_routes(dedicated: list["ModelConfig"]) -> dict[str, dict]:
+    """The protocol fronts' routing table: ``name/version`` (and ``name/`` for the default) -> the app serving it,
+    its deployment and the model's response_timeout. Only dedicated versions: the generic pool takes the rest."""
+    routes: dict[str, dict] = {}
+    for model in dedicated:
+        target = {"app": app_name(model.name, model.version), "deployment": deployment_name(model.name, model.version),
+                  "timeout_s": model.request_timeout_s}
+        routes[route_key(model.name, model.version)] = target
+        if model.is_default:
+            routes[route_key(model.name)] = target
+    return routes
+
+
+def protocol_front_app_configs(dedicated: list["ModelConfig"], catalog: dict, known_models: list[str],
+                               pool: PoolConfig, code_version: str) -> list[AppConfig]:
+    """TorchServe's ``/predictions`` and KServe V1's ``/v1``: a small app each that passes calls on to the model's
+    replicas. The routing table, the model names and the pool's serving options (inference token, body limits)
+    travel in user_config, so a registration reaches the fronts live, without a restart."""
+    pool_timeout_s = max([float(spec.get("response_timeout_s") or 0) for entry in catalog.values()
+                          for spec in entry["versions"].values()] + [DEFAULT_RESPONSE_TIMEOUT_S])
+    user_config = {"routes": dict(sorted(protocol_routes(dedicated).items())), "models": sorted(known_models),
+                   "pool_timeout_s": pool_timeout_s, "max_body_bytes": pool.max_body_bytes,
+                   "serving": dict(pool.serving)}
+    apps: list[AppConfig] = []
+    for protocol, app in PROTOCOL_FRONT_APPS.items():
+        init_kwargs = {"protocol": protocol}
+        options: dict[str, Any] = {
+            "name": PROTOCOL_FRONT_DEPLOYMENT,
+            "version": _fingerprint({"init": init_kwargs, "code": code_version}),
+            "num_replicas": 1,
+            "max_ongoing_requests": PROTOCOL_FRONT_MAX_ONGOING,
+            "ray_actor_options": {"num_cpus": 0},
+            "user_config": user_config,
+            "health_check_period_s": pool.health_check_period_s,
+        }
+        if pool.logging:
+            options["logging_config"] = dict(pool.logging)
+        apps.append(AppConfig(app, PROTOCOLS[protocol].ROUTE_PREFIX, PROTOCOL_FRONT_DEPLOYMENT, options, init_kwargs))
+    return apps
 
 
 def deployment_name(name: str, version: str) -> str:

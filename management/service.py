@@ -7,7 +7,7 @@ back with no request from anyone.
 """
 from __future__ import annotations
 
-import base64
+import dataclasses
 import logging
 import tempfile
 import threading
@@ -26,7 +26,8 @@ from deployments.archive_fetch import store_source
 from deployments.errors import RequestError
 from cluster.url_patterns import parse_allowed_urls
 from deployments.model_source import UrlPolicy, resolve_model_url, too_large
-from management import deployer, placement, serve_configs, workers
+from management import answers, deployer, placement, route_probe, serve_configs, workers
+from management.describe import describe_record
 from management.batch import leases
 from management.params import ListParams, PoolParams, RegisterParams, ScaleParams
 from management.repository_service import RepositoryCalls
@@ -37,20 +38,23 @@ logger = logging.getLogger(__name__)
 
 
 @ray.remote(num_cpus=0, max_retries=0)
-def _load_check(source: str, cache_dir: str, object_store: dict) -> Optional[str]:
-    """Load the archive and its handler in a throwaway worker: None if it loads, else the loader's message."""
+def _load_check(source: str, cache_dir: str, object_store: dict,
+                handler: Optional[str] = None) -> Optional[tuple[str, Optional[str]]]:
+    """Load the archive and its handler (``handler``: register's override) in a throwaway worker:
+    None if it loads, else the loader's message and the field it names."""
     from deployments.archive import unpack_archive
     from deployments.archive_fetch import local_archive, open_store
     from deployments.handlers import ModelContext, load_handler
 
     try:
-        archive = unpack_archive(local_archive(source, Path(cache_dir), open_store(object_store)), Path(cache_dir))
+        archive = unpack_archive(local_archive(source, Path(cache_dir), open_store(object_store)), Path(cache_dir),
+                                 handler=handler)
         load_handler(archive.model_dir, archive.manifest, ModelContext(archive.model_dir, archive.manifest))
         return None
     except RequestError as exc:
-        return f"{exc.message}" + (f" (field {exc.field})" if exc.field else "")
+        return f"{exc.message}" + (f" (field {exc.field})" if exc.field else ""), exc.field
     except Exception as exc:  # noqa: BLE001 - any failure is the archive's: report it
-        return f"{type(exc).__name__}: {exc}"
+        return f"{type(exc).__name__}: {exc}", None
 
 
 class ModelManager(RepositoryCalls):
@@ -67,6 +71,9 @@ class ModelManager(RepositoryCalls):
         self.reconciled = threading.Event()
         # describe / pool status / services read replica facts at most once a second (quick calls stay quick)
         self._details = TtlCache(workers.serve_details, ttl_s=1.0)
+        # this node's ingress: after a change moves routes, answer once it routes them (read your writes)
+        self.ingress = route_probe.Ingress(settings.http_url, {"Authorization": f"Bearer {settings.management_token}"}
+                                           if settings.management_token else {})
 
     # ------------------------------------------------------------------ desired state -> Serve
     def _plan(self) -> placement.Placement:
@@ -89,14 +96,18 @@ class ModelManager(RepositoryCalls):
                                            for c in plan.dedicated)}
         # Apps no longer wanted go first: an unregistered default version holds the unversioned route
         # the next default takes, and Serve refuses a prefix a live app holds (a deleting one is fine).
+        deleted = []
         for app_name in deployer.model_app_names():
             parsed = serve_configs.parse_app_name(app_name)
             if app_name not in wanted and (only_model is None or (parsed and parsed[0] == only_model)):
                 deployer.delete_app(app_name, wait=False)
+                deleted.append(app_name)
         fronts = [serve_configs.grpc_front_app_config(placement.grpc_front_config(self.settings),
                                                       serve_configs.grpc_routes(plan.dedicated), deployer.code_version())
                   ] if self.settings.grpc_enabled else []
-        deployer.deploy_apps(apps + [pool_app] + fronts, wait=wait)
+        fronts += serve_configs.protocol_front_app_configs(plan.dedicated, plan.catalog, plan.known_models,
+                                                           placement.pool_config(self.settings), deployer.code_version())
+        deployer.deploy_apps(apps + [pool_app] + fronts, wait=wait, ingress=self.ingress, deleted=deleted)
         return [app.app_name for app in apps] + [pool_app.app_name] + [front.app_name for front in fronts]
 
     def reconcile(self) -> None:
@@ -120,7 +131,8 @@ class ModelManager(RepositoryCalls):
         """Register store archives with the start-up defaults, recorded but not deployed; returns the refusals."""
         def register(path: Path) -> Optional[tuple[Path, RequestError]]:
             try:
-                self.register(RegisterParams(url=path.name, initial_workers=self.settings.workers), apply=False)
+                self.register(RegisterParams(url=path.name, initial_workers=self.settings.workers), apply=False,
+                              at_startup=True)
                 return None
             except RequestError as exc:
                 return path, exc
@@ -129,16 +141,16 @@ class ModelManager(RepositoryCalls):
             return [refused for refused in pool.map(register, paths) if refused is not None]
 
     # ------------------------------------------------------------------ models (MMS API)
-    def register(self, params: RegisterParams, apply: bool = True) -> tuple[int, dict]:
+    def register(self, params: RegisterParams, apply: bool = True, at_startup: bool = False) -> tuple[int, dict]:
+        """Record a model version and deploy it; TorchServe's answer (see ``_registered``).
+
+        ``at_startup``: registered from the model store by ``modelpool start`` (describe's loadedAtStartup)."""
         local = resolve_model_url(params.url, model_store=self.settings.model_store_path,
                                   download_dir=self.settings.cache_path / "url-downloads", policy=self.policy,
                                   fetch_s3=self._fetch_s3)
-        manifest = read_manifest(local)
+        manifest = read_manifest(local, handler=params.handler)  # handler= replaces the manifest's, checked like it
         name = check_model_name(params.model_name or manifest.name)
         version = check_model_version(manifest.version)
-        if params.handler and params.handler != manifest.handler:
-            raise RequestError(f"the archive's manifest names handler '{manifest.handler}', not '{params.handler}'; "
-                               "rebuild it with `modelpool archive --handler ...` or leave handler out", field="handler")
         if self._is_retry(name, version, params.idempotency_key):
             with self._lock:
                 apps = self.apply(only_model=name)
@@ -146,10 +158,12 @@ class ModelManager(RepositoryCalls):
         self._refuse_duplicate(name, version)
         key, digest = self._copy_to_store(local, name, version)
         problem = ray.get(_load_check.remote(store_source(key), str(self.settings.cache_path),
-                                             self.settings.object_store_config))
+                                             self.settings.object_store_config, manifest.handler))
         if problem is not None:
             self.store.delete(key)
-            raise RequestError(f"the archive failed to load: {problem}", status=400, field="url")
+            message, field = problem  # the handler's own failures name it (an import of torch, a wrong signature)
+            raise RequestError(f"the archive failed to load: {message}", status=400,
+                               field="handler" if field == "handler" else "url")
         workers_wanted = params.initial_workers
         record = ModelRecord(
             name=name, version=version, url=params.url, source=store_source(key), digest=digest,
@@ -158,8 +172,8 @@ class ModelManager(RepositoryCalls):
             max_batch_delay_ms=params.max_batch_delay if params.max_batch_delay is not None else self.settings.max_batch_delay_ms,
             initial_workers=workers_wanted, min_workers=workers_wanted,
             max_workers=max(workers_wanted, self.settings.max_workers) if workers_wanted else 0,
-            response_timeout_s=params.response_timeout, manifest=manifest.model_dump(),
-            idempotency_key=params.idempotency_key,
+            response_timeout_s=params.response_timeout, startup_timeout_s=params.startup_timeout,
+            loaded_at_startup=at_startup, manifest=manifest.model_dump(), idempotency_key=params.idempotency_key,
         )
         with self._lock:  # the load check ran unlocked (seconds); look again before writing
             if not self._is_retry(name, version, params.idempotency_key):  # else a retry overtook this request
@@ -177,13 +191,30 @@ class ModelManager(RepositoryCalls):
         return record is not None and record.idempotency_key == idempotency_key
 
     def _registered(self, name: str, version: str, params: RegisterParams, apps: Optional[list]) -> tuple[int, dict]:
-        """The answer to a register request, first time or retried: the same for both."""
+        """The answer to a register request, first time or retried: the same for both, in TorchServe's words.
+
+        No workers asked for: 200, nothing is pending (the generic pool has the model in its catalog once
+        ``apply`` returns, and loads it on the first request). Workers asked for: 202 while they start
+        (``synchronous=false``), or 200 once they run.
+        """
+        workers_wanted = params.initial_workers
+        if not workers_wanted:
+            return 200, {"status": answers.registered(name, version, 0)}
         if apps is not None and params.synchronous:
-            self._wait(apps, params.startup_timeout, f"model '{name}'")
-            return 200, {"status": f'Model "{name}" registered'}
-        return 202, {"status": f'Model "{name}" version "{version}" registered; workers are starting'}
+            self._wait(apps, params.startup_timeout, f"model '{name}'", min_running=(name, version, workers_wanted),
+                       field="startup_timeout")
+            return 200, {"status": answers.registered(name, version, workers_wanted)}
+        return 202, {"status": answers.PROCESSING}
 
     def scale(self, name: str, version: Optional[str], params: ScaleParams) -> tuple[int, dict]:
+        """Workers and batching of one version; TorchServe's answers: 202 "Processing worker updates..."
+        unless ``synchronous``, then 200 "Workers scaled to N for model: ..." once N workers run.
+
+        ``timeout`` as MMS defines it: the workers this stops get that long to finish their requests (0: none,
+        -1: as long as they take, which response_timeout bounds), and a synchronous call waits that long for
+        the change (0: not at all; -1: as long as the workers take to start, which startup_timeout bounds).
+        """
+        version = version or params.model_version
         with self._lock:
             record = self._record(name, version)
             if params.number_gpu:
@@ -200,16 +231,23 @@ class ModelManager(RepositoryCalls):
                 "number_gpu": params.number_gpu if params.number_gpu is not None else record.number_gpu,
                 "batch_size": params.batch_size or record.batch_size,
                 "max_batch_delay_ms": params.max_batch_delay if params.max_batch_delay is not None else record.max_batch_delay_ms,
-                "updated_at": time.time(),
+                "drain_timeout_s": params.timeout, "updated_at": time.time(),
             })
             self.registry.put_model(updated)
             if high == 0:
                 self.registry.delete_pool(record.name, record.version)
             apps = self.apply(only_model=record.name)
-        if params.synchronous:
-            self._wait(apps, params.timeout, f"model '{name}'", min_running=(record.name, record.version, low))
-            return 200, {"status": "Worker scaled"}
-        return 202, {"status": "Worker updated"}
+        scaled = answers.scaled(record.name, low, version)
+        if not params.synchronous:
+            return 202, {"status": answers.PROCESSING}
+        target = (record.name, record.version, low)
+        if params.timeout == 0:  # answer at once: 200 only if nothing is pending
+            done = deployer.has_replicas(apps, serve_configs.app_name(record.name, record.version), low)
+            return (200, {"status": scaled}) if done else (202, {"status": answers.PROCESSING})
+        wait_s = params.timeout if params.timeout > 0 else record.startup_timeout_s
+        self._wait(apps, wait_s, f"model '{name}'", min_running=target,
+                   field="timeout" if params.timeout > 0 else "startup_timeout")
+        return 200, {"status": scaled}
 
     def describe(self, name: str, version: Optional[str]) -> list[dict]:
         check_model_name(name)
@@ -219,41 +257,41 @@ class ModelManager(RepositoryCalls):
                 raise RequestError(f"model '{name}' is not registered", status=404, field="model_name")
         else:
             records = [self._record(name, version)]
-        details = self._details.get()
         default = self.registry.get_default(name)
         pools = {(p.name, p.version): p for p in self.registry.list_pools()}  # one listing, no per-record reads
+        # replica facts only when some version has replicas of its own: the pool's have no workers to list
+        details = (self._details.get() if any(placement.is_dedicated(r, pools.get((r.name, r.version)))
+                                              for r in records) else {})
         result = []
         for record in records:
             pool = pools.get((record.name, record.version))
             dedicated = placement.is_dedicated(record, pool)
             _, low, high = placement.replica_bounds(record, pool)
             app = serve_configs.app_name(record.name, record.version)
-            result.append({
-                "modelName": record.name, "modelVersion": record.version, "modelUrl": record.url,
-                "runtime": record.runtime, "handler": record.handler,
-                "minWorkers": low if dedicated else 0, "maxWorkers": high if dedicated else 0,
-                "batchSize": record.batch_size, "maxBatchDelay": record.max_batch_delay_ms,
-                "responseTimeout": record.response_timeout_s, "isDefault": record.version == default,
-                "pool": "dedicated" if dedicated else "generic",
-                "workers": workers.workers(details, app, bool(record.number_gpu)) if dedicated else [],
-            })
+            replicas = workers.workers(details, app, bool(record.number_gpu)) if dedicated else []
+            concurrency = placement.replica_concurrency(self.settings, record.batch_size)
+            result.append(describe_record(record, low if dedicated else 0, high if dedicated else 0, replicas,
+                                          concurrency, is_default=record.version == default, dedicated=dedicated))
         return result
 
     def unregister(self, name: str, version: Optional[str]) -> dict:
         with self._lock:
             record = self._record(name, version)
             self._unregister_all(record.name, [record])
-        return {"status": f'Model "{record.name}" unregistered'}
+        return {"status": answers.unregistered(record.name)}
 
     def _unregister_all(self, name: str, records: list[ModelRecord]) -> None:
         """Forget these versions of one model (remembered as unregistered), redeploy it once, drop the archives.
 
         Called under ``self._lock``.
         """
+        gone = {record.version for record in records}
+        retiring = self._retired_apps(name, gone)  # their replicas drain for a while after Serve deletes them
         for record in records:
             self.registry.mark_unregistered(record.name, record.version)
             self.registry.delete_model(record.name, record.version)
             self.registry.delete_pool(record.name, record.version)
+        deployer.deploy_apps(retiring)  # in place: answered once every replica knows (read your writes)
         self.apply(only_model=name)
         for record in records:
             held_by = leases.delete_archive_unless_held(self.store, record.source)
@@ -261,22 +299,38 @@ class ModelManager(RepositoryCalls):
                 logger.info("kept the archive of %s/%s for the batch jobs still scoring with it: %s",
                             record.name, record.version, ", ".join(held_by))
 
+    def _retired_apps(self, name: str, gone: set[str]) -> list[serve_configs.AppConfig]:
+        """The dedicated apps of versions about to be unregistered, told so (``retired``) and given the versions
+        that remain: a client connection kept open across HAProxy's reload reaches them once more, and gets 404
+        (or a 503 to retry, when another version takes the route), not an answer from a removed model."""
+        plan = self._plan()
+        remaining = [v for v in plan.versions.get(name, []) if v not in gone]
+        cache, code = str(self.settings.cache_path), deployer.code_version()
+        retired = []
+        for config in plan.dedicated:
+            if config.name == name and config.version in gone:
+                app = serve_configs.model_app_config(config, cache, code)
+                options = {**app.deployment_options, "user_config": {**app.deployment_options["user_config"],
+                                                                     "retired": True, "versions": remaining}}
+                retired.append(dataclasses.replace(app, deployment_options=options))
+        return retired
+
     def list_models(self, params: ListParams) -> dict:
+        """One page of model names in name order; ``nextPageToken`` is where the next page starts, as in
+        TorchServe (``?limit=2&next_page_token=2`` -> ``"nextPageToken": "4"`` while models remain)."""
         names = self.registry.model_names()
-        after = _decode_token(params.next_page_token) if params.next_page_token else None
-        if after is not None:
-            names = [n for n in names if n > after]
-        page, rest = names[:params.limit], names[params.limit:]
+        start = params.next_page_token
+        page, end = names[start:start + params.limit], start + params.limit
         models = [{"modelName": name, "modelUrl": record.url if record else None}
                   for name, record in zip(page, self.registry.default_records(page))]
-        return {"nextPageToken": _encode_token(page[-1]) if rest else None, "models": models}
+        return {"nextPageToken": str(end) if end < len(names) else None, "models": models}
 
     def set_default(self, name: str, version: str) -> dict:
         with self._lock:
             self._record(name, version)
             self.registry.set_default(name, version)
             self.apply(only_model=name)
-        return {"status": f'Default version successfully updated for model "{name}" to "{version}"'}
+        return {"status": answers.default_set(name, version)}
 
     # ------------------------------------------------------------------ session pools (ML Server)
     def put_pool(self, name: str, version: str, params: PoolParams) -> dict:
@@ -385,16 +439,3 @@ def _zip_directory(directory: Path, out: Path) -> Path:
         for path in sorted(p for p in directory.rglob("*") if p.is_file() and not p.is_symlink()):
             archive.write(path, path.relative_to(directory).as_posix())
     return out
-
-
-def _encode_token(name: str) -> str:
-    return base64.urlsafe_b64encode(name.encode()).decode().rstrip("=")
-
-
-def _decode_token(token: str) -> str:
-    try:
-        name = base64.b64decode(token + "=" * (-len(token) % 4), altchars=b"-_", validate=True).decode()
-        return check_model_name(name)
-    except (ValueError, UnicodeDecodeError, RequestError):
-        raise RequestError("next_page_token is not one this server issued; start again without it",
-                           field="next_page_token") from None

@@ -46,7 +46,7 @@ def _memory(replica: dict, local_node: str) -> Optional[int]:
 
 
 def workers(details: dict, app_name: str, gpu: bool) -> list[dict[str, Any]]:
-    """MMS-style workers: id, startTime, status, gpu, memoryUsage (bytes), node."""
+    """TorchServe's workers: id, startTime, status, gpu, memoryUsage (bytes), pid, gpuUsage; and the node."""
     deployment = app_deployment(details, app_name)
     if deployment is None:
         return []
@@ -60,6 +60,8 @@ def workers(details: dict, app_name: str, gpu: bool) -> list[dict[str, Any]]:
             "status": _WORKER_STATUS.get(status_name(replica.get("state")), status_name(replica.get("state"))),
             "gpu": gpu,
             "memoryUsage": _memory(replica, local_node),
+            "pid": replica.get("pid"),
+            "gpuUsage": "N/A",  # as TorchServe reports a worker whose GPU it does not sample
             "node": replica.get("node_ip"),
         })
     return result

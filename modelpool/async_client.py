@@ -18,7 +18,8 @@ closes its own, so nothing stays open behind the caller's back.
         report = await c.get_service("iris_report", "1")
         batch = await report.batch(frame, parallel_count=4).start()
         await batch.wait(progress=lambda done, total: print(done, total))
-        await batch.download(0, dest="reports")
+        print([list(row) for row in await batch.results()])   # each row's outputs as an array
+        await batch.download(0, destination="reports")
 """
 from __future__ import annotations
 
@@ -35,15 +36,18 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Optional, Union
 import httpx
 import numpy as np
 
+from modelpool.batch_results import BatchResults, RowResult
 from modelpool.client import (DEFAULT_URL, FINAL_STATES, RESULTS_PAGE, BadRequest, Conflict, ModelpoolError, NotFound,
-                              Rows, Unauthorized, _Endpoint, _artifact_targets, _batch_path, _batch_records,
-                              _default_headers, _done_and_total, _encode, _in_index_order, _infer_outputs,
-                              _infer_request, _is_frame, _model_path, _params, _poll_delay, _pool_path, _segment,
-                              _server_wait, _service_path, _start_request, error_from, resolve_token,
+                              Rows, Unauthorized, _Endpoint, _alias, _artifact_path, _artifact_targets,
+                              _batch_arguments, _batch_path, _default_headers, _done_and_total, _encode,
+                              _in_index_order, _infer_outputs, _infer_request, _is_frame, _model_path, _params,
+                              _poll_delay, _pool_path, _server_wait, _service_path, _start_request, error_from,
+                              resolve_token,
                               IDEMPOTENCY_HEADER, RETRY_FOR_S, is_transient, new_idempotency_key, retry_delay)
+from modelpool.records import Records
 
-__all__ = ["AsyncBatch", "AsyncClient", "AsyncService", "BadRequest", "Conflict", "ModelpoolError", "NotFound",
-           "Unauthorized", "resolve_token"]  # the errors too: one import for asyncio callers
+__all__ = ["AsyncBatch", "AsyncClient", "AsyncService", "BadRequest", "BatchResults", "Conflict", "ModelpoolError",
+           "NotFound", "RowResult", "Unauthorized", "resolve_token"]  # the errors too: one import for asyncio callers
 
 # progress(done, total) may be a plain function or a coroutine function (awaited before the next poll)
 AsyncProgressCallback = Callable[[int, Optional[int]], Union[None, Awaitable[None]]]
@@ -236,13 +240,17 @@ class AsyncService:
         return _infer_outputs(await self.client._json("POST", f"{self._path}/infer",
                                                       body=_infer_request(rows, outputs)))
 
-    def batch(self, records: Rows, parallel_count: int = 10) -> "AsyncBatch":
-        """A batch job over ``records``, not started (no request yet): ``await ....start()``."""
-        return AsyncBatch(self, records=_batch_records(records), parallel_count=parallel_count)
+    def batch(self, records: Records, parallel_count: int = 10, *,
+              parallelCount: Optional[int] = None) -> "AsyncBatch":  # noqa: N803
+        """A batch job over ``records`` (as :meth:`Service.batch` takes them), not started: ``await ....start()``."""
+        rows, parallel = _batch_arguments(records, parallel_count, parallelCount)
+        return AsyncBatch(self, records=rows, parallel_count=parallel)
 
-    async def get_batch_executions(self) -> list[str]:
+    async def list_batch_executions(self) -> list[str]:
         """Execution ids of this version's batch jobs, oldest first."""
         return await self.client._json("GET", "/batches", params=_params(service=self.name, version=self.version))
+
+    get_batch_executions = list_batch_executions  # modelpool's earlier name
 
     def get_batch(self, execution_id: str) -> "AsyncBatch":
         """A job started earlier (by anyone), to follow or read; no request until one is awaited."""
@@ -257,6 +265,7 @@ class AsyncBatch:
     records: Optional[list] = field(default=None, repr=False)  # may be millions of rows
     parallel_count: int = 10
     execution_id: Optional[str] = None
+    last_state: Optional[str] = field(default=None, init=False)  # as on Batch: no request to read it
 
     @property
     def _client(self) -> AsyncClient:
@@ -272,7 +281,7 @@ class AsyncBatch:
                               self.execution_id)
         answer = await self._client._json("POST", "/batches", body=body, retry=True,
                                           headers={IDEMPOTENCY_HEADER: new_idempotency_key()})
-        self.execution_id = answer["executionId"]
+        self.execution_id, self.last_state = answer["executionId"], answer.get("state")
         return self
 
     async def state(self) -> str:
@@ -281,17 +290,19 @@ class AsyncBatch:
 
     async def status(self) -> dict:
         """The job's state and counts, without rows (cheap enough to poll)."""
-        return await self._client._json("GET", self._path, params=_params(show_partial_results=False))
+        status = await self._client._json("GET", self._path, params=_params(show_partial_results=False))
+        self.last_state = status.get("state")
+        return status
 
-    async def results(self, show_partial_results: bool = True, page_size: int = RESULTS_PAGE) -> dict:
-        """The state with ``results``: every row scored so far, in index order (pages followed here).
+    async def results(self, show_partial_results: bool = True, page_size: int = RESULTS_PAGE) -> BatchResults:
+        """The state and every row scored so far, in index order (pages followed here), as :meth:`Batch.results`.
 
         With ``show_partial_results=False`` rows come only once the job is Complete, as in ML Server.
         """
         if not show_partial_results:
             status = await self.status()
             if status["state"] != "Complete":
-                return status
+                return BatchResults(status)
         rows: dict[int, dict] = {}
         offset: Optional[int] = 0
         while offset is not None:
@@ -301,33 +312,38 @@ class AsyncBatch:
             offset = page.get("nextOffset")
         return _in_index_order(page, rows)
 
-    async def execution(self, index: int) -> dict:
-        """One row's result: index, status, outputs (and error when it failed)."""
-        return await self._client._json("GET", f"{self._path}/results/{int(index)}")
+    async def execution(self, index: int) -> RowResult:
+        """Row ``index``'s outputs as an array (a RowResult), as :meth:`Batch.execution`."""
+        return RowResult(await self._client._json("GET", f"{self._path}/results/{int(index)}"))
 
     async def list_artifacts(self, index: int) -> list[str]:
         return await self._client._json("GET", f"{self._path}/results/{int(index)}/artifacts")
 
-    async def artifact(self, index: int, name: str) -> bytes:
-        path = f"{self._path}/results/{int(index)}/artifacts/{_segment(name)}"
+    async def artifact(self, index: int, file_name: Optional[str] = None, *, name: Optional[str] = None) -> bytes:
+        """One artifact's bytes (``name``: the earlier name of ``file_name``)."""
+        path = _artifact_path(self._path, index, _alias(file_name, name, "file_name", "name"))
         return (await self._client._send("GET", path)).content
 
-    async def download(self, index: int, name: Optional[str] = None, dest: Union[str, Path] = ".") -> list[Path]:
-        """Write one artifact (every artifact of the row when ``name`` is None) into ``dest``.
+    async def download(self, index: int, file_name: Optional[str] = None, destination: Union[str, Path, None] = None,
+                       *, name: Optional[str] = None, dest: Union[str, Path, None] = None) -> list[Path]:
+        """Write one artifact (every artifact of the row when ``file_name`` is None) into ``destination``.
 
-        The sync client's checks: every name is checked before any artifact is fetched or written, so
-        a hostile or broken server cannot make the client write outside ``dest``.
+        As :meth:`Batch.download`, with its checks: every name is checked before any artifact is
+        fetched or written, so a hostile or broken server cannot make the client write outside it.
         """
-        names = [name] if name is not None else await self.list_artifacts(index)
+        file_name = _alias(file_name, name, "file_name", "name")
+        destination = _alias(destination, dest, "destination", "dest")
+        names = [file_name] if file_name is not None else await self.list_artifacts(index)
         written = []
-        for artifact_name, target in _artifact_targets(dest, names):
+        for artifact_name, target in _artifact_targets(destination or ".", names):
             target.write_bytes(await self.artifact(index, artifact_name))  # reports are small: no thread hop
             written.append(target)
         return written
 
-    async def cancel(self) -> dict:
-        """Stop scheduling rows; rows already scored stay readable."""
-        return await self._client._json("DELETE", self._path)
+    async def cancel(self) -> "AsyncBatch":
+        """Stop scheduling rows and return this batch (``last_state``: what the cancel left), as Batch.cancel."""
+        self.last_state = (await self._client._json("DELETE", self._path)).get("state")
+        return self
 
     async def wait(self, timeout: float = 600, poll: float = 0.5,
                    progress: Optional[AsyncProgressCallback] = None) -> dict:

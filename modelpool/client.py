@@ -12,9 +12,16 @@ caller's back.
 
     with Client("http://127.0.0.1:8000") as c:
         svc = c.get_service("iris_report", "1")
-        batch = svc.batch(frame, parallel_count=4).start()
+        batch = svc.batch(frame, parallel_count=4).start()   # a DataFrame, CSV/TSV, columns or rows
         batch.wait(progress=lambda done, total: print(done, total))
-        batch.download(0, dest="reports")
+        for row in batch.results():                          # RowResult: the outputs as an array
+            print(row.index, list(row), row.outputs)
+        batch.download(0, destination="reports")
+
+Batch calls carry Machine Learning Server's SDK names and shapes (``list_batch_executions``,
+``results()`` answering a :class:`~modelpool.batch_results.BatchResults`, ``execution(index)``
+a :class:`~modelpool.batch_results.RowResult`, ``start()``/``cancel()`` the batch); modelpool's
+earlier names (``get_batch_executions``, ``download(name=, dest=)``) remain as aliases.
 
 :mod:`modelpool.async_client` is the same API for asyncio; the pure pieces below (error mapping,
 paths, request bodies, token) are shared with it so the two clients cannot drift apart.
@@ -36,6 +43,8 @@ import urllib3
 from requests.adapters import HTTPAdapter
 
 from modelpool import __version__
+from modelpool.batch_results import BatchResponse, BatchResults, RowResult  # noqa: F401 (re-exported)
+from modelpool.records import Records, batch_records, is_frame
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 TOKEN_ENV = "MODELPOOL_MANAGEMENT_TOKEN"
@@ -470,10 +479,7 @@ class Client(_Endpoint[requests.Session]):
 
 # ------------------------------------------------------------------------------------------ service
 Rows = Union[list, np.ndarray, Any]  # a list of rows, an array, or a pandas DataFrame
-
-
-def _is_frame(data: Any) -> bool:
-    return hasattr(data, "to_dict") and hasattr(data, "columns")
+_is_frame = is_frame
 
 
 def _matrix(rows: Rows) -> np.ndarray:
@@ -502,11 +508,19 @@ def _infer_outputs(answer: dict) -> dict[str, np.ndarray]:
     return {output["name"]: _tensor(output) for output in answer["outputs"]}
 
 
-def _batch_records(records: Rows) -> list:
-    """Batch rows as JSON records; DataFrame rows keep their column names."""
-    if _is_frame(records):
-        return records.to_dict("records")
-    return records.tolist() if isinstance(records, np.ndarray) else list(records)
+def _batch_arguments(records: Records, parallel_count: int,
+                     parallelCount: Optional[int]) -> tuple[list, int]:  # noqa: N803
+    """(records as JSON, parallel count) of ``Service.batch``; ``parallelCount`` is how ML Server's docs spell it."""
+    return batch_records(records), parallel_count if parallelCount is None else parallelCount
+
+
+def _alias(value: Any, alias_value: Any, name: str, alias: str) -> Any:
+    """An argument passed by its ML Server name or by modelpool's earlier name, not both."""
+    if alias_value is None:
+        return value
+    if value is not None:
+        raise TypeError(f"pass {name} or {alias} (its earlier name), not both")
+    return alias_value
 
 
 class Service:
@@ -534,13 +548,21 @@ class Service:
         """V2 inference over rows as one FP64 matrix; ``outputs`` picks outputs and their order."""
         return _infer_outputs(self.client._json("POST", f"{self._path}/infer", body=_infer_request(rows, outputs)))
 
-    def batch(self, records: Rows, parallel_count: int = 10) -> "Batch":
-        """A batch job over ``records`` (not started: call ``.start()``); DataFrame rows keep column names."""
-        return Batch(self, records=_batch_records(records), parallel_count=parallel_count)
+    def batch(self, records: Records, parallel_count: int = 10, *,
+              parallelCount: Optional[int] = None) -> "Batch":  # noqa: N803
+        """A batch job over ``records`` (not started: call ``.start()``).
 
-    def get_batch_executions(self) -> list[str]:
+        ``records``: a pandas DataFrame, a dict of columns, a list of rows, a numpy array, or a CSV/TSV
+        file (a path or an open text file; see :mod:`modelpool.records`); column names are kept.
+        """
+        rows, parallel = _batch_arguments(records, parallel_count, parallelCount)
+        return Batch(self, records=rows, parallel_count=parallel)
+
+    def list_batch_executions(self) -> list[str]:
         """Execution ids of this version's batch jobs, oldest first."""
         return self.client._json("GET", "/batches", params=_params(service=self.name, version=self.version))
+
+    get_batch_executions = list_batch_executions  # modelpool's earlier name (and the ML Server how-to's)
 
     def get_batch(self, execution_id: str) -> "Batch":
         """A job started earlier (by anyone), to follow or read."""
@@ -585,13 +607,19 @@ def _start_request(service: str, version: str, records: Optional[list], parallel
     return {"service": service, "version": version, "records": records, "parallel_count": parallel_count}
 
 
-def _in_index_order(last_page: dict, rows: dict[int, dict]) -> dict:
+def _artifact_path(batch_path: str, index: int, file_name: Optional[str]) -> str:
+    if file_name is None:
+        raise TypeError("artifact() needs the artifact's file_name; list_artifacts(index) names them")
+    return f"{batch_path}/results/{int(index)}/artifacts/{_segment(file_name)}"
+
+
+def _in_index_order(last_page: dict, rows: dict[int, dict]) -> BatchResults:
     """The last page's state with every row read, in index order.
 
     Rows are keyed by index: a row finishing between two pages of a running job is neither lost
     nor doubled.
     """
-    return {**last_page, "results": [rows[i] for i in sorted(rows)], "nextOffset": None}
+    return BatchResults({**last_page, "results": [rows[i] for i in sorted(rows)], "nextOffset": None})
 
 
 def _done_and_total(status: dict) -> tuple[int, Optional[int]]:
@@ -616,6 +644,7 @@ class Batch:
         self.records = records
         self.parallel_count = parallel_count
         self.execution_id = execution_id
+        self.last_state: Optional[str] = None  # the state the server last answered start/status/cancel with
 
     def __repr__(self) -> str:
         return f"Batch({self.service!r}, execution_id={self.execution_id!r})"
@@ -636,8 +665,9 @@ class Batch:
         """
         body = _start_request(self.service.name, self.service.version, self.records, self.parallel_count,
                               self.execution_id)
-        self.execution_id = self._client._json("POST", "/batches", body=body, retry=True,
-                                               headers={IDEMPOTENCY_HEADER: new_idempotency_key()})["executionId"]
+        answer = self._client._json("POST", "/batches", body=body, retry=True,
+                                    headers={IDEMPOTENCY_HEADER: new_idempotency_key()})
+        self.execution_id, self.last_state = answer["executionId"], answer.get("state")
         return self
 
     @property
@@ -647,19 +677,21 @@ class Batch:
 
     def status(self) -> dict:
         """The job's state and counts, without rows (cheap enough to poll)."""
-        return self._client._json("GET", self._path, params=_params(show_partial_results=False))
+        status = self._client._json("GET", self._path, params=_params(show_partial_results=False))
+        self.last_state = status.get("state")
+        return status
 
-    def results(self, show_partial_results: bool = True, page_size: int = RESULTS_PAGE) -> dict:
-        """The state with ``results``: the rows scored so far, in index order.
+    def results(self, show_partial_results: bool = True, page_size: int = RESULTS_PAGE) -> BatchResults:
+        """The state and the rows scored so far, in index order: ``.state``, the counts, ``.results``.
 
         The server sends rows a page at a time (a job may hold millions); the pages are followed
         here. With ``show_partial_results=False`` rows come only once the job is Complete, as in
-        ML Server.
+        ML Server (before that ``.results`` is empty).
         """
         if not show_partial_results:
             status = self.status()
             if status["state"] != "Complete":
-                return status
+                return BatchResults(status)
         rows: dict[int, dict] = {}
         offset: Optional[int] = 0
         while offset is not None:
@@ -669,34 +701,47 @@ class Batch:
             offset = page.get("nextOffset")
         return _in_index_order(page, rows)
 
-    def execution(self, index: int) -> dict:
-        """One row's result: index, status, outputs (and error when it failed)."""
-        return self._client._json("GET", f"{self._path}/results/{int(index)}")
+    def execution(self, index: int) -> RowResult:
+        """Row ``index``'s outputs as an array (a RowResult: also ``.outputs``, ``.status``, ``.error``).
+
+        NotFound while the row is not scored yet, or when the job has no such row.
+        """
+        return RowResult(self._client._json("GET", f"{self._path}/results/{int(index)}"))
 
     def list_artifacts(self, index: int) -> list[str]:
         return self._client._json("GET", f"{self._path}/results/{int(index)}/artifacts")
 
-    def artifact(self, index: int, name: str) -> bytes:
-        path = f"{self._path}/results/{int(index)}/artifacts/{_segment(name)}"
+    def artifact(self, index: int, file_name: Optional[str] = None, *, name: Optional[str] = None) -> bytes:
+        """One artifact's bytes (``name``: the earlier name of ``file_name``)."""
+        path = _artifact_path(self._path, index, _alias(file_name, name, "file_name", "name"))
         return self._client._send("GET", path).content
 
-    def download(self, index: int, name: Optional[str] = None, dest: Union[str, Path] = ".") -> list[Path]:
-        """Write one artifact (every artifact of the row when ``name`` is None) into ``dest``.
+    def download(self, index: int, file_name: Optional[str] = None, destination: Union[str, Path, None] = None, *,
+                 name: Optional[str] = None, dest: Union[str, Path, None] = None) -> list[Path]:
+        """Write one artifact (every artifact of the row when ``file_name`` is None) into ``destination``.
 
-        Names come from the server; each is checked before anything is written, so a hostile or
-        broken server cannot make the client write outside ``dest`` (``../x``, absolute paths,
-        or a symlink already in ``dest`` that points elsewhere).
+        ``destination`` defaults to the working directory and is created when missing; ``name`` and
+        ``dest`` are the earlier names of ``file_name`` and ``destination``. Names come from the
+        server; each is checked before anything is written, so a hostile or broken server cannot
+        make the client write outside the destination (``../x``, absolute paths, or a symlink
+        already there that points elsewhere).
         """
-        names = [name] if name is not None else self.list_artifacts(index)
+        file_name = _alias(file_name, name, "file_name", "name")
+        destination = _alias(destination, dest, "destination", "dest")
+        names = [file_name] if file_name is not None else self.list_artifacts(index)
         written = []
-        for artifact_name, target in _artifact_targets(dest, names):
+        for artifact_name, target in _artifact_targets(destination or ".", names):
             target.write_bytes(self.artifact(index, artifact_name))
             written.append(target)
         return written
 
-    def cancel(self) -> dict:
-        """Stop scheduling rows; rows already scored stay readable."""
-        return self._client._json("DELETE", self._path)
+    def cancel(self) -> "Batch":
+        """Stop scheduling rows and return this batch; rows already scored stay readable.
+
+        ``last_state`` is then the state the cancel left: Cancelled, or the final state the job had already reached.
+        """
+        self.last_state = self._client._json("DELETE", self._path).get("state")
+        return self
 
     def wait(self, timeout: float = 600, poll: float = 0.5, progress: Optional[ProgressCallback] = None) -> dict:
         """Poll until Complete, Failed or Cancelled and return that state (TimeoutError after ``timeout`` s).

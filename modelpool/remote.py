@@ -11,7 +11,6 @@ Exit codes: 0 done; 2 the request was refused (HTTP 4xx) or the command line's i
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import sys
@@ -23,6 +22,7 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 import requests
 
 from modelpool.client import DEFAULT_URL, Batch, Client, ModelpoolError, Service
+from modelpool.records import read_delimited
 
 URL_ENV = "MODELPOOL_URL"
 BAR_WIDTH = 30
@@ -102,32 +102,14 @@ def default_url() -> str:
     return (state or {}).get("url") or DEFAULT_URL
 
 
-def _cell(text: str) -> Any:
-    """A CSV cell as a number when it is one, empty as null, anything else as text."""
-    if text.strip() == "":
-        return None
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
 def read_csv(path: str) -> tuple[Optional[list[str]], list[list[Any]]]:
-    """(header or None, rows): the first line is a header when any of its cells is not a number."""
+    """(header or None, rows) of a CSV or TSV file, read as the client reads batch records (modelpool.records)."""
     try:
-        with open(path, newline="") as handle:
-            lines = [line for line in csv.reader(handle) if line]
+        return read_delimited(path)
     except OSError as exc:
         raise CommandError(f"cannot read {path}: {exc.strerror or exc}") from None
-    if not lines:
-        raise CommandError(f"{path} has no rows")
-    header = lines[0] if any(isinstance(_cell(c), str) or _cell(c) is None for c in lines[0]) else None
-    rows = [[_cell(c) for c in line] for line in (lines[1:] if header else lines)]
-    if not rows:
-        raise CommandError(f"{path} has a header but no rows")
-    return header, rows
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CommandError(str(exc)) from None
 
 
 def _parse_rows(text: str, source: str) -> list:
@@ -323,14 +305,15 @@ def batches_status(c: Client, args: argparse.Namespace) -> Outcome:
 
 
 def batches_results(c: Client, args: argparse.Namespace) -> Outcome:
-    answer = _batch(c, args).results()
+    answer = _batch(c, args).results().to_dict()
     rows = [(r.get("index"), r.get("status"), _compact(r.get("outputs")), r.get("error")) for r in answer.get("results", [])]
     return Outcome(answer, _batch_text(answer) + "\n\n" + table(("INDEX", "STATUS", "OUTPUTS", "ERROR"), rows))
 
 
 def batches_cancel(c: Client, args: argparse.Namespace) -> Outcome:
-    answer = _batch(c, args).cancel()
-    return Outcome(answer, f"batch {answer.get('executionId')}: {answer.get('state')}")
+    batch = _batch(c, args).cancel()
+    answer = {"executionId": batch.execution_id, "state": batch.last_state}
+    return Outcome(answer, f"batch {answer['executionId']}: {answer['state']}")
 
 
 def batches_list(c: Client, args: argparse.Namespace) -> Outcome:
@@ -485,14 +468,14 @@ def add_remote_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("version", nargs="?", default=None, help="default: the default version")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--rows", default=None, help="JSON rows, e.g. '[[5.1,3.5,1.4,0.2]]'")
-    source.add_argument("--csv", default=None, metavar="FILE", help="CSV rows (a header line is skipped)")
+    source.add_argument("--csv", default=None, metavar="FILE", help="CSV or TSV rows (a header line is skipped)")
 
     batches = group("batches", "batch scoring jobs")
     p = leaf(batches, "start", batches_start, "score a CSV or JSON file of rows as a batch job")
     p.add_argument("name")
     p.add_argument("version")
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--csv", default=None, metavar="FILE", help="CSV with a header: rows as {column: value}")
+    source.add_argument("--csv", default=None, metavar="FILE", help="CSV or TSV with a header: rows as {column: value}")
     source.add_argument("--json-file", default=None, metavar="FILE",
                         help="a JSON list of rows (lists or {column: value} objects)")
     p.add_argument("--parallel-count", type=int, default=10)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 JSON = "application/json"
 
@@ -13,3 +14,16 @@ class Encoded:
     payload: bytes
     media_type: str = JSON
     headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ProtocolCall:
+    """What a request in another server's URL scheme asks (TorchServe's ``/predictions``, KServe V1's ``/v1``).
+
+    ``action`` is ``infer`` (run the model), ``ready``, ``explain`` or ``models`` (a server-wide list, with no
+    ``name``); ``version`` None means the model's default version.
+    """
+
+    name: Optional[str]
+    version: Optional[str]
+    action: str

@@ -28,13 +28,13 @@ def load_object(body: Any, example: str) -> dict:
     try:
         parsed = json.loads(body)
     except (ValueError, RecursionError) as exc:
-        raise RequestError(f"request body is not valid JSON ({_json_error_reason(exc)}); send a JSON object such as "
+        raise RequestError(f"request body is not valid JSON ({json_error_reason(exc)}); send a JSON object such as "
                            f"{example}", field="body") from None
     if type(parsed) is not dict:
         raise RequestError(f"request body is {describe(parsed)}; send a JSON object such as {example}", field="body")
     return parsed
 
-def _json_error_reason(exc: BaseException) -> str:
+def json_error_reason(exc: BaseException) -> str:
     """Say why in client terms (Python's own messages for some of these point at Python settings)."""
     if isinstance(exc, json.JSONDecodeError):
         return f"{exc.msg} at line {exc.lineno} column {exc.colno}"

@@ -14,7 +14,7 @@ from deployments.codecs.json_values import describe, field_at, fits_float, flatt
 from deployments.errors import RequestError
 from deployments.tensors import InferenceRequest, InferenceResult, Tensor, datatype_of
 
-__all__ = ["INPUT_NAME", "decode", "encode", "parse_predict_request", "encode_predict_response"]
+__all__ = ["INPUT_NAME", "decode", "encode", "parse_predict_request", "rows_array", "encode_predict_response"]
 
 INPUT_NAME = "input-0"
 _FEATURE_TYPES = frozenset({int, float, bool, str})
@@ -29,7 +29,13 @@ def parse_predict_request(body: Union[bytes, str, dict]) -> np.ndarray:
     """
     request = load_object(body, _PREDICT_EXAMPLE)
     key = _instances_key(request)
-    rows = request[key]
+    return rows_array(request[key], key)
+
+def rows_array(rows: list, key: str) -> np.ndarray:
+    """A non-empty JSON list of rows (flat lists of numbers, booleans or strings) -> rows x features.
+
+    ``key`` names the rows in errors (``instances[3]``); other codecs that take rows call this too.
+    """
     values, dims, types = flatten(rows, key, _PREDICT_RAGGED_HINT, field_depth=1)
     if len(dims) > 2:
         raise RequestError(f"{key}[0][0] is an array; {_PREDICT_RAGGED_HINT}", field=f"{key}[0]")

@@ -1,4 +1,4 @@
-"""Turning what a user sent (records, or a Parquet/CSV URI) into a job's input table.
+"""Turning what a user sent (records, or a Parquet/CSV/TSV URI) into a job's input table.
 
 The input is written once as ``input.parquet`` with exactly one row group per partition, so a
 scoring task reads its rows and nothing else, whichever backend the store is on.
@@ -22,6 +22,8 @@ Fetch = Callable[[str], "tuple[pafs.FileSystem, str]"]
 
 _PARQUET_SUFFIXES = (".parquet", ".pq")
 _CSV_SUFFIXES = (".csv",)
+_TSV_SUFFIXES = (".tsv", ".tab")
+_SNIFF_BYTES = 64 * 1024
 _COMPRESSION_SUFFIXES = (".gz", ".bz2", ".zst", ".lz4")
 
 
@@ -151,7 +153,9 @@ def _frame_to_table(frame: Any) -> pa.Table:
 
 
 def read_input_uri(uri: str, fetch: Fetch) -> pa.Table:
-    """Read a Parquet or CSV input (by suffix; otherwise Parquet, then CSV) through ``fetch``.
+    """Read a Parquet, CSV or TSV input (by suffix; otherwise Parquet, then CSV or TSV) through ``fetch``.
+
+    Without a suffix, a first line with a tab and no comma is read as TSV (as the clients read records).
 
     Any failure is the user's to fix (wrong URI, no access, not a table, no rows), so it is a 400
     on ``input_uri`` that names the URI and the reason.
@@ -163,7 +167,8 @@ def read_input_uri(uri: str, fetch: Fetch) -> pa.Table:
     except Exception as exc:
         raise _uri_error(uri, exc) from None
     fmt = _format_of(path)
-    readers = {"parquet": [_read_parquet], "csv": [_read_csv]}.get(fmt, [_read_parquet, _read_csv])
+    readers = {"parquet": [_read_parquet], "csv": [_read_csv], "tsv": [_read_tsv]}.get(
+        fmt, [_read_parquet, _read_delimited])
     problems = []
     table = None
     for reader in readers:
@@ -176,7 +181,7 @@ def read_input_uri(uri: str, fetch: Fetch) -> pa.Table:
             problems.append(exc)
     if table is None:
         raise _uri_error(uri, problems[-1] if len(problems) == 1 else
-                         "it is neither Parquet nor CSV (" + "; ".join(map(_reason, problems)) + ")")
+                         "it is neither Parquet nor CSV/TSV (" + "; ".join(map(_reason, problems)) + ")")
     if table.num_rows == 0 or table.num_columns == 0:
         raise RequestError(f"input_uri {uri!r} holds no rows; send a table with at least one row",
                            field="input_uri")
@@ -185,13 +190,14 @@ def read_input_uri(uri: str, fetch: Fetch) -> pa.Table:
 
 def _format_of(path: str) -> str:
     name = path.lower().rstrip("/")
-    for suffix in _COMPRESSION_SUFFIXES:
-        if name.endswith(suffix) and name[:-len(suffix)].endswith(_CSV_SUFFIXES):
-            return "csv"
-    if name.endswith(_PARQUET_SUFFIXES):
+    if name.endswith(_COMPRESSION_SUFFIXES):  # text compressed as a whole: .csv.gz, .tsv.zst
+        name = name.rsplit(".", 1)[0]
+    elif name.endswith(_PARQUET_SUFFIXES):
         return "parquet"
     if name.endswith(_CSV_SUFFIXES):
         return "csv"
+    if name.endswith(_TSV_SUFFIXES):
+        return "tsv"
     return ""
 
 
@@ -201,10 +207,22 @@ def _read_parquet(filesystem: pafs.FileSystem, path: str) -> pa.Table:
     return pq.read_table(path, filesystem=filesystem)
 
 
-def _read_csv(filesystem: pafs.FileSystem, path: str) -> pa.Table:
+def _read_csv(filesystem: pafs.FileSystem, path: str, delimiter: str = ",") -> pa.Table:
     # open_input_stream detects .gz/.bz2/.zst/.lz4 compression from the name.
     with filesystem.open_input_stream(path) as stream:
-        return pacsv.read_csv(stream)
+        return pacsv.read_csv(stream, parse_options=pacsv.ParseOptions(delimiter=delimiter))
+
+
+def _read_tsv(filesystem: pafs.FileSystem, path: str) -> pa.Table:
+    return _read_csv(filesystem, path, "\t")
+
+
+def _read_delimited(filesystem: pafs.FileSystem, path: str) -> pa.Table:
+    """A file without a telling suffix: TSV when its first line has a tab and no comma, else CSV."""
+    with filesystem.open_input_stream(path) as stream:
+        first_line = stream.read(_SNIFF_BYTES).split(b"\n", 1)[0]
+    tabs_only = b"\t" in first_line and b"," not in first_line
+    return _read_tsv(filesystem, path) if tabs_only else _read_csv(filesystem, path)
 
 
 def _reason(exc: Any) -> str:

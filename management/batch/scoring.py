@@ -70,23 +70,26 @@ class CachedModel:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-_MODELS: "OrderedDict[tuple[str, str], CachedModel]" = OrderedDict()
+_MODELS: "OrderedDict[tuple[str, str, Optional[str]], CachedModel]" = OrderedDict()
 _MODELS_LOCK = threading.Lock()
 
 
-def cached_model(store: ObjectStore, source: str, digest: str, cache_dir: Path) -> CachedModel:
-    """The handler for ``(source, digest)``, loaded once per process and reused by every task.
+def cached_model(store: ObjectStore, source: str, digest: str, cache_dir: Path,
+                 handler: Optional[str] = None) -> CachedModel:
+    """The handler for ``(source, digest, handler)``, loaded once per process and reused by every task.
 
-    The digest is part of the key because a source path may be re-registered with new content.
+    The digest is part of the key because a source path may be re-registered with new content;
+    ``handler`` (register's ``handler=``, None: the manifest's) because it may be registered again
+    with another handler.
     """
-    key = (source, digest)
+    key = (source, digest, handler)
     with _MODELS_LOCK:
         model = _MODELS.get(key)
         if model is not None:
             _MODELS.move_to_end(key)
             return model
         cache_dir = Path(cache_dir)
-        archive = unpack_archive(local_archive(source, cache_dir, store), cache_dir)
+        archive = unpack_archive(local_archive(source, cache_dir, store), cache_dir, handler=handler)
         context = ModelContext(model_dir=archive.model_dir, manifest=archive.manifest)
         model = CachedModel(load_handler(archive.model_dir, archive.manifest, context), context)
         _MODELS[key] = model
@@ -233,7 +236,7 @@ def score_partition(store: ObjectStore, execution_id: str, partition: int, job: 
     rows = table.num_rows
     del table
 
-    model = cached_model(store, job["source"], job.get("digest") or job["source"], Path(cache_dir))
+    model = cached_model(store, job["source"], job.get("digest") or job["source"], Path(cache_dir), job.get("handler"))
     requested = job.get("requestedOutputs")
     tmp_parent = Path(cache_dir) / "batch-tmp"
     tmp_parent.mkdir(parents=True, exist_ok=True)

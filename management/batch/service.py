@@ -76,12 +76,12 @@ class BatchService:
                                field="parallel_count")
         has_records, has_uri = "records" in body, "input_uri" in body
         if has_records == has_uri:
-            raise RequestError("send exactly one of records (a list of rows) or input_uri (Parquet or CSV in object storage)",
+            raise RequestError("send exactly one of records (a list of rows) or input_uri (Parquet, CSV or TSV in object storage)",
                                field="records")
         execution_id = uuid.uuid4().hex
         job: dict[str, Any] = {
             "executionId": execution_id, "service": record.name, "version": record.version,
-            "source": record.source, "digest": record.digest,
+            "source": record.source, "digest": record.digest, "handler": record.handler,
             "modelInputs": record.manifest.get("inputs", []),
             "parallelCount": parallel, "state": "Pending", "createdAt": time.time(), "updatedAt": time.time(),
             "completedItems": 0, "failedItems": 0, "error": None,
@@ -124,7 +124,7 @@ class BatchService:
         except (OSError, ValueError) as exc:
             raise RequestError(f"cannot read input_uri {uri}: {exc}", field="input_uri") from None
         if info.type != pafs.FileType.File:
-            raise RequestError(f"cannot read input_uri {uri}: no such object; upload the Parquet or CSV file first",
+            raise RequestError(f"cannot read input_uri {uri}: no such object; upload the Parquet, CSV or TSV file first",
                                field="input_uri")
 
     def _start(self, execution_id: str) -> None:

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from modelpool import __version__
-from modelpool.async_client import (AsyncBatch, AsyncClient, AsyncService, BadRequest, Conflict, ModelpoolError,
-                                    NotFound, Unauthorized, resolve_token)
+from modelpool.async_client import (AsyncBatch, AsyncClient, AsyncService, BadRequest, BatchResults, Conflict,
+                                    ModelpoolError, NotFound, RowResult, Unauthorized, resolve_token)
 from modelpool.client import error_for, error_from
 from tests.unit.fake_modelpool import (TOKEN, FakeModelpool, client_sockets_to, iris_frame,  # noqa: F401
                                        no_token_env_fixture, server_fixture)  # (fixtures)
@@ -172,7 +172,7 @@ async def _twenty_calls(client: AsyncClient, after_each: Callable[[], None] = la
     calls: list[Callable[[], Awaitable[Any]]] = [batch.start]
     calls += [client.list_services, functools.partial(svc.predict, ROW)] * 5
     calls += [batch.state, batch.cancel, functools.partial(client.describe_model, "x"),
-              functools.partial(client.get_service_pool_status, "x", "1"), svc.get_batch_executions,
+              functools.partial(client.get_service_pool_status, "x", "1"), svc.list_batch_executions,
               batch.results, client.list_models, client.ping]
     for call in calls:
         await call()
@@ -324,15 +324,19 @@ async def test_batch_workflow(server, client, tmp_path):
     assert "records" not in repr(batch) and batch.execution_id in repr(batch)
 
     assert await batch.state() == "Running"  # the fake scores one row per poll
-    assert "results" not in await batch.results(show_partial_results=False)  # not Complete yet: no rows
+    early = await batch.results(show_partial_results=False)  # not Complete yet: no rows
+    assert isinstance(early, BatchResults) and early.state == "Running" and list(early) == []
     partial = await batch.results()
     assert last(server)[2] == {"show_partial_results": "true", "offset": "0", "limit": "1000"}
-    assert partial["state"] == "Complete" and [r["index"] for r in partial["results"]] == [0, 1, 2]
-    assert partial["nextOffset"] is None
-    assert (await batch.results(show_partial_results=False))["results"] == partial["results"]
+    assert partial.state == "Complete" and [row.index for row in partial] == [0, 1, 2]
+    assert (partial.total_rows, partial.completed_rows, partial.execution(2)) == (3, 3, [2])
+    assert [r["index"] for r in partial["results"]] == [0, 1, 2] and partial["nextOffset"] is None  # read as the dict
+    assert (await batch.results(show_partial_results=False)).results == partial.results
     assert [s.query.get("show_partial_results") for s in server.seen[-2:]] == ["false", "true"]
 
-    assert await batch.execution(1) == {"index": 1, "status": "Complete", "outputs": {"predict": 1}}
+    row = await batch.execution(1)
+    assert isinstance(row, RowResult) and row == [1] and (row.index, row.outputs) == (1, {"predict": 1})
+    assert row["status"] == "Complete"  # read as the dict it was
     assert last(server)[1] == f"/batches/{batch.execution_id}/results/1"
     assert await batch.list_artifacts(1) == ["report.json"]
     assert json.loads(await batch.artifact(1, "report.json")) == {"index": 1, "class": 1}
@@ -340,14 +344,17 @@ async def test_batch_workflow(server, client, tmp_path):
     written = await batch.download(1, dest=tmp_path / "out")
     assert written == [tmp_path / "out" / "report.json"]
     assert json.loads(written[0].read_text()) == {"index": 1, "class": 1}
-    assert await batch.download(0, "report.json", dest=tmp_path / "out") == written
+    assert await batch.download(0, "report.json", destination=tmp_path / "out") == written
     assert json.loads(written[0].read_text())["index"] == 0
+    with pytest.raises(TypeError, match="destination or dest"):
+        await batch.download(0, destination=tmp_path, dest=tmp_path)
 
-    assert await svc.get_batch_executions() == [batch.execution_id]
+    assert await svc.list_batch_executions() == [batch.execution_id]
     assert last(server)[:3] == ("GET", "/batches", {"service": "x", "version": "1"})
+    assert await svc.get_batch_executions() == [batch.execution_id]
     again = svc.get_batch(batch.execution_id)
     assert await again.state() == "Complete"
-    assert await again.cancel() == {"executionId": batch.execution_id, "state": "Complete"}
+    assert await again.cancel() is again and again.last_state == "Complete"
     assert last(server)[:2] == ("DELETE", f"/batches/{batch.execution_id}")
     with pytest.raises(NotFound) as row:
         await batch.execution(7)
@@ -360,15 +367,17 @@ async def test_results_follow_the_pages_in_index_order(server, client):
     await batch.wait(poll=0)
     before = len(server.seen)
     answer = await batch.results(page_size=2)
-    assert [r["index"] for r in answer["results"]] == [0, 1, 2, 3, 4]
-    assert (answer["state"], answer["nextOffset"]) == ("Complete", None)
+    assert [row.index for row in answer] == [0, 1, 2, 3, 4]
+    assert (answer.state, answer["nextOffset"]) == ("Complete", None)
     assert [(s.query["offset"], s.query["limit"]) for s in server.seen[before:]] == [("0", "2"), ("2", "2"), ("4", "2")]
 
 
 @in_event_loop
 async def test_cancel_stops_a_running_batch(server, client):
-    batch = await (await client.get_service("x", "1")).batch([[1, 2, 3, 4]] * 5).start()
-    assert await batch.cancel() == {"executionId": batch.execution_id, "state": "Cancelled"}
+    batch = await (await client.get_service("x", "1")).batch([[1, 2, 3, 4]] * 5, parallelCount=3).start()
+    assert last(server)[3]["parallel_count"] == 3  # ML Server's spelling of parallel_count
+    assert await batch.cancel() is batch and batch.last_state == "Cancelled"
+    assert last(server)[:2] == ("DELETE", f"/batches/{batch.execution_id}")
     assert await batch.state() == "Cancelled"
 
 

@@ -182,8 +182,11 @@ def test_input_uri_parquet_and_csv_are_read_through_fetch(object_store: ObjectSt
         pacsv.write_csv(table, out)
     with object_store.open_output("uploads/iris-no-suffix") as out:
         pacsv.write_csv(table, out)
+    for name in ["iris.tsv", "iris-tsv-no-suffix"]:  # TSV, by its suffix or by a first line of tabs
+        with object_store.open_output(f"uploads/{name}") as out:
+            pacsv.write_csv(table, out, pacsv.WriteOptions(delimiter="\t", quoting_style="none"))
     fetch = store_fetch(object_store)
-    for name in ["iris.parquet", "iris.csv", "iris-no-suffix"]:
+    for name in ["iris.parquet", "iris.csv", "iris-no-suffix", "iris.tsv", "iris-tsv-no-suffix"]:
         read = inputs.read_input_uri(f"objects://uploads/{name}", fetch)
         assert read.column_names == IRIS_COLUMNS and read.num_rows == 150
         assert read.column("petal_width").to_pylist() == table.column("petal_width").to_pylist()

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import requests
 
-from modelpool.client import (Batch, BadRequest, Client, Conflict, ModelpoolError, NotFound, Service,
-                              Unauthorized, resolve_token)
+from modelpool.client import (Batch, BadRequest, BatchResults, Client, Conflict, ModelpoolError, NotFound, RowResult,
+                              Service, Unauthorized, resolve_token)
 from tests.unit.fake_modelpool import (TOKEN, FakeModelpool, iris_frame,  # noqa: F401 (fixtures)
                                        no_token_env_fixture, server_fixture)
 from tests.unit.fake_modelpool import client_sockets_to as _client_sockets_to
@@ -258,28 +258,42 @@ def test_batch_workflow(server, client, tmp_path):
     assert sent["records"][0] == {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
 
     assert batch.state == "Running"  # the fake scores one row per poll
-    assert "results" not in batch.results(show_partial_results=False)  # not Complete yet: no rows
+    early = batch.results(show_partial_results=False)  # not Complete yet: no rows
+    assert isinstance(early, BatchResults) and early.state == "Running" and early.results == [] and list(early) == []
+    assert (early.completed_rows, early.total_rows) == (2, 3)
     partial = batch.results()
     assert server.seen[-1].query == {"show_partial_results": "true", "offset": "0", "limit": "1000"}
-    assert partial["state"] == "Complete" and [r["index"] for r in partial["results"]] == [0, 1, 2]
-    assert partial["nextOffset"] is None
-    assert batch.results(show_partial_results=False)["results"] == partial["results"]
+    assert partial.state == "Complete" and [row.index for row in partial] == [0, 1, 2]
+    assert (partial.total_rows, partial.completed_rows, partial.failed_rows) == (3, 3, 0)
+    assert (partial.total_item_count, partial.completed_item_count, partial.execution_id) == (3, 3, batch.execution_id)
+    assert partial.execution(2) == [2] and partial.execution(2).outputs == {"predict": 2}  # no request
+    assert partial["state"] == "Complete" and [r["index"] for r in partial["results"]] == [0, 1, 2]  # read as the dict
+    assert partial.get("nextOffset") is None and partial.get("nothing", "default") == "default"
+    assert partial.to_dict()["results"][1] == {"index": 1, "status": "Complete", "outputs": {"predict": 1}}
+    assert batch.results(show_partial_results=False).results == partial.results
     assert [s.query.get("show_partial_results") for s in server.seen[-2:]] == ["false", "true"]
 
-    assert batch.execution(1) == {"index": 1, "status": "Complete", "outputs": {"predict": 1}}
+    row = batch.execution(1)
+    assert isinstance(row, RowResult) and row == [1] and np.asarray(row).tolist() == [1]  # the outputs as an array
+    assert (row.index, row.status, row.outputs, row.error) == (1, "Complete", {"predict": 1}, None)
+    assert row.output("predict") == 1
+    assert row["outputs"] == {"predict": 1} and row.get("error") is None  # read as the dict it was
     assert batch.list_artifacts(1) == ["report.json"]
     assert json.loads(batch.artifact(1, "report.json")) == {"index": 1, "class": 1}
     written = batch.download(1, dest=tmp_path / "out")
     assert written == [tmp_path / "out" / "report.json"]
     assert json.loads(written[0].read_text()) == {"index": 1, "class": 1}
-    assert batch.download(0, "report.json", dest=tmp_path / "out") == [tmp_path / "out" / "report.json"]
+    assert batch.download(0, "report.json", destination=tmp_path / "out") == [tmp_path / "out" / "report.json"]
     assert json.loads(written[0].read_text())["index"] == 0
+    assert batch.download(2, file_name="report.json", dest=tmp_path / "out") == written  # new and earlier names mix
+    assert json.loads(written[0].read_text())["index"] == 2
 
-    assert svc.get_batch_executions() == [batch.execution_id]
+    assert svc.list_batch_executions() == [batch.execution_id]
     assert server.seen[-1].query == {"service": "x", "version": "1"}
+    assert svc.get_batch_executions() == [batch.execution_id]
     again = svc.get_batch(batch.execution_id)
     assert again.state == "Complete"
-    assert again.cancel() == {"executionId": batch.execution_id, "state": "Complete"}
+    assert again.cancel() is again and again.last_state == "Complete"  # a finished job stays as it ended
     assert server.seen[-1].method == "DELETE"
     with pytest.raises(NotFound) as row:
         batch.execution(7)
@@ -291,15 +305,39 @@ def test_results_follow_the_pages_in_index_order(server, client):
     batch.wait(poll=0)
     before = len(server.seen)
     answer = batch.results(page_size=2)
-    assert [r["index"] for r in answer["results"]] == [0, 1, 2, 3, 4]
-    assert (answer["state"], answer["nextOffset"]) == ("Complete", None)
+    assert [row.index for row in answer.results] == [0, 1, 2, 3, 4]
+    assert (answer.state, answer["nextOffset"]) == ("Complete", None)
     assert [(s.query["offset"], s.query["limit"]) for s in server.seen[before:]] == [("0", "2"), ("2", "2"), ("4", "2")]
 
 
 def test_cancel_stops_a_running_batch(server, client):
     batch = client.get_service("x", "1").batch([[1, 2, 3, 4]] * 5).start()
-    assert batch.cancel() == {"executionId": batch.execution_id, "state": "Cancelled"}
+    assert batch.last_state == "Pending"
+    assert batch.cancel() is batch and batch.last_state == "Cancelled"
+    assert (server.seen[-1].method, server.seen[-1].path) == ("DELETE", f"/batches/{batch.execution_id}")
     assert batch.state == "Cancelled"
+
+
+def test_batch_takes_ml_servers_spellings_and_refuses_both_names_at_once(server, client, tmp_path):
+    svc = client.get_service("x", "1")
+    batch = svc.batch({"hp": [110, 93], "wt": [2.62, 2.32]}, parallelCount=4).start()  # the SDK's dict of columns
+    assert server.requests_to("/batches", "POST")[-1].body["parallel_count"] == 4
+    assert server.requests_to("/batches", "POST")[-1].body["records"] == [{"hp": 110, "wt": 2.62}, {"hp": 93, "wt": 2.32}]
+    before = len(server.seen)
+    with pytest.raises(TypeError, match="file_name or name"):
+        batch.download(0, "report.json", name="report.json")
+    with pytest.raises(TypeError, match="destination or dest"):
+        batch.download(0, destination=tmp_path, dest=tmp_path)
+    with pytest.raises(TypeError, match="needs the artifact's file_name"):
+        batch.artifact(0)
+    assert len(server.seen) == before  # refused before asking the server
+
+
+def test_batch_records_from_a_tsv_file_keep_the_header_names(server, client, tmp_path):
+    tsv = tmp_path / "cars.tsv"
+    tsv.write_text("hp\twt\n110\t2.62\n93\t2.32\n")
+    client.get_service("x", "1").batch(tsv).start()
+    assert server.requests_to("/batches", "POST")[-1].body["records"] == [{"hp": 110, "wt": 2.62}, {"hp": 93, "wt": 2.32}]
 
 
 def test_unstarted_batches_say_so(client):

@@ -633,7 +633,8 @@ def test_archive_errors_name_the_archive_not_where_it_lies(tmp_path):
     (tmp_path / "deep" / "emptydir").mkdir()
     with pytest.raises(RequestError) as bare:
         read_manifest(tmp_path / "deep" / "emptydir")
-    assert bare.value.message == "'emptydir' has no MANIFEST.json; build an archive with `modelpool archive`"
+    assert bare.value.message == ("'emptydir' has no MANIFEST.json (nor the MAR-INF/MANIFEST.json of a TorchServe or "
+                                  "MMS archive); build an archive with `modelpool archive` or torch-model-archiver")
 
 
 # ----------------------------------------------------------------------- names and artifacts

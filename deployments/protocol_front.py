@@ -1,0 +1,137 @@
+"""The fronts for other servers' URL schemes: TorchServe's ``/predictions`` and KServe V1's ``/v1``.
+
+Serve routes HTTP by longest route prefix, one prefix per application, and every model version's
+application owns a ``/v2/models/...`` prefix, so ``/predictions/iris`` cannot reach iris's replicas
+by itself. Each scheme gets a small application at its prefix (``ProtocolFront``, one per protocol)
+that checks the inference token, parses the path with the protocol's codec, reads the body and hands
+it, undecoded, through a DeploymentHandle to ``protocol_call`` of whichever replica serves that
+version: the model's own application when it has one (a routing table that management pushes through
+``user_config``, as it does the gRPC front's), else the generic pool, which serves every other model
+and answers 404 for unknown ones. The replica decodes, batches with its V2 requests and encodes, so the
+hop carries bytes both ways and the answer's headers (replica, batch size) come back untouched.
+
+The hop is the price: about 2 ms (p50 1.4-2.7 ms over five runs) more than the same plain-JSON codec on
+the V2 path, at c=1 on a 2-core machine. The front's own HTTP handling costs what any replica's does; the rest is the
+DeploymentHandle call (its serializer makes no measurable difference). V2 keeps its one hop. A call
+for a version whose replicas are still starting waits for them, up to the model's response_timeout,
+rather than failing. Every answer, refusals included, is in the protocol's own shape
+(codec ``error_body``); a call no replica takes in time, or one whose replica went away, is a 503
+with ``Retry-After``; readiness gives up after ``READY_TIMEOUT_S``.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from ray import serve
+from ray.exceptions import RayActorError
+from ray.serve.exceptions import RayServeException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from deployments import deadlines, http_routes
+from deployments.codecs import PROTOCOLS
+from deployments.codecs.base import ProtocolCall
+from deployments.errors import RequestError
+from deployments.grpc_front import route_key
+from deployments.loaded_model import DEFAULT_RESPONSE_TIMEOUT_S
+from deployments.log_flush import start_log_flusher
+from deployments.redact import public_message
+from deployments.serving_options import ServingOptions
+
+logger = logging.getLogger("ray.serve")
+
+HOP_SLACK_S = 10.0  # past the model's own response_timeout (which answers 504 itself): the call found no replica
+READY_TIMEOUT_S = 5.0  # a readiness probe is answered 503 rather than held while replicas start or a model loads
+BODY_ACTIONS = ("infer", "explain")
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a model version's calls go: a Serve application and its deployment, and how long the model may take."""
+
+    app: str
+    deployment: str
+    timeout_s: float = DEFAULT_RESPONSE_TIMEOUT_S
+
+
+POOL = Target(http_routes.GENERIC_POOL_APP, http_routes.GENERIC_POOL_DEPLOYMENT)
+
+
+def pick_target(routes: Mapping[str, Target], call: ProtocolCall, pool: Target = POOL) -> Target:
+    """The model's own app for a dedicated version (``name/`` is the default's key), else the generic pool."""
+    return routes.get(route_key(call.name or "", call.version or "")) or pool
+
+
+class ProtocolFront:
+    """One protocol's routes; not decorated here: management wraps it with Serve options (like ModelServer)."""
+
+    def __init__(self, protocol: str, max_body_bytes: int = 16 << 20) -> None:
+        self.protocol = protocol
+        self.codec = PROTOCOLS[protocol]
+        self.max_body_bytes = max_body_bytes
+        self.routes: dict[str, Target] = {}
+        self.pool = POOL
+        self.models: list[str] = []
+        self.options = ServingOptions()
+        self._handles: dict[tuple[str, str], Any] = {}
+        start_log_flusher()
+
+    def reconfigure(self, user_config: dict) -> None:
+        """``routes``: {"name/version": {"app", "deployment", "timeout_s"}}; ``models``: every registered name."""
+        self.routes = {key: Target(**target) for key, target in user_config.get("routes", {}).items()}
+        self.pool = Target(POOL.app, POOL.deployment, float(user_config.get("pool_timeout_s", POOL.timeout_s)))
+        self.models = sorted(user_config.get("models", []))
+        self.options = ServingOptions.from_config(user_config.get("serving", {}))
+        self.max_body_bytes = int(user_config.get("max_body_bytes", self.max_body_bytes))
+        wanted = {(target.app, target.deployment) for target in [*self.routes.values(), self.pool]}
+        for key in [key for key in self._handles if key not in wanted]:
+            del self._handles[key]
+
+    async def __call__(self, request: Request) -> Response:
+        try:
+            http_routes.check_inference_token(request, self.options)
+            call = self.codec.parse_call(http_routes.sub_path(request), request.method)
+            if call.action == "models":
+                return Response(self.codec.models_body(self.models), media_type=http_routes.JSON)
+            body = (await http_routes.read_body(request, self.max_body_bytes, self.options.body_timeout_s)
+                    if call.action in BODY_ACTIONS else b"")
+            status, payload, headers = await self.forward(call, body, http_routes.codec_headers(request.headers))
+        except RequestError as exc:
+            status, payload, headers = http_routes.protocol_error(self.protocol, exc, {}, self.options.debug)
+        return Response(payload, status_code=status, headers=headers)
+
+    async def forward(self, call: ProtocolCall, body: bytes, headers: dict[str, str]) -> http_routes.ProtocolAnswer:
+        """One handle call to the replica that serves the version; 503 when none takes it."""
+        target = pick_target(self.routes, call, self.pool)
+        response = self._handle(target).protocol_call.remote(self.protocol, call.name, call.version, call.action,
+                                                             body, headers)
+        timeout_s = READY_TIMEOUT_S if call.action == "ready" else target.timeout_s + HOP_SLACK_S
+        try:
+            return await deadlines.within(timeout_s, response)
+        except asyncio.TimeoutError:
+            response.cancel()
+            raise RequestError(f"model '{call.name}' is not ready: no replica answered within {timeout_s:g} s "
+                               "(its replicas may be starting or loading it); retry", status=503,
+                               field="model_name") from None
+        except (RayServeException, RayActorError) as exc:  # the app went away or its replica died under the call
+            logger.warning("%s call for %s went to %s and failed: %r", self.protocol, call.name, target.app, exc)
+            raise RequestError(f"the replicas of model '{call.name}' are being replaced or its routes updated; retry",
+                               status=503, field="model_name") from None
+        except Exception as exc:  # noqa: BLE001 - a bug past the codec: say what, keep serving
+            logger.error("%s call for %s failed in %s", self.protocol, call.name, target.app, exc_info=exc)
+            message = f"model '{call.name}' failed: {type(exc).__name__}: {exc}"
+            error = {"error": message if self.options.debug else public_message(message)}
+            return http_routes.protocol_answer(self.protocol, 500, error, {})
+
+    def _handle(self, target: Target) -> Any:
+        """A cached handle per app: created without asking the controller, so the first call pays nothing extra."""
+        key = (target.app, target.deployment)
+        handle = self._handles.get(key)
+        if handle is None:
+            handle = self._handles[key] = serve.get_deployment_handle(target.deployment, app_name=target.app,
+                                                                      _check_exists=False)
+        return handle
+
