@@ -92,7 +92,8 @@ def test_async_register_pool_and_unregister(cluster):
     async def scenario() -> None:
         async with AsyncClient(cluster.url, token=cluster.token) as c:
             registered = await c.register_model(url="iris-2.zip", model_name=NAME, synchronous=True)
-            assert registered == {"status": f'Model "{NAME}" registered'}
+            assert registered == {"status": f'Model "{NAME}" Version: 2 registered with 0 initial workers. '
+                                            "Use scale workers API to add workers for the model."}  # TorchServe's
             try:
                 described = await c.describe_model(NAME)
                 version = described[0]["modelVersion"]

@@ -46,7 +46,8 @@ def test_models_list_and_describe(cluster):
 
 def test_register_scale_pool_and_unregister(cluster):
     registered = remote(cluster, "models", "register", "iris-2.zip", "--model-name", NAME, "--synchronous")
-    assert registered.stdout.strip() == f'Model "{NAME}" registered'
+    assert registered.stdout.strip() == (f'Model "{NAME}" Version: 2 registered with 0 initial workers. '
+                                         "Use scale workers API to add workers for the model.")
     try:
         scaled = remote(cluster, "models", "scale", NAME, "2", "--min-worker", "1", "--max-worker", "2", "--wait",
                         "--json")

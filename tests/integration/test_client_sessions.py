@@ -21,6 +21,24 @@ def connections_to(url: str) -> set[tuple[str, int]]:
             if c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED}
 
 
+@pytest.fixture(autouse=True)
+def settled_ingress(ray_client):
+    """Earlier tests' unregisters delete applications; Serve then reloads its HAProxy, whose old process
+    closes idle keep-alive connections (README: differences). Measure the client, not that: start once
+    Serve has no application deploying or deleting, and the reload that follows has had time to land."""
+    import time
+
+    from ray import serve
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        states = {str(getattr(app.status, "value", app.status)) for app in serve.status().applications.values()}
+        if states <= {"RUNNING"}:
+            break
+        time.sleep(0.5)
+    time.sleep(3)
+
+
 def test_one_connection_serves_every_call_of_a_with_block(cluster):
     before = connections_to(cluster.url)
     seen: set = set()
