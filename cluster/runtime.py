@@ -164,20 +164,34 @@ def ray_processes() -> list[psutil.Process]:
     return found
 
 
-def kill_haproxy(timeout_s: float = 5.0) -> int:
-    processes = haproxy_processes()
-    for process in processes:
-        try:
-            process.send_signal(signal.SIGTERM)
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(processes, timeout=timeout_s)
-    for process in alive:
-        try:
-            process.kill()
-        except psutil.NoSuchProcess:
-            pass
-    return len(processes)
+def kill_haproxy(timeout_s: float = 5.0, rounds: int = 3) -> int:
+    """Stop Serve's and the gRPC fronts' haproxys, then remove the directories the fronts leave behind.
+
+    Scans again after each round: one started while Ray was going down (Serve's reload, a front
+    restarted with its replica) is not in the first list. Returns how many were stopped.
+    """
+    from deployments.grpc_front import remove_stale_front_directories  # noqa: PLC0415 - replica code, loaded late
+
+    stopped = 0
+    for _ in range(rounds):
+        processes = haproxy_processes()
+        if not processes:
+            break
+        for process in processes:
+            try:
+                process.send_signal(signal.SIGTERM)
+            except psutil.NoSuchProcess:
+                pass
+        _, alive = psutil.wait_procs(processes, timeout=timeout_s)
+        for process in alive:
+            try:
+                process.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(alive, timeout=timeout_s)
+        stopped += len(processes)
+    remove_stale_front_directories(min_age_s=0)
+    return stopped
 
 
 def stop_local_head() -> None:

@@ -1,9 +1,9 @@
-"""Model archives: a directory or a zip (``.zip``/``.mar``) with a manifest.
+"""Model archives: a directory or a zip (``.zip``/``.mar``) with a manifest, built, unpacked, found in the store.
 
-The manifest is modelpool's ``MANIFEST.json`` at the root, or the ``MAR-INF/MANIFEST.json`` of an
-MMS/TorchServe archive, read as modelpool's (:mod:`deployments.mar`; MAR-INF wins when both are
-there, as in MMS). A registration's ``handler=`` replaces the manifest's handler when the archive
-is read, checked like the manifest's own (:func:`with_handler`).
+Which kind of archive a path is and how its manifest is read (modelpool's ``MANIFEST.json`` or a
+``.mar``'s ``MAR-INF/MANIFEST.json``, with register's ``handler=`` override) is
+:mod:`deployments.archive_formats`'s; this module builds archives, unpacks them for loading and
+lists the model store.
 
 Zips come from users, so every entry is checked (no absolute paths, no ``..``, no symlinks, a cap on
 the uncompressed size) *before* anything is written. Extraction goes to a content-addressed cache
@@ -23,18 +23,16 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Iterable, Optional
+from typing import Optional
 
+from deployments.archive_formats import (ARCHIVE_SUFFIXES, check_required_files, directory_manifest, is_archive,
+                                         open_zip, read_manifest, zip_manifest)
 from deployments.errors import RequestError
-from deployments.handler_refs import ArchiveFiles, resolve_handler
-from deployments.manifest import MANIFEST_NAME, SKLEARN_HANDLER, Manifest, split_handler
-from deployments.mar import MAR_MANIFEST_NAME, manifest_from_mar
+from deployments.manifest import MANIFEST_NAME, Manifest
 
 logger = logging.getLogger(__name__)
 
-ARCHIVE_SUFFIXES = (".zip", ".mar")
 DEFAULT_MAX_BYTES = 2 * 1024**3
-MAX_MANIFEST_BYTES = 1024**2
 #: Fixed entry timestamp so that the same inputs give the same zip (and the same cache dir).
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 _CHUNK = 1024 * 1024
@@ -122,174 +120,6 @@ def _write_entry(zf: zipfile.ZipFile, name: str, path: Path) -> None:
         shutil.copyfileobj(src, dst, _CHUNK)
 
 
-# --------------------------------------------------------------------------------------- reading
-
-
-def required_files(manifest: Manifest) -> list[str]:
-    """Files the manifest needs: its ``files``, the model file and the handler module."""
-    needed = list(manifest.files)
-    if manifest.model_file and manifest.model_file not in needed:
-        needed.append(manifest.model_file)
-    if manifest.handler != SKLEARN_HANDLER:
-        module_file = split_handler(manifest.handler)[0] + ".py"
-        if module_file not in needed:
-            needed.append(module_file)
-    return needed
-
-
-def check_required_files(manifest: Manifest, present: Iterable[str]) -> None:
-    """Refuse a manifest that names files the archive does not hold."""
-    have = set(present)
-    for name in required_files(manifest):
-        if name in have:
-            continue
-        if name == manifest.model_file:
-            field = "manifest.model_file"
-        elif name in manifest.files:
-            field = "manifest.files"
-        else:
-            field = "manifest.handler"
-        raise RequestError(
-            f"archive {manifest.name}:{manifest.version} lacks {name!r} named by its manifest; "
-            "rebuild it with that file included",
-            field=field,
-        )
-
-
-def read_manifest(location: Path, handler: Optional[str] = None) -> Manifest:
-    """Read (and check) the manifest of a directory or zip archive without extracting it.
-
-    ``handler`` (a registration's ``handler=``) replaces the manifest's handler; see :func:`with_handler`.
-    """
-    location = Path(location)
-    if location.is_dir():
-        return _dir_manifest(location, handler)
-    with _open_zip(location) as zf:
-        return _zip_manifest(zf, location, handler)
-
-
-def with_handler(manifest: Manifest, handler: str, files: ArchiveFiles) -> Manifest:
-    """The manifest running ``handler`` instead of its own (MMS's ``handler`` register parameter).
-
-    ``handler`` is taken in any of TorchServe's and MMS's forms and checked like the manifest's own:
-    its module must be a file of the archive and the manifest must still hold (``sklearn`` needs a
-    model file). Every refusal names the field ``handler``. Whether it fits the handler contract is
-    known only once it is imported, which the registration's load check does.
-    """
-    resolved = resolve_handler(handler, files, field="handler")
-    if resolved == manifest.handler:
-        return manifest
-    try:
-        return Manifest(**{**manifest.model_dump(), "handler": resolved})
-    except RequestError as exc:
-        raise RequestError(f"handler {handler!r} does not fit archive {manifest.name}:{manifest.version}: "
-                           f"{exc.message}", field="handler") from None
-
-
-def _manifest_of(files: ArchiveFiles, label: str, handler: Optional[str]) -> Manifest:
-    """The archive's manifest (MAR-INF first, as MMS reads it), the handler override, and the files it needs."""
-    if files.exists(MAR_MANIFEST_NAME):  # the override replaces model.handler before it is resolved
-        manifest = manifest_from_mar(files.read(MAR_MANIFEST_NAME, MAX_MANIFEST_BYTES), files, handler)
-    elif files.exists(MANIFEST_NAME):
-        manifest = Manifest.parse(files.read(MANIFEST_NAME, MAX_MANIFEST_BYTES))
-    else:
-        raise RequestError(
-            f"{label!r} has no {MANIFEST_NAME} (nor the {MAR_MANIFEST_NAME} of a TorchServe or MMS archive); "
-            "build an archive with `modelpool archive` or torch-model-archiver",
-            field="url",
-        )
-    if handler is not None:
-        manifest = with_handler(manifest, handler, files)
-    check_required_files(manifest, (n for n in required_files(manifest) if files.exists(n)))
-    return manifest
-
-
-def _dir_manifest(directory: Path, handler: Optional[str] = None) -> Manifest:
-    return _manifest_of(_DirFiles(directory), directory.name, handler)
-
-
-def _open_zip(location: Path) -> zipfile.ZipFile:
-    if not location.exists():
-        raise RequestError(f"no model archive {location.name!r}", status=404, field="url")
-    try:
-        return zipfile.ZipFile(location)
-    except (zipfile.BadZipFile, OSError) as exc:
-        if _is_gzip(location):
-            raise RequestError(
-                f"{location.name!r} is a tar.gz archive (torch-model-archiver --archive-format tgz); modelpool reads "
-                "zip archives: rebuild it with the default format, or unpack it into the model store as a directory",
-                field="url",
-            ) from None
-        raise RequestError(
-            f"{location.name!r} is not a directory or a readable zip archive ({exc})", field="url"
-        ) from None
-
-
-def _is_gzip(location: Path) -> bool:
-    try:
-        with location.open("rb") as f:
-            return f.read(2) == b"\x1f\x8b"
-    except OSError:
-        return False
-
-
-def _zip_manifest(zf: zipfile.ZipFile, location: Path, handler: Optional[str] = None) -> Manifest:
-    return _manifest_of(_ZipFiles(zf, location.name), location.name, handler)
-
-
-class _ZipFiles:
-    """The files of an open zip, for manifests and handler references (nothing is extracted)."""
-
-    def __init__(self, zf: zipfile.ZipFile, label: str) -> None:
-        self._zf = zf
-        self._label = label
-        self._files = {info.filename: info for info in zf.infolist() if not info.is_dir()}
-
-    def exists(self, name: str) -> bool:
-        return name in self._files
-
-    def read(self, name: str, limit: int) -> bytes:
-        info = self._files[name]
-        if info.file_size > limit:
-            raise RequestError(f"{name} in {self._label!r} is larger than {limit // 1024**2} MiB", field="url")
-        try:
-            return self._zf.read(info)
-        except (zipfile.BadZipFile, zlib.error, RuntimeError, OSError) as exc:
-            raise RequestError(f"{name} in {self._label!r} cannot be read ({exc}); rebuild the archive",
-                               field="url") from None
-
-    def names(self) -> list[str]:
-        return sorted(self._files)
-
-
-class _DirFiles:
-    """The files of a directory archive; paths that resolve outside it do not exist."""
-
-    def __init__(self, root: Path) -> None:
-        self._root = Path(root)
-        self._resolved = self._root.resolve()
-
-    def _path(self, name: str) -> Optional[Path]:
-        path = self._root.joinpath(*PurePosixPath(name).parts)
-        return path if path.resolve().is_relative_to(self._resolved) else None
-
-    def exists(self, name: str) -> bool:
-        path = self._path(name)
-        return path is not None and path.is_file()
-
-    def read(self, name: str, limit: int) -> bytes:
-        path = self._path(name)
-        if path is None or not path.is_file():
-            raise RequestError(f"{name} is not in {self._root.name!r}", field="url")
-        if path.stat().st_size > limit:
-            raise RequestError(f"{name} in {self._root.name!r} is larger than {limit // 1024**2} MiB", field="url")
-        return path.read_bytes()
-
-    def names(self) -> list[str]:
-        return sorted(p.relative_to(self._root).as_posix() for p in self._root.rglob("*")
-                      if p.is_file() and not p.is_symlink())
-
-
 # ------------------------------------------------------------------------------------- unpacking
 
 
@@ -300,10 +130,10 @@ def unpack_archive(location: Path, cache_dir: Path, max_bytes: int = DEFAULT_MAX
     ``handler=``); the extracted files are the same either way."""
     location = Path(location)
     if location.is_dir():
-        return LoadedArchive(location.resolve(), _dir_manifest(location, handler), location)
-    with _open_zip(location) as zf:
+        return LoadedArchive(location.resolve(), directory_manifest(location, handler), location)
+    with open_zip(location) as zf:
         check_entries(zf.infolist(), max_bytes)
-        manifest = _zip_manifest(zf, location, handler)
+        manifest = zip_manifest(zf, location, handler)
         target = Path(cache_dir) / manifest.name / manifest.version / file_sha256(location)[:16]
         if not target.is_dir():
             _extract_atomically(zf, Path(cache_dir), target)
@@ -388,13 +218,6 @@ def _extract(zf: zipfile.ZipFile, dest: Path) -> None:
 
 
 # ----------------------------------------------------------------------------------- model store
-
-
-def is_archive(path: Path) -> bool:
-    """A directory with a manifest (modelpool's or a .mar's), or a file with an archive suffix."""
-    if path.is_dir():
-        return (path / MANIFEST_NAME).is_file() or (path / MAR_MANIFEST_NAME).is_file()
-    return path.is_file() and path.suffix.lower() in ARCHIVE_SUFFIXES
 
 
 def list_store(store: Path) -> list[tuple[Manifest, Path]]:

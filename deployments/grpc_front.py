@@ -183,12 +183,44 @@ def port_answers(address: str, timeout_s: float = 0.5) -> bool:
         return False
 
 
+FRONT_DIRECTORY_PREFIX = "modelpool-grpc-front-"
+STALE_AFTER_S = 60.0  # a directory this old with no haproxy on it is not one still being started
+
+
+def remove_stale_front_directories(root: Optional[Path] = None, min_age_s: float = STALE_AFTER_S) -> list[Path]:
+    """Remove front directories that no running haproxy uses, older than ``min_age_s``; the ones removed.
+
+    A front dies with its replica, SIGKILL included, and nothing in a killed process can clean up
+    after it: Serve's shutdown and a replica restart both leave the directory behind. So each new front,
+    and ``modelpool stop`` once its haproxys are gone, removes what dead fronts left.
+    """
+    import psutil  # noqa: PLC0415 - only here: the front's hot path never needs it
+
+    root = Path(root or tempfile.gettempdir())
+    in_use: set[str] = set()
+    for process in psutil.process_iter(["cmdline"]):
+        in_use.update(part for part in process.info.get("cmdline") or () if FRONT_DIRECTORY_PREFIX in part)
+    removed = []
+    now = time.time()
+    for directory in root.glob(f"{FRONT_DIRECTORY_PREFIX}*"):
+        try:
+            if not directory.is_dir() or now - directory.stat().st_mtime < min_age_s:
+                continue
+        except OSError:
+            continue
+        if not any(argument.startswith(f"{directory}{os.sep}") for argument in in_use):
+            shutil.rmtree(directory, ignore_errors=True)
+            removed.append(directory)
+    return removed
+
+
 class FrontProcess:
     """A running front HAProxy in a private directory; it dies with the process that started it."""
 
     def __init__(self, *, host: str, port: int, upstream: str, workers: int, management_app: str, pool_app: str,
                  routes: Optional[Mapping[str, str]] = None, start_timeout_s: float = 10.0) -> None:
-        self.directory = Path(tempfile.mkdtemp(prefix="modelpool-grpc-front-"))
+        remove_stale_front_directories()
+        self.directory = Path(tempfile.mkdtemp(prefix=FRONT_DIRECTORY_PREFIX))
         self.map_path = self.directory / "routes.map"
         self.ports_path = self.directory / "ports.map"
         self.socket_path = self.directory / "admin.sock"

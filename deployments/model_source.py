@@ -48,7 +48,8 @@ import requests
 import urllib3
 from requests.adapters import HTTPAdapter
 
-from deployments.archive import ARCHIVE_SUFFIXES, find_in_store, file_sha256
+from deployments.archive import find_in_store, file_sha256
+from deployments.archive_formats import ARCHIVE_SUFFIXES
 from deployments.errors import RequestError
 
 ALLOWED_URLS_SETTING = "--allowed-urls / MODELPOOL_ALLOWED_URLS"

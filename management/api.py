@@ -19,7 +19,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
 from deployments.errors import RequestError
-from deployments.http_routes import error_response, read_body
+from deployments.http_routes import check_inference_token, error_response, protocol_error, read_body
+from deployments.serving_options import ServingOptions
 from management import repository
 from management.openapi_docs import describe
 from management.params import ListParams, PoolParams, RegisterParams, ScaleParams
@@ -65,9 +66,30 @@ class _State:
     max_body_bytes: int = 16 << 20
     body_timeout_s: float = 60.0
     readiness: Callable[[], dict] = staticmethod(lambda: {"ready": False})
+    serving: ServingOptions = ServingOptions()  # the inference token, for the inference routes served here
 
 
 state = _State()
+
+
+class TrailingSlashAsNone:
+    """``/models/noop/`` is ``/models/noop``, as TorchServe routes it.
+
+    Starlette would answer a trailing slash with a 307 to the path without it, which a scripted
+    ``curl -X DELETE`` does not follow: the call would silently do nothing.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        path = scope.get("path", "")
+        if scope["type"] == "http" and len(path) > 1 and path.endswith("/"):
+            scope = {**scope, "path": path.rstrip("/") or "/"}
+        await self.app(scope, receive, send)
+
+
+api.add_middleware(TrailingSlashAsNone)
 
 
 def _manager(_: Request):
@@ -247,6 +269,34 @@ async def unregister_model_version(request: Request, model_name: str, model_vers
     return await _call(_manager(request).unregister, model_name, model_version)
 
 
+# ---------------------------------------------------------------------------------- explanations
+# described with the inference routes (management/openapi_inference.py)
+@api.api_route("/explanations/{model_name}", methods=["POST", "PUT"], include_in_schema=False)
+async def explain(request: Request, model_name: str) -> Response:
+    return await _no_explainer(request, model_name, None)
+
+
+@api.api_route("/explanations/{model_name}/{model_version}", methods=["POST", "PUT"], include_in_schema=False)
+async def explain_version(request: Request, model_name: str, model_version: str) -> Response:
+    return await _no_explainer(request, model_name, model_version)
+
+
+async def _no_explainer(request: Request, name: str, version: Optional[str]) -> Response:
+    """TorchServe's explanations route: 501 for a registered model, 404 for an unknown one, in TorchServe's shape.
+
+    modelpool's handler contract has no explain step (KServe V1's ``:explain`` answers 501 alike). Served
+    here because ``/explanations`` is under management's route prefix; the inference token guards it.
+    """
+    try:
+        check_inference_token(request, state.serving)
+        await _call(state.manager.record, name, version)
+        raise RequestError(f"model '{name}' has no explainer (modelpool's handler contract has no explain step); "
+                           f"use /predictions/{name}", status=501, field="path")
+    except RequestError as exc:
+        status, payload, headers = protocol_error("torchserve", exc, {}, state.debug)
+        return Response(payload, status_code=status, headers=headers)
+
+
 # ---------------------------------------------------------------------------------- pools
 @api.put("/pools/{name}/{version}", tags=["pools"], dependencies=authorized)
 async def create_or_update_pool(request: Request, name: str, version: str) -> dict:
@@ -314,7 +364,7 @@ async def _json_body(request: Request) -> Any:
 
 @api.post("/batches", tags=["batches"], dependencies=authorized, status_code=202)
 async def start_batch(request: Request) -> JSONResponse:
-    """Score records (or a Parquet/CSV input_uri) asynchronously on Ray tasks: 202 with an executionId.
+    """Score records (or a Parquet, CSV or TSV input_uri) asynchronously on Ray tasks: 202 with an executionId.
 
     An ``Idempotency-Key`` header makes the request safe to retry: the same key gets the job it
     started the first time, not a second job."""

@@ -13,6 +13,7 @@ from typing import Any
 from ray import serve
 
 from cluster.settings import Settings
+from deployments.serving_options import ServingOptions
 from management import grpc_api
 from management.api import api
 from management.batch.service import BatchService
@@ -43,6 +44,7 @@ class Management:
         routes.state.max_body_bytes = self.manager.settings.max_body_bytes
         routes.state.body_timeout_s = self.manager.settings.body_timeout_s
         routes.state.readiness = self.readiness
+        routes.state.serving = ServingOptions.from_config(self.manager.settings.serving_options())
         threading.Thread(target=self._reconcile, name="reconcile", daemon=True).start()
         threading.Thread(target=self._publish_replicas, name="replica-metrics", daemon=True).start()
 

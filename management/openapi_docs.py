@@ -68,7 +68,10 @@ BATCH_BODY = {
     "properties": {
         "service": {"type": "string"}, "version": {"type": "string"},
         "records": {"type": "array", "items": {"type": ["array", "object"]}},
-        "input_uri": {"type": "string", "description": "s3://... or objects://... (Parquet or CSV)"},
+        "input_uri": {"type": "string", "description": (
+            "s3://bucket/key or objects://key: Parquet (.parquet, .pq), CSV (.csv) or TSV (.tsv, .tab), CSV and TSV "
+            "with a header line and optionally compressed (.gz, .bz2, .zst, .lz4); another name is read as Parquet, "
+            "else as TSV when its first line has a tab and no comma, else as CSV")},
         "parallel_count": {"type": "integer", "minimum": 1, "maximum": 1000},
     },
     "required": ["service"],

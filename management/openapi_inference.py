@@ -142,6 +142,11 @@ def _torchserve_operation(parameters: list) -> dict[str, Any]:
     return _operation(TAG_TORCHSERVE, "inference (TorchServe's inference API)", parameters, responses, body)
 
 
+def _explanation_operation(parameters: list) -> dict[str, Any]:
+    return _operation(TAG_TORCHSERVE, "explanation: 501, modelpool's handlers have no explainer", parameters,
+                      _errors(401, 404, 501, schema=_ref("TorchServeError")))
+
+
 def _kserve_paths() -> dict[str, dict]:
     paths: dict[str, dict] = {"/v1/models": {"get": _operation(
         TAG_KSERVE, "the served models", [], {"200": _json("their names", _ref("KServeModels")), **_errors(401)})}}
@@ -169,6 +174,10 @@ def inference_paths() -> dict[str, dict]:
         "/predictions/{model_name}": {"post": torchserve([MODEL]), "put": torchserve([MODEL])},
         "/predictions/{model_name}/{model_version}": {"post": torchserve([MODEL, VERSION]),
                                                       "put": torchserve([MODEL, VERSION])},
+        "/explanations/{model_name}": {"post": _explanation_operation([MODEL]),
+                                       "put": _explanation_operation([MODEL])},
+        "/explanations/{model_name}/{model_version}": {"post": _explanation_operation([MODEL, VERSION]),
+                                                       "put": _explanation_operation([MODEL, VERSION])},
         **_kserve_paths(),
     }
 

@@ -3,7 +3,8 @@
 A mixin of :class:`management.service.ModelManager`, kept apart so that module holds the MMS and
 pool calls and this one the repository's: the mapping itself is pure (``management.repository``);
 these methods only read the registry and Serve and register or unregister through the manager's
-own paths (``_register_from_store``, ``_unregister_all``, ``apply``, ``_wait``).
+own paths (``_register_from_store``, ``_unregister_all``, ``apply``) and wait as they do
+(:func:`management.rollout_wait.wait_for_rollout`).
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from deployments.archive import list_store
 from management import repository, workers
 from management.params import RegisterParams
 from management.registry import check_model_name
+from management.rollout_wait import wait_for_rollout
 
 
 class RepositoryCalls:
@@ -39,7 +41,8 @@ class RepositoryCalls:
             apps = sorted({app for record, app in self._serving_apps() if record.name == name})
         if refused:
             raise refused[0]
-        self._wait(apps, RegisterParams.model_fields["startup_timeout"].default, f"model '{name}'", field="model_name")
+        wait_for_rollout(apps, RegisterParams.model_fields["startup_timeout"].default, f"model '{name}'",
+                         field="model_name")
 
     def unload(self, name: str) -> None:
         """Unregister every version of ``name`` (Triton unloads a model with all its versions)."""

@@ -3,17 +3,17 @@
 Every mutation writes the registry first (durable before it is answered), then makes Serve match
 the registry for the model it touched. ``reconcile`` makes all of Serve match all of the registry,
 which is how a restarted management replica or a restarted cluster gets every model and pool
-back with no request from anyone.
+back with no request from anyone. A register's archive comes in through ``management.archive_intake``
+(fetch, copy to object storage, load check); synchronous calls wait through ``management.rollout_wait``.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
-import tempfile
 import threading
 import time
-import zipfile
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Optional
 
@@ -21,40 +21,22 @@ import ray
 
 from cluster.object_store import ObjectStore, object_store_from_settings
 from cluster.settings import Settings
-from deployments.archive import file_sha256, list_store, read_manifest
+from deployments.archive import list_store
+from deployments.archive_formats import read_manifest
 from deployments.archive_fetch import store_source
 from deployments.errors import RequestError
 from cluster.url_patterns import parse_allowed_urls
-from deployments.model_source import UrlPolicy, resolve_model_url, too_large
-from management import answers, deployer, placement, route_probe, serve_configs, workers
+from deployments.model_source import UrlPolicy, resolve_model_url
+from management import answers, archive_intake, deployer, placement, route_probe, serve_configs, workers
 from management.describe import describe_record
 from management.batch import leases
 from management.params import ListParams, PoolParams, RegisterParams, ScaleParams
 from management.repository_service import RepositoryCalls
+from management.rollout_wait import wait_for_rollout
 from management.ttl_cache import TtlCache
 from management.registry import ModelRecord, PoolRecord, Registry, check_model_name, check_model_version
 
 logger = logging.getLogger(__name__)
-
-
-@ray.remote(num_cpus=0, max_retries=0)
-def _load_check(source: str, cache_dir: str, object_store: dict,
-                handler: Optional[str] = None) -> Optional[tuple[str, Optional[str]]]:
-    """Load the archive and its handler (``handler``: register's override) in a throwaway worker:
-    None if it loads, else the loader's message and the field it names."""
-    from deployments.archive import unpack_archive
-    from deployments.archive_fetch import local_archive, open_store
-    from deployments.handlers import ModelContext, load_handler
-
-    try:
-        archive = unpack_archive(local_archive(source, Path(cache_dir), open_store(object_store)), Path(cache_dir),
-                                 handler=handler)
-        load_handler(archive.model_dir, archive.manifest, ModelContext(archive.model_dir, archive.manifest))
-        return None
-    except RequestError as exc:
-        return f"{exc.message}" + (f" (field {exc.field})" if exc.field else ""), exc.field
-    except Exception as exc:  # noqa: BLE001 - any failure is the archive's: report it
-        return f"{type(exc).__name__}: {exc}", None
 
 
 class ModelManager(RepositoryCalls):
@@ -147,7 +129,7 @@ class ModelManager(RepositoryCalls):
         ``at_startup``: registered from the model store by ``modelpool start`` (describe's loadedAtStartup)."""
         local = resolve_model_url(params.url, model_store=self.settings.model_store_path,
                                   download_dir=self.settings.cache_path / "url-downloads", policy=self.policy,
-                                  fetch_s3=self._fetch_s3)
+                                  fetch_s3=partial(archive_intake.fetch_s3, self.settings))
         manifest = read_manifest(local, handler=params.handler)  # handler= replaces the manifest's, checked like it
         name = check_model_name(params.model_name or manifest.name)
         version = check_model_version(manifest.version)
@@ -156,14 +138,8 @@ class ModelManager(RepositoryCalls):
                 apps = self.apply(only_model=name)
             return self._registered(name, version, params, apps)
         self._refuse_duplicate(name, version)
-        key, digest = self._copy_to_store(local, name, version)
-        problem = ray.get(_load_check.remote(store_source(key), str(self.settings.cache_path),
-                                             self.settings.object_store_config, manifest.handler))
-        if problem is not None:
-            self.store.delete(key)
-            message, field = problem  # the handler's own failures name it (an import of torch, a wrong signature)
-            raise RequestError(f"the archive failed to load: {message}", status=400,
-                               field="handler" if field == "handler" else "url")
+        key, digest = archive_intake.copy_to_store(self.store, local, name, version)
+        archive_intake.check_loads(self.store, key, self.settings, manifest.handler)  # a 400 (copy deleted) if not
         workers_wanted = params.initial_workers
         record = ModelRecord(
             name=name, version=version, url=params.url, source=store_source(key), digest=digest,
@@ -201,8 +177,8 @@ class ModelManager(RepositoryCalls):
         if not workers_wanted:
             return 200, {"status": answers.registered(name, version, 0)}
         if apps is not None and params.synchronous:
-            self._wait(apps, params.startup_timeout, f"model '{name}'", min_running=(name, version, workers_wanted),
-                       field="startup_timeout")
+            wait_for_rollout(apps, params.startup_timeout, f"model '{name}'",
+                             min_running=(name, version, workers_wanted), field="startup_timeout")
             return 200, {"status": answers.registered(name, version, workers_wanted)}
         return 202, {"status": answers.PROCESSING}
 
@@ -216,7 +192,7 @@ class ModelManager(RepositoryCalls):
         """
         version = version or params.model_version
         with self._lock:
-            record = self._record(name, version)
+            record = self.record(name, version)
             if params.number_gpu:
                 available = ray.cluster_resources().get("GPU", 0)
                 if params.number_gpu > available:
@@ -245,8 +221,8 @@ class ModelManager(RepositoryCalls):
             done = deployer.has_replicas(apps, serve_configs.app_name(record.name, record.version), low)
             return (200, {"status": scaled}) if done else (202, {"status": answers.PROCESSING})
         wait_s = params.timeout if params.timeout > 0 else record.startup_timeout_s
-        self._wait(apps, wait_s, f"model '{name}'", min_running=target,
-                   field="timeout" if params.timeout > 0 else "startup_timeout")
+        wait_for_rollout(apps, wait_s, f"model '{name}'", min_running=target,
+                         field="timeout" if params.timeout > 0 else "startup_timeout")
         return 200, {"status": scaled}
 
     def describe(self, name: str, version: Optional[str]) -> list[dict]:
@@ -256,7 +232,7 @@ class ModelManager(RepositoryCalls):
             if not records:
                 raise RequestError(f"model '{name}' is not registered", status=404, field="model_name")
         else:
-            records = [self._record(name, version)]
+            records = [self.record(name, version)]
         default = self.registry.get_default(name)
         pools = {(p.name, p.version): p for p in self.registry.list_pools()}  # one listing, no per-record reads
         # replica facts only when some version has replicas of its own: the pool's have no workers to list
@@ -276,7 +252,7 @@ class ModelManager(RepositoryCalls):
 
     def unregister(self, name: str, version: Optional[str]) -> dict:
         with self._lock:
-            record = self._record(name, version)
+            record = self.record(name, version)
             self._unregister_all(record.name, [record])
         return {"status": answers.unregistered(record.name)}
 
@@ -327,7 +303,7 @@ class ModelManager(RepositoryCalls):
 
     def set_default(self, name: str, version: str) -> dict:
         with self._lock:
-            self._record(name, version)
+            self.record(name, version)
             self.registry.set_default(name, version)
             self.apply(only_model=name)
         return {"status": answers.default_set(name, version)}
@@ -335,7 +311,7 @@ class ModelManager(RepositoryCalls):
     # ------------------------------------------------------------------ session pools (ML Server)
     def put_pool(self, name: str, version: str, params: PoolParams) -> dict:
         with self._lock:
-            record = self._record(name, version)
+            record = self.record(name, version)
             self.registry.put_pool(PoolRecord(name=record.name, version=record.version,
                                               initial_pool_size=params.initial_pool_size,
                                               max_pool_size=params.max_pool_size))
@@ -344,7 +320,7 @@ class ModelManager(RepositoryCalls):
                           f"{params.initial_pool_size}..{params.max_pool_size} replicas"}
 
     def pool_status(self, name: str, version: str) -> list[dict]:
-        record = self._record(name, version)
+        record = self.record(name, version)
         dedicated = placement.is_dedicated(record, self.registry.get_pool(record.name, record.version))
         details = self._details.get() if dedicated else {}
         return workers.pool_status(details, serve_configs.app_name(record.name, record.version))
@@ -352,7 +328,7 @@ class ModelManager(RepositoryCalls):
     def delete_pool(self, name: str, version: str) -> dict:
         """The dedicated replicas go; the service returns to the generic pool. Repeating it is harmless."""
         with self._lock:
-            record = self._record(name, version)
+            record = self.record(name, version)
             self.registry.delete_pool(record.name, record.version)
             if record.max_workers:
                 self.registry.put_model(record.model_copy(update={"min_workers": 0, "max_workers": 0,
@@ -383,7 +359,8 @@ class ModelManager(RepositoryCalls):
             raise RequestError(f"model '{name}' version '{version}' is already registered; unregister it first "
                                "or register a new version", status=409, field="model_name")
 
-    def _record(self, name: str, version: Optional[str]) -> ModelRecord:
+    def record(self, name: str, version: Optional[str]) -> ModelRecord:
+        """The registered version (the default one when ``version`` is None); a 404 naming the versions there are."""
         check_model_name(name)
         if version is None:
             version = self.registry.get_default(name)
@@ -397,45 +374,3 @@ class ModelManager(RepositoryCalls):
             raise RequestError(f"model '{name}' has no version '{version}'; versions: {', '.join(self.registry.versions(name))}",
                                status=404, field="model_version")
         return record
-
-    def _copy_to_store(self, local: Path, name: str, version: str) -> tuple[str, str]:
-        """Put the archive in object storage (zipping a directory), content-addressed."""
-        with tempfile.TemporaryDirectory() as tmp:
-            archive = local if local.is_file() else _zip_directory(local, Path(tmp) / f"{name}-{version}.zip")
-            digest = file_sha256(archive)
-            key = f"models/{name}/{version}/{digest[:16]}-{archive.name}"
-            if not self.store.exists(key):
-                self.store.upload_file(archive, key)
-        return key, digest[:16]
-
-    def _fetch_s3(self, url: str, dest: Path) -> None:
-        """s3:// model URLs go through the configured endpoint (allow-listed before this is called).
-
-        The object's size is asked first: a download past --max-download-bytes would fill the disk
-        before the size cap (checked on the file) could refuse it.
-        """
-        bucket, _, key = url[len("s3://"):].partition("/")
-        store = ObjectStore(f"s3://{bucket}", s3_endpoint=self.settings.s3_endpoint, s3_region=self.settings.s3_region)
-        size = store.filesystem.get_file_info(store.path(key)).size
-        if size is not None and size > self.settings.max_download_bytes:
-            raise too_large(url, self.settings.max_download_bytes, declared=size)
-        store.download_file(key, dest)
-
-    def _wait(self, apps: list[str], timeout_s: float, what: str, min_running: Optional[tuple[str, str, int]] = None,
-              field: str = "synchronous") -> None:
-        try:
-            deployer.wait_until_running(apps, timeout_s)
-            if min_running is not None:
-                deployer.wait_for_replicas(serve_configs.app_name(min_running[0], min_running[1]), min_running[2], timeout_s)
-        except TimeoutError as exc:
-            raise RequestError(f"{what}: {exc}; the request is recorded and its replicas keep starting",
-                               status=504, field=field) from None
-        except RuntimeError as exc:
-            raise RequestError(f"{what}: {exc}", status=500, field=None) from None
-
-
-def _zip_directory(directory: Path, out: Path) -> Path:
-    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
-        for path in sorted(p for p in directory.rglob("*") if p.is_file() and not p.is_symlink()):
-            archive.write(path, path.relative_to(directory).as_posix())
-    return out

@@ -248,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     archive.add_argument("--out", default=None, help="output zip (default: NAME-VERSION.zip in the current directory)")
     archive.set_defaults(func=cmd_archive)
 
-    from modelpool.remote import add_remote_commands
+    from modelpool.remote_parser import add_remote_commands
 
     add_remote_commands(commands)  # models, pools, services, batches: the HTTP API through the client
     return parser

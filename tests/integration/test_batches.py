@@ -248,7 +248,7 @@ def test_the_whole_workflow_on_an_s3_object_store(ray_client, s3_server, tmp_pat
 
     from cluster.object_store import ObjectStore
     from cluster.settings import load_settings
-    from deployments.archive import read_manifest
+    from deployments.archive_formats import read_manifest
     from management.batch.service import BatchService
     from management.registry import ModelRecord, Registry
 

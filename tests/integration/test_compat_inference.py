@@ -37,7 +37,9 @@ def pooled(cluster) -> str:
                                                                   "initial_workers": 0, "synchronous": "true"})
         assert registered.status_code == 200, registered.text
         yield "compat_pool"
-        admin.delete(f"{cluster.url}/models/compat_pool")
+        # the trailing slash as scripts write it: the same route, not a redirect curl -X DELETE would not follow
+        gone = admin.delete(f"{cluster.url}/models/compat_pool/", allow_redirects=False)
+        assert gone.status_code == 200 and gone.json() == {"status": 'Model "compat_pool" unregistered'}, gone.text
 
 
 def test_torchserve_documented_calls_on_the_default_and_a_given_version(cluster, http, tmp_path):
@@ -58,6 +60,9 @@ def test_torchserve_documented_calls_on_the_default_and_a_given_version(cluster,
     with csv.open("rb") as upload:  # the docs' Python example: files={'data': open(...)}
         form = http.post(f"{cluster.url}/predictions/iris/2", files={"data": upload})
     assert form.json() == default
+
+    explained = http.post(f"{cluster.url}/explanations/iris", json=ROW)  # TorchServe's explain route
+    assert explained.status_code == 501 and explained.json()["code"] == 501, explained.text
 
 
 def test_kserve_v1_readiness_predict_and_explain(cluster, http):

@@ -14,9 +14,9 @@ from deployments.archive import (
     build_archive,
     find_in_store,
     list_store,
-    read_manifest,
     unpack_archive,
 )
+from deployments.archive_formats import read_manifest
 from deployments.errors import RequestError
 from deployments.manifest import MANIFEST_NAME, Manifest
 

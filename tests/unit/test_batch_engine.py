@@ -18,7 +18,8 @@ import pytest
 from sklearn.datasets import load_iris
 
 from cluster.object_store import ObjectStore
-from deployments.archive import file_sha256, read_manifest
+from deployments.archive import file_sha256
+from deployments.archive_formats import read_manifest
 from deployments.errors import RequestError
 from deployments.examples import archive_command, build_examples
 from management.batch import inputs, layout, results, scoring

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_diabetes, load_iris
 
-from deployments.archive import list_store, read_manifest, unpack_archive
+from deployments.archive import list_store, unpack_archive
+from deployments.archive_formats import read_manifest
 from deployments.errors import RequestError
 from deployments.examples import archive_command, build_examples
 from deployments.handlers import Handler, load_handler

@@ -28,7 +28,7 @@ with warnings.catch_warnings():  # starlette's notice about httpx, raised on imp
 from cluster.net import is_loopback_host
 from cluster.settings import Settings, SettingsError, check_exposure, load_settings
 from deployments.codecs import plain_json as plain_codec, v2_json as v2_codec
-from deployments.archive import read_manifest
+from deployments.archive_formats import read_manifest
 from deployments.errors import RequestError
 from deployments.examples import build_examples
 from deployments.generic_pool import GenericPool

@@ -27,7 +27,8 @@ import pytest
 from starlette.requests import Request
 
 from cluster.settings import load_settings
-from deployments.archive import find_in_store, list_store, read_manifest, unpack_archive
+from deployments.archive import find_in_store, list_store, unpack_archive
+from deployments.archive_formats import read_manifest
 from deployments.errors import RequestError
 from deployments.generic_pool import GenericPool
 from deployments.handlers import SklearnHandler, load_handler
@@ -267,13 +268,13 @@ def management(tmp_path, monkeypatch):
     """The management API (real routes, real ModelManager) with a model store holding .mar archives."""
     from fastapi.testclient import TestClient
 
-    from management import api, service
+    from management import api, archive_intake, service
 
     settings = load_settings({"home": str(tmp_path / "home")}, {})
     settings.model_store_path.mkdir(parents=True)
     manager = service.ModelManager(settings)
-    monkeypatch.setattr(service, "_load_check", InProcessTask(service._load_check))
-    monkeypatch.setattr(service, "ray", SimpleNamespace(get=lambda value: value))
+    monkeypatch.setattr(archive_intake, "_load_check", InProcessTask(archive_intake._load_check))
+    monkeypatch.setattr(archive_intake, "ray", SimpleNamespace(get=lambda value: value))
     for name, value in {"manager": manager, "token": "t" * 24, "debug": False}.items():
         monkeypatch.setattr(api.state, name, value)
     with TestClient(api.api, headers={"Authorization": f"Bearer {'t' * 24}"}) as client:

@@ -21,7 +21,8 @@ import pytest
 from cluster.url_patterns import parse_allowed_urls
 
 from deployments import model_source
-from deployments.archive import build_archive, read_manifest
+from deployments.archive import build_archive
+from deployments.archive_formats import read_manifest
 from deployments.errors import RequestError
 from deployments.manifest import Manifest
 from deployments.model_source import (

@@ -19,7 +19,7 @@ def spec() -> dict:
     return api.openapi()
 
 
-INFERENCE_PREFIXES = ("/v2/models/", "/predictions/", "/v1/")
+INFERENCE_PREFIXES = ("/v2/models/", "/predictions/", "/explanations/", "/v1/")
 
 
 def operations(spec: dict, inference: bool = False):
@@ -61,6 +61,8 @@ def test_it_describes_the_inference_apis_beside_management(spec):
     assert {"post", "put"} <= set(paths["/predictions/{model_name}/{model_version}"])
     assert "get" in paths["/v1/models/{model_name}"] and "post" in paths["/v1/models/{model_name}:predict"]
     assert set(paths["/v1/models/{model_name}:explain"]["post"]["responses"]) >= {"501", "404"}
+    for path in ("/explanations/{model_name}", "/explanations/{model_name}/{model_version}"):
+        assert set(paths[path]["post"]["responses"]) >= {"501", "404"} and "put" in paths[path]
     assert "get" in paths["/ping"] and {"post", "get"} <= set(paths["/models"])
     for path, method, operation in operations(spec, inference=True):
         assert operation["security"] == [{}, {"inference": []}], (method, path)  # a token only when one is set

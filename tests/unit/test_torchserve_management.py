@@ -145,6 +145,32 @@ def test_empty_list_parameters_are_the_defaults_over_http(management):
     assert (bad.status_code, bad.json()["field"]) == (400, "limit")
 
 
+def test_a_trailing_slash_is_the_same_route_not_a_redirect(management):
+    """``curl -X DELETE .../models/noop/`` must reach the route: a 307 is not followed and would do nothing."""
+    listed = management.get("/models/", follow_redirects=False)
+    assert listed.status_code == 200 and [m["modelName"] for m in listed.json()["models"]] == ["a", "b", "c", "d", "e"]
+    gone = management.delete("/models/unknown/", follow_redirects=False)
+    assert (gone.status_code, gone.json()["field"]) == (404, "model_name")
+
+
+def test_explanations_answer_501_for_a_model_and_404_for_an_unknown_one_in_torchserves_shape(management, monkeypatch):
+    known = management.post("/explanations/a", content=b"[1, 2]")
+    assert known.status_code == 501
+    assert known.json()["code"] == 501 and "no explainer" in known.json()["message"] and "/predictions/a" in known.json()["message"]
+    assert management.put("/explanations/a/1").status_code == 501
+    unknown = management.post("/explanations/nope")
+    assert (unknown.status_code, unknown.json()["code"]) == (404, 404) and "nope" in unknown.json()["message"]
+    assert management.post("/explanations/a/9").status_code == 404
+    # with an inference token, the route is closed to callers without one, as /predictions is
+    from deployments.serving_options import ServingOptions
+    from cluster.settings import token_digest
+
+    monkeypatch.setattr(management_api.state, "serving", ServingOptions(inference_token_sha256=(token_digest("s3cret"),)))
+    refused = management.post("/explanations/a", headers={"Authorization": "Bearer wrong"})
+    assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer"
+    assert management.post("/explanations/a", headers={"Authorization": "Bearer s3cret"}).status_code == 501
+
+
 def test_register_takes_a_json_body_as_torchserve_does(management, monkeypatch):
     """TorchServe reads register's parameters from a JSON body when the content type says JSON."""
     seen = []

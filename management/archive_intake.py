@@ -1,0 +1,91 @@
+"""A registration's archive on its way in: fetched, copied into object storage, shown to load.
+
+Register records a model only once its archive is where every replica can read it (object
+storage, content-addressed, so the same bytes registered twice are stored once) and has loaded,
+handler included, in a throwaway Ray worker: a broken archive is the register request's 400, not a
+replica that fails to start later. These steps need the settings and the store, never the registry,
+so they live here and ``management.service`` keeps the MMS and pool calls.
+"""
+from __future__ import annotations
+
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Optional
+
+import ray
+
+from cluster.object_store import ObjectStore
+from cluster.settings import Settings
+from deployments.archive import file_sha256
+from deployments.archive_fetch import store_source
+from deployments.errors import RequestError
+from deployments.model_source import too_large
+
+
+def fetch_s3(settings: Settings, url: str, dest: Path) -> None:
+    """s3:// model URLs go through the configured endpoint (allow-listed before this is called).
+
+    The object's size is asked first: a download past --max-download-bytes would fill the disk
+    before the size cap (checked on the file) could refuse it.
+    """
+    bucket, _, key = url[len("s3://"):].partition("/")
+    store = ObjectStore(f"s3://{bucket}", s3_endpoint=settings.s3_endpoint, s3_region=settings.s3_region)
+    size = store.filesystem.get_file_info(store.path(key)).size
+    if size is not None and size > settings.max_download_bytes:
+        raise too_large(url, settings.max_download_bytes, declared=size)
+    store.download_file(key, dest)
+
+
+def copy_to_store(store: ObjectStore, local: Path, name: str, version: str) -> tuple[str, str]:
+    """Put the archive in object storage (zipping a directory), content-addressed: (key, digest[:16])."""
+    with tempfile.TemporaryDirectory() as tmp:
+        archive = local if local.is_file() else zip_directory(local, Path(tmp) / f"{name}-{version}.zip")
+        digest = file_sha256(archive)
+        key = f"models/{name}/{version}/{digest[:16]}-{archive.name}"
+        if not store.exists(key):
+            store.upload_file(archive, key)
+    return key, digest[:16]
+
+
+def zip_directory(directory: Path, out: Path) -> Path:
+    """A directory archive as one zip (regular files only, sorted), so replicas download a single object."""
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in sorted(p for p in directory.rglob("*") if p.is_file() and not p.is_symlink()):
+            archive.write(path, path.relative_to(directory).as_posix())
+    return out
+
+
+def check_loads(store: ObjectStore, key: str, settings: Settings, handler: Optional[str]) -> None:
+    """Load the stored archive with ``handler`` (register's override, or the manifest's) in a throwaway worker.
+
+    When it does not load, the stored copy is deleted and the answer is a 400 naming ``handler`` when the
+    handler's own code failed (an import of torch, a wrong signature), else ``url``.
+    """
+    problem = ray.get(_load_check.remote(store_source(key), str(settings.cache_path),
+                                         settings.object_store_config, handler))
+    if problem is not None:
+        store.delete(key)
+        message, field = problem
+        raise RequestError(f"the archive failed to load: {message}", status=400,
+                           field="handler" if field == "handler" else "url")
+
+
+@ray.remote(num_cpus=0, max_retries=0)
+def _load_check(source: str, cache_dir: str, object_store: dict,
+                handler: Optional[str] = None) -> Optional[tuple[str, Optional[str]]]:
+    """Load the archive and its handler (``handler``: register's override) in a throwaway worker:
+    None if it loads, else the loader's message and the field it names."""
+    from deployments.archive import unpack_archive
+    from deployments.archive_fetch import local_archive, open_store
+    from deployments.handlers import ModelContext, load_handler
+
+    try:
+        archive = unpack_archive(local_archive(source, Path(cache_dir), open_store(object_store)), Path(cache_dir),
+                                 handler=handler)
+        load_handler(archive.model_dir, archive.manifest, ModelContext(archive.model_dir, archive.manifest))
+        return None
+    except RequestError as exc:
+        return f"{exc.message}" + (f" (field {exc.field})" if exc.field else ""), exc.field
+    except Exception as exc:  # noqa: BLE001 - any failure is the archive's: report it
+        return f"{type(exc).__name__}: {exc}", None
