@@ -1,6 +1,6 @@
 """The management HTTP API (FastAPI): the MMS/TorchServe model API, ML Server pools, services, health.
 
-Thin: each route validates its parameters, calls :class:`management.service.ModelManager` in a
+Thin: each route validates its parameters, calls :class:`management.model_manager.ModelManager` in a
 worker thread (its Serve calls block) and shapes the answer. Everything but health needs
 ``Authorization: Bearer <token>``. Bodies are read with the replicas' limits (--max-body-bytes,
 --body-timeout-s), and error messages lose server paths and tracebacks unless --debug.
@@ -24,7 +24,7 @@ from deployments.serving_options import ServingOptions
 from management import repository
 from management.openapi_docs import describe
 from management.params import ListParams, PoolParams, RegisterParams, ScaleParams
-from modelpool import __version__
+from cluster.version import __version__
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 

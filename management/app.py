@@ -17,7 +17,7 @@ from deployments.serving_options import ServingOptions
 from management import grpc_api
 from management.api import api
 from management.batch.service import BatchService
-from management.service import ModelManager
+from management.model_manager import ModelManager
 from management.ttl_cache import TtlCache
 
 REPLICA_METRICS_PERIOD_S = 5.0

@@ -4,7 +4,7 @@ Register records a model only once its archive is where every replica can read i
 storage, content-addressed, so the same bytes registered twice are stored once) and has loaded,
 handler included, in a throwaway Ray worker: a broken archive is the register request's 400, not a
 replica that fails to start later. These steps need the settings and the store, never the registry,
-so they live here and ``management.service`` keeps the MMS and pool calls.
+so they live here and ``management.model_manager`` keeps the MMS and pool calls.
 """
 from __future__ import annotations
 

@@ -34,7 +34,7 @@ from deployments.protocol_front import ProtocolFront
 from management import route_probe
 from management.serve_configs import MODEL_APP_PREFIX, AppConfig
 from management.workers import serve_details, status_name
-from modelpool import __version__
+from cluster.version import __version__
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from deployments.errors import RequestError
 from deployments.grpc_entry import fail
 from deployments.protos import open_inference_pb2 as pb
 from management import api, repository
-from modelpool import __version__
+from cluster.version import __version__
 
 
 def server_metadata() -> pb.ServerMetadataResponse:

@@ -2,7 +2,7 @@
 
 Pure: registry records, the model store's listing and what Serve says about each application go in;
 index entries, the archives a load registers and the parsed request bodies come out. The routes
-(``management.api``) and the Serve calls (``management.service``) stay thin around it.
+(``management.api``) and the Serve calls (``management.model_manager``) stay thin around it.
 
 The mapping, and why:
 

@@ -1,6 +1,6 @@
 """The model repository extension (Triton's, which MLServer copies) on the model manager.
 
-A mixin of :class:`management.service.ModelManager`, kept apart so that module holds the MMS and
+A mixin of :class:`management.model_manager.ModelManager`, kept apart so that module holds the MMS and
 pool calls and this one the repository's: the mapping itself is pure (``management.repository``);
 these methods only read the registry and Serve and register or unregister through the manager's
 own paths (``_register_from_store``, ``_unregister_all``, ``apply``) and wait as they do

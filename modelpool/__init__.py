@@ -1,2 +1,4 @@
 """modelpool: a model-serving cluster on Ray Serve."""
-__version__ = "0.1.0"
+from cluster.version import __version__
+
+__all__ = ["__version__"]

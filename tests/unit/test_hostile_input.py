@@ -41,7 +41,7 @@ from management.batch.service import BatchService
 from management.placement import plan
 from management.registry import ModelRecord
 from management.serve_configs import model_app_config
-from management.service import ModelManager
+from management.model_manager import ModelManager
 from modelpool import cli
 
 TOKEN = "management-token-for-tests-0123456789"

@@ -268,11 +268,11 @@ def management(tmp_path, monkeypatch):
     """The management API (real routes, real ModelManager) with a model store holding .mar archives."""
     from fastapi.testclient import TestClient
 
-    from management import api, archive_intake, service
+    from management import api, archive_intake, model_manager
 
     settings = load_settings({"home": str(tmp_path / "home")}, {})
     settings.model_store_path.mkdir(parents=True)
-    manager = service.ModelManager(settings)
+    manager = model_manager.ModelManager(settings)
     monkeypatch.setattr(archive_intake, "_load_check", InProcessTask(archive_intake._load_check))
     monkeypatch.setattr(archive_intake, "ray", SimpleNamespace(get=lambda value: value))
     for name, value in {"manager": manager, "token": "t" * 24, "debug": False}.items():

@@ -23,7 +23,7 @@ from management.placement import model_config
 from management.registry import ModelRecord
 from management.serve_configs import model_app_config
 from management.describe import describe_record
-from management.service import ModelManager
+from management.model_manager import ModelManager
 
 with warnings.catch_warnings():  # starlette's notice about httpx, raised on import
     warnings.simplefilter("ignore")
