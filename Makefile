@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 
 .PHONY: install start stop status test unit bench loadtest clean
 
-$(BIN)/.installed: pyproject.toml
+$(BIN)/.installed: pyproject.toml cluster/version.py  # the version is read from cluster/version.py at install
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e ".[test]"

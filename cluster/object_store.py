@@ -34,20 +34,17 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any, BinaryIO, Optional
-from urllib.parse import unquote, urlparse
 
 import pyarrow.fs as pafs
 
+from cluster.object_locations import TEMP_PREFIX, check_key, is_temp, parse_uri, s3_filesystem, temp_sibling
+
 _CHUNK = 8 * 1024 * 1024
-_TEMP_PREFIX = ".tmp-"
-_TEMP_NAME = re.compile(r"^\.tmp-[0-9a-f]{32}(-|$)")
 _PLAIN_ETAG = re.compile(r"^[0-9a-f]{32}$")
 #: How long a reader keeps retrying an S3 object that is rewritten during every read.
 _READ_RETRY_S = 30.0
 #: A plain ETag that is not the MD5 (SSE-KMS) is trusted after this many identical reads in a row.
 _STABLE_MISMATCHES = 3
-#: Attempts per S3 request (pyarrow's default is 3).
-_S3_ATTEMPTS = 6
 #: Writes that check (one HEAD each) whether the bucket's ETags are MD5s, until one proves it.
 _ETAG_PROBES = 3
 
@@ -60,100 +57,6 @@ class ObjectNotFound(KeyError):
         self.key = key
 
 
-# ------------------------------------------------------------------------------------------ keys
-
-
-def check_key(key: str, *, allow_root: bool = False) -> str:
-    """Return ``key`` if it is a safe relative object key; ValueError naming it otherwise."""
-    if allow_root and key == "":
-        return key
-    problem = _key_problem(key)
-    if problem:
-        raise ValueError(f"invalid object key {key!r}: {problem}")
-    return key
-
-
-def _key_problem(key: Any) -> Optional[str]:
-    if not isinstance(key, str) or not key:
-        return "must be a non-empty string"
-    if key.startswith("/"):
-        return "must be relative (no leading '/')"
-    if "\\" in key or "\x00" in key:
-        return "must not contain '\\' or NUL"
-    parts = key.split("/")
-    if any(part in ("", ".", "..") for part in parts):
-        return "must not have empty, '.' or '..' segments"
-    if _TEMP_NAME.match(parts[-1]):
-        return f"names starting with {_TEMP_PREFIX!r} + hex are reserved for temp objects"
-    return None
-
-
-def _is_temp(key: str) -> bool:
-    return bool(_TEMP_NAME.match(key.rsplit("/", 1)[-1]))
-
-
-def _temp_sibling(path: str) -> str:
-    """A unique hidden name next to ``path``: same directory, so a local rename is atomic."""
-    parent, _, name = path.rpartition("/")
-    return f"{parent}/{_TEMP_PREFIX}{uuid.uuid4().hex}-{name[:150]}"
-
-
-# ------------------------------------------------------------------------------------ locations
-
-
-def _parse_uri(uri: str) -> tuple[str, str]:
-    """``(scheme, root)``: ``("file", "/abs/dir")`` or ``("s3", "bucket/prefix")``."""
-    if not isinstance(uri, str) or not uri.strip():
-        raise ValueError("object store URI must be a non-empty string")
-    uri = uri.strip()
-    if uri.startswith("s3://"):
-        return "s3", _s3_root(uri)
-    if uri.startswith("file://"):
-        parsed = urlparse(uri)
-        if parsed.netloc not in ("", "localhost"):
-            raise ValueError(f"file URI {uri!r} must not name a host; use file:///abs/dir")
-        return "file", _local_root(unquote(parsed.path))
-    if "://" in uri:
-        raise ValueError(f"object store URI {uri!r}: use file:///dir, a local path or s3://bucket/prefix")
-    return "file", _local_root(uri)
-
-
-def _local_root(path: str) -> str:
-    if not path:
-        raise ValueError("local object store path is empty")
-    return Path(os.path.abspath(os.path.expanduser(path))).as_posix()
-
-
-def _s3_root(uri: str) -> str:
-    bucket, _, prefix = uri[len("s3://"):].partition("/")
-    prefix = prefix.strip("/")
-    if not bucket:
-        raise ValueError(f"S3 URI {uri!r} has no bucket; use s3://bucket/prefix")
-    if prefix:
-        check_key(prefix)
-    return f"{bucket}/{prefix}" if prefix else bucket
-
-
-def _s3_filesystem(endpoint: Optional[str], region: Optional[str]) -> pafs.S3FileSystem:
-    """S3 via pyarrow; credentials come from the standard AWS env vars / config files."""
-    options: dict[str, Any] = {
-        # Delayed open lets objects < 10 MiB go up as one PutObject (ETag = MD5, 1 request).
-        "allow_delayed_open": True,
-        # S3 asks clients to retry 500/503; 3 attempts (the default) gives up too early when
-        # many writers share one key (moto's server also answers 500 to some concurrent PUTs).
-        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=_S3_ATTEMPTS),
-    }
-    if region:
-        options["region"] = region
-    if endpoint:
-        parsed = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
-        if not parsed.netloc or parsed.path.strip("/"):
-            raise ValueError(f"S3 endpoint {endpoint!r} must look like http://host:port")
-        options["endpoint_override"] = parsed.netloc
-        options["scheme"] = parsed.scheme
-    return pafs.S3FileSystem(**options)
-
-
 # ---------------------------------------------------------------------------------------- store
 
 
@@ -162,7 +65,7 @@ class ObjectStore:
 
     def __init__(self, uri: str, *, s3_endpoint: Optional[str] = None,
                  s3_region: Optional[str] = None) -> None:
-        scheme, root = _parse_uri(uri)
+        scheme, root = parse_uri(uri)
         self.is_s3 = scheme == "s3"
         self.root = root
         #: S3 only: set once an ETag proved to be the MD5 of the object; then a mismatch is torn.
@@ -170,7 +73,7 @@ class ObjectStore:
         self._etag_probes_left = _ETAG_PROBES
         if self.is_s3:
             self.uri = f"s3://{root}"
-            self.filesystem: pafs.FileSystem = _s3_filesystem(s3_endpoint, s3_region)
+            self.filesystem: pafs.FileSystem = s3_filesystem(s3_endpoint, s3_region)
         else:
             self.uri = Path(root).as_uri()
             self.filesystem = pafs.LocalFileSystem()
@@ -219,7 +122,7 @@ class ObjectStore:
             shutil.copyfileobj(source, out, _CHUNK)
 
     def _atomic_output(self, path: str) -> "AtomicOutput":
-        temp = _temp_sibling(path)
+        temp = temp_sibling(path)
         if not self.is_s3:
             self.filesystem.create_dir(path.rpartition("/")[0], recursive=True)
         raw = self.filesystem.open_output_stream(temp, compression=None)
@@ -253,7 +156,7 @@ class ObjectStore:
         """Stream ``key`` to ``local_path``, which is replaced atomically (never left half-written)."""
         target = Path(local_path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        temp = target.with_name(f"{_TEMP_PREFIX}{uuid.uuid4().hex}-{target.name[:150]}")
+        temp = target.with_name(f"{TEMP_PREFIX}{uuid.uuid4().hex}-{target.name[:150]}")
         try:
             with open(temp, "wb") as sink:
                 self._copy_object(key, sink)
@@ -392,7 +295,7 @@ class ObjectStore:
             return []  # prefix names an object, not a directory
         start = len(self.root) + 1
         keys = (info.path[start:] for info in infos if info.type == pafs.FileType.File)
-        return sorted(key for key in keys if not _is_temp(key))
+        return sorted(key for key in keys if not is_temp(key))
 
     def list_children(self, prefix: str = "") -> list[str]:
         """Immediate child names under ``prefix``: objects and 'directories' that hold objects.

@@ -1,13 +1,13 @@
-"""Starting, joining and stopping the Ray cluster that modelpool runs on.
+"""Ray and Serve processes on this machine: ``ray start``, connecting, Serve with HAProxy, ``ray stop``.
 
-``modelpool start`` launches a Ray head with ``ray start`` (a separate process tree that outlives
-the CLI, like ``ray start`` itself) unless told to join an existing cluster. The HAProxy ingress
-is switched on through environment variables that every Ray process inherits from the head.
-``stop`` must also end the haproxy child, which ``ray stop`` can leave behind on its ports.
+A local Ray head is started with ``ray start`` (a separate process tree that outlives the CLI, like
+``ray start`` itself). The HAProxy ingress is switched on through environment variables that every
+Ray process inherits from the head. Stopping must also end the haproxy children, which ``ray stop``
+can leave behind on their ports. The order of a start or stop, and the state file that remembers it,
+are ``cluster.local_cluster``'s.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -16,11 +16,13 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Sequence
 
 import psutil
 
-from cluster.settings import Settings, load_settings
+from cluster.front_directories import FRONT_DIRECTORY_PREFIX, remove_stale_front_directories
+
+from cluster.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -46,31 +48,11 @@ def prepare_environment() -> None:
 
 
 prepare_environment()  # before anything imports ray in this process
-STATE_FILE = "cluster.json"
 
 
 def ray_executable() -> str:
     candidate = Path(sys.executable).with_name("ray")
     return str(candidate) if candidate.exists() else (shutil.which("ray") or "ray")
-
-
-def state_path(settings: Settings) -> Path:
-    return settings.home_path / STATE_FILE
-
-
-def read_state(settings: Settings) -> Optional[dict]:
-    try:
-        return json.loads(state_path(settings).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-
-
-def write_state(settings: Settings, state: dict) -> None:
-    path = state_path(settings)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=2))
-    os.replace(tmp, path)
 
 
 def ensure_ray_token(env: dict) -> None:
@@ -148,7 +130,7 @@ def haproxy_processes() -> list[psutil.Process]:
         try:
             cmdline = " ".join(process.info.get("cmdline") or [])
             if (process.info.get("name") == "haproxy" or "haproxy" in cmdline.split(" ")[0]) and ("haproxy-serve" in cmdline
-                                                                                     or "modelpool-grpc-front" in cmdline):
+                                                                                     or FRONT_DIRECTORY_PREFIX in cmdline):
                 found.append(process)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
@@ -170,8 +152,6 @@ def kill_haproxy(timeout_s: float = 5.0, rounds: int = 3) -> int:
     Scans again after each round: one started while Ray was going down (Serve's reload, a front
     restarted with its replica) is not in the first list. Returns how many were stopped.
     """
-    from deployments.grpc_front import remove_stale_front_directories  # noqa: PLC0415 - replica code, loaded late
-
     stopped = 0
     for _ in range(rounds):
         processes = haproxy_processes()
@@ -198,7 +178,3 @@ def stop_local_head() -> None:
     subprocess.run([ray_executable(), "stop", "--force"], capture_output=True, text=True)
     kill_haproxy()
 
-
-def load_settings_for_home(home: Path) -> Settings:
-    """Settings of the cluster whose state lives in ``home`` (for tools that join it)."""
-    return load_settings({"home": str(home)})

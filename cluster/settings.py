@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
+from cluster import paths
 from cluster.net import is_loopback_host
 from cluster.tokens import token_digest
 from cluster.url_patterns import parse_allowed_urls
@@ -23,9 +24,21 @@ ENV_PREFIX = "MODELPOOL_"
 #: short token could be found from its digest by guessing.
 MIN_TOKEN_LENGTH = 16  # a shorter secret can be guessed; the generated management token has 43 characters
 
+# Defaults that other layers need before or without a Settings (a replica's constructor, a config
+# dataclass, the client): named once here, used by the fields below and imported everywhere else.
+DEFAULT_HTTP_HOST = "127.0.0.1"
+DEFAULT_HTTP_PORT = 8000
+DEFAULT_HTTP_URL = f"http://{DEFAULT_HTTP_HOST}:{DEFAULT_HTTP_PORT}"
+DEFAULT_MAX_BODY_BYTES = 16 << 20  # 16 MiB
+DEFAULT_BODY_TIMEOUT_S = 60.0
+#: A model's register defaults (not server settings, but read by management, replicas and the client):
+#: TorchServe's response_timeout and startup_timeout.
+DEFAULT_RESPONSE_TIMEOUT_S = 120.0
+DEFAULT_STARTUP_TIMEOUT_S = 120.0
+
 
 def _default_home() -> str:
-    return str(Path(os.environ.get("MODELPOOL_HOME", "~/.modelpool")).expanduser())
+    return str(paths.home_dir())
 
 
 class Settings(BaseModel):
@@ -38,8 +51,8 @@ class Settings(BaseModel):
     address: Optional[str] = Field(None, description="Ray cluster to join ('auto' or host:port); empty starts a local one. RAY_ADDRESS is honoured too.")
     ray_port: int = Field(6379, ge=1, le=65535, description="GCS port of the local Ray head that `modelpool start` launches.")
     num_cpus: Optional[int] = Field(None, ge=1, description="CPUs the local Ray head offers (default: all cores).")
-    http_host: str = Field("127.0.0.1", description="Address the HTTP ingress binds to.")
-    http_port: int = Field(8000, ge=1, le=65535, description="Port of the HTTP ingress (inference and management).")
+    http_host: str = Field(DEFAULT_HTTP_HOST, description="Address the HTTP ingress binds to.")
+    http_port: int = Field(DEFAULT_HTTP_PORT, ge=1, le=65535, description="Port of the HTTP ingress (inference and management).")
     grpc_port: int = Field(8001, ge=1, le=65535, description="Port of the V2 gRPC endpoint (inference.GRPCInferenceService), on --http-host; Triton's default.")
     grpc_workers: int = Field(1, ge=0, le=64, description="Threads of the gRPC front that routes each call by the model it names; 0 turns gRPC off (Seldon's GRPC_WORKERS=0).")
     grpc_ingress_port: int = Field(9001, ge=1, le=65535, description="Internal: port of Serve's own gRPC ingress on --http-host, which the gRPC front forwards to.")
@@ -68,9 +81,9 @@ class Settings(BaseModel):
     target_ongoing_requests: float = Field(32.0, gt=0, description="Autoscaling target of ongoing requests per replica.")
     upscale_delay_s: float = Field(5.0, ge=0, description="How long load must stay high before adding replicas.")
     downscale_delay_s: float = Field(30.0, ge=0, description="How long load must stay low before removing replicas.")
-    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="Largest request body accepted; larger ones get 413.")
+    max_body_bytes: int = Field(DEFAULT_MAX_BODY_BYTES, ge=1024, description="Largest request body accepted; larger ones get 413.")
     request_timeout_s: Optional[float] = Field(None, gt=0, description="End-to-end HTTP request timeout (default: none).")
-    body_timeout_s: float = Field(60.0, gt=0, le=3600, description="Longest a client may take to send a request body; slower ones get 408 (a trickling client would hold a replica slot).")
+    body_timeout_s: float = Field(DEFAULT_BODY_TIMEOUT_S, gt=0, le=3600, description="Longest a client may take to send a request body; slower ones get 408 (a trickling client would hold a replica slot).")
     metrics_port: int = Field(8082, ge=1, le=65535, description="Port where the local Ray head exports Prometheus metrics (Serve's and modelpool_* ones); joined clusters keep theirs.")
     max_requests: int = Field(0, ge=0, description="Recycle a model replica after about this many requests (a fresh process replaces it); 0 = never.")
     max_requests_jitter: int = Field(0, ge=0, description="Add a random 0..N to --max-requests per replica, so replicas do not recycle at once.")
@@ -126,11 +139,11 @@ class Settings(BaseModel):
 
     @property
     def model_store_path(self) -> Path:
-        return Path(self.model_store).expanduser() if self.model_store else self.home_path / "model_store"
+        return Path(self.model_store).expanduser() if self.model_store else paths.model_store_dir(self.home_path)
 
     @property
     def object_store_uri(self) -> str:
-        return self.object_store or str(self.home_path / "objects")
+        return self.object_store or str(paths.objects_dir(self.home_path))
 
     @property
     def object_store_config(self) -> dict:
@@ -139,11 +152,11 @@ class Settings(BaseModel):
 
     @property
     def token_path(self) -> Path:
-        return self.home_path / "management_token"
+        return paths.token_path(self.home_path)
 
     @property
     def cache_path(self) -> Path:
-        return self.home_path / "cache"
+        return paths.cache_dir(self.home_path)
 
     @property
     def grpc_enabled(self) -> bool:

@@ -14,109 +14,56 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import os
 import weakref
-from pathlib import Path
-from typing import Any, Optional
+from typing import Iterable, Optional
 
 from ray import serve
 from starlette.requests import Request
-from starlette.responses import Response
 
-from deployments import grpc_entry, http_routes
-from deployments.archive import unpack_archive
-from deployments.archive_fetch import local_archive, open_store
+from cluster.settings import DEFAULT_MAX_BODY_BYTES
 from deployments.errors import RequestError
+from deployments.http_io import JSON, error_body, forwarded_headers, sub_path
 from deployments.loaded_model import LoadedModel
-from deployments.protos import open_inference_pb2 as pb
-from deployments.log_flush import start_log_flusher
-from deployments.model_deployment import _replica_id
-from deployments.serving_options import RequestBudget, ServingOptions
+from deployments.model_calls import ModelCall, answer_model_call, parse_model_call, split_model_path
+from deployments.replica_base import HttpTarget, LoadFailed, ReplicaBase
 
 MODELS_PER_REPLICA = int(os.environ.get("MODELPOOL_POOL_MODELS_PER_REPLICA", "8"))
 
 
-class GenericPool:
+class GenericPool(ReplicaBase):
     """Serves any catalogued model version, loading it on demand."""
 
-    def __init__(self, cache_dir: str, object_store: Optional[dict] = None, max_body_bytes: int = 16 << 20) -> None:
-        self.cache_dir = Path(cache_dir)
-        self.store = open_store(object_store)
-        self.max_body_bytes = max_body_bytes
+    def __init__(self, cache_dir: str, object_store: Optional[dict] = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
+        super().__init__(cache_dir, object_store, max_body_bytes, {"x-modelpool-pool": "generic"})
         self.catalog: dict[str, dict] = {}
         self.known_models: list[str] = []
         self.versions: dict[str, list[str]] = {}  # every registered version, dedicated ones too
-        self.replica_id = _replica_id()
-        self._headers = {"x-modelpool-replica": self.replica_id, "x-modelpool-pool": "generic"}
-        self.options = ServingOptions()
-        self.budget = RequestBudget()
         # the models this replica has served, for the health check; weak, so evicted models drop out
         self._serving: "weakref.WeakValueDictionary[str, LoadedModel]" = weakref.WeakValueDictionary()
-        start_log_flusher()
 
-    def reconfigure(self, user_config: dict) -> None:
+    def _apply(self, user_config: dict) -> None:
         """``catalog``: {name: {"default": v, "versions": {v: {"source", "digest", batching...}}}}."""
         self.catalog = user_config.get("catalog", {})
         self.known_models = sorted(user_config.get("known_models", []))
-        self.versions: dict[str, list[str]] = user_config.get("versions", {})
-        self.max_body_bytes = int(user_config.get("max_body_bytes", self.max_body_bytes))
-        self.options = ServingOptions.from_config(user_config.get("serving", {}))
-        self.budget.configure(self.options)
+        self.versions = user_config.get("versions", {})
 
-    async def __call__(self, request: Request) -> Response:
-        try:
-            http_routes.check_inference_token(request, self.options)
-            name, rest = http_routes.split_model_path(http_routes.sub_path(request))
-            call = http_routes.parse_model_call(rest, request.method)
-            model, versions = await self._model_for(name, call.version)
-        except RequestError as exc:
-            return http_routes.error_response(exc, self._headers, self.options.debug)
-        except Exception as exc:  # noqa: BLE001 - the archive failed to load here: say so, keep serving
-            return http_routes.failure_response(name, call.version or "default", exc, self._headers, self.options.debug)
-        read = http_routes.body_reader(request, self.max_body_bytes, self.options.body_timeout_s)
-        try:
-            return await http_routes.answer_model_call(model, call, read, versions, self._headers, request.headers)
-        finally:
-            self.budget.count()
+    def _loaded_models(self) -> Iterable[LoadedModel]:
+        return self._serving.values()
 
-    # --- V2 over gRPC: the gRPC front sends here every model version without an app of its own ---
+    async def _http_target(self, request: Request) -> HttpTarget:
+        name, rest = split_model_path(sub_path(request))
+        call = parse_model_call(rest, request.method)
+        model, versions = await self._model_for(name, call.version)
+        return model, call, versions
 
-    async def ModelInfer(self, request: pb.ModelInferRequest, grpc_context: Any = None) -> pb.ModelInferResponse:
-        found = await self._grpc_model(request.model_name, request.model_version, grpc_context)
-        if found is None:
-            return pb.ModelInferResponse()
-        try:
-            return await grpc_entry.model_infer(found[0], request, grpc_context)
-        finally:
-            self.budget.count()
+    async def _grpc_target(self, name: str, version: str) -> tuple[LoadedModel, list[str]]:
+        """The gRPC front sends here every model version without an app of its own."""
+        return await self._model_for(name, version or None)
 
-    async def ModelReady(self, request: pb.ModelReadyRequest, grpc_context: Any = None) -> pb.ModelReadyResponse:
-        return grpc_entry.model_ready(await self._grpc_model(request.name, request.version, grpc_context) is not None)
-
-    async def ModelMetadata(self, request: pb.ModelMetadataRequest,
-                            grpc_context: Any = None) -> pb.ModelMetadataResponse:
-        found = await self._grpc_model(request.name, request.version, grpc_context)
-        return pb.ModelMetadataResponse() if found is None else grpc_entry.model_metadata(*found)
-
-    async def _grpc_model(self, name: str, version: str, grpc_context: Any) -> Optional[tuple[LoadedModel, list[str]]]:
-        """The model a call names, loaded; None once the call's status says why not (NOT_FOUND, ...)."""
-        try:
-            grpc_entry.check_token(grpc_context, self.options)
-            return await self._model_for(name, version or None)
-        except RequestError as exc:
-            grpc_entry.fail(grpc_context, exc, self.options.debug)
-        except Exception as exc:  # noqa: BLE001 - the archive failed to load here: say so, keep serving
-            grpc_entry.fail(grpc_context, RequestError(f"model '{name}' failed to load: {type(exc).__name__}: {exc}",
-                                                       status=500), self.options.debug)
-        return None
-
-    def check_health(self) -> None:
-        """Failing makes Serve replace this replica: once the request budget (--max-requests) is spent,
-        or while a model's handler call runs past its response_timeout (it holds that model's thread)."""
-        self.budget.check()
-        for model in list(self._serving.values()):
-            http_routes.check_not_overdue(model)
+    async def _protocol_target(self, name: str, version: Optional[str]) -> tuple[LoadedModel, list[str]]:
+        """A model this pool serves, or an unknown one: the 404 lists what is served."""
+        return await self._model_for(name, version)
 
     async def forward(self, name: str, version: str, action: str, body: bytes,
                       request_headers: dict[str, str]) -> tuple[int, bytes, dict]:
@@ -131,29 +78,21 @@ class GenericPool:
         try:
             model, versions = await self._model_for(name, version)
         except RequestError as exc:
-            return exc.status, http_routes.error_body(exc, self.options.debug), {**self._headers,
-                                                                                 "content-type": http_routes.JSON}
-        response = await http_routes.answer_model_call(model, http_routes.ModelCall(version, action), read, versions,
-                                                       self._headers, request_headers)
-        return response.status_code, bytes(response.body), http_routes.forwarded_headers(response.headers)
-
-    async def protocol_call(self, protocol: str, name: str, version: Optional[str], action: str, body: bytes,
-                            request_headers: dict[str, str]) -> http_routes.ProtocolAnswer:
-        """Entry point for ``deployments.protocol_front``: a TorchServe or KServe V1 call for a model this pool
-        serves (or an unknown one: the 404 lists what is served), answered in the protocol's shape."""
-        try:
-            model, versions = await self._model_for(name, version)
-            return await http_routes.answer_protocol_call(model, protocol, action, body, versions, self._headers,
-                                                          request_headers)
-        except RequestError as exc:
-            return http_routes.protocol_error(protocol, exc, self._headers, self.options.debug)
-        except Exception as exc:  # noqa: BLE001 - the archive failed to load here: say so, keep serving
-            failed = http_routes.failure_response(name, version or "default", exc, self._headers, self.options.debug)
-            return http_routes.protocol_answer(protocol, 500, json.loads(failed.body), self._headers)
-        finally:
-            self.budget.count()
+            return exc.status, error_body(exc, self.options.debug), {**self._headers, "content-type": JSON}
+        response = await answer_model_call(model, ModelCall(version, action), read, versions, self._headers,
+                                           request_headers)
+        return response.status_code, bytes(response.body), forwarded_headers(response.headers)
 
     async def _model_for(self, name: str, version: Optional[str]) -> tuple[LoadedModel, list[str]]:
+        """The model version a call names, loaded and configured; a failure to load it is :class:`LoadFailed`."""
+        try:
+            return await self._load_for(name, version)
+        except RequestError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the archive failed to load here: say so, keep serving
+            raise LoadFailed(name, version, exc) from exc
+
+    async def _load_for(self, name: str, version: Optional[str]) -> tuple[LoadedModel, list[str]]:
         entry = self.catalog.get(name)
         registered = self.versions.get(name, [])
         if entry is None and registered and (version is None or version in registered):
@@ -186,10 +125,6 @@ class GenericPool:
         name, version, _digest = model_id.rsplit(":", 2)
         spec = self.catalog[name]["versions"][version]
         return await asyncio.to_thread(self._load, spec["source"], name, version, spec.get("handler"))
-
-    def _load(self, source: str, name: str, version: str, handler: Optional[str] = None) -> LoadedModel:
-        archive = unpack_archive(local_archive(source, self.cache_dir, self.store), self.cache_dir, handler=handler)
-        return LoadedModel(archive, name, version, replica=self.replica_id)
 
 
 def _load_key(spec: dict) -> str:

@@ -1,6 +1,6 @@
 """The V2 gRPC entry point of model replicas: ModelInfer, ModelReady and ModelMetadata.
 
-The gRPC twin of ``http_routes``: Serve's gRPC ingress calls the replica method named after the
+The gRPC twin of ``model_calls``: Serve's gRPC ingress calls the replica method named after the
 call with the parsed message and a context; these functions check the inference token, run the
 shared data plane through ``codecs.v2_grpc`` and turn every :class:`RequestError` into the gRPC
 status V2 clients expect (NOT_FOUND, INVALID_ARGUMENT, UNAUTHENTICATED, UNAVAILABLE, ...) with the
@@ -16,7 +16,8 @@ from typing import Any
 from deployments import deadlines
 from deployments.codecs import v2_grpc
 from deployments.errors import RequestError
-from deployments.http_routes import check_authorization, overdue_error
+from deployments.http_io import check_authorization
+from deployments.model_calls import overdue_error
 from deployments.protos import open_inference_pb2 as pb
 from deployments.redact import public_message
 from deployments.serving_options import ServingOptions

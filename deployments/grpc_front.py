@@ -37,17 +37,16 @@ import time
 from pathlib import Path
 from typing import Mapping, Optional
 
+from cluster.front_directories import FRONT_DIRECTORY_PREFIX, remove_stale_front_directories
 from deployments.grpc_port import MAX_CALLS_PER_CONNECTION
 
 logger = logging.getLogger("ray.serve")
 
 SERVICE_PATH = "/inference.GRPCInferenceService/"
 MODEL_CALLS = ("ModelInfer", "ModelReady", "ModelMetadata")  # their field 1 and 2 name the model and version
-GRPC_FRONT_APP = "grpc-front"
 COMPRESSED_MESSAGE = ("compressed requests are not supported: the model name must be readable from the message; "
                       "send it uncompressed (the default of V2 clients)")
 STARTING_MESSAGE = "the model is loading (its replicas are starting or being replaced); retry shortly"
-GRPC_FRONT_DEPLOYMENT = "GrpcFront"
 PORT_SLOTS = 60  # map entries per app: replicas share them evenly for any count that divides 60 (1-6, 10, 12...)
 PROBE_PERIOD_S = 1.0
 PORT_GONE_MESSAGE = "the replica chosen for this call stopped; retry (the front has dropped it or will within a second)"
@@ -181,37 +180,6 @@ def port_answers(address: str, timeout_s: float = 0.5) -> bool:
             return True
     except (OSError, ValueError):
         return False
-
-
-FRONT_DIRECTORY_PREFIX = "modelpool-grpc-front-"
-STALE_AFTER_S = 60.0  # a directory this old with no haproxy on it is not one still being started
-
-
-def remove_stale_front_directories(root: Optional[Path] = None, min_age_s: float = STALE_AFTER_S) -> list[Path]:
-    """Remove front directories that no running haproxy uses, older than ``min_age_s``; the ones removed.
-
-    A front dies with its replica, SIGKILL included, and nothing in a killed process can clean up
-    after it: Serve's shutdown and a replica restart both leave the directory behind. So each new front,
-    and ``modelpool stop`` once its haproxys are gone, removes what dead fronts left.
-    """
-    import psutil  # noqa: PLC0415 - only here: the front's hot path never needs it
-
-    root = Path(root or tempfile.gettempdir())
-    in_use: set[str] = set()
-    for process in psutil.process_iter(["cmdline"]):
-        in_use.update(part for part in process.info.get("cmdline") or () if FRONT_DIRECTORY_PREFIX in part)
-    removed = []
-    now = time.time()
-    for directory in root.glob(f"{FRONT_DIRECTORY_PREFIX}*"):
-        try:
-            if not directory.is_dir() or now - directory.stat().st_mtime < min_age_s:
-                continue
-        except OSError:
-            continue
-        if not any(argument.startswith(f"{directory}{os.sep}") for argument in in_use):
-            shutil.rmtree(directory, ignore_errors=True)
-            removed.append(directory)
-    return removed
 
 
 class FrontProcess:

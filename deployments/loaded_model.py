@@ -15,17 +15,18 @@ from typing import Any, Awaitable, Callable, Optional
 
 import numpy as np
 
+from cluster.settings import DEFAULT_RESPONSE_TIMEOUT_S
 from deployments import dataplane
 from deployments.archive import LoadedArchive
 from deployments.batcher import AdaptiveBatcher
 from deployments.codecs.json_values import json_bytes
-from deployments.handlers import Handler, ModelContext, load_handler
+from deployments.handler_loader import load_handler
+from deployments.handlers import Handler, ModelContext
 from deployments.metrics import ModelMetrics
 from deployments.serving_options import ServingOptions
 from deployments.tensors import InferenceRequest, InferenceResult, model_metadata
 
 INLINE_BELOW_S = 0.002
-DEFAULT_RESPONSE_TIMEOUT_S = 120.0  # TorchServe's default response_timeout
 
 BodyReader = Callable[[], Awaitable[bytes]]
 Decoder = Callable[[], Awaitable[InferenceRequest]]

@@ -13,6 +13,7 @@ from typing import Any, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
+from deployments.datatypes import V2_DATATYPES
 from deployments.errors import RequestError
 
 MANIFEST_NAME = "MANIFEST.json"
@@ -20,11 +21,6 @@ SKLEARN_HANDLER = "sklearn"
 
 _SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-#: Tensor datatypes of the Open Inference Protocol (V2).
-V2_DATATYPES = frozenset(
-    {"BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
-     "FP16", "FP32", "FP64", "BYTES"}
-)
 
 
 def check_segment(value: str, what: str) -> str:

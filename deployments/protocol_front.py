@@ -31,13 +31,17 @@ from ray.serve.exceptions import RayServeException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from deployments import deadlines, http_routes
+from cluster.settings import DEFAULT_MAX_BODY_BYTES
+from deployments import deadlines
+from deployments.app_names import GENERIC_POOL_APP, GENERIC_POOL_DEPLOYMENT
 from deployments.codecs import PROTOCOLS
 from deployments.codecs.base import ProtocolCall
 from deployments.errors import RequestError
 from deployments.grpc_front import route_key
+from deployments.http_io import JSON, check_inference_token, codec_headers, read_body, sub_path
 from deployments.loaded_model import DEFAULT_RESPONSE_TIMEOUT_S
 from deployments.log_flush import start_log_flusher
+from deployments.model_calls import ProtocolAnswer, protocol_answer, protocol_error
 from deployments.redact import public_message
 from deployments.serving_options import ServingOptions
 
@@ -57,7 +61,7 @@ class Target:
     timeout_s: float = DEFAULT_RESPONSE_TIMEOUT_S
 
 
-POOL = Target(http_routes.GENERIC_POOL_APP, http_routes.GENERIC_POOL_DEPLOYMENT)
+POOL = Target(GENERIC_POOL_APP, GENERIC_POOL_DEPLOYMENT)
 
 
 def pick_target(routes: Mapping[str, Target], call: ProtocolCall, pool: Target = POOL) -> Target:
@@ -68,7 +72,7 @@ def pick_target(routes: Mapping[str, Target], call: ProtocolCall, pool: Target =
 class ProtocolFront:
     """One protocol's routes; not decorated here: management wraps it with Serve options (like ModelServer)."""
 
-    def __init__(self, protocol: str, max_body_bytes: int = 16 << 20) -> None:
+    def __init__(self, protocol: str, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
         self.protocol = protocol
         self.codec = PROTOCOLS[protocol]
         self.max_body_bytes = max_body_bytes
@@ -92,18 +96,18 @@ class ProtocolFront:
 
     async def __call__(self, request: Request) -> Response:
         try:
-            http_routes.check_inference_token(request, self.options)
-            call = self.codec.parse_call(http_routes.sub_path(request), request.method)
+            check_inference_token(request, self.options)
+            call = self.codec.parse_call(sub_path(request), request.method)
             if call.action == "models":
-                return Response(self.codec.models_body(self.models), media_type=http_routes.JSON)
-            body = (await http_routes.read_body(request, self.max_body_bytes, self.options.body_timeout_s)
+                return Response(self.codec.models_body(self.models), media_type=JSON)
+            body = (await read_body(request, self.max_body_bytes, self.options.body_timeout_s)
                     if call.action in BODY_ACTIONS else b"")
-            status, payload, headers = await self.forward(call, body, http_routes.codec_headers(request.headers))
+            status, payload, headers = await self.forward(call, body, codec_headers(request.headers))
         except RequestError as exc:
-            status, payload, headers = http_routes.protocol_error(self.protocol, exc, {}, self.options.debug)
+            status, payload, headers = protocol_error(self.protocol, exc, {}, self.options.debug)
         return Response(payload, status_code=status, headers=headers)
 
-    async def forward(self, call: ProtocolCall, body: bytes, headers: dict[str, str]) -> http_routes.ProtocolAnswer:
+    async def forward(self, call: ProtocolCall, body: bytes, headers: dict[str, str]) -> ProtocolAnswer:
         """One handle call to the replica that serves the version; 503 when none takes it."""
         target = pick_target(self.routes, call, self.pool)
         response = self._handle(target).protocol_call.remote(self.protocol, call.name, call.version, call.action,
@@ -124,7 +128,7 @@ class ProtocolFront:
             logger.error("%s call for %s failed in %s", self.protocol, call.name, target.app, exc_info=exc)
             message = f"model '{call.name}' failed: {type(exc).__name__}: {exc}"
             error = {"error": message if self.options.debug else public_message(message)}
-            return http_routes.protocol_answer(self.protocol, 500, error, {})
+            return protocol_answer(self.protocol, 500, error, {})
 
     def _handle(self, target: Target) -> Any:
         """A cached handle per app: created without asking the controller, so the first call pays nothing extra."""

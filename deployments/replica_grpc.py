@@ -12,7 +12,7 @@ import asyncio
 import logging
 from typing import Mapping, Optional
 
-from deployments.grpc_front import GRPC_FRONT_APP, GRPC_FRONT_DEPLOYMENT
+from deployments.app_names import GRPC_FRONT_APP, GRPC_FRONT_DEPLOYMENT
 from deployments.grpc_port import GrpcMethod, GrpcPort
 
 logger = logging.getLogger("ray.serve")

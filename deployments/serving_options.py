@@ -11,6 +11,8 @@ import random
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from cluster.settings import DEFAULT_BODY_TIMEOUT_S
+
 
 @dataclass(frozen=True)
 class ServingOptions:
@@ -21,7 +23,7 @@ class ServingOptions:
     payload_passthrough: bool = False
     max_requests: int = 0
     max_requests_jitter: int = 0
-    body_timeout_s: float = 60.0
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
     #: SHA-256 digests of the tokens model routes accept; empty: model routes are open (the default)
     inference_token_sha256: tuple[str, ...] = ()
     #: open the replica's own gRPC port and register it with the gRPC front (on when gRPC is)
@@ -36,7 +38,7 @@ class ServingOptions:
             payload_passthrough=bool(config.get("payload_passthrough", False)),
             max_requests=max(0, int(config.get("max_requests", 0))),
             max_requests_jitter=max(0, int(config.get("max_requests_jitter", 0))),
-            body_timeout_s=float(config.get("body_timeout_s", 60.0)),
+            body_timeout_s=float(config.get("body_timeout_s", DEFAULT_BODY_TIMEOUT_S)),
             inference_token_sha256=tuple(str(d) for d in config.get("inference_token_sha256", ())),
             replica_grpc_port=bool(config.get("replica_grpc_port", False)),
         )

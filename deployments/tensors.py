@@ -1,4 +1,4 @@
-"""The decoded shapes every wire format meets in: V2 datatypes, request tensors and inference results.
+"""The decoded shapes every wire format meets in: request tensors and inference results.
 
 Codecs turn bytes into these and back (``deployments/codecs/``); the data plane
 (``deployments/dataplane.py``) and the batcher only ever see these and numpy arrays, so a new
@@ -7,32 +7,11 @@ transport never touches the model path.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import Optional
 
 import numpy as np
 
-V2_DATATYPES: dict[str, Union[np.dtype, type]] = {
-    "BOOL": np.dtype(np.bool_),
-    "UINT8": np.dtype(np.uint8),
-    "UINT16": np.dtype(np.uint16),
-    "UINT32": np.dtype(np.uint32),
-    "UINT64": np.dtype(np.uint64),
-    "INT8": np.dtype(np.int8),
-    "INT16": np.dtype(np.int16),
-    "INT32": np.dtype(np.int32),
-    "INT64": np.dtype(np.int64),
-    "FP16": np.dtype(np.float16),
-    "FP32": np.dtype(np.float32),
-    "FP64": np.dtype(np.float64),
-    "BYTES": np.dtype(object),  # values are Python str
-}
-
-
-# numpy (kind, itemsize) -> V2 datatype, for outputs; keyed this way so byte order does not matter.
-_OUTPUT_DATATYPES: dict[tuple[str, int], str] = {
-    (dtype.kind, dtype.itemsize): name for name, dtype in V2_DATATYPES.items() if name != "BYTES"
-}
-
+from deployments.datatypes import V2_DATATYPES
 
 
 @dataclass(frozen=True)
@@ -94,18 +73,6 @@ class InferenceResult:
     request: InferenceRequest
     outputs: dict[str, np.ndarray]
     batch_size: int = 1
-
-
-
-def datatype_of(dtype: np.dtype, name: str) -> str:
-    """Map a numpy dtype to a V2 datatype; anything V2 cannot carry is a server bug, not a 4xx."""
-    if dtype.kind in "USO":
-        return "BYTES"
-    datatype = _OUTPUT_DATATYPES.get((dtype.kind, dtype.itemsize))
-    if datatype is None:
-        raise TypeError(f"output {name!r} has numpy dtype {dtype}, which V2 cannot carry; "
-                        f"cast it to one of {', '.join(V2_DATATYPES)} first")
-    return datatype
 
 
 def model_metadata(name: str, versions: list[str], platform: str, inputs: list[dict], outputs: list[dict]) -> dict:

@@ -26,6 +26,7 @@ import requests
 
 from cluster import runtime  # noqa: F401 (Ray's environment before ray is imported)
 from cluster.net import free_port
+from cluster.paths import token_path
 from loadtests.report import publish
 
 COLUMNS = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
@@ -106,7 +107,7 @@ def main() -> None:
             from cluster.object_store import object_store_from_settings
 
             store = object_store_from_settings(str(home / "objects"))
-            token = (home / "management_token").read_text().strip()
+            token = token_path(home).read_text().strip()
             warm_up = home / "warm-up.parquet"  # a serving cluster is warm: workers hold the model
             make_input(warm_up, 4_000)  # 4 partitions: every worker loads the model
             modelpool_batch(f"http://127.0.0.1:{port}", token, store, warm_up, 4_000, args.parallel)

@@ -2,7 +2,7 @@
 
 In process, no cluster: a real iris model (scikit-learn, trained from the dataset it ships) loaded
 as replicas load it, answering V2 requests one at a time, as a lone client makes them. The
-baseline calls the answer path without the deadline (``http_routes._answer``, what replicas ran
+baseline calls the answer path without the deadline (``model_calls._answer``, what replicas ran
 before), the other the one replicas run now (``answer_model_call``: the response_timeout deadline
 around it, plus the metrics both record). Rounds alternate so machine noise hits both alike; the figure
 is the ratio of medians; the deadline alone is timed around a coroutine that does nothing, since
@@ -20,14 +20,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from deployments import deadlines, http_routes
+from deployments import deadlines, model_calls
 from deployments.archive import unpack_archive
 from deployments.examples import build_examples
 from deployments.loaded_model import LoadedModel
 
 BODY = json.dumps({"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64",
                                "data": [5.1, 3.5, 1.4, 0.2]}]}).encode()
-CALL = http_routes.ModelCall(None, "infer")
+CALL = model_calls.ModelCall(None, "infer")
 
 
 async def _read() -> bytes:
@@ -37,7 +37,7 @@ async def _read() -> bytes:
 async def with_deadline(model: LoadedModel, calls: int) -> float:
     started = time.perf_counter()
     for _ in range(calls):
-        response = await http_routes.answer_model_call(model, CALL, _read, ["1"], {}, {})
+        response = await model_calls.answer_model_call(model, CALL, _read, ["1"], {}, {})
     assert response.status_code == 200, response.body
     return (time.perf_counter() - started) / calls
 
@@ -45,7 +45,7 @@ async def with_deadline(model: LoadedModel, calls: int) -> float:
 async def without_deadline(model: LoadedModel, calls: int) -> float:
     started = time.perf_counter()
     for _ in range(calls):
-        response = await http_routes._answer(model, CALL, _read, ["1"], {}, {})
+        response = await model_calls._answer(model, CALL, _read, ["1"], {}, {})
         model.metrics.request(CALL.action, response.status_code, 0.0)  # the same bookkeeping as the real path
     assert response.status_code == 200, response.body
     return (time.perf_counter() - started) / calls

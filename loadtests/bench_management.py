@@ -20,7 +20,7 @@ from pathlib import Path
 
 import requests
 
-from cluster import runtime
+from cluster import local_cluster, runtime
 from loadtests.local_cluster import bench_cluster
 from loadtests.report import publish
 
@@ -140,7 +140,7 @@ def main() -> None:
     parser.add_argument("--out", default="results/bench_management.md")
     args = parser.parse_args()
     with bench_cluster({"MODELPOOL_REPLICA_NUM_CPUS": str(REPLICA_CPUS)}) as cluster:
-        runtime.connect(runtime.read_state(runtime.load_settings_for_home(cluster.home))["address"])
+        runtime.connect(local_cluster.read_state(cluster.home)["address"])
         try:
             times = bench(cluster.url, cluster.token, cluster.home, args.repeats)
         finally:

@@ -92,7 +92,7 @@ def replica_port(cluster) -> str:
     """host:port of iris v1's replica gRPC port, as the front knows it (asked once, before any load)."""
     if APP not in _PORTS:
         from cluster.runtime import connect  # first: it exports Ray's auth settings, read when ray is imported
-        from deployments.grpc_front import GRPC_FRONT_APP, GRPC_FRONT_DEPLOYMENT
+        from deployments.app_names import GRPC_FRONT_APP, GRPC_FRONT_DEPLOYMENT
 
         import ray
         from ray import serve

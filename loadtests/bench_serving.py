@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from cluster import runtime  # noqa: F401  (sets Ray's environment before ray is imported)
+from cluster import local_cluster, runtime  # noqa: F401  (sets Ray's environment before ray is imported)
 from loadtests.wrk import LoadResult, run_wrk
 from cluster.net import free_port
 from loadtests.report import publish
@@ -135,7 +135,7 @@ def bench_modelpool(home: Path, model_file: Path, seconds: int, rounds: int, c1_
 
         from loadtests.plain_serve import PlainIris
 
-        runtime.connect(runtime.read_state(runtime.load_settings_for_home(home))["address"])
+        runtime.connect(local_cluster.read_state(home)["address"])
         serve.run(serve.deployment(PlainIris).options(max_ongoing_requests=128, ray_actor_options={"num_cpus": 0.25})
                   .bind(str(model_file)), name="bench-unbatched", route_prefix="/bench/unbatched")
         runs = measure_interleaved({

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from cluster.net import free_port
+from cluster.paths import token_path
 
 CLI = [sys.executable, "-m", "modelpool.cli"]
 
@@ -26,7 +27,7 @@ class BenchCluster:
 
     @property
     def token(self) -> str:
-        return (self.home / "management_token").read_text().strip()
+        return token_path(self.home).read_text().strip()
 
 
 @contextmanager

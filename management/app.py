@@ -18,6 +18,7 @@ from management import grpc_api
 from management.api import api
 from management.batch.service import BatchService
 from management.model_manager import ModelManager
+from management.serve_state import applications, status_name
 from management.ttl_cache import TtlCache
 
 REPLICA_METRICS_PERIOD_S = 5.0
@@ -36,7 +37,7 @@ class Management:
 
         # The token in effect (generated ones too): with --inference-token, model routes accept it as well
         self.manager = ModelManager(Settings(**{**settings, "management_token": token}))
-        self._status = TtlCache(serve.status, ttl_s=1.0)  # health probes may come many times a second
+        self._applications = TtlCache(applications, ttl_s=1.0)  # health probes may come many times a second
         routes.state.manager = self.manager
         routes.state.batches = BatchService(self.manager.settings, self.manager.store, self.manager.registry)
         routes.state.token = token
@@ -62,7 +63,7 @@ class Management:
     def _publish_replicas(self) -> None:
         """Keep the ``modelpool_replicas`` gauge current; versions that went away drop to 0."""
         from deployments.metrics import record_replicas
-        from management.workers import running_replicas, serve_details
+        from management.serve_state import running_by_model, serve_details
 
         seen: set[tuple[str, str]] = set()
         counts: dict[tuple[str, str], int] = {}
@@ -70,7 +71,7 @@ class Management:
         while True:
             try:
                 if time.monotonic() - last_read >= REPLICA_METRICS_PERIOD_S:  # a controller round trip: not every second
-                    counts, last_read = running_replicas(serve_details()), time.monotonic()
+                    counts, last_read = running_by_model(serve_details()), time.monotonic()
                     seen |= counts.keys()
                 # re-set every second: Ray drops a gauge that is not re-set for a while
                 record_replicas({**{key: 0 for key in seen - counts.keys()}, **counts})
@@ -103,9 +104,8 @@ class Management:
     def readiness(self) -> dict:
         if not self.manager.reconciled.is_set():
             return {"ready": False, "notReady": {"management": "restoring models from the registry"}}
-        status = self._status.get()
-        not_running = {name: str(getattr(app.status, "value", app.status))
-                       for name, app in status.applications.items() if app.status != "RUNNING"}
+        not_running = {name: status_name(app.status) for name, app in self._applications.get().items()
+                       if app.status != "RUNNING"}
         body: dict = {"ready": not not_running}
         if not_running:
             body["notReady"] = not_running

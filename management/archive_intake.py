@@ -1,4 +1,6 @@
-"""A registration's archive on its way in: fetched, copied into object storage, shown to load.
+"""A registration's archive on its way in: copied into object storage, shown to load.
+
+It arrives from ``management.model_source`` (a store name, or a URL fetched there).
 
 Register records a model only once its archive is where every replica can read it (object
 storage, content-addressed, so the same bytes registered twice are stored once) and has loaded,
@@ -20,21 +22,6 @@ from cluster.settings import Settings
 from deployments.archive import file_sha256
 from deployments.archive_fetch import store_source
 from deployments.errors import RequestError
-from deployments.model_source import too_large
-
-
-def fetch_s3(settings: Settings, url: str, dest: Path) -> None:
-    """s3:// model URLs go through the configured endpoint (allow-listed before this is called).
-
-    The object's size is asked first: a download past --max-download-bytes would fill the disk
-    before the size cap (checked on the file) could refuse it.
-    """
-    bucket, _, key = url[len("s3://"):].partition("/")
-    store = ObjectStore(f"s3://{bucket}", s3_endpoint=settings.s3_endpoint, s3_region=settings.s3_region)
-    size = store.filesystem.get_file_info(store.path(key)).size
-    if size is not None and size > settings.max_download_bytes:
-        raise too_large(url, settings.max_download_bytes, declared=size)
-    store.download_file(key, dest)
 
 
 def copy_to_store(store: ObjectStore, local: Path, name: str, version: str) -> tuple[str, str]:
@@ -78,7 +65,8 @@ def _load_check(source: str, cache_dir: str, object_store: dict,
     None if it loads, else the loader's message and the field it names."""
     from deployments.archive import unpack_archive
     from deployments.archive_fetch import local_archive, open_store
-    from deployments.handlers import ModelContext, load_handler
+    from deployments.handler_loader import load_handler
+    from deployments.handlers import ModelContext
 
     try:
         archive = unpack_archive(local_archive(source, Path(cache_dir), open_store(object_store)), Path(cache_dir),

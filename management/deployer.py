@@ -11,7 +11,8 @@ Serve's HAProxy later still, so when a deploy moves routes it also waits until t
 each moved prefix to its new owner (``management.route_probe``). Each deployment's ``user_config`` carries a fingerprint of
 its whole config (``config_id``; replicas ignore it), so an app whose running config Serve reports
 with the same fingerprint is not sent again: a call that changes nothing waits for nothing, and any
-management replica can tell, because the fingerprint lives in Serve, not in a process.
+management replica can tell, because the fingerprint lives in Serve, not in a process. What Serve runs
+is read through ``management.serve_state``; this module deploys, deletes and waits.
 """
 from __future__ import annotations
 
@@ -20,20 +21,20 @@ import json
 import logging
 import time
 import dataclasses
-from dataclasses import dataclass
 from typing import Iterable, Optional
 
 from ray import serve
 from ray.serve.api import RunTarget
 
 from deployments.generic_pool import GenericPool
-from deployments.grpc_front import GRPC_FRONT_DEPLOYMENT, GrpcFront
-from deployments.http_routes import GENERIC_POOL_DEPLOYMENT, PROTOCOL_FRONT_DEPLOYMENT
+from deployments.app_names import GENERIC_POOL_DEPLOYMENT, GRPC_FRONT_DEPLOYMENT, PROTOCOL_FRONT_DEPLOYMENT
+from deployments.grpc_front import GrpcFront
 from deployments.model_deployment import ModelServer
 from deployments.protocol_front import ProtocolFront
 from management import route_probe
-from management.serve_configs import MODEL_APP_PREFIX, AppConfig
-from management.workers import serve_details, status_name
+from deployments.app_names import MODEL_APP_PREFIX
+from management.serve_configs import AppConfig
+from management.serve_state import CONFIG_ID, LiveApp, applications, live_apps, replica_apps, running_replicas
 from cluster.version import __version__
 
 logger = logging.getLogger(__name__)
@@ -44,8 +45,7 @@ def code_version() -> str:
     return __version__
 
 
-#: The key of ``user_config`` that carries the app's config fingerprint (see the module docstring).
-CONFIG_ID = "config_id"
+_BIND_ATTEMPTS = 3
 
 
 def _bind(app: AppConfig):
@@ -54,23 +54,24 @@ def _bind(app: AppConfig):
     version = options.pop("version")
     target = {GENERIC_POOL_DEPLOYMENT: GenericPool, GRPC_FRONT_DEPLOYMENT: GrpcFront,
               PROTOCOL_FRONT_DEPLOYMENT: ProtocolFront}.get(app.deployment_name, ModelServer)
-    deployment = serve.deployment(target).options(version=version, _internal=True, **options)
+    for attempt in range(_BIND_ATTEMPTS):
+        try:
+            deployment = serve.deployment(target).options(version=version, _internal=True, **options)
+            break
+        except ValueError as exc:
+            # Ray Serve's RequestRouterConfig registers and unregisters a module with cloudpickle around
+            # each construction, process-wide; one built at the same moment on another of the replica's
+            # threads (Serve's own) unregisters it under this one: "... is not registered for pickle by
+            # value". Building is pure, so building again is safe (seen once in ~20 full test runs).
+            if "registered for pickle by value" not in str(exc) or attempt == _BIND_ATTEMPTS - 1:
+                raise
+            logger.info("building %s's deployment raced Ray's pickle registration; building it again", app.app_name)
     return deployment.bind(**app.init_kwargs)
 
 
 #: How long a mutation waits for running applications to apply its change (a few control loops, normally).
 APPLY_TIMEOUT_S = 10.0
 _POLL_S = 0.02
-
-
-@dataclass(frozen=True)
-class LiveApp:
-    """What Serve runs now under one application name."""
-
-    route_prefix: Optional[str]
-    status: str
-    running: int  # RUNNING replicas
-    config_id: Optional[str] = None  # the fingerprint of the config it was last given (``CONFIG_ID``)
 
 
 def deploy_apps(apps: Iterable[AppConfig], wait: bool = False, ingress: Optional[route_probe.Ingress] = None,
@@ -125,12 +126,6 @@ def new_route_owners(apps: list[AppConfig], changed: list[AppConfig], live: dict
     return owners
 
 
-def replica_apps() -> dict[str, str]:
-    """Replica id (as replicas put it in ``x-modelpool-replica``) -> its application, from Serve's details."""
-    return {replica.get("replica_id"): name for name, app in serve_details().get("applications", {}).items()
-            for deployment in app.get("deployments", {}).values() for replica in deployment.get("replicas", [])}
-
-
 def fingerprint(app: AppConfig) -> str:
     """Everything ``serve.run`` is given for an app: equal fingerprints deploy the same thing."""
     payload = [app.route_prefix, app.deployment_name, app.deployment_options, app.init_kwargs]
@@ -152,23 +147,6 @@ def changes_in_place(app: AppConfig, live: Optional[LiveApp]) -> bool:
     return int(wanted or 0) <= live.running
 
 
-def live_apps() -> dict[str, LiveApp]:
-    """App name -> route, status, RUNNING replicas and config fingerprint of what Serve runs now.
-
-    The status comes from ``serve.status()``: Serve's details are refreshed by its control loop, so an app
-    deleted a moment ago still shows RUNNING there, while its status says DELETING at once."""
-    statuses = {name: status_name(app.status) for name, app in serve.status().applications.items()}
-    result = {}
-    for name, app in serve_details().get("applications", {}).items():
-        deployments = list(app.get("deployments", {}).values())
-        replicas = [r for d in deployments for r in d.get("replicas", [])]
-        user_config = ((deployments[0].get("deployment_config") or {}).get("user_config") or {}) if deployments else {}
-        result[name] = LiveApp(app.get("route_prefix"), statuses.get(name, status_name(app.get("status", ""))),
-                               sum(1 for r in replicas if status_name(r.get("state")) == "RUNNING"),
-                               user_config.get(CONFIG_ID) if isinstance(user_config, dict) else None)
-    return result
-
-
 def current_routes() -> dict[str, str]:
     """App name -> route prefix of what Serve runs now."""
     return {name: app.route_prefix for name, app in live_apps().items()}
@@ -184,9 +162,9 @@ def wait_until_applied(app_names: Iterable[str], timeout_s: float) -> list[str]:
     pending = set(app_names)
     deadline = time.monotonic() + timeout_s
     while pending:
-        applications = serve.status().applications
+        statuses = applications()
         for name in list(pending):
-            app = applications.get(name)
+            app = statuses.get(name)
             if app is None or app.status != "DEPLOYING":
                 pending.discard(name)
         if not pending or time.monotonic() > deadline:
@@ -197,8 +175,8 @@ def wait_until_applied(app_names: Iterable[str], timeout_s: float) -> list[str]:
 
 def has_replicas(app_names: Iterable[str], app_name: str, at_least: int) -> bool:
     """True when the apps run and ``app_name`` has ``at_least`` RUNNING replicas: nothing is pending."""
-    applications = serve.status().applications
-    if any(name in applications and applications[name].status != "RUNNING" for name in app_names):
+    statuses = applications()
+    if any(name in statuses and statuses[name].status != "RUNNING" for name in app_names):
         return False
     return running_replicas(app_name) >= at_least
 
@@ -214,7 +192,7 @@ def _route_safe_batches(apps: list[AppConfig], routes: dict[str, str]) -> list[l
 
 
 def model_app_names() -> list[str]:
-    return [name for name in serve.status().applications if name.startswith(MODEL_APP_PREFIX)]
+    return [name for name in applications() if name.startswith(MODEL_APP_PREFIX)]
 
 
 def delete_app(app_name: str, wait: bool = True) -> None:
@@ -226,9 +204,9 @@ def wait_until_running(app_names: Iterable[str], timeout_s: float) -> None:
     pending = set(app_names)
     deadline = time.monotonic() + timeout_s
     while pending and time.monotonic() < deadline:
-        status = serve.status()
+        statuses = applications()
         for name in list(pending):
-            app = status.applications.get(name)
+            app = statuses.get(name)
             if app is not None and app.status == "RUNNING":
                 pending.discard(name)
             elif app is not None and app.status == "DEPLOY_FAILED":
@@ -237,13 +215,6 @@ def wait_until_running(app_names: Iterable[str], timeout_s: float) -> None:
             time.sleep(0.25)
     if pending:
         raise TimeoutError(f"applications not running after {timeout_s:.0f}s: {sorted(pending)}")
-
-
-def running_replicas(app_name: str) -> int:
-    app = serve.status().applications.get(app_name)
-    if app is None:
-        return 0
-    return sum(d.replica_states.get("RUNNING", 0) for d in app.deployments.values())
 
 
 def wait_for_replicas(app_name: str, at_least: int, timeout_s: float) -> None:

@@ -13,7 +13,6 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from functools import partial
 from pathlib import Path
 from typing import Optional
 
@@ -26,10 +25,12 @@ from deployments.archive_formats import read_manifest
 from deployments.archive_fetch import store_source
 from deployments.errors import RequestError
 from cluster.url_patterns import parse_allowed_urls
-from deployments.model_source import UrlPolicy, resolve_model_url
-from management import answers, archive_intake, deployer, placement, route_probe, serve_configs, workers
+from deployments import app_names
+from management import answers, archive_intake, archive_leases, deployer, placement, route_probe, serve_configs, serve_state, workers
 from management.describe import describe_record
-from management.batch import leases
+from management.model_source import resolve_model_url
+from management.url_checks import UrlPolicy
+from management.url_download import s3_fetcher
 from management.params import ListParams, PoolParams, RegisterParams, ScaleParams
 from management.repository_service import RepositoryCalls
 from management.rollout_wait import wait_for_rollout
@@ -52,7 +53,7 @@ class ModelManager(RepositoryCalls):
         self._lock = threading.RLock()  # one mutation at a time per replica; the registry is the truth
         self.reconciled = threading.Event()
         # describe / pool status / services read replica facts at most once a second (quick calls stay quick)
-        self._details = TtlCache(workers.serve_details, ttl_s=1.0)
+        self._details = TtlCache(serve_state.serve_details, ttl_s=1.0)
         # this node's ingress: after a change moves routes, answer once it routes them (read your writes)
         self.ingress = route_probe.Ingress(settings.http_url, {"Authorization": f"Bearer {settings.management_token}"}
                                            if settings.management_token else {})
@@ -80,7 +81,7 @@ class ModelManager(RepositoryCalls):
         # the next default takes, and Serve refuses a prefix a live app holds (a deleting one is fine).
         deleted = []
         for app_name in deployer.model_app_names():
-            parsed = serve_configs.parse_app_name(app_name)
+            parsed = app_names.parse_app_name(app_name)
             if app_name not in wanted and (only_model is None or (parsed and parsed[0] == only_model)):
                 deployer.delete_app(app_name, wait=False)
                 deleted.append(app_name)
@@ -129,7 +130,7 @@ class ModelManager(RepositoryCalls):
         ``at_startup``: registered from the model store by ``modelpool start`` (describe's loadedAtStartup)."""
         local = resolve_model_url(params.url, model_store=self.settings.model_store_path,
                                   download_dir=self.settings.cache_path / "url-downloads", policy=self.policy,
-                                  fetch_s3=partial(archive_intake.fetch_s3, self.settings))
+                                  fetch_s3=s3_fetcher(self.settings))
         manifest = read_manifest(local, handler=params.handler)  # handler= replaces the manifest's, checked like it
         name = check_model_name(params.model_name or manifest.name)
         version = check_model_version(manifest.version)
@@ -218,7 +219,7 @@ class ModelManager(RepositoryCalls):
             return 202, {"status": answers.PROCESSING}
         target = (record.name, record.version, low)
         if params.timeout == 0:  # answer at once: 200 only if nothing is pending
-            done = deployer.has_replicas(apps, serve_configs.app_name(record.name, record.version), low)
+            done = deployer.has_replicas(apps, app_names.app_name(record.name, record.version), low)
             return (200, {"status": scaled}) if done else (202, {"status": answers.PROCESSING})
         wait_s = params.timeout if params.timeout > 0 else record.startup_timeout_s
         wait_for_rollout(apps, wait_s, f"model '{name}'", min_running=target,
@@ -243,7 +244,7 @@ class ModelManager(RepositoryCalls):
             pool = pools.get((record.name, record.version))
             dedicated = placement.is_dedicated(record, pool)
             _, low, high = placement.replica_bounds(record, pool)
-            app = serve_configs.app_name(record.name, record.version)
+            app = app_names.app_name(record.name, record.version)
             replicas = workers.workers(details, app, bool(record.number_gpu)) if dedicated else []
             concurrency = placement.replica_concurrency(self.settings, record.batch_size)
             result.append(describe_record(record, low if dedicated else 0, high if dedicated else 0, replicas,
@@ -270,7 +271,7 @@ class ModelManager(RepositoryCalls):
         deployer.deploy_apps(retiring)  # in place: answered once every replica knows (read your writes)
         self.apply(only_model=name)
         for record in records:
-            held_by = leases.delete_archive_unless_held(self.store, record.source)
+            held_by = archive_leases.delete_archive_unless_held(self.store, record.source)
             if held_by:
                 logger.info("kept the archive of %s/%s for the batch jobs still scoring with it: %s",
                             record.name, record.version, ", ".join(held_by))
@@ -323,7 +324,7 @@ class ModelManager(RepositoryCalls):
         record = self.record(name, version)
         dedicated = placement.is_dedicated(record, self.registry.get_pool(record.name, record.version))
         details = self._details.get() if dedicated else {}
-        return workers.pool_status(details, serve_configs.app_name(record.name, record.version))
+        return workers.pool_status(details, app_names.app_name(record.name, record.version))
 
     def delete_pool(self, name: str, version: str) -> dict:
         """The dedicated replicas go; the service returns to the generic pool. Repeating it is harmless."""
@@ -349,7 +350,7 @@ class ModelManager(RepositoryCalls):
     def _serving_apps(self) -> list[tuple[ModelRecord, str]]:
         """Every registered version and the Serve application that serves it (its own, or the generic pool)."""
         dedicated = {(c.name, c.version) for c in self._plan().dedicated}
-        return [(record, serve_configs.app_name(record.name, record.version)
+        return [(record, app_names.app_name(record.name, record.version)
                  if (record.name, record.version) in dedicated else serve_configs.GENERIC_POOL_APP)
                 for record in self.registry.list_models()]
 

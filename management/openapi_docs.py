@@ -1,22 +1,25 @@
-"""The OpenAPI description ``OPTIONS /`` answers: management completed, inference added, in OpenAPI 3.0.1.
+"""The OpenAPI description ``OPTIONS /`` answers: FastAPI's, from the routes, completed, in OpenAPI 3.0.1.
 
 The routes parse their parameters by hand (``RegisterParams.parse`` and friends: MMS-style query
-strings or JSON, errors in the project's shape), so FastAPI's generated description lists no query
-parameters, no bodies, no bearer token and a 422 the API never sends. A client generator or a fuzzer
-(schemathesis, BENCHMARKS.md "Robustness") needs the real contract, so it is added here from the
-same pydantic models that validate the requests, once, when the description is first built. As MMS
-does, the one document lists the inference APIs too (``management.openapi_inference``), and it is
-OpenAPI 3.0.1 as MMS and TorchServe answer (``management.openapi30``), not FastAPI's 3.1.
+strings or JSON, errors in the project's shape), so FastAPI cannot see them in the signatures. Each
+route states them on its decorator instead, from the same pydantic models that validate the requests
+(``openapi_extra=query_of(ScaleParams)``), with the answers and errors it can send
+(``responses=answers(404, ok={202: status(...)})``): the helpers for that are here, and so is what holds
+for every route (the bearer token, its 401, the error shape's 400, no 422), added by :func:`complete`
+once, when the description is first built. A client generator or a fuzzer (schemathesis, BENCHMARKS.md
+"Robustness") reads the result. As MMS does, the one document lists the inference APIs too
+(``management.openapi_inference``), and it is OpenAPI 3.0.1 as MMS and TorchServe answer
+(``management.openapi30``), not FastAPI's 3.1.
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 from pydantic import BaseModel
 
 from management.openapi30 import to_openapi_30
 from management.openapi_inference import add_inference
-from management.params import IDEMPOTENCY_KEY_PATTERN, ListParams, PoolParams, RegisterParams, ScaleParams
+from management.params import IDEMPOTENCY_KEY_PATTERN
 
 ERROR_SCHEMA = {
     "type": "object",
@@ -63,32 +66,14 @@ LIST_SCHEMA = {"type": "object", "required": ["models"], "properties": {
     "nextPageToken": {"type": "string", "nullable": True, "description": "pass as next_page_token for the next page"},
     "models": {"type": "array", "items": {"type": "object", "properties": {
         "modelName": {"type": "string"}, "modelUrl": {"type": "string", "nullable": True}}}}}}
-BATCH_BODY = {
-    "type": "object",
-    "properties": {
-        "service": {"type": "string"}, "version": {"type": "string"},
-        "records": {"type": "array", "items": {"type": ["array", "object"]}},
-        "input_uri": {"type": "string", "description": (
-            "s3://bucket/key or objects://key: Parquet (.parquet, .pq), CSV (.csv) or TSV (.tsv, .tab), CSV and TSV "
-            "with a header line and optionally compressed (.gz, .bz2, .zst, .lz4); another name is read as Parquet, "
-            "else as TSV when its first line has a tab and no comma, else as CSV")},
-        "parallel_count": {"type": "integer", "minimum": 1, "maximum": 1000},
-    },
-    "required": ["service"],
-}
-REPOSITORY_INDEX = "/v2/repository/index"
-REPOSITORY_LOAD = "/v2/repository/models/{model_name}/load"
-REPOSITORY_UNLOAD = "/v2/repository/models/{model_name}/unload"
 _PARAMETERS = {"type": "object", "description": "key/value pairs, as the Open Inference Protocol's parameters"}
 # Optional JSON bodies of the model repository routes (Triton's shapes; no body is the same as {}).
-REQUEST_BODIES: dict[tuple[str, str], dict[str, Any]] = {
-    ("post", REPOSITORY_INDEX): {"type": "object", "properties": {
-        "ready": {"type": "boolean", "description": "true: only the models ready for inference"}}},
-    ("post", REPOSITORY_LOAD): {"type": "object", "properties": {"parameters": {
-        **_PARAMETERS, "description": "accepted and ignored, except Triton's `config` and `file:...`, refused with 400"}}},
-    ("post", REPOSITORY_UNLOAD): {"type": "object", "properties": {"parameters": {
-        **_PARAMETERS, "properties": {"unload_dependents": {"type": "boolean", "description": "accepted, ignored"}}}}},
-}
+INDEX_BODY = {"type": "object", "properties": {
+    "ready": {"type": "boolean", "description": "true: only the models ready for inference"}}}
+LOAD_BODY = {"type": "object", "properties": {"parameters": {
+    **_PARAMETERS, "description": "accepted and ignored, except Triton's `config` and `file:...`, refused with 400"}}}
+UNLOAD_BODY = {"type": "object", "properties": {"parameters": {
+    **_PARAMETERS, "properties": {"unload_dependents": {"type": "boolean", "description": "accepted, ignored"}}}}}
 INDEX_ENTRY = {
     "type": "object",
     "properties": {"name": {"type": "string"}, "version": {"type": "string"},
@@ -97,71 +82,11 @@ INDEX_ENTRY = {
     "required": ["name", "version", "state", "reason"],
 }
 _EMPTY_200 = {"200": {"description": "done; the body is empty, as Triton answers"}}
-# (method, path) -> (parameters model, where it goes, the error statuses the route can answer)
-ROUTES: dict[tuple[str, str], tuple[Optional[type[BaseModel]], str, tuple[int, ...]]] = {
-    ("post", "/models"): (RegisterParams, "query", (400, 403, 404, 408, 409, 413, 500, 504)),
-    ("get", "/models"): (ListParams, "query", (400,)),
-    ("get", "/models/{model_name}"): (None, "", (400, 404)),
-    ("get", "/models/{model_name}/{model_version}"): (None, "", (400, 404)),
-    ("put", "/models/{model_name}"): (ScaleParams, "query", (400, 404, 500, 504)),
-    ("put", "/models/{model_name}/{model_version}"): (ScaleParams, "query", (400, 404, 500, 504)),
-    ("put", "/models/{model_name}/{model_version}/set-default"): (None, "", (400, 404)),
-    ("delete", "/models/{model_name}"): (None, "", (400, 404)),
-    ("delete", "/models/{model_name}/{model_version}"): (None, "", (400, 404)),
-    ("put", "/pools/{name}/{version}"): (PoolParams, "query", (400, 404, 408, 413, 500)),
-    ("get", "/pools/{name}/{version}"): (None, "", (400, 404)),
-    ("delete", "/pools/{name}/{version}"): (None, "", (400, 404)),
-    ("post", "/batches"): (None, "batch-body", (400, 404, 408, 413)),
-    ("get", "/batches"): (None, "", (400,)),
-    ("get", "/batches/{execution_id}"): (None, "", (400, 404)),
-    ("delete", "/batches/{execution_id}"): (None, "", (400, 404)),
-    ("post", "/batches/{execution_id}/cancel"): (None, "", (400, 404)),
-    ("get", "/batches/{execution_id}/results/{index}"): (None, "", (400, 404)),
-    ("get", "/batches/{execution_id}/results/{index}/artifacts"): (None, "", (400, 404)),
-    ("get", "/batches/{execution_id}/results/{index}/artifacts/{name}"): (None, "", (400, 404)),
-    ("post", REPOSITORY_INDEX): (None, "", (400, 408, 413)),
-    ("post", REPOSITORY_LOAD): (None, "", (400, 404, 408, 413, 500, 504)),
-    ("post", REPOSITORY_UNLOAD): (None, "", (400, 404, 408, 413)),
-}
-OPEN_PATHS = {"/ping", "/v2/health/live", "/v2/health/ready", "/v2"}  # health: no token
-def _status(description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Status"}}}}
-
-
-_SCALED = {"200": _status('synchronous: the workers run ("Workers scaled to N for model: ...")'),
-           "202": _status('asynchronous: "Processing worker updates..."')}
-_DESCRIBED = {"200": {"description": "the version(s), in TorchServe's keys", "content": {"application/json": {
-    "schema": {"type": "array", "items": {"$ref": "#/components/schemas/ModelDescription"}}}}}}
-# Answers FastAPI cannot see in the route's signature (found by the fuzzer with real batch ids).
-RESPONSES: dict[tuple[str, str], dict[str, Any]] = {
-    ("post", "/models"): {
-        "200": _status('registered; nothing pending: no workers asked for ("... registered with 0 initial workers. '
-                       '..."), or synchronous and the workers run'),
-        "202": _status('registered; the workers start asynchronously ("Processing worker updates...")')},
-    ("get", "/models"): {"200": {"description": "a page of models, in name order", "content": {
-        "application/json": {"schema": {"$ref": "#/components/schemas/ModelList"}}}}},
-    ("get", "/models/{model_name}"): _DESCRIBED,
-    ("get", "/models/{model_name}/{model_version}"): _DESCRIBED,
-    ("put", "/models/{model_name}"): _SCALED,
-    ("put", "/models/{model_name}/{model_version}"): _SCALED,
-    ("put", "/models/{model_name}/{model_version}/set-default"): {"200": _status("the default version changed")},
-    ("delete", "/models/{model_name}"): {"200": _status('"Model \"...\" unregistered"')},
-    ("delete", "/models/{model_name}/{model_version}"): {"200": _status('"Model \"...\" unregistered"')},
-    ("get", "/batches/{execution_id}/results/{index}/artifacts/{name}"): {
-        "200": {"description": "the file, as the handler wrote it",
-                "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}},
-    ("post", REPOSITORY_INDEX): {"200": {"description": "the index, sorted by name and version",
-                                         "content": {"application/json": {"schema": {"type": "array", "items": INDEX_ENTRY}}}}},
-    ("post", REPOSITORY_LOAD): _EMPTY_200,
-    ("post", REPOSITORY_UNLOAD): _EMPTY_200,
-    ("get", "/v2/health/ready"): {
-        "200": {"description": "every application runs", "content": {"application/json": {"schema": {
-            "type": "object", "properties": {"ready": {"type": "boolean", "const": True}}, "required": ["ready"]}}}},
-        "503": {"description": "not ready: what is not, and why", "content": {"application/json": {"schema": {
-            "type": "object", "properties": {"ready": {"type": "boolean", "const": False},
-                                             "notReady": {"type": "object", "additionalProperties": {"type": "string"}}},
-            "required": ["ready", "notReady"]}}}}},
-}
+#: ``openapi_extra`` of the routes that need no token (health).
+OPEN: dict[str, Any] = {"security": []}
+EMPTY_200 = {"description": "done; the body is empty, as Triton answers"}
+DESCRIBED = {"description": "the version(s), in TorchServe's keys", "content": {"application/json": {
+    "schema": {"type": "array", "items": {"$ref": "#/components/schemas/ModelDescription"}}}}}
 
 
 def describe(generated: dict[str, Any]) -> dict[str, Any]:
@@ -170,7 +95,8 @@ def describe(generated: dict[str, Any]) -> dict[str, Any]:
 
 
 def complete(spec: dict[str, Any]) -> dict[str, Any]:
-    """Add parameters, bodies, the bearer scheme and the real answers to FastAPI's description (in place)."""
+    """Add what holds for every route to FastAPI's description (in place): the bearer scheme on all but health,
+    (the routes that need none say so: ``OPEN``) with its 401 and the 400 of the error shape, the shared schemas, and no 422 (the API never sends one)."""
     spec.setdefault("components", {}).setdefault("securitySchemes", {})["bearer"] = {
         "type": "http", "scheme": "bearer", "description": "the management token (`modelpool start` prints its file)"}
     schemas = spec["components"].setdefault("schemas", {})
@@ -179,39 +105,63 @@ def complete(spec: dict[str, Any]) -> dict[str, Any]:
     schemas.update({"Error": ERROR_SCHEMA, "Status": STATUS_SCHEMA, "ModelDescription": DESCRIPTION_SCHEMA,
                     "ModelList": LIST_SCHEMA})
     for path, operations in spec.get("paths", {}).items():
-        for method, operation in operations.items():
+        for operation in operations.values():
             responses = operation.setdefault("responses", {})
             responses.pop("422", None)  # validation errors are 400s in the project's shape, never 422
-            if (method, path) in RESPONSES:
-                responses.pop("200", None)  # FastAPI's untyped "Successful Response"
-            responses.update(RESPONSES.get((method, path), {}))
-            if path in OPEN_PATHS:
-                operation["security"] = []
+            if operation.get("security") == OPEN["security"]:  # stated on the route: no token
                 continue
             operation["security"] = [{"bearer": []}]
-            model, where, statuses = ROUTES.get((method, path), (None, "", (400,)))
-            for status in (401, *statuses):
+            for status in (400, 401):
                 responses.setdefault(str(status), _error_response(status))
-            if model is not None:
-                operation["parameters"] = operation.get("parameters", []) + query_parameters(model)
-                # A request line past HAProxy's 16 kB buffer (a long url of non-ASCII characters is up to
-                # 6 bytes a character once percent-encoded) is refused by the ingress with its own HTML page.
-                responses["400"].setdefault("content", {})["text/html"] = {"schema": {"type": "string"}}
-            if (method, path) in REQUEST_BODIES:
-                operation["requestBody"] = {"required": False, "content": {
-                    "application/json": {"schema": REQUEST_BODIES[(method, path)]}}}
-            if (method, path) == ("post", "/models"):  # TorchServe takes the same parameters as a JSON body
-                operation["requestBody"] = {"required": False, "content": {
-                    "application/json": {"schema": json_body(RegisterParams)}}}
-                for parameter in operation["parameters"]:
-                    parameter["required"] = False  # url comes in the query or in the body
-            if where == "batch-body":
-                operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": BATCH_BODY}}}
-                operation["parameters"] = operation.get("parameters", []) + [{
-                    "name": "Idempotency-Key", "in": "header", "required": False,
-                    "description": "a retry with the same key gets the job the first request started, not a second one",
-                    "schema": {"type": "string", "minLength": 1, "maxLength": 128, "pattern": IDEMPOTENCY_KEY_PATTERN}}]
     return spec
+
+
+# ---------------------------------------------------------------------------------- on the routes' decorators
+def answers(*errors: int, ok: dict[int, dict[str, Any]] | None = None,
+            params: bool = False) -> dict[int | str, dict[str, Any]]:
+    """A route's ``responses=``: its answers (``ok={202: status("...")}``) and the error statuses it can send
+    (400 and 401 hold for every route behind the token and are added by :func:`complete`).
+
+    ``params``: the route reads a parameters model from the request line, which the ingress refuses with its
+    own HTML page when it is past HAProxy's 16 kB buffer (a long url of non-ASCII characters is up to 6 bytes a
+    character once percent-encoded)."""
+    documented: dict[int | str, dict[str, Any]] = {str(code): answer for code, answer in (ok or {}).items()}
+    for status in errors:
+        documented[str(status)] = _error_response(status)
+    if params:
+        documented["400"] = _error_response(400)
+        documented["400"]["content"]["text/html"] = {"schema": {"type": "string"}}
+    return documented
+
+
+def status(description: str) -> dict[str, Any]:
+    """An answer of TorchServe's ``{"status": "..."}`` shape."""
+    return json_answer(description, {"$ref": "#/components/schemas/Status"})
+
+
+def json_answer(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def query_of(model: type[BaseModel]) -> dict[str, Any]:
+    """A route's ``openapi_extra`` for a parameters model read from the query string."""
+    return {"parameters": query_parameters(model)}
+
+
+def query_or_body_of(model: type[BaseModel]) -> dict[str, Any]:
+    """``openapi_extra`` for parameters taken from the query string or, as TorchServe also takes them, a JSON body."""
+    return {"parameters": [{**parameter, "required": False} for parameter in query_parameters(model)],
+            "requestBody": {"required": False, "content": {"application/json": {"schema": json_body(model)}}}}
+
+
+def body_of(schema: dict[str, Any], required: bool = False) -> dict[str, Any]:
+    """``openapi_extra`` for a JSON body the route reads itself (FastAPI cannot see it in the signature)."""
+    return {"requestBody": {"required": required, "content": {"application/json": {"schema": schema}}}}
+
+
+IDEMPOTENCY_KEY_HEADER = {"name": "Idempotency-Key", "in": "header", "required": False, "description": (
+    "a retry with the same key gets the job the first request started, not a second one"), "schema": {
+    "type": "string", "minLength": 1, "maxLength": 128, "pattern": IDEMPOTENCY_KEY_PATTERN}}
 
 
 def query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:

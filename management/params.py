@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from cluster.settings import DEFAULT_RESPONSE_TIMEOUT_S, DEFAULT_STARTUP_TIMEOUT_S
 from deployments.errors import RequestError
 
 IDEMPOTENCY_KEY_PATTERN = r"^[A-Za-z0-9._:-]+$"
@@ -73,9 +74,9 @@ class RegisterParams(_Params):
     max_batch_delay: Optional[float] = Field(None, ge=0, le=60_000, description="milliseconds")
     initial_workers: int = Field(0, ge=0, le=1024)
     synchronous: bool = False
-    response_timeout: float = Field(120, gt=0, le=3600, description="seconds a call may take: past it the "
+    response_timeout: float = Field(DEFAULT_RESPONSE_TIMEOUT_S, gt=0, le=3600, description="seconds a call may take: past it the "
                                     "caller gets 504 and a replica whose handler still runs is replaced")
-    startup_timeout: float = Field(120, gt=0, le=3600, description="seconds a synchronous registration waits for "
+    startup_timeout: float = Field(DEFAULT_STARTUP_TIMEOUT_S, gt=0, le=3600, description="seconds a synchronous registration waits for "
                                    "its workers to start (TorchServe's startup_timeout)")
     idempotency_key: Optional[str] = Field(None, min_length=1, max_length=128, pattern=IDEMPOTENCY_KEY_PATTERN,
                                            description="the Idempotency-Key header: a retry with the same key "

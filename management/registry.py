@@ -23,6 +23,7 @@ from typing import Any, Optional, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from cluster.object_store import ObjectNotFound, ObjectStore, check_key
+from cluster.settings import DEFAULT_STARTUP_TIMEOUT_S
 from deployments.errors import RequestError
 from deployments.manifest import check_segment
 
@@ -103,7 +104,7 @@ class ModelRecord(_Record):
     max_workers: int
     number_gpu: int = 0
     response_timeout_s: float
-    startup_timeout_s: float = 120.0  # how long its workers may take to start (TorchServe's startup_timeout)
+    startup_timeout_s: float = DEFAULT_STARTUP_TIMEOUT_S  # how long its workers may take to start (TorchServe's startup_timeout)
     drain_timeout_s: float = -1.0  # the last scale's timeout: how long stopped workers may drain (-1: no limit)
     loaded_at_startup: bool = False  # registered from the model store by `modelpool start` (TorchServe's loadedAtStartup)
     manifest: dict[str, Any] = Field(default_factory=dict)

@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import Optional
 
 from deployments.errors import RequestError
-from management import deployer, serve_configs
+from deployments import app_names
+from management import deployer
 
 
 def wait_for_rollout(apps: list[str], timeout_s: float, what: str,
@@ -22,7 +23,7 @@ def wait_for_rollout(apps: list[str], timeout_s: float, what: str,
         deployer.wait_until_running(apps, timeout_s)
         if min_running is not None:
             name, version, replicas = min_running
-            deployer.wait_for_replicas(serve_configs.app_name(name, version), replicas, timeout_s)
+            deployer.wait_for_replicas(app_names.app_name(name, version), replicas, timeout_s)
     except TimeoutError as exc:
         raise RequestError(f"{what}: {exc}; the request is recorded and its replicas keep starting",
                            status=504, field=field) from None

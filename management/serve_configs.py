@@ -21,15 +21,13 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
+from cluster.settings import DEFAULT_MAX_BODY_BYTES, DEFAULT_RESPONSE_TIMEOUT_S
 from deployments.autoscaling import POLICY as AUTOSCALING_POLICY
 from deployments.codecs import PROTOCOLS
-from deployments.grpc_front import GRPC_FRONT_APP, GRPC_FRONT_DEPLOYMENT, route_key
-from deployments.http_routes import (GENERIC_POOL_APP, GENERIC_POOL_DEPLOYMENT, GENERIC_POOL_ROUTE,
-                                     PROTOCOL_FRONT_APPS, PROTOCOL_FRONT_DEPLOYMENT)
-from deployments.loaded_model import DEFAULT_RESPONSE_TIMEOUT_S
-
-MODEL_APP_PREFIX = "model:"
-MANAGEMENT_APP = "management"  # at route prefix "/"; the gRPC front sends it the calls that name no model
+from deployments.app_names import (GENERIC_POOL_APP, GENERIC_POOL_DEPLOYMENT, GENERIC_POOL_ROUTE, GRPC_FRONT_APP,
+                                   GRPC_FRONT_DEPLOYMENT, MANAGEMENT_APP, PROTOCOL_FRONT_APPS,
+                                   PROTOCOL_FRONT_DEPLOYMENT, app_name, deployment_name)
+from deployments.grpc_front import route_key
 
 
 @dataclass(frozen=True)
@@ -55,10 +53,10 @@ class ModelConfig:
     upscale_delay_s: float = 5.0
     downscale_delay_s: float = 30.0
     look_back_period_s: float = 30.0   # Serve's window for averaging ongoing requests (its default)
-    max_body_bytes: int = 16 << 20
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     health_check_period_s: float = 10.0
     health_check_timeout_s: float = 30.0
-    request_timeout_s: float = 120.0
+    request_timeout_s: float = DEFAULT_RESPONSE_TIMEOUT_S
     drain_timeout_s: Optional[float] = None  # how long a stopping replica may finish its requests (None: as they take)
     pool_versions: tuple[str, ...] = ()  # versions of this model served by the generic pool
     object_store: Optional[dict] = None  # how replicas open the object store holding the archive
@@ -75,18 +73,6 @@ class AppConfig:
     deployment_name: str
     deployment_options: dict[str, Any]
     init_kwargs: dict[str, Any] = field(default_factory=dict)
-
-
-def app_name(name: str, version: str) -> str:
-    return f"{MODEL_APP_PREFIX}{name}:{version}"
-
-
-def parse_app_name(app: str) -> Optional[tuple[str, str]]:
-    """(name, version) of a model app, or None for any other app."""
-    if not app.startswith(MODEL_APP_PREFIX):
-        return None
-    name, _, version = app[len(MODEL_APP_PREFIX):].rpartition(":")
-    return (name, version) if name else None
 
 
 def route_prefix(name: str, version: str, is_default: bool) -> str:
@@ -181,7 +167,7 @@ class PoolConfig:
     num_cpus: float = 0.25
     max_ongoing_requests: int = 128
     target_ongoing_requests: float = 32.0
-    max_body_bytes: int = 16 << 20
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     object_store: Optional[dict] = None
     serving: dict = field(default_factory=dict)
     logging: dict = field(default_factory=dict)
@@ -301,10 +287,6 @@ def protocol_front_app_configs(dedicated: list["ModelConfig"], catalog: dict, kn
             options["logging_config"] = dict(pool.logging)
         apps.append(AppConfig(app, PROTOCOLS[protocol].ROUTE_PREFIX, PROTOCOL_FRONT_DEPLOYMENT, options, init_kwargs))
     return apps
-
-
-def deployment_name(name: str, version: str) -> str:
-    return f"{name}_v{version}".replace(".", "_")
 
 
 def describe(model: ModelConfig) -> dict[str, Any]:

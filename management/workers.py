@@ -1,7 +1,8 @@
-"""Live replica facts from the Serve controller: workers of a model, per-node pool status.
+"""Live replica facts in the shapes the APIs answer with: workers of a model, per-node pool status.
 
-Read from ``get_serve_instance_details`` (what Serve's own REST API serves), so it needs no
-dashboard. Memory is read with psutil for replicas on this node; elsewhere it is reported as null.
+Shaped from the controller's details that ``management.serve_state`` reads (callers pass them in, so
+one read serves a whole answer). Memory is read with psutil for replicas on this node; elsewhere it is
+reported as null.
 """
 from __future__ import annotations
 
@@ -10,30 +11,11 @@ from typing import Any, Optional
 
 import psutil
 import ray
-from ray.serve.context import _get_global_client
-
 from management.repository import Serving
+from management.serve_state import app_deployment, running_in, status_name
 
 _WORKER_STATUS = {"RUNNING": "READY", "STARTING": "LOADING", "UPDATING": "LOADING", "RECOVERING": "LOADING",
                   "PENDING_MIGRATION": "READY", "STOPPING": "STOPPING"}
-
-
-def status_name(value: object) -> str:
-    """Serve's status enums print as 'ApplicationStatus.RUNNING'; people and scripts want 'RUNNING'."""
-    return str(getattr(value, "value", value))
-
-
-def serve_details() -> dict:
-    client = _get_global_client()
-    return ray.get(client._controller.get_serve_instance_details.remote())
-
-
-def app_deployment(details: dict, app_name: str) -> Optional[dict]:
-    app = details.get("applications", {}).get(app_name)
-    if not app:
-        return None
-    deployments = list(app.get("deployments", {}).values())
-    return deployments[0] if deployments else None
 
 
 def _memory(replica: dict, local_node: str) -> Optional[int]:
@@ -89,26 +71,9 @@ def pool_status(details: dict, app_name: str) -> list[dict[str, Any]]:
     return statuses
 
 
-def _running(app: dict) -> int:
-    replicas = [r for d in app.get("deployments", {}).values() for r in d.get("replicas", [])]
-    return sum(1 for r in replicas if status_name(r.get("state")) == "RUNNING")
-
-
-def running_replicas(details: dict) -> dict[tuple[str, str], int]:
-    """RUNNING replicas of every model app, keyed (model, version): the ``modelpool_replicas`` gauge."""
-    from management.serve_configs import parse_app_name
-
-    counts: dict[tuple[str, str], int] = {}
-    for name, app in details.get("applications", {}).items():
-        parsed = parse_app_name(name)
-        if parsed is not None:
-            counts[parsed] = _running(app)
-    return counts
-
-
 def serving(details: dict, app_name: str) -> Serving:
     """What the repository index needs to know about one application: status, message, RUNNING replicas."""
     app = details.get("applications", {}).get(app_name)
     if not app:
         return Serving("NOT_DEPLOYED")
-    return Serving(status_name(app.get("status", "NOT_DEPLOYED")), str(app.get("message") or ""), _running(app))
+    return Serving(status_name(app.get("status", "NOT_DEPLOYED")), str(app.get("message") or ""), running_in(app))

@@ -4,58 +4,21 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import secrets
-import signal
 import sys
 import time
-import urllib.error
-import urllib.request
+from functools import partial
 from pathlib import Path
 from typing import Optional, Sequence
 
-from cluster import runtime
+from cluster import local_cluster, runtime
 from cluster.net import is_loopback_host
-from cluster.settings import Settings, SettingsError, add_settings_arguments, check_exposure, settings_from_args
+from cluster.paths import state_path
+from cluster.settings import Settings, SettingsError, add_settings_arguments, settings_from_args
 
 EXAMPLE_REQUEST = '{"inputs":[{"name":"input-0","shape":[1,4],"datatype":"FP64","data":[5.1,3.5,1.4,0.2]}]}'
 
-
-def _http_ready(url: str, timeout_s: float) -> None:
-    """Wait until the ingress answers /v2/health/ready with 200 (HAProxy learns routes a bit after Serve)."""
-    deadline = time.monotonic() + timeout_s
-    last = "no answer"
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=5) as response:
-                if response.status == 200:
-                    return
-                last = f"HTTP {response.status}"
-        except urllib.error.HTTPError as exc:
-            last = f"HTTP {exc.code}: {exc.read()[:200]!r}"
-        except OSError as exc:
-            last = str(exc)
-        time.sleep(0.5)
-    raise TimeoutError(f"{url}/v2/health/ready not ready after {timeout_s:.0f}s ({last})")
-
-
 #: Serve's gRPC ingress registers V2's GRPCInferenceService from this (deployments/protos/service.py).
 GRPC_SERVICER_FUNCTION = "deployments.protos.service.add_inference_servicer_to_server"
-
-
-def management_token(settings: Settings) -> str:
-    """The configured token, else the one saved in HOME, else a new one saved there (mode 0600)."""
-    if settings.management_token:
-        return settings.management_token
-    path = settings.token_path
-    if path.exists():
-        return path.read_text().strip()
-    token = secrets.token_urlsafe(32)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(descriptor, "w") as handle:
-        handle.write(token)
-    return token
 
 
 def deploy_management(settings: Settings, token: str) -> None:
@@ -63,54 +26,44 @@ def deploy_management(settings: Settings, token: str) -> None:
     from ray import serve
     from ray.serve.api import RunTarget
 
-    from management.serve_configs import MANAGEMENT_APP
+    from deployments.app_names import MANAGEMENT_APP
     from management.serve_entrypoint import build_management
 
     serve.run_many([RunTarget(target=build_management(settings, token), name=MANAGEMENT_APP, route_prefix="/")],
                    wait_for_applications_running=False)
 
 
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+def _complain(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
 def cmd_start(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
-    check_exposure(settings)  # before anything starts: a refused start leaves nothing behind
-    settings.home_path.mkdir(parents=True, exist_ok=True)
-    settings.model_store_path.mkdir(parents=True, exist_ok=True)
+    local_cluster.prepare_home(settings)
     if settings.examples:
         from deployments.examples import build_examples
 
         build_examples(settings.model_store_path)
-    started_here = not settings.address
     started = time.monotonic()
-    if started_here:
-        print(f"starting a local Ray head on 127.0.0.1:{settings.ray_port} ...", flush=True)
-        address = runtime.start_local_head(settings)
-    else:
-        address = settings.address
-    runtime.write_state(settings, {"address": address, "started_here": started_here, "url": settings.http_url})
-    try:
-        token = management_token(settings)
-        runtime.connect(address)
-        runtime.start_serve(settings, [GRPC_SERVICER_FUNCTION])
-        deploy_management(settings, token)
-        _http_ready(settings.http_url, settings.start_timeout_s)
-    except BaseException:
-        print("start failed; stopping what was started", file=sys.stderr)
-        _stop(settings)
-        raise
+    local_cluster.start(settings, partial(deploy_management, settings), [GRPC_SERVICER_FUNCTION],
+                        progress=_say, trouble=_complain)
     _print_banner(settings, time.monotonic() - started)
     if args.block:
-        _block_until_signal()
-        _stop(settings)
+        local_cluster.wait_for_signal()
+        local_cluster.stop(settings)
     return 0
 
 
 def _print_banner(settings: Settings, elapsed_s: float) -> None:
-    from ray import serve
-
-    from management.serve_configs import parse_app_name
+    from deployments.app_names import parse_app_name
+    from management.serve_state import applications
 
     models: dict[str, list[str]] = {}
-    for name in serve.status().applications:
+    for name in applications():
         parsed = parse_app_name(name)
         if parsed:
             models.setdefault(parsed[0], []).append(parsed[1])
@@ -143,49 +96,18 @@ def banner_lines(settings: Settings, models: dict[str, list[str]], elapsed_s: fl
     return lines
 
 
-def _block_until_signal() -> None:
-    stop = {"now": False}
-
-    def handler(*_: object) -> None:
-        stop["now"] = True
-
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
-    while not stop["now"]:
-        time.sleep(0.5)
-
-
-def _stop(settings: Settings) -> None:
-    state = runtime.read_state(settings) or {"started_here": not settings.address, "address": settings.address}
-    if state.get("started_here", True):
-        try:
-            import ray
-
-            if ray.is_initialized():
-                ray.shutdown()
-        except Exception:  # noqa: BLE001 - stopping anyway
-            pass
-        runtime.stop_local_head()
-    else:
-        runtime.connect(state["address"])
-        from ray import serve
-
-        serve.shutdown()
-    runtime.state_path(settings).unlink(missing_ok=True)
-
-
 def cmd_stop(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
-    _stop(settings)
+    local_cluster.stop(settings)
     print("modelpool stopped")
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
-    state = runtime.read_state(settings)
+    state = local_cluster.read_state(settings.home_path)
     if state is None and not settings.address:
-        print("modelpool is not running (no cluster state in " + str(runtime.state_path(settings)) + ")")
+        print("modelpool is not running (no cluster state in " + str(state_path(settings.home_path)) + ")")
         return 1
     address = settings.address or state["address"]
     try:
@@ -193,14 +115,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     except Exception as exc:  # noqa: BLE001 - report, not crash
         print(f"cannot reach Ray at {address}: {exc}")
         return 1
-    from ray import serve
+    from management.serve_state import applications, status_name
 
-    from management.workers import status_name
-
-    status = serve.status()
     rows = {name: {"status": status_name(app.status), "deployments": {d: {"status": status_name(s.status), "replicas": s.replica_states}
                                                               for d, s in app.deployments.items()}}
-            for name, app in status.applications.items()}
+            for name, app in applications().items()}
     if args.json:
         print(json.dumps({"address": address, "url": (state or {}).get("url", settings.http_url), "applications": rows}, indent=2))
     else:

@@ -22,6 +22,8 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 
 import requests
 
+from cluster.paths import HOME_ENV, home_dir
+from cluster.settings import env_name
 from modelpool.client import DEFAULT_URL, Batch, Client, ModelpoolError, Service
 from modelpool.records import read_delimited
 
@@ -92,13 +94,11 @@ def default_url() -> str:
     """$MODELPOOL_URL, else the URL ``modelpool start`` saved in the cluster state, else the default."""
     if os.environ.get(URL_ENV):
         return os.environ[URL_ENV]
-    from cluster import runtime
-    from cluster.settings import SettingsError
+    from cluster.local_cluster import read_state
 
-    home = Path(os.environ.get("MODELPOOL_HOME") or "~/.modelpool").expanduser()
     try:
-        state = runtime.read_state(runtime.load_settings_for_home(home))
-    except (SettingsError, OSError):
+        state = read_state(home_dir())
+    except OSError:
         state = None
     return (state or {}).get("url") or DEFAULT_URL
 
@@ -356,7 +356,7 @@ def run(command: Callable[[Client, argparse.Namespace], Outcome], args: argparse
         code = 2 if 400 <= exc.status < 500 else 1
         code = _report(f"{exc.message}{field}", code)
         if exc.status == 401:
-            print("hint: pass --token, or set MODELPOOL_MANAGEMENT_TOKEN, or MODELPOOL_HOME to the cluster's home",
+            print(f"hint: pass --token, or set {env_name('management_token')}, or {HOME_ENV} to the cluster's home",
                   file=sys.stderr)
         return code
     except requests.Timeout:

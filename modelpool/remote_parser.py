@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 from typing import Callable
 
+from cluster.paths import HOME_ENV, TOKEN_FILE
+from cluster.settings import DEFAULT_RESPONSE_TIMEOUT_S, env_name
 from modelpool.client import DEFAULT_URL
 from modelpool.remote import (URL_ENV, batches_artifacts, batches_cancel, batches_download, batches_list,
                               batches_results, batches_start, batches_status, batches_wait, models_describe,
@@ -23,7 +25,7 @@ def _common() -> argparse.ArgumentParser:
                         help=f"the cluster's HTTP address [env {URL_ENV}; else the URL `modelpool start` saved; "
                              f"else {DEFAULT_URL}]")
     common.add_argument("--token", default=None,
-                        help="management token [default: MODELPOOL_MANAGEMENT_TOKEN, else MODELPOOL_HOME/management_token]")
+                        help=f"management token [default: {env_name('management_token')}, else {HOME_ENV}/{TOKEN_FILE}]")
     common.add_argument("--json", action="store_true", help="print the server's JSON (indented) and nothing else on stdout")
     common.add_argument("--timeout", type=float, default=60.0, help="seconds per HTTP request (60)")
     return common
@@ -72,7 +74,8 @@ def add_remote_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--initial-workers", type=int, default=0, help="0: served by the generic pool")
     p.add_argument("--synchronous", action="store_true", help="answer once the workers run")
     p.add_argument("--response-timeout", type=float, default=None,
-                   help="seconds an inference may take (default 120): past it, 504 and the replica is replaced")
+                   help=f"seconds an inference may take (default {DEFAULT_RESPONSE_TIMEOUT_S:g}): past it, 504 and the "
+                        "replica is replaced")
     p.add_argument("--startup-timeout", type=float, default=None, help="seconds the server waits when --synchronous")
     p = leaf(models, "scale", models_scale, "change workers or batching of a version (the default when omitted)")
     p.add_argument("name")

@@ -13,19 +13,14 @@ from typing import Union
 
 import numpy as np
 
+from deployments.datatypes import V2_DATATYPES, byte_size, datatype_of
 from deployments.errors import RequestError
-from deployments.tensors import V2_DATATYPES, datatype_of
 
-__all__ = ["array_from_bytes", "array_to_bytes", "byte_size", "text_or_bytes"]
+__all__ = ["array_from_bytes", "array_to_bytes", "text_or_bytes"]
 
 Buffer = Union[bytes, bytearray, memoryview]
 _LENGTH = struct.Struct("<I")
 _BYTES_HINT = "each BYTES element is a 4-byte little-endian length followed by that many bytes"
-
-
-def byte_size(datatype: str, shape: tuple[int, ...]) -> int:
-    """Bytes a fixed-size tensor takes (BYTES has no fixed size: -1)."""
-    return -1 if datatype == "BYTES" else math.prod(shape) * V2_DATATYPES[datatype].itemsize
 
 
 def array_from_bytes(data: Buffer, datatype: str, shape: tuple[int, ...], field: str) -> np.ndarray:

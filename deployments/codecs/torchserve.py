@@ -36,7 +36,8 @@ from deployments.codecs.form_data import media_type, multipart_fields, urlencode
 from deployments.codecs.json_values import ARRAY_TYPES, describe, json_bytes, json_error_reason
 from deployments.codecs.plain_json import INPUT_NAME, parse_predict_request, rows_array
 from deployments.errors import RequestError
-from deployments.tensors import InferenceRequest, InferenceResult, Tensor, datatype_of
+from deployments.datatypes import datatype_of
+from deployments.tensors import InferenceRequest, InferenceResult, Tensor
 
 __all__ = ["NAME", "ROUTE_PREFIX", "parse_call", "decode", "encode", "error_body"]
 

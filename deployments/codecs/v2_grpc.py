@@ -19,7 +19,8 @@ from deployments.codecs.raw_tensors import array_from_bytes, array_to_bytes, tex
 from deployments.codecs.v2_json import MAX_TENSORS, check_datatype, check_shape
 from deployments.errors import RequestError
 from deployments.protos import open_inference_pb2 as pb
-from deployments.tensors import V2_DATATYPES, InferenceRequest, InferenceResult, RequestedOutput, Tensor, datatype_of
+from deployments.datatypes import V2_DATATYPES, datatype_of
+from deployments.tensors import InferenceRequest, InferenceResult, RequestedOutput, Tensor
 
 __all__ = ["decode", "encode", "grpc_status", "parameters_from_proto"]
 

@@ -32,7 +32,8 @@ from deployments.codecs.json_values import (
     ARRAY_TYPES, describe, fits_float, flatten, json_bytes, load_object, locate, show_int, show_shape,
 )
 from deployments.errors import RequestError
-from deployments.tensors import V2_DATATYPES, InferenceRequest, InferenceResult, RequestedOutput, Tensor, datatype_of
+from deployments.datatypes import V2_DATATYPES, datatype_of
+from deployments.tensors import InferenceRequest, InferenceResult, RequestedOutput, Tensor
 
 __all__ = ["MAX_TENSORS", "BinaryReader", "parse_infer_request", "tensor_from_array", "encode_infer_response",
            "check_datatype", "check_shape"]

@@ -23,8 +23,10 @@ from typing import Any
 
 import ray
 
-from management.batch import leases, results
-from management.batch.jobs import FINAL_STATES, input_location, is_cancelled, open_job_store, read_job, update_job
+from management import archive_leases
+from management.batch import results
+from management.batch.jobs import (FINAL_STATES, JobRecord, input_location, is_cancelled, open_job_store, read_job,
+                                   update_job)
 from management.batch.workers import RETRIES, WORKER_LOST, WorkerPool
 from management.registry import Registry
 
@@ -55,7 +57,7 @@ class BatchScheduler:
         for child in self.store.list_children("batches"):
             execution_id = child.rstrip("/")
             try:
-                if read_job(self.store, execution_id).get("state") not in FINAL_STATES:
+                if read_job(self.store, execution_id).state not in FINAL_STATES:
                     started += self.submit(execution_id)
             except Exception:  # noqa: BLE001 - an unreadable job must not stop the others
                 logger.exception("cannot resume batch %s", execution_id)
@@ -84,17 +86,17 @@ class BatchScheduler:
                 self._running.discard(execution_id)
 
     def _release_archive(self, execution_id: str) -> None:
-        """A job that ended gives back its hold on the model archive (see ``leases``)."""
+        """A job that ended gives back its hold on the model archive (see ``management.archive_leases``)."""
         try:
             job = read_job(self.store, execution_id)
-            if job.get("state") not in FINAL_STATES or not job.get("source"):
+            if job.state not in FINAL_STATES or not job.source:
                 return  # still to run (this scheduler stopped mid-job): the one that resumes it releases
 
             def still_registered() -> bool:
-                record = Registry(self.store).get_model(job["service"], job["version"])
-                return record is not None and record.source == job["source"]
+                record = Registry(self.store).get_model(job.service, job.version)
+                return record is not None and record.source == job.source
 
-            leases.release(self.store, job["source"], execution_id, still_registered)
+            archive_leases.release(self.store, job.source, execution_id, still_registered)
         except Exception:  # noqa: BLE001 - a lease left behind only keeps an archive longer
             logger.exception("could not release the model archive of batch %s", execution_id)
 
@@ -112,12 +114,12 @@ class _JobRun:
 
     def run(self) -> None:
         job = read_job(self.store, self.execution_id)
-        if job["state"] in FINAL_STATES:
+        if job.state in FINAL_STATES:
             return
-        job = update_job(self.store, self.execution_id, coordinatorStartedAt=time.time())
+        job = update_job(self.store, self.execution_id, coordinator_started_at=time.time())
         job = self._prepare(job)
         done = set(results.completed_parts(self.store, self.execution_id))
-        pending = [k for k in range(int(job["partitions"])) if k not in done]
+        pending = [k for k in range(int(job.partitions)) if k not in done]
         totals = results.counts(self.store, self.execution_id)  # once, for the parts a previous run wrote
         self.completed, self.failed = totals["completed"], totals["failed"]
         job = update_job(self.store, self.execution_id, state="Running", **self._progress())
@@ -129,12 +131,13 @@ class _JobRun:
                 if is_cancelled(self.store, self.execution_id):
                     self._stop(in_flight)
                     return
-                while pending and len(in_flight) < int(job["parallelCount"]):
+                while pending and len(in_flight) < job.parallel_count:
                     worker = pool.take()
                     if worker is None:
                         break
                     k = pending.pop(0)
-                    ref = worker.score.remote(self.scheduler.store_config, self.execution_id, k, job, self.scheduler.cache_dir)
+                    ref = worker.score.remote(self.scheduler.store_config, self.execution_id, k, job.to_json(),
+                                              self.scheduler.cache_dir)
                     in_flight[ref] = (worker, k)
                 if not in_flight:
                     time.sleep(0.05)
@@ -164,11 +167,11 @@ class _JobRun:
                     self.completed += scored["completed"]
                     self.failed += scored["failed"]
                 if scored_any:
-                    update_job(self.store, self.execution_id, firstPartAt=self.first_part_at, **self._progress())
+                    update_job(self.store, self.execution_id, first_part_at=self.first_part_at, **self._progress())
         finally:
             for worker, _k in in_flight.values():  # cancelled or failed: the workers go back to the pool
                 pool.give_back(worker)
-        update_job(self.store, self.execution_id, state="Complete", finishedAt=time.time(), **self._progress())
+        update_job(self.store, self.execution_id, state="Complete", finished_at=time.time(), **self._progress())
 
     def _stop(self, in_flight: dict) -> None:
         """Cancel: queued partitions never start; one already scoring may finish and stays readable.
@@ -180,41 +183,41 @@ class _JobRun:
         ray.wait(list(in_flight), num_returns=len(in_flight), timeout=60)
         totals = results.counts(self.store, self.execution_id)
         update_job(self.store, self.execution_id, state="Cancelled",
-                   completedItems=totals["completed"], failedItems=totals["failed"])
+                   completed_items=totals["completed"], failed_items=totals["failed"])
 
-    def _prepare(self, job: dict) -> dict:
+    def _prepare(self, job: JobRecord) -> JobRecord:
         """Plan the partitions of an input_uri job (records jobs were written at submit).
 
         A Parquet input is scored in place, each worker reading only the row groups its rows sit
         in; anything else (CSV) is converted once into the job's own Parquet input.
         """
-        if job.get("partitions") is not None:
+        if job.partitions is not None:
             return job
         from management.batch import inputs
 
         def fetch(uri: str):
             return input_location(self.scheduler.store_config, self.store, uri)
 
-        parquet = _parquet_shape(*fetch(job["inputUri"]))
+        parquet = _parquet_shape(*fetch(job.input_uri))
         if parquet is not None:
             rows, columns, row_groups = parquet
-            parallel = int(job["parallelCount"])
+            parallel = job.parallel_count
             # A partition reads whole row groups: with few, big groups, fewer and bigger
             # partitions read each group once instead of once per slice.
             partition_rows = max(inputs.partition_rows_for(rows, parallel), -(-rows // max(parallel, row_groups)))
             return update_job(self.store, self.execution_id, partitions=max(1, -(-rows // partition_rows)),
-                              partitionRows=partition_rows, totalItems=rows, inputColumns=columns,
-                              inputParquet=job["inputUri"], inputReadyAt=time.time())
+                              partition_rows=partition_rows, total_items=rows, input_columns=columns,
+                              input_parquet=job.input_uri, input_ready_at=time.time())
 
-        table = inputs.read_input_uri(job["inputUri"], fetch)
-        partition_rows = inputs.partition_rows_for(table.num_rows, int(job["parallelCount"]))
+        table = inputs.read_input_uri(job.input_uri, fetch)
+        partition_rows = inputs.partition_rows_for(table.num_rows, job.parallel_count)
         partitions = inputs.write_input(self.store, self.execution_id, table, partition_rows)
-        return update_job(self.store, self.execution_id, partitions=partitions, partitionRows=partition_rows,
-                          totalItems=table.num_rows, inputColumns=table.column_names, inputReadyAt=time.time())
+        return update_job(self.store, self.execution_id, partitions=partitions, partition_rows=partition_rows,
+                          total_items=table.num_rows, input_columns=table.column_names, input_ready_at=time.time())
 
     def _progress(self) -> dict:
         """Counted from the workers' answers: re-reading every part per completion would be quadratic."""
-        return {"completedItems": self.completed, "failedItems": self.failed}
+        return {"completed_items": self.completed, "failed_items": self.failed}
 
 
 def _parquet_shape(filesystem, path: str):

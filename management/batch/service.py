@@ -16,14 +16,20 @@ from cluster.object_store import ObjectNotFound, ObjectStore
 from cluster.settings import Settings
 from deployments.errors import RequestError
 from deployments.redact import public_message
-from management.batch import inputs, jobs, layout, leases, results, scheduler
+from management import archive_leases
+from management.batch import inputs, jobs, layout, results, scheduler
+from management.batch.jobs import JobRecord
+from management.batch.params import BatchParams
 from management.params import check_idempotency_key
 from management.registry import Registry
 
-DEFAULT_PARALLEL_COUNT = 10
 DEFAULT_RESULTS_PAGE = 1_000   # results travel in pages: a job may hold millions of rows
 MAX_RESULTS_PAGE = 100_000
 KEY_LOCK_STRIPES = 64
+#: job.json keys a state answer always carries, and the timings it carries once they are known
+_STATE_KEYS = ("service", "version", "state", "totalItems", "completedItems", "failedItems", "parallelCount",
+               "createdAt", "updatedAt")
+_TIMING_KEYS = ("coordinatorStartedAt", "inputReadyAt", "firstPartAt", "finishedAt")
 
 
 def _request_key(idempotency_key: str) -> str:
@@ -54,7 +60,7 @@ class BatchService:
         with self._key_locks[int(request_key[-8:], 16) % KEY_LOCK_STRIPES]:
             earlier = self._accepted_with(request_key)
             if earlier is not None:
-                return {"executionId": earlier, "state": self._job(earlier)["state"]}
+                return {"executionId": earlier, "state": self._job(earlier).state}
             answer = self._submit(body)
             self.store.write_bytes(request_key, answer["executionId"].encode())
             return answer
@@ -66,51 +72,32 @@ class BatchService:
             return None
 
     def _submit(self, body: Any) -> dict:
-        if not isinstance(body, dict):
-            raise RequestError("send a JSON object: {\"service\", \"version\", \"records\" | \"input_uri\", \"parallel_count\"}",
-                               field="body")
-        record = self._service(body.get("service"), body.get("version"))
-        parallel = body.get("parallel_count", DEFAULT_PARALLEL_COUNT)
-        if isinstance(parallel, bool) or not isinstance(parallel, int) or not 1 <= parallel <= 1000:
-            raise RequestError("parallel_count must be an integer from 1 to 1000 (Ray tasks scoring at once)",
-                               field="parallel_count")
-        has_records, has_uri = "records" in body, "input_uri" in body
-        if has_records == has_uri:
-            raise RequestError("send exactly one of records (a list of rows) or input_uri (Parquet, CSV or TSV in object storage)",
-                               field="records")
+        params = BatchParams.parse(body)
+        record = self._service(params.service, params.version)
         execution_id = uuid.uuid4().hex
-        job: dict[str, Any] = {
-            "executionId": execution_id, "service": record.name, "version": record.version,
-            "source": record.source, "digest": record.digest, "handler": record.handler,
-            "modelInputs": record.manifest.get("inputs", []),
-            "parallelCount": parallel, "state": "Pending", "createdAt": time.time(), "updatedAt": time.time(),
-            "completedItems": 0, "failedItems": 0, "error": None,
-        }
-        if has_records:
-            if not isinstance(body["records"], list):
-                raise RequestError("records must be a list of rows (objects or lists)", field="records")
-            table = inputs.records_to_table(body["records"])
-            rows = inputs.partition_rows_for(table.num_rows, parallel)
-            job.update(totalItems=table.num_rows, partitionRows=rows, inputColumns=table.column_names,
-                       partitions=inputs.write_input(self.store, execution_id, table, rows))
+        now = time.time()
+        job = JobRecord(execution_id=execution_id, service=record.name, version=record.version, source=record.source,
+                        digest=record.digest, handler=record.handler, model_inputs=record.manifest.get("inputs", []),
+                        parallel_count=params.parallel_count, state="Pending", created_at=now, updated_at=now)
+        if params.records is not None:
+            table = inputs.records_to_table(params.records)
+            rows = inputs.partition_rows_for(table.num_rows, params.parallel_count)
+            job = job.changed(total_items=table.num_rows, partition_rows=rows, input_columns=table.column_names,
+                              partitions=inputs.write_input(self.store, execution_id, table, rows))
         else:
-            uri = body["input_uri"]
-            if not isinstance(uri, str) or not uri.startswith(("s3://", "objects://")):
-                raise RequestError("input_uri must be s3://bucket/key or objects://key (a key of the configured object store)",
-                                   field="input_uri")
-            self._check_readable(uri)
-            job.update(inputUri=uri, totalItems=None, partitions=None)
+            self._check_readable(params.input_uri)
+            job = job.changed(input_uri=params.input_uri)
         self._hold_archive(record, execution_id)
-        self.store.write_json(layout.job_key(execution_id), job)
+        jobs.write_job(self.store, job)
         self._start(execution_id)
         return {"executionId": execution_id, "state": "Pending"}
 
     def _hold_archive(self, record, execution_id: str) -> None:
         """Lease the model's archive for the job; the model unregistered meanwhile is a 404, as before."""
-        leases.take(self.store, record.source, execution_id)
+        archive_leases.take(self.store, record.source, execution_id)
         current = self.registry.get_model(record.name, record.version)
         if current is None or current.source != record.source:
-            leases.release(self.store, record.source, execution_id, still_registered=lambda: False)
+            archive_leases.release(self.store, record.source, execution_id, still_registered=lambda: False)
             raise RequestError(f"service '{record.name}' version '{record.version}' was unregistered while the batch "
                                "was being accepted", status=404, field="service")
 
@@ -141,24 +128,20 @@ class BatchService:
 
     # ------------------------------------------------------------------ read
     def list(self, service: Optional[str], version: Optional[str]) -> list[str]:
-        matching = [j for j in self._jobs() if (service is None or j["service"] == service)
-                    and (version is None or j["version"] == version)]
-        return [j["executionId"] for j in sorted(matching, key=lambda j: j.get("createdAt", 0))]
+        matching = [j for j in self._jobs() if (service is None or j.service == service)
+                    and (version is None or j.version == version)]
+        return [j.execution_id for j in sorted(matching, key=lambda j: j.created_at or 0)]
 
     def state(self, execution_id: str, show_partial_results: bool, offset: int = 0,
               limit: int = DEFAULT_RESULTS_PAGE) -> dict:
         job = self._job(execution_id)
-        answer = {
-            "executionId": execution_id, "service": job["service"], "version": job["version"], "state": job["state"],
-            "totalItems": job.get("totalItems"), "completedItems": job.get("completedItems", 0),
-            "failedItems": job.get("failedItems", 0), "parallelCount": job["parallelCount"],
-            "createdAt": job.get("createdAt"), "updatedAt": job.get("updatedAt"),
-        }
-        for key in ("coordinatorStartedAt", "inputReadyAt", "firstPartAt", "finishedAt"):
-            if job.get(key):
-                answer[key] = job[key]  # where the time went: start-up, input, first part, the rest
-        if job.get("error"):
-            answer["error"] = self._public(job["error"])
+        stored = job.to_json()
+        answer = {"executionId": execution_id, **{key: stored[key] for key in _STATE_KEYS}}
+        for key in _TIMING_KEYS:
+            if stored[key]:
+                answer[key] = stored[key]  # where the time went: start-up, input, first part, the rest
+        if job.error:
+            answer["error"] = self._public(job.error)
         if show_partial_results:
             if not 1 <= limit <= MAX_RESULTS_PAGE:
                 raise RequestError(f"limit must be from 1 to {MAX_RESULTS_PAGE} rows per page", field="limit")
@@ -170,10 +153,10 @@ class BatchService:
 
     def result(self, execution_id: str, index: int) -> dict:
         job = self._job(execution_id)
-        if job.get("totalItems") is None:
+        if job.total_items is None:
             raise RequestError("the job's input is still being read; try again shortly", status=404, field="index")
-        return self._public_row(results.row_result(self.store, execution_id, index, int(job["totalItems"]),
-                                                   int(job["partitionRows"])))
+        return self._public_row(results.row_result(self.store, execution_id, index, job.total_items,
+                                                   int(job.partition_rows)))
 
     def artifacts(self, execution_id: str, index: int) -> list[str]:
         self.result(execution_id, index)  # 404 for rows out of range or not scored yet
@@ -187,10 +170,10 @@ class BatchService:
     # ------------------------------------------------------------------ cancel
     def cancel(self, execution_id: str) -> dict:
         job = self._job(execution_id)
-        if job["state"] not in jobs.FINAL_STATES:
+        if job.state not in jobs.FINAL_STATES:
             self.store.write_bytes(jobs.cancel_key(execution_id), b"")
             job = self._job(execution_id)
-        return {"executionId": execution_id, "state": job["state"]}
+        return {"executionId": execution_id, "state": job.state}
 
     # ------------------------------------------------------------------ helpers
     def _public(self, message: str) -> str:
@@ -200,14 +183,14 @@ class BatchService:
     def _public_row(self, row: dict) -> dict:
         return {**row, "error": self._public(row["error"])} if row.get("error") else row
 
-    def _job(self, execution_id: str) -> dict:
+    def _job(self, execution_id: str) -> JobRecord:
         layout.check_execution_id(execution_id)
         try:
             return jobs.read_job(self.store, execution_id)
         except ObjectNotFound:
             raise RequestError(f"no batch execution '{execution_id}'", status=404, field="execution_id") from None
 
-    def _jobs(self) -> list[dict]:
+    def _jobs(self) -> list[JobRecord]:
         found = []
         for child in self.store.list_children("batches"):
             try:
@@ -216,11 +199,8 @@ class BatchService:
                 continue
         return found
 
-    def _service(self, name: Any, version: Any):
-        if not isinstance(name, str) or not name:
-            raise RequestError("service is required: the registered model's name", field="service")
-        if version is not None and not isinstance(version, str):
-            raise RequestError("version must be a string", field="version")
+    def _service(self, name: str, version: Optional[str]):
+        """The registered version a batch names (the default one when ``version`` is None), else a 404."""
         version = version or self.registry.get_default(name)
         record = self.registry.get_model(name, version) if version else None
         if record is None:

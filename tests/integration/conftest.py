@@ -56,6 +56,11 @@ def cluster(tmp_path_factory) -> RunningCluster:
         "MODELPOOL_GRPC_PORT": str(grpc_port),
         "MODELPOOL_GRPC_INGRESS_PORT": str(grpc_ingress_port),
         "RAY_metrics_report_interval_ms": "1000",  # Ray exports metrics every 10 s by default: too slow to wait for
+        # A stopping replica stays reachable this long so load balancers can drop it (Serve's default: 30 s). Here
+        # the only one is Serve's own HAProxy, which drops it within a second or two of the reload (and retries a
+        # refused connection on another server); 30 s made every unregister and scale-down hold its app DELETING,
+        # and the tests that wait for one, half a minute.
+        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
         **S3_ENV,  # node credentials, as a cloud node has them: the S3 tests' object stores need them in every worker
     }
     env.pop("RAY_ADDRESS", None)
@@ -92,6 +97,21 @@ def ray_client(cluster):
 
     connect(cluster.address)
     return cluster
+
+
+@pytest.fixture(scope="package")
+def fragile_model(cluster, tmp_path_factory) -> str:
+    """One model with replicas of its own that raises on negative readings, shared by the tests that need a failing
+    model (a registration and a replica start each, ~10 s, once instead of once per module). Left registered: the
+    package's cluster goes at the end, and test_zzz_server_settings checks it comes back after its restart."""
+    from tests.integration.handler_models import FRAGILE_HANDLER, register_handler_model
+
+    with requests.Session() as admin:
+        admin.headers.update(cluster.auth)
+        registered = register_handler_model(cluster, admin, tmp_path_factory.mktemp("fragile"), "fragile",
+                                            FRAGILE_HANDLER, initial_workers=1)
+    assert registered.status_code == 200, registered.text
+    return "fragile"
 
 
 @pytest.fixture()

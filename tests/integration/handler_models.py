@@ -5,6 +5,16 @@ from pathlib import Path
 
 import requests
 
+#: A model that raises on negative readings: for 500s, error logs, tracebacks and failed batch rows.
+FRAGILE_HANDLER = """
+import numpy as np
+
+def predict(data):
+    if (np.asarray(data) < 0).any():
+        raise RuntimeError("negative readings are not supported by this model")
+    return np.asarray(data).sum(axis=1)
+"""
+
 
 def store_handler_archive(cluster, tmp_path: Path, name: str, handler_source: str) -> str:
     """Write ``<name>-1.zip`` (handler ``<name>:predict``) into the cluster's model store; its store name."""

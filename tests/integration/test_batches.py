@@ -173,7 +173,7 @@ def test_a_model_unregistered_mid_job_keeps_its_archive_until_the_job_ends(clust
     """An accepted job is not lost to an unregister: its archive stays in object storage until the job ends."""
     from cluster.object_store import object_store_from_settings
     from cluster.settings import load_settings
-    from management.batch import leases
+    from management import archive_leases as leases
     from tests.integration.handler_models import register_handler_model
 
     settings = load_settings({}, cluster.env)

@@ -3,6 +3,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
+import time
+import warnings
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import psutil
@@ -21,22 +25,65 @@ def connections_to(url: str) -> set[tuple[str, int]]:
             if c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED}
 
 
+def safe_name(name: str) -> str:
+    """How Serve names an application's backend and a replica's server in its HAProxy config (its get_safe_name)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name.replace("#", "-").replace("/", "."))
+
+
+def routed_replicas(config: str) -> dict[str, set[str]]:
+    """HTTP backend -> the replica servers it routes to, from a Serve HAProxy config."""
+    backends: dict[str, set[str]] = {}
+    current = None
+    for line in config.splitlines():
+        if line.startswith(("backend ", "frontend ")):
+            name = line.split()[1]
+            current = backends.setdefault(name, set()) if name.startswith("http-") else None
+        elif current is not None and line.strip().startswith("server SERVE_REPLICA"):
+            current.add(line.split()[1])
+    return backends
+
+
+def ingress_settled() -> bool:
+    """No HAProxy reload is under way or due: one Serve HAProxy process runs, every application is RUNNING,
+    and the config routes each application's backend to exactly its running replicas."""
+    from ray import serve
+
+    from cluster.runtime import haproxy_processes
+    from management.serve_state import serve_details, status_name
+
+    try:
+        commands = [p.cmdline() for p in haproxy_processes()]
+    except psutil.Error:
+        return False
+    serve_proxies = [c for c in commands if any("haproxy-serve" in part for part in c)]
+    if len(serve_proxies) != 1:  # none yet, or a reload's old process still soft-stopping
+        return False
+    if any(status_name(app.status) != "RUNNING" for app in serve.status().applications.values()):
+        return False  # deploying or deleting: its routes are about to change (Serve's details lag behind this)
+    config = Path(serve_proxies[0][serve_proxies[0].index("-f") + 1]).read_text()
+    expected = {}
+    for name, app in serve_details().get("applications", {}).items():
+        if app.get("route_prefix"):
+            expected[f"http-{safe_name(name)}"] = {
+                safe_name(replica["actor_name"]) for deployment in app.get("deployments", {}).values()
+                for replica in deployment.get("replicas", []) if status_name(replica.get("state")) == "RUNNING"}
+    return routed_replicas(config) == expected
+
+
 @pytest.fixture(autouse=True)
 def settled_ingress(ray_client):
     """Earlier tests' unregisters delete applications; Serve then reloads its HAProxy, whose old process
-    closes idle keep-alive connections (README: differences). Measure the client, not that: start once
-    Serve has no application deploying or deleting, and the reload that follows has had time to land."""
-    import time
-
-    from ray import serve
-
+    closes idle keep-alive connections (README: differences). Measure the client, not that: start once no
+    reload is under way or due (``ingress_settled``, twice in a row, a moment apart)."""
     deadline = time.monotonic() + 60
+    settled_in_a_row = 0
     while time.monotonic() < deadline:
-        states = {str(getattr(app.status, "value", app.status)) for app in serve.status().applications.values()}
-        if states <= {"RUNNING"}:
+        settled_in_a_row = settled_in_a_row + 1 if ingress_settled() else 0
+        if settled_in_a_row == 2:
             break
-        time.sleep(0.5)
-    time.sleep(3)
+        time.sleep(0.2)
+    if settled_in_a_row < 2:
+        warnings.warn("Serve's HAProxy did not settle in 60 s; the connection counts may include its reloads")
 
 
 def test_one_connection_serves_every_call_of_a_with_block(cluster):

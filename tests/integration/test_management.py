@@ -145,11 +145,25 @@ def test_listing_is_paginated(cluster, admin):
     assert admin.get(f"{cluster.url}/models", params={"limit": 0}).json()["field"] == "limit"
 
 
+def register_together(cluster, registrations: list[dict]) -> list[requests.Response]:
+    """Send independent registrations at once, each on its own connection (each one's load check and replica start
+    take seconds; one after the other they add up)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def register(params: dict) -> requests.Response:
+        with requests.Session() as session:
+            session.headers.update(cluster.auth)
+            return session.post(f"{cluster.url}/models", params=params)
+
+    with ThreadPoolExecutor(len(registrations)) as pool:
+        return list(pool.map(register, registrations))
+
+
 def test_set_default_moves_the_unversioned_route(cluster, admin, http):
     url = f"{cluster.url}/models"
-    for archive in ("iris-1.zip", "iris-2.zip"):
-        assert admin.post(url, params={"url": archive, "model_name": "flower", "initial_workers": 1,
-                                       "synchronous": "true"}).status_code == 200
+    registered = register_together(cluster, [{"url": archive, "model_name": "flower", "initial_workers": 1,
+                                              "synchronous": "true"} for archive in ("iris-1.zip", "iris-2.zip")])
+    assert [r.status_code for r in registered] == [200, 200], [r.text for r in registered]
     try:
         assert http.post(f"{cluster.url}/v2/models/flower/infer", json=ROW).json()["model_version"] == "2"
         assert admin.put(f"{url}/flower/1/set-default").status_code == 200
@@ -232,7 +246,7 @@ def test_killing_the_management_replica_loses_nothing(ray_client, admin, http):
 
     cluster = ray_client
     before = admin.get(f"{cluster.url}/models").json()
-    from management.workers import serve_details
+    from management.serve_state import serve_details
 
     replica = serve_details()["applications"]["management"]["deployments"]["Management"]["replicas"][0]
     ray.kill(ray.get_actor(replica["actor_name"], namespace="serve"), no_restart=True)

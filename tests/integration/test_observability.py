@@ -11,7 +11,7 @@ from typing import Optional
 import pytest
 import requests
 
-from tests.integration.test_serving import FRAGILE_HANDLER, v2_body
+from tests.integration.test_serving import v2_body
 
 pytestmark = pytest.mark.integration
 
@@ -19,14 +19,16 @@ ROW = [[5.1, 3.5, 1.4, 0.2]]
 SERVE_LOGS = "/tmp/ray/session_latest/logs/serve"
 
 
-def replica_log_text(replica_id: str, wait_for: Optional[str] = None, timeout_s: float = 15) -> str:
-    """The log of one replica (file names carry the replica id); optionally wait for a line to be flushed."""
+def replica_log_text(replica_id: str, wait_for: Optional[str] = None, timeout_s: float = 15, since: int = 0) -> str:
+    """The log of one replica (file names carry the replica id) from character ``since`` on (a length read
+    before, to see only what came after); optionally wait for a line to be flushed."""
     deadline = time.monotonic() + timeout_s
     while True:
         text = "".join(Path(f).read_text(errors="replace") for f in glob.glob(f"{SERVE_LOGS}/replica_*{replica_id}*.log"))
+        text = text[since:]
         if wait_for is None or wait_for in text or time.monotonic() > deadline:
             return text
-        time.sleep(0.5)
+        time.sleep(0.2)
 
 
 def metric_value(metrics_url: str, name: str, **labels: str) -> float:
@@ -54,14 +56,14 @@ def series_appears(metrics_url: str, name: str, timeout_s: float = 40, **labels:
                 return True
         if time.monotonic() > deadline:
             return False
-        time.sleep(1)
+        time.sleep(0.5)  # Ray exports every second here (RAY_metrics_report_interval_ms in conftest)
 
 
 def wait_for_metric(metrics_url: str, name: str, at_least: float, timeout_s: float = 40, **labels: str) -> float:
     deadline = time.monotonic() + timeout_s
     value = metric_value(metrics_url, name, **labels)
     while value < at_least and time.monotonic() < deadline:
-        time.sleep(1)
+        time.sleep(0.5)
         value = metric_value(metrics_url, name, **labels)
     return value
 
@@ -86,32 +88,16 @@ def test_the_access_log_line_carries_the_request_id(cluster, http):
     assert any("POST" in line and "200" in line for line in lines)
 
 
-@pytest.fixture(scope="module")
-def fragile(cluster, tmp_path_factory):
-    """A model that raises on negative readings: for error logs and failed batch rows."""
-    from cluster.settings import load_settings
-    from deployments.examples import archive_command
-
-    source = tmp_path_factory.mktemp("fragile") / "fragile.py"
-    source.write_text(FRAGILE_HANDLER)
-    archive_command(name="fragile_obs", version="1", handler="fragile:predict", files=[source],
-                    out=load_settings({}, cluster.env).model_store_path / "fragile_obs-1.zip")
-    with requests.Session() as admin:
-        admin.headers.update(cluster.auth)
-        registered = admin.post(f"{cluster.url}/models", params={"url": "fragile_obs-1.zip", "initial_workers": 1,
-                                                                 "synchronous": "true"})
-        assert registered.status_code == 200, registered.text
-        yield "fragile_obs"
-        admin.delete(f"{cluster.url}/models/fragile_obs/1")
-
-
-def test_a_model_error_is_logged_with_the_request_id(cluster, http, fragile):
+def test_a_model_error_is_logged_with_the_request_id(cluster, http, fragile_model):
+    url = f"{cluster.url}/v2/models/{fragile_model}/infer"
+    replica = http.post(url, json=v2_body([[1.0, 1.0]])).headers["x-modelpool-replica"]
+    earlier = len(replica_log_text(replica))  # the shared model's replica may have logged other tests' errors
     request_id = f"error-{uuid.uuid4().hex}"
-    failed = http.post(f"{cluster.url}/v2/models/{fragile}/infer", json=v2_body([[1.0, -1.0]]),
-                       headers={"x-request-id": request_id})
+    failed = http.post(url, json=v2_body([[1.0, -1.0]]), headers={"x-request-id": request_id})
     assert failed.status_code == 500 and failed.headers["x-request-id"] == request_id
     assert "traceback" not in failed.json(), "tracebacks only under --debug"
-    log = replica_log_text(failed.headers["x-modelpool-replica"], wait_for="negative readings")
+    assert failed.headers["x-modelpool-replica"] == replica, "one replica: its log holds this request's lines"
+    log = replica_log_text(replica, wait_for="negative readings", since=earlier)
     error_lines = [line for line in log.splitlines() if "negative readings" in line]
     assert error_lines and all(request_id in line for line in error_lines)
     assert any(line.startswith("ERROR") for line in error_lines)
@@ -136,7 +122,8 @@ def test_the_metrics_port_counts_requests_by_model_version_and_status(cluster, h
     assert "ray_serve_" in requests.get(cluster.metrics_url, timeout=10).text, "Serve's own metrics share the port"
 
 
-def test_batch_rows_scored_and_failed_are_counted(cluster, fragile):
+def test_batch_rows_scored_and_failed_are_counted(cluster, fragile_model):
+    fragile = fragile_model
     from modelpool.client import Client
 
     name = "ray_modelpool_batch_rows_total"

@@ -19,15 +19,19 @@ DIABETES_ROW = {"inputs": [{"name": "input-0", "shape": [1, 10], "datatype": "FP
 
 def manager(cluster):
     """The management core as a library, joined to the same cluster and registry."""
-    from management.service import ModelManager
+    from management.model_manager import ModelManager
 
     return ModelManager(load_settings({}, cluster.env))
 
 
-def deploy_config(config, settings):
+def deploy_config(config, settings, metrics_interval_s=None):
+    """Deploy one model config as management would; ``metrics_interval_s``: how often replicas report their
+    load to Serve's autoscaler (Serve's default, 10 s, makes every scaling decision wait that long)."""
     from management import deployer, serve_configs
 
     app = serve_configs.model_app_config(config, str(settings.cache_path), deployer.code_version())
+    if metrics_interval_s is not None:
+        app.deployment_options["autoscaling_config"]["metrics_interval_s"] = metrics_interval_s
     deployer.deploy_apps([app], wait=True)
 
 
@@ -92,18 +96,21 @@ def test_autoscaling_adds_replicas_under_load_and_removes_them_after(ray_client)
     core = manager(cluster)
     plan = core._plan()
     config = next(c for c in plan.dedicated if c.name == "diabetes")
+    # load reported every 0.5 s and averaged over 3 s: the scaling rule itself, without Serve's 10 s/30 s pace
     eager = dataclasses.replace(config, min_replicas=1, initial_replicas=1, max_replicas=2, target_ongoing_requests=1,
-                                upscale_delay_s=0.5, downscale_delay_s=2.0, look_back_period_s=12.0)
-    deploy_config(eager, core.settings)
+                                upscale_delay_s=0.5, downscale_delay_s=2.0, look_back_period_s=3.0)
+    deploy_config(eager, core.settings, metrics_interval_s=0.5)
     assert running_replicas(app) == 1
     stop, seen, replicas = threading.Event(), Counter(), set()
     pool, sent = hammer(f"{cluster.url}/v2/models/diabetes/infer", DIABETES_ROW, 16, stop, seen, replicas)
     try:
         deadline = time.monotonic() + 90
         while running_replicas(app) < 2 and time.monotonic() < deadline:
-            time.sleep(0.5)
+            time.sleep(0.1)
         scaled_up = running_replicas(app)
-        time.sleep(2)  # let the new replica take traffic
+        deadline = time.monotonic() + 30
+        while len(replicas) < 2 and time.monotonic() < deadline:  # until the new replica has taken traffic
+            time.sleep(0.1)
     finally:
         stop.set()
         for thread in pool:
@@ -113,7 +120,7 @@ def test_autoscaling_adds_replicas_under_load_and_removes_them_after(ray_client)
     assert len(replicas) == 2, "the new replica never served"
     deadline = time.monotonic() + 90
     while running_replicas(app) > 1 and time.monotonic() < deadline:
-        time.sleep(0.5)
+        time.sleep(0.1)
     try:
         assert running_replicas(app) == 1, "idle deployment did not scale back down"
     finally:

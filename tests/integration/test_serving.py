@@ -117,22 +117,8 @@ def test_sklearn_rejecting_input_is_a_422_naming_the_inputs(cluster, http):
     assert response.json()["field"] == "inputs"
 
 
-FRAGILE_HANDLER = """
-import numpy as np
-
-def predict(data):
-    if (np.asarray(data) < 0).any():
-        raise RuntimeError("negative readings are not supported by this model")
-    return np.asarray(data).sum(axis=1)
-"""
-
-
-def test_a_handler_that_raises_gives_500_and_the_replica_keeps_serving(cluster, admin, http, tmp_path):
-    from tests.integration.handler_models import register_handler_model
-
-    registered = register_handler_model(cluster, admin, tmp_path, "fragile", FRAGILE_HANDLER, initial_workers=1)
-    assert registered.status_code == 200, registered.text
-    url = f"{cluster.url}/v2/models/fragile/infer"
+def test_a_handler_that_raises_gives_500_and_the_replica_keeps_serving(cluster, http, fragile_model):
+    url = f"{cluster.url}/v2/models/{fragile_model}/infer"
     failing = http.post(url, json=v2_body([[1.0, -2.0]]))
     assert failing.status_code == 500
     assert "negative readings are not supported" in failing.json()["error"]

@@ -22,7 +22,7 @@ from tritonclient.utils import InferenceServerException
 from deployments.protos import open_inference_pb2 as pb
 from deployments.protos.service import InferenceStub
 from tests.integration.handler_models import register_handler_model
-from tests.integration.test_management import wait_for
+from tests.integration.test_management import register_together, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -63,8 +63,8 @@ def iris_input(rows: np.ndarray, binary: bool = True) -> triton_http.InferInput:
 
 
 def test_health_and_metadata_through_tritonclient(triton):
-    # readiness is asserted by the gRPC twin below: right after test_repository's unload, an application is still
-    # deleting and /v2/health/ready is honestly 503 for ~30 s
+    # readiness is asserted by the gRPC twin below (which waits for it): right after test_repository's unload, an
+    # application is still deleting and /v2/health/ready is honestly 503 for a few seconds
     assert triton.is_server_live()
     assert triton.get_server_metadata()["name"]
     assert triton.is_model_ready("iris") and triton.is_model_ready("iris", "1")
@@ -279,7 +279,7 @@ def test_a_killed_replica_costs_grpc_callers_only_retryable_unavailable(ray_clie
     """SIGKILL iris v1's replica: calls fail only with UNAVAILABLE, then its new replica answers on its port."""
     import ray
 
-    from management.workers import serve_details
+    from management.serve_state import serve_details
 
     cluster = ray_client
     before, _ = grpc_answer(cluster)
@@ -301,10 +301,10 @@ def test_a_killed_replica_costs_grpc_callers_only_retryable_unavailable(ray_clie
 # last: it unregisters a model, and readiness (checked above) is false while its application deletes
 def test_a_pool_version_behind_a_dedicated_app_answers_binary_through_the_forward(cluster, admin, triton):
     url = f"{cluster.url}/models"
-    for archive, workers in (("iris-1.zip", 0), ("iris-2.zip", 1)):
-        registered = admin.post(url, params={"url": archive, "model_name": "petal", "initial_workers": workers,
-                                             "synchronous": "true"})
-        assert registered.status_code == 200, registered.text
+    registered = register_together(cluster, [{"url": archive, "model_name": "petal", "initial_workers": workers,
+                                              "synchronous": "true"} for archive, workers in (("iris-1.zip", 0),
+                                                                                              ("iris-2.zip", 1))])
+    assert [r.status_code for r in registered] == [200, 200], [r.text for r in registered]
     try:
         rows = load_iris().data[:2]
         result = triton.infer("petal", [iris_input(rows)], model_version="1")

@@ -16,9 +16,10 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
-from tests.integration.handler_models import register_handler_model
+from tests.integration.handler_models import FRAGILE_HANDLER, register_handler_model, store_handler_archive
+from tests.integration.test_management import register_together
 from tests.integration.test_observability import replica_log_text
-from tests.integration.test_serving import FRAGILE_HANDLER, v2_body
+from tests.integration.test_serving import v2_body
 
 pytestmark = pytest.mark.integration
 
@@ -69,18 +70,12 @@ def idle_connection_survives(url: str, idle_s: float) -> bool:
 
 
 def deployment_config(app_prefix: str) -> dict:
-    from management.workers import serve_details
+    from management.serve_state import serve_details
 
     for name, app in serve_details()["applications"].items():
         if name.startswith(app_prefix):
             return next(iter(app["deployments"].values()))["deployment_config"]
     raise AssertionError(f"no application {app_prefix}")
-
-
-def ensure_fragile(cluster, admin, tmp_path) -> str:
-    registered = register_handler_model(cluster, admin, tmp_path, "fragile_settings", FRAGILE_HANDLER, initial_workers=1)
-    assert registered.status_code in (200, 409), registered.text
-    return f"{cluster.url}/v2/models/fragile_settings/infer"
 
 
 def ensure_weightless(cluster, admin, tmp_path) -> str:
@@ -101,9 +96,12 @@ def test_defaults_keep_idle_connections_decode_bodies_and_batch(cluster, http, d
     refused = http.post(f"{cluster.url}/v2/models/iris_report/predict", data=CSV, headers={"content-type": "text/csv"})
     assert refused.status_code == 400, "without passthrough the body must be JSON"
     assert deployment_config("model:iris:1")["max_ongoing_requests"] >= 64
-    answered = http.post(f"{cluster.url}/v2/models/iris/versions/1/infer", json=v2_body(ROW))
-    time.sleep(2)
-    assert "applied user_config" not in replica_log_text(answered.headers["x-modelpool-replica"]), "INFO: no DEBUG lines"
+    request_id = f"defaults-{uuid.uuid4().hex}"
+    answered = http.post(f"{cluster.url}/v2/models/iris/versions/1/infer", json=v2_body(ROW),
+                         headers={"x-request-id": request_id})
+    log = replica_log_text(answered.headers["x-modelpool-replica"], wait_for=request_id)  # flushed up to this call
+    assert request_id in log, "the access line of the call (access log on by default)"
+    assert "applied user_config" not in log, "INFO: no DEBUG lines"
 
 
 def test_default_errors_name_no_server_path(cluster, admin, http, tmp_path, defaults_then_turned):
@@ -121,11 +119,13 @@ def test_restart_with_every_setting_turned_restores_models_defaults_and_pools(cl
     import ray
 
     models = f"{cluster.url}/models"
-    assert register_handler_model(cluster, admin, tmp_path, "gone", FRAGILE_HANDLER).status_code == 200
+    gone = store_handler_archive(cluster, tmp_path, "gone", FRAGILE_HANDLER)
+    registered = register_together(cluster, [{"url": gone, "synchronous": "true"},
+                                             {"url": "iris-2.zip", "model_name": "durable", "synchronous": "true"},
+                                             {"url": "iris-1.zip", "model_name": "durable_generic", "synchronous": "true"}])
+    assert [r.status_code for r in registered] == [200, 200, 200], [r.text for r in registered]
     assert admin.delete(f"{models}/gone/1").status_code == 200  # its archive stays in the model store
-    assert admin.post(models, params={"url": "iris-2.zip", "model_name": "durable", "synchronous": "true"}).status_code == 200
     assert admin.put(f"{cluster.url}/pools/durable/2", params={"initial_pool_size": 1, "max_pool_size": 2}).status_code == 200
-    assert admin.post(models, params={"url": "iris-1.zip", "model_name": "durable_generic", "synchronous": "true"}).status_code == 200
     assert admin.put(f"{models}/iris/1/set-default").status_code == 200
     before = sorted((s["name"], s["version"], s["pool"], s["isDefault"]) for s in admin.get(f"{cluster.url}/services").json())
 
@@ -171,9 +171,8 @@ def test_payload_passthrough_gives_the_raw_body_to_the_handler(cluster, http, tu
     assert ordinary.status_code == 200, "models without predict_raw still decode"
 
 
-def test_debug_answers_carry_the_traceback_and_logs_go_to_debug(cluster, admin, http, tmp_path, turned):
-    url = ensure_fragile(cluster, admin, tmp_path)
-    failed = http.post(url, json=v2_body([[1.0, -1.0]]))
+def test_debug_answers_carry_the_traceback_and_logs_go_to_debug(cluster, http, fragile_model, turned):
+    failed = http.post(f"{cluster.url}/v2/models/{fragile_model}/infer", json=v2_body([[1.0, -1.0]]))
     assert failed.status_code == 500
     assert any("negative readings" in line for line in failed.json()["traceback"])
     answered = http.post(f"{cluster.url}/v2/models/iris/versions/1/infer", json=v2_body(ROW))
@@ -234,7 +233,7 @@ def test_tokens_stay_out_of_serve_status_and_debug_logs(cluster, http, turned):
     import json
     import os
 
-    from management.workers import serve_details
+    from management.serve_state import serve_details
 
     http.post(f"{cluster.url}/v2/models/iris/infer", json=v2_body(ROW))
     status = json.dumps(serve_details())

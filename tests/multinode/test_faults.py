@@ -58,7 +58,7 @@ def admin(nodes) -> requests.Session:
 
 
 def replicas(app: str) -> list[dict]:
-    from management.workers import app_deployment, serve_details
+    from management.serve_state import app_deployment, serve_details
 
     deployment = app_deployment(serve_details(), app)
     return list(deployment["replicas"]) if deployment else []
@@ -138,8 +138,10 @@ def test_a_killed_replica_costs_under_one_percent_of_requests_and_is_back_within
     head, worker = nodes.node_ids()
     target = len(running(IRIS_APP))
     assert target == 2
-    load = Load(nodes.url, tmp_path / "replica-kill", seconds=20)
-    time.sleep(8)
+    # locust runs at full rate within its first second (8 users, spawned at 8/s); the 10 s of load after the kill
+    # span the whole recovery (5-7 s, BENCHMARKS.md), which must stay under 15 s
+    load = Load(nodes.url, tmp_path / "replica-kill", seconds=14)
+    time.sleep(4)
     victim = next(r for r in running(IRIS_APP) if r["node_id"] == worker)
     killed_at = time.monotonic()
     kill(psutil.Process(victim["pid"]))
@@ -209,13 +211,17 @@ def test_management_killed_during_a_raw_http_burst_leaves_nothing_half_done(node
     assert any(status == 0 or status >= 500 for status in outcomes.values()), "the kill hit no request: proves nothing"
 
     lost_after_commit = 0
+    to_retry = []
     for name in names:
         described = admin.get(f"{nodes.url}/models/{name}")
         if 200 <= outcomes[name] < 300:
             assert described.status_code == 200, f"{name} was accepted ({outcomes[name]}) but is gone"
             continue
         lost_after_commit += described.status_code == 200
-        again = register(name)
+        to_retry.append(name)
+    with ThreadPoolExecutor(max_workers=len(names)) as pool:  # as a client retries its failed calls: all at once
+        retried = dict(zip(to_retry, pool.map(register, to_retry)))
+    for name, again in retried.items():
         assert again in (200, 202), f"{name}: the retry with its Idempotency-Key got {again}"
         assert admin.get(f"{nodes.url}/models/{name}").status_code == 200
     for name in scaled:
@@ -227,8 +233,7 @@ def test_management_killed_during_a_raw_http_burst_leaves_nothing_half_done(node
         assert wait_until(lambda: post_ok(f"{nodes.url}/v2/models/{name}/infer", ROW), timeout_s=120), \
             f"{name} is registered but never served: half done"
     print(f"requests whose answer was lost after they took effect: {lost_after_commit}")
-    for name in names:
-        admin.delete(f"{nodes.url}/models/{name}")
+    # left registered (an unregister costs ~1.5 s): later tests use other names, and the module's cluster goes at the end
 
 
 def test_management_killed_during_an_sdk_burst_every_call_succeeds_once(nodes, admin):
@@ -263,9 +268,8 @@ def test_management_killed_during_an_sdk_burst_every_call_succeeds_once(nodes, a
     assert max_workers(nodes, admin, "diabetes") == 4
     listed = {m["modelName"] for m in admin.get(f"{nodes.url}/models", params={"limit": 100}).json()["models"]}
     assert set(names) <= listed
-    for name in names:
+    for name in names:  # left registered, as in the test above
         assert len(admin.get(f"{nodes.url}/models/{name}/all").json()) == 1, f"{name} registered twice"
-        admin.delete(f"{nodes.url}/models/{name}")
 
 
 def test_losing_the_worker_node_under_load_loses_no_batch_row_and_serving_recovers(nodes, admin, tmp_path):
@@ -281,8 +285,10 @@ def test_losing_the_worker_node_under_load_loses_no_batch_row_and_serving_recove
 
     head, worker = nodes.node_ids()
     target = len(running(IRIS_APP))
-    load = Load(nodes.url, tmp_path / "node-kill", seconds=25)
-    time.sleep(5)  # locust at full rate
+    # the kill comes ~3 s in; the node is marked dead and iris is back on the head 5-7 s later (BENCHMARKS.md), and
+    # the load runs on for as long again
+    load = Load(nodes.url, tmp_path / "node-kill", seconds=18)
+    time.sleep(2)  # locust at full rate
     # 40 partitions of 1,000 rows, 0.5 s each, 2 at a time: ~10 s of scoring, killed right after its first part
     # (a 12-partition job started long before the kill, as this test had first, was over before it)
     records = [[float(i), 1.0] for i in range(ROWS)]

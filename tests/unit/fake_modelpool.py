@@ -11,17 +11,17 @@ import json
 import re
 import threading
 import uuid
-from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Optional
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-import pandas as pd
 import psutil
 import pytest
 
+from tests.unit.both_clients import iris_frame, no_token_env_fixture  # noqa: F401 (kept importable from here)
+from tests.unit.management_app import Seen
+
 TOKEN = "unit-test-token"
-IRIS_COLUMNS = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 
 
 # ------------------------------------------------------------------------------------------ fake server
@@ -31,18 +31,6 @@ class Reply(Exception):
     def __init__(self, status: int, error: str, field: Optional[str]) -> None:
         super().__init__(error)
         self.status, self.body = status, {"error": error, "field": field}
-
-
-@dataclass
-class Seen:
-    method: str
-    path: str
-    query: dict[str, str]
-    body: Any
-    authorization: Optional[str]
-    port: int
-    user_agent: Optional[str] = None
-    idempotency_key: Optional[str] = None
 
 
 def _model(name: str, version: str) -> dict:
@@ -324,18 +312,3 @@ def server_fixture():
         thread.join(10)
         assert set(threading.enumerate()) <= before, "a server or handler thread outlived the test"
         assert not sockets_to(fake.server_address[1]), "a socket to the fake server was left open"
-
-
-
-@pytest.fixture(name="no_token_env")
-def no_token_env_fixture(monkeypatch, tmp_path):
-    """A home with no token anywhere; each test adds the source it checks."""
-    monkeypatch.delenv("MODELPOOL_MANAGEMENT_TOKEN", raising=False)
-    monkeypatch.delenv("MODELPOOL_HOME", raising=False)
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    return monkeypatch
-
-
-def iris_frame(rows: int = 3) -> pd.DataFrame:
-    data = [[5.1, 3.5, 1.4, 0.2], [6.3, 3.3, 6.0, 2.5], [5.8, 2.7, 5.1, 1.9], [4.9, 3.0, 1.4, 0.2]]
-    return pd.DataFrame(data[:rows], columns=IRIS_COLUMNS)

@@ -22,7 +22,7 @@ from deployments.archive import file_sha256
 from deployments.archive_formats import read_manifest
 from deployments.errors import RequestError
 from deployments.examples import archive_command, build_examples
-from management.batch import inputs, layout, results, scoring
+from management.batch import inputs, layout, model_inputs, results, scoring
 
 IRIS_COLUMNS = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 
@@ -377,22 +377,22 @@ def test_row_result_reads_one_row_or_says_why_not(object_store: ObjectStore, arc
 def test_several_declared_inputs_are_fed_by_column_name() -> None:
     table = pa.table({"b": [1, 2], "a": [0.5, 1.5], "extra": ["x", "y"]})
     specs = [{"name": "a", "datatype": "FP32", "shape": [-1]}, {"name": "b", "datatype": "INT64", "shape": [-1]}]
-    built = scoring.build_inputs(table, ["b", "a", "extra"], specs)
+    built = model_inputs.build_inputs(table, ["b", "a", "extra"], specs)
     assert list(built) == ["a", "b"] and built["a"].dtype == np.float32 and built["b"].dtype == np.int64
-    single = scoring.build_inputs(table, ["b", "a"], [])
+    single = model_inputs.build_inputs(table, ["b", "a"], [])
     assert list(single) == ["input-0"] and single["input-0"].tolist() == [[1.0, 0.5], [2.0, 1.5]]
-    mixed = scoring.build_inputs(table, ["a", "extra"], [])
+    mixed = model_inputs.build_inputs(table, ["a", "extra"], [])
     assert mixed["input-0"].dtype == object and mixed["input-0"][1].tolist() == [1.5, "y"]
     with pytest.raises(RequestError) as info:
-        scoring.build_inputs(table, ["b"], [specs[0], {"name": "c", "datatype": "FP64", "shape": [-1]}])
+        model_inputs.build_inputs(table, ["b"], [specs[0], {"name": "c", "datatype": "FP64", "shape": [-1]}])
     assert info.value.field == "inputs" and "'c'" in info.value.message
 
 
 def test_declared_integer_inputs_never_truncate_floats() -> None:
     table = pa.table({"a": [1.5, 2.0], "b": [1, 2]})
     spec = [{"name": "x", "datatype": "INT64", "shape": [-1, 2]}]
-    assert scoring.build_inputs(table, ["a", "b"], spec)["x"].tolist() == [[1.5, 1.0], [2.0, 2.0]]
-    assert scoring.build_inputs(table, ["b"], spec)["x"].dtype == np.int64
+    assert model_inputs.build_inputs(table, ["a", "b"], spec)["x"].tolist() == [[1.5, 1.0], [2.0, 2.0]]
+    assert model_inputs.build_inputs(table, ["b"], spec)["x"].dtype == np.int64
 
 
 def test_read_rows_spans_row_groups_and_reads_only_what_it_needs(tmp_path):

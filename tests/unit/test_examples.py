@@ -11,7 +11,8 @@ from deployments.archive import list_store, unpack_archive
 from deployments.archive_formats import read_manifest
 from deployments.errors import RequestError
 from deployments.examples import archive_command, build_examples
-from deployments.handlers import Handler, load_handler
+from deployments.handler_loader import load_handler
+from deployments.handlers import Handler
 
 
 @pytest.fixture(scope="module")

@@ -11,13 +11,8 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 
 from deployments.errors import RequestError
-from deployments.handlers import (
-    CallableHandler,
-    Handler,
-    ModelContext,
-    SklearnHandler,
-    load_handler,
-)
+from deployments.handler_loader import load_handler
+from deployments.handlers import CallableHandler, Handler, ModelContext, SklearnHandler
 from deployments.manifest import MANIFEST_NAME, Manifest
 
 

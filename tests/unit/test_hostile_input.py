@@ -32,16 +32,18 @@ from deployments.archive_formats import read_manifest
 from deployments.errors import RequestError
 from deployments.examples import build_examples
 from deployments.generic_pool import GenericPool
-from deployments.handlers import load_handler
+from deployments.handler_loader import load_handler
 from deployments.manifest import Manifest
 from deployments.model_deployment import ModelServer
 from deployments.redact import PLACEHOLDER, public_message
 from management import api as management_api
+from management import batch_routes
 from management.batch.service import BatchService
 from management.placement import plan
 from management.registry import ModelRecord
 from management.serve_configs import model_app_config
 from management.model_manager import ModelManager
+from cluster import local_cluster
 from modelpool import cli
 
 TOKEN = "management-token-for-tests-0123456789"
@@ -212,23 +214,23 @@ def test_the_management_token_is_compared_in_constant_time(management, monkeypat
         compared.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr(management_api.hmac, "compare_digest", spy)
+    monkeypatch.setattr(hmac, "compare_digest", spy)
     assert client.get("/models", headers=bearer("guess")).status_code == 401
     assert compared == [(b"guess", TOKEN.encode())]
 
 
 def test_a_generated_token_is_written_for_its_owner_only_and_kept(tmp_path):
     settings = load_settings({"home": str(tmp_path / "home")}, {})
-    token = cli.management_token(settings)
+    token = local_cluster.management_token(settings)
     assert len(token) >= 40
     assert settings.token_path.read_text() == token
     assert stat.S_IMODE(settings.token_path.stat().st_mode) == 0o600
-    assert cli.management_token(settings) == token, "a restart keeps the token its users hold"
+    assert local_cluster.management_token(settings) == token, "a restart keeps the token its users hold"
 
 
 def test_a_configured_token_is_used_and_nothing_is_written(tmp_path):
     settings = load_settings({"home": str(tmp_path / "home")}, {"MODELPOOL_MANAGEMENT_TOKEN": TOKEN})
-    assert cli.management_token(settings) == TOKEN
+    assert local_cluster.management_token(settings) == TOKEN
     assert not settings.token_path.exists()
 
 
@@ -703,10 +705,10 @@ def test_artifact_names_with_a_slash_match_no_route(real_core, raw):
 
 
 def test_an_artifact_name_cannot_break_the_download_header():
-    assert management_api.attachment('rapport "final"; x=1\r\n.json') == (
+    assert batch_routes.attachment('rapport "final"; x=1\r\n.json') == (
         "attachment; filename=\"rapport__final___x_1__.json\"; "
         "filename*=UTF-8''rapport%20%22final%22%3B%20x%3D1%0D%0A.json")
-    assert management_api.attachment("报告.json") == \
+    assert batch_routes.attachment("报告.json") == \
         "attachment; filename=\"__.json\"; filename*=UTF-8''%E6%8A%A5%E5%91%8A.json"
 
 

@@ -17,7 +17,8 @@ from deployments.codecs.plain_json import encode_predict_response, parse_predict
 from deployments.codecs.v2_json import encode_infer_response, parse_infer_request, tensor_from_array
 from deployments.dataplane import select_outputs
 from deployments.errors import RequestError
-from deployments.tensors import V2_DATATYPES, InferenceRequest, InferenceResult, RequestedOutput, model_metadata
+from deployments.datatypes import V2_DATATYPES
+from deployments.tensors import InferenceRequest, InferenceResult, RequestedOutput, model_metadata
 
 SAMPLES: dict[str, list] = {
     "BOOL": [True, False, True, True],

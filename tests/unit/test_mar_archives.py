@@ -31,7 +31,8 @@ from deployments.archive import find_in_store, list_store, unpack_archive
 from deployments.archive_formats import read_manifest
 from deployments.errors import RequestError
 from deployments.generic_pool import GenericPool
-from deployments.handlers import SklearnHandler, load_handler
+from deployments.handler_loader import load_handler
+from deployments.handlers import SklearnHandler
 from deployments.model_deployment import ModelServer
 from management import placement, serve_configs
 from management.params import RegisterParams

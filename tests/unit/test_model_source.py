@@ -20,19 +20,14 @@ import pytest
 
 from cluster.url_patterns import parse_allowed_urls
 
-from deployments import model_source
+from management import url_checks
 from deployments.archive import build_archive
 from deployments.archive_formats import read_manifest
 from deployments.errors import RequestError
 from deployments.manifest import Manifest
-from deployments.model_source import (
-    UrlPolicy,
-    archive_basename,
-    check_address,
-    is_public_address,
-    resolve_checked_address,
-    resolve_model_url,
-)
+from management.model_source import resolve_model_url
+from management.url_checks import UrlPolicy, check_address, is_public_address, resolve_checked_address
+from management.url_download import archive_basename
 
 CAP = 64 * 1024
 SLOW_TIMEOUT = 0.6
@@ -203,8 +198,8 @@ def refused(status: int, call, *args, **kwargs) -> RequestError:
 @pytest.fixture
 def loopback_is_public(monkeypatch: pytest.MonkeyPatch) -> None:
     """Treat 127.0.0.1 as public so the address rule can be tested against the local server."""
-    real = model_source.is_public_address
-    monkeypatch.setattr(model_source, "is_public_address", lambda a: a == "127.0.0.1" or real(a))
+    real = url_checks.is_public_address
+    monkeypatch.setattr(url_checks, "is_public_address", lambda a: a == "127.0.0.1" or real(a))
 
 
 @pytest.fixture
@@ -616,7 +611,7 @@ def test_refused_model_urls_get_exact_statuses_and_messages(dirs, server, base, 
     assert answer(f"{base}/slow", local_policy(base, timeout_s=SLOW_TIMEOUT)) == (
         408, f"downloading '{base}/slow' took longer than the 0.6s limit; use a faster or closer store, or copy the "
              "archive into the model store")
-    monkeypatch.setattr(model_source, "is_public_address", lambda a: a == "127.0.0.1")  # the local server is "public"
+    monkeypatch.setattr(url_checks, "is_public_address", lambda a: a == "127.0.0.1")  # the local server is "public"
     assert answer(f"{base}/redirect-metadata", local_policy(base, allow_private_networks=False,
                                                             allowed_urls=(".*",))) == (
         403, f"address 169.254.169.254, {PRIVATE_RULE}")

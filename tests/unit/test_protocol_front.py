@@ -19,7 +19,8 @@ from starlette.testclient import TestClient
 from cluster.settings import load_settings
 from deployments.examples import build_examples
 from deployments.generic_pool import GenericPool
-from deployments.http_routes import PROTOCOL_FRONT_APPS
+from deployments import app_names
+from deployments.app_names import PROTOCOL_FRONT_APPS
 from deployments.loaded_model import LoadedModel
 from deployments.model_deployment import ModelServer
 from deployments.protocol_front import POOL, ProtocolFront, Target, pick_target
@@ -69,7 +70,7 @@ class Cluster:
         self.pool.get_model = self._load_without_multiplexing
         self._loaded: dict[str, LoadedModel] = {}
         self.replicas[pool_app.route_prefix] = self.pool
-        handles = {(serve_configs.app_name(c.name, c.version), serve_configs.deployment_name(c.name, c.version)):
+        handles = {(app_names.app_name(c.name, c.version), app_names.deployment_name(c.name, c.version)):
                    InProcessHandle(self.replicas[serve_configs.route_prefix(c.name, c.version, c.is_default)])
                    for c in iris}
         handles[(POOL.app, POOL.deployment)] = InProcessHandle(self.pool)

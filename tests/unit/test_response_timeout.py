@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from deployments import http_routes
+from deployments import model_calls
 from deployments.archive import unpack_archive
 from deployments.examples import archive_command
 from deployments.loaded_model import DEFAULT_RESPONSE_TIMEOUT_S, LoadedModel
@@ -44,7 +44,7 @@ def predict(model: LoadedModel, seconds: float):
     async def read() -> bytes:
         return json.dumps({"instances": [[seconds, 1.0]]}).encode()
 
-    return asyncio.run(http_routes.answer_model_call(model, http_routes.ModelCall(None, "predict"), read, ["1"], {}, {}))
+    return asyncio.run(model_calls.answer_model_call(model, model_calls.ModelCall(None, "predict"), read, ["1"], {}, {}))
 
 
 def test_a_call_past_the_response_timeout_is_a_504_naming_it_and_the_replica_turns_unhealthy(slow_model):
@@ -60,10 +60,10 @@ def test_a_call_past_the_response_timeout_is_a_504_naming_it_and_the_replica_tur
         "field": "response_timeout"}
     time.sleep(0.2)
     with pytest.raises(RuntimeError, match=r"a handler call has run \d+ s, past its response_timeout of 0.5 s"):
-        http_routes.check_not_overdue(slow_model)   # the stuck call still holds the model thread
+        model_calls.check_not_overdue(slow_model)   # the stuck call still holds the model thread
 
     time.sleep(1.5)  # the call ends on its own
-    http_routes.check_not_overdue(slow_model)
+    model_calls.check_not_overdue(slow_model)
     quick = predict(slow_model, 0.0)
     assert quick.status_code == 200 and json.loads(quick.body) == {"predictions": [1.0]}
 
@@ -72,7 +72,7 @@ def test_calls_within_the_response_timeout_are_untouched(slow_model):
     slow_model.configure(64, 0.005, response_timeout_s=5)
     answer = predict(slow_model, 0.3)
     assert answer.status_code == 200 and json.loads(answer.body) == {"predictions": [1.3]}
-    http_routes.check_not_overdue(slow_model)
+    model_calls.check_not_overdue(slow_model)
 
 
 def test_the_registered_response_timeout_reaches_dedicated_replicas_and_the_generic_pool():

@@ -1,7 +1,8 @@
 """The pure mapping from model settings to Serve application configs."""
 import pytest
 
-from management.serve_configs import ModelConfig, app_name, model_app_config, parse_app_name, route_prefix
+from deployments.app_names import app_name, parse_app_name
+from management.serve_configs import ModelConfig, model_app_config, route_prefix
 
 
 def config(**overrides):
@@ -66,3 +67,26 @@ def test_the_app_giving_up_the_default_route_moves_first():
     assert [[a.app_name for a in b] for b in batches] == [["model:iris:2"], ["model:iris:1"]]
     steady = _route_safe_batches([new_default, old_default], {"model:iris:1": "/v2/models/iris"})
     assert len(steady) == 1
+
+
+def test_building_a_deployment_again_when_ray_s_pickle_registration_races(monkeypatch):
+    """Ray's RequestRouterConfig un-registers a module process-wide; a build racing another thread's is retried."""
+    from ray import serve
+
+    from management import deployer
+
+    real = serve.deployment
+    calls = []
+
+    def racing(target):
+        calls.append(target)
+        if len(calls) == 1:
+            raise ValueError("<module 'ray.serve._private.request_router'> is not registered for pickle by value")
+        return real(target)
+
+    monkeypatch.setattr(deployer.serve, "deployment", racing)
+    bound = deployer._bind(model_app_config(config(), "/cache", "0.1"))
+    assert len(calls) == 2 and bound is not None
+    monkeypatch.setattr(deployer.serve, "deployment", lambda target: (_ for _ in ()).throw(ValueError("other")))
+    with pytest.raises(ValueError, match="other"):
+        deployer._bind(model_app_config(config(), "/cache", "0.1"))

@@ -13,7 +13,7 @@ import random
 import pytest
 
 from cluster.settings import SettingsError, load_settings
-from deployments import http_routes
+from deployments import model_calls
 from deployments.archive import unpack_archive
 from deployments.examples import build_examples
 from deployments.loaded_model import LoadedModel
@@ -159,7 +159,7 @@ def answer(model: LoadedModel, action: str, body: bytes, content_type: str):
     async def read() -> bytes:
         return body
 
-    return asyncio.run(http_routes.answer_model_call(model, http_routes.ModelCall(None, action), read, ["1"], {},
+    return asyncio.run(model_calls.answer_model_call(model, model_calls.ModelCall(None, action), read, ["1"], {},
                                                      {"content-type": content_type}))
 
 

@@ -231,7 +231,8 @@ def app(name: str, route: str, min_replicas: int = 1, user_config: dict | None =
 
 
 def test_a_deploy_waits_for_running_apps_that_change_in_place_not_for_starting_ones():
-    from management.deployer import LiveApp, changes_in_place, fingerprint, is_deployed
+    from management.deployer import changes_in_place, fingerprint, is_deployed
+    from management.serve_state import LiveApp
 
     pool = app("pool", "/v2/models", user_config={"catalog": {"a": {}}})
     running = LiveApp("/v2/models", "RUNNING", 2, config_id=fingerprint(pool))
@@ -256,7 +257,8 @@ def test_the_owner_of_a_path_is_the_longest_whole_segment_prefix():
 
 def test_moved_routes_are_waited_for_at_their_new_owner_when_it_can_answer():
     """set-default moves iris's short route from version 1 to 2; an unregistered app's route falls to the pool."""
-    from management.deployer import LiveApp, new_route_owners
+    from management.deployer import new_route_owners
+    from management.serve_state import LiveApp
 
     live = {"pool": LiveApp("/v2/models", "RUNNING", 1), "m:1": LiveApp("/v2/models/m", "RUNNING", 1),
             "m:2": LiveApp("/v2/models/m/versions/2", "RUNNING", 1), "gone:1": LiveApp("/v2/models/gone", "DELETING", 1),

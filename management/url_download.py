@@ -1,239 +1,39 @@
-"""Turn the ``url`` of a model registration into a local archive, without becoming an SSRF proxy.
+"""Downloading a checked model URL into the download folder: http(s) with pinned addresses, or s3.
 
-TorchServe's management API fetched model URLs from anywhere ("ShellTorch", CVE-2023-43654): anyone
-who could reach it could make the server read cloud metadata (169.254.169.254) or internal services.
-So here a remote URL is refused unless
-
-* it fully matches one of the operator's ``allowed_urls`` regexes (default: none, so remote URLs are
-  off until an operator opts in), checked before any DNS lookup or connection;
-* every address its host resolves to is public (no loopback, RFC 1918, link-local/metadata,
-  multicast, reserved, unspecified, nor IPv6 forms that embed such an IPv4), unless the operator
-  sets ``allow_private_networks`` for an on-prem store;
-* each redirect target passes both checks again (redirects are followed by hand, never by requests).
-
-DNS rebinding is closed by pinning: the host is resolved once, the checked address is the one we
-connect to (:class:`_PinnedAdapter`), while the ``Host`` header, TLS SNI and certificate check keep
-using the name. Residual risks, accepted and documented:
-
-* environment proxies (``HTTP(S)_PROXY``) and ``.netrc`` are ignored (``trust_env=False``): a proxy
-  would resolve and connect on its own, and netrc would hand credentials to whatever host a URL
-  names. Only ``REQUESTS_CA_BUNDLE`` / ``CURL_CA_BUNDLE`` are honoured, for stores with a private CA;
-* the total time cap is enforced between socket reads and by shrinking each read's timeout to the
-  time left, but while *headers* are being received a server trickling bytes can overrun it by a
-  bounded amount (http.client caps header size);
-* of several resolved addresses, all must be public and the first is used (no fallback);
-* a DNS lookup counts against the time cap but cannot be interrupted (the resolver's own timeout
-  applies);
-* ``s3://`` URLs are checked against the allow-list only: the object-store endpoint is operator
-  configuration inside ``fetch_s3``, not something the URL can point elsewhere.
+Every hop of an http(s) download is checked again (``management.url_checks``), the connection goes to the
+address that was checked, and the size and time caps of the policy hold while the bytes arrive. The
+file lands content-addressed, so the same bytes always land on the same path.
 """
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import os
 import re
 import socket
 import tempfile
 import time
 from contextlib import contextmanager
-
-from cluster.url_patterns import compile_pattern as _compile
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Union
+from typing import Any, Callable, Iterator, Optional
 from urllib.parse import SplitResult, unquote, urljoin, urlsplit
 
 import requests
 import urllib3
 from requests.adapters import HTTPAdapter
 
-from deployments.archive import find_in_store, file_sha256
+from cluster.object_store import ObjectStore
+from cluster.settings import Settings
+from deployments.archive import file_sha256
 from deployments.archive_formats import ARCHIVE_SUFFIXES
 from deployments.errors import RequestError
+from management.url_checks import UrlPolicy, check_remote_url, resolve_checked_address
 
-ALLOWED_URLS_SETTING = "--allowed-urls / MODELPOOL_ALLOWED_URLS"
-PRIVATE_NETWORKS_SETTING = "--allow-private-networks / MODELPOOL_ALLOW_PRIVATE_NETWORKS"
-ACCEPTED_FORMS = (
-    "a model-store archive name such as 'iris-1.zip', an http:// or https:// URL matching "
-    f"{ALLOWED_URLS_SETTING}, or s3://bucket/key"
-)
 FALLBACK_NAME = "model.zip"
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _CHUNK = 1024 * 1024
 _MAX_NAME = 100
-#: Characters never legitimate in a URL we fetch; refusing them removes parser-differential tricks.
-_BAD_URL_CHARS = re.compile(r"[^\x21-\x7e]|\\")
-_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 
-IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 FetchS3 = Callable[[str, Path], None]
-
-
-@dataclass(frozen=True)
-class UrlPolicy:
-    """What remote model URLs may be fetched, and how much of them.
-
-    ``allowed_urls`` are regular expressions that must match the *whole* URL (like TorchServe's
-    ``allowed_urls``); empty means no remote URL is accepted at all.
-    """
-
-    allowed_urls: tuple[str, ...] = ()
-    allow_private_networks: bool = False
-    max_bytes: int = 2 << 30
-    timeout_s: float = 60.0
-    max_redirects: int = 5
-
-    def __post_init__(self) -> None:
-        # Fail at startup on a bad pattern, not on the first registration that needs it.
-        object.__setattr__(self, "allowed_urls", tuple(self.allowed_urls))
-        for pattern in self.allowed_urls:
-            _compile(pattern)
-        if self.max_bytes <= 0 or self.timeout_s <= 0 or self.max_redirects < 0:
-            raise ValueError("max_bytes and timeout_s must be positive and max_redirects >= 0")
-
-    def allows(self, url: str) -> bool:
-        return any(_compile(pattern).fullmatch(url) for pattern in self.allowed_urls)
-
-
-# ------------------------------------------------------------------------------------ entry point
-
-
-def resolve_model_url(
-    url: str,
-    *,
-    model_store: Path,
-    download_dir: Path,
-    policy: UrlPolicy,
-    fetch_s3: Optional[FetchS3] = None,
-) -> Path:
-    """The local archive (file or directory) a registration ``url`` names, downloading if remote.
-
-    Raises :class:`RequestError` (field ``url``): 400 bad form, 403 not allowed, 404 missing from
-    the store, 408 download too slow, 413 too large.
-    """
-    scheme = _scheme(url)
-    if not scheme:
-        return find_in_store(Path(model_store), url)
-    if scheme == "file":
-        raise RequestError(
-            "file: URLs are refused (they would let callers read the server's disks); copy the "
-            "archive into the model store and register it by name, e.g. 'iris-1.zip'",
-            field="url",
-        )
-    if scheme in ("http", "https"):
-        return _download_http(url, Path(download_dir), policy)
-    if scheme == "s3":
-        return _download_s3(url, Path(download_dir), policy, fetch_s3)
-    raise RequestError(f"unsupported URL scheme {scheme!r}; use {ACCEPTED_FORMS}", field="url")
-
-
-def _scheme(url: str) -> str:
-    try:
-        return urlsplit(url).scheme
-    except ValueError as exc:
-        raise RequestError(f"{url!r} is not a valid URL ({exc}); use {ACCEPTED_FORMS}", field="url") from None
-
-
-# -------------------------------------------------------------------------------- URL checks
-
-
-def _check_remote_url(url: str, policy: UrlPolicy, schemes: tuple[str, ...]) -> SplitResult:
-    """Syntax, then allow-list: both without touching the network."""
-    if _BAD_URL_CHARS.search(url):
-        raise RequestError(
-            f"{url!r} contains spaces, control, non-ASCII or '\\' characters; percent-encode the "
-            "path and use the punycode form of the host",
-            field="url",
-        )
-    try:
-        split = urlsplit(url)
-        split.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError as exc:
-        raise RequestError(f"{url!r} is not a valid URL ({exc})", field="url") from None
-    if split.scheme not in schemes:
-        raise RequestError(f"{url!r} is refused: only {'/'.join(schemes)} URLs are fetched here", field="url")
-    if not split.hostname:
-        raise RequestError(f"{url!r} has no host", field="url")
-    if "@" in split.netloc:
-        # Credentials in URLs end up in logs, and 'allowed.com@evil.com' fools loose patterns.
-        raise RequestError(f"{url!r} carries credentials; URLs with 'user@' are not supported", field="url")
-    if not policy.allows(url):
-        raise RequestError(
-            f"{url!r} is not allowed: it matches none of the allowed URL patterns; an operator can "
-            f"add a regular expression for it with {ALLOWED_URLS_SETTING}",
-            status=403,
-            field="url",
-        )
-    return split
-
-
-def is_public_address(address: str) -> bool:
-    """True if ``address`` is a globally routable unicast IP, including any IPv4 embedded in it.
-
-    IPv4-mapped (``::ffff:127.0.0.1``), NAT64, 6to4 and Teredo addresses are judged by the IPv4
-    they carry, because that is where a connection to them ends up.
-    """
-    try:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
-    except ValueError:
-        return False
-    return all(_is_public(candidate) for candidate in _with_embedded_ipv4(ip))
-
-
-def _with_embedded_ipv4(ip: IPAddress) -> list[IPAddress]:
-    if not isinstance(ip, ipaddress.IPv6Address):
-        return [ip]
-    embedded: list[IPAddress] = []
-    if ip.ipv4_mapped is not None:
-        embedded.append(ip.ipv4_mapped)
-    if ip.sixtofour is not None:
-        embedded.append(ip.sixtofour)
-    if ip.teredo is not None:
-        embedded.extend(ip.teredo)
-    if ip in _NAT64:
-        embedded.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
-    # An embedded IPv4 decides: the outer prefix itself is "not global" by registry, yet routes out.
-    return embedded or [ip]
-
-
-def _is_public(ip: IPAddress) -> bool:
-    special = (ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_multicast
-               or ip.is_reserved or ip.is_unspecified)
-    if isinstance(ip, ipaddress.IPv6Address):
-        special = special or ip.is_site_local
-    return ip.is_global and not special
-
-
-def resolve_checked_address(host: str, port: int, policy: UrlPolicy) -> str:
-    """Resolve ``host`` once and return the address to connect to, refusing non-public targets.
-
-    Every resolved address must pass, not just the first: otherwise a name with one public and one
-    internal record would be a coin flip an attacker can retry.
-    """
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError) as exc:
-        raise RequestError(f"cannot resolve host {host!r} ({exc})", field="url") from None
-    addresses = list(dict.fromkeys(info[4][0] for info in infos))
-    if not addresses:
-        raise RequestError(f"host {host!r} resolves to no address", field="url")
-    if not policy.allow_private_networks:
-        for address in addresses:
-            check_address(address, host)
-    return addresses[0]
-
-
-def check_address(address: str, host: str = "") -> None:
-    """Refuse (403) a non-public address; ``host`` only improves the message."""
-    if not is_public_address(address):
-        shown = f"host {host!r} resolves to {address}" if host and host != address else f"address {address}"
-        raise RequestError(
-            f"{shown}, a loopback, private, link-local or reserved address; model downloads only go "
-            f"to public addresses unless an operator sets {PRIVATE_NETWORKS_SETTING}",
-            status=403,
-            field="url",
-        )
 
 
 # ---------------------------------------------------------------------------------- http(s)
@@ -273,13 +73,13 @@ def _pinned_session(host: str, address: str) -> requests.Session:
     return session
 
 
-def _download_http(url: str, download_dir: Path, policy: UrlPolicy) -> Path:
+def download_http(url: str, download_dir: Path, policy: UrlPolicy) -> Path:
     """Follow redirects by hand so that every hop is checked like the first one."""
     deadline = time.monotonic() + policy.timeout_s
     name = archive_basename(url)
     current = url
     for _ in range(policy.max_redirects + 1):
-        split = _check_remote_url(current, policy, ("http", "https"))
+        split = check_remote_url(current, policy, ("http", "https"))
         port = split.port or (443 if split.scheme == "https" else 80)
         address = resolve_checked_address(split.hostname or "", port, policy)
         with _pinned_session(split.hostname or "", address) as session:
@@ -408,8 +208,8 @@ def too_large(url: str, max_bytes: int, declared: Optional[int] = None) -> Reque
 # ------------------------------------------------------------------------------------------- s3
 
 
-def _download_s3(url: str, download_dir: Path, policy: UrlPolicy, fetch_s3: Optional[FetchS3]) -> Path:
-    split = _check_remote_url(url, policy, ("s3",))
+def download_s3(url: str, download_dir: Path, policy: UrlPolicy, fetch_s3: Optional[FetchS3]) -> Path:
+    split = check_remote_url(url, policy, ("s3",))
     if not split.path.strip("/"):
         raise RequestError(f"{url!r} names no object; use s3://bucket/key", field="url")
     if fetch_s3 is None:
@@ -442,6 +242,23 @@ def _call_fetch_s3(fetch_s3: FetchS3, url: str, dest: Path) -> None:
         raise RequestError(f"fetching {url!r} failed ({exc})", field="url") from None
 
 
+def s3_fetcher(settings: Settings) -> FetchS3:
+    """The fetcher of s3:// model URLs: through the configured endpoint (allow-listed before it is called).
+
+    The object's size is asked first: a download past --max-download-bytes would fill the disk
+    before the size cap (checked on the file) could refuse it.
+    """
+    def fetch_s3(url: str, dest: Path) -> None:
+        bucket, _, key = url[len("s3://"):].partition("/")
+        store = ObjectStore(f"s3://{bucket}", s3_endpoint=settings.s3_endpoint, s3_region=settings.s3_region)
+        size = store.filesystem.get_file_info(store.path(key)).size
+        if size is not None and size > settings.max_download_bytes:
+            raise too_large(url, settings.max_download_bytes, declared=size)
+        store.download_file(key, dest)
+
+    return fetch_s3
+
+
 # ------------------------------------------------------------------------------------- naming
 
 
@@ -469,6 +286,3 @@ def _finish(tmp: Path, sha256_hex: str, download_dir: Path, name: str) -> Path:
     final = download_dir / f"{sha256_hex[:16]}-{name}"
     os.replace(tmp, final)
     return final
-
-
-

@@ -1,0 +1,150 @@
+"""The life of the cluster ``modelpool start`` brings up: start (or join), stop, and the state file.
+
+``start`` runs a Ray head (or joins ``--address``), starts Serve, hands the management token to
+the caller's ``deploy`` and returns once the HTTP ingress answers; whatever fails on the way is
+stopped again, so a failed start leaves nothing running. What gets deployed is the caller's
+(the CLI's): this layer knows Ray and Serve, not the applications above it. The state file
+(``HOME/cluster.json``) records what was started, so ``stop`` ends exactly that (a joined cluster
+keeps running, only Serve goes) and ``status`` and the remote commands find the cluster.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from cluster import paths, runtime
+from cluster.settings import Settings, check_exposure
+
+#: Lines for the person starting the cluster (progress) and for what went wrong (trouble).
+Say = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    """The default ``Say``: a library caller gets no output."""
+
+
+# ------------------------------------------------------------------------------------------ state file
+def read_state(home: Path) -> Optional[dict]:
+    """What ``modelpool start`` recorded in ``home``, None when nothing runs from there."""
+    try:
+        return json.loads(paths.state_path(home).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def write_state(home: Path, state: dict) -> None:
+    path = paths.state_path(home)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=2))
+    os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------------------------------ token
+def management_token(settings: Settings) -> str:
+    """The configured token, else the one saved in HOME, else a new one saved there (mode 0600)."""
+    if settings.management_token:
+        return settings.management_token
+    path = settings.token_path
+    if path.exists():
+        return path.read_text().strip()
+    token = secrets.token_urlsafe(32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(token)
+    return token
+
+
+# ------------------------------------------------------------------------------------------ start and stop
+def prepare_home(settings: Settings) -> None:
+    """Refuse an unsafe exposure before anything exists (a refused start leaves nothing behind), then
+    make the home folder and the model store."""
+    check_exposure(settings)
+    settings.home_path.mkdir(parents=True, exist_ok=True)
+    settings.model_store_path.mkdir(parents=True, exist_ok=True)
+
+
+def wait_until_ready(url: str, timeout_s: float) -> None:
+    """Wait until the ingress answers /v2/health/ready with 200 (HAProxy learns routes a bit after Serve)."""
+    deadline = time.monotonic() + timeout_s
+    last = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=5) as response:
+                if response.status == 200:
+                    return
+                last = f"HTTP {response.status}"
+        except urllib.error.HTTPError as exc:
+            last = f"HTTP {exc.code}: {exc.read()[:200]!r}"
+        except OSError as exc:
+            last = str(exc)
+        time.sleep(0.5)
+    raise TimeoutError(f"{url}/v2/health/ready not ready after {timeout_s:.0f}s ({last})")
+
+
+def start(settings: Settings, deploy: Callable[[str], None], grpc_servicer_functions: Sequence[str] = (),
+          progress: Say = _quiet, trouble: Say = _quiet) -> None:
+    """Start a local Ray head (or join ``settings.address``) and Serve, ``deploy(token)``, wait until served.
+
+    ``grpc_servicer_functions`` are import paths for Serve's gRPC ingress (the caller's, like ``deploy``).
+    On any failure, what was started is stopped again and the error raised.
+    """
+    started_here = not settings.address
+    if started_here:
+        progress(f"starting a local Ray head on 127.0.0.1:{settings.ray_port} ...")
+        address = runtime.start_local_head(settings)
+    else:
+        address = settings.address
+    write_state(settings.home_path, {"address": address, "started_here": started_here, "url": settings.http_url})
+    try:
+        token = management_token(settings)
+        runtime.connect(address)
+        runtime.start_serve(settings, grpc_servicer_functions)
+        deploy(token)
+        wait_until_ready(settings.http_url, settings.start_timeout_s)
+    except BaseException:
+        trouble("start failed; stopping what was started")
+        stop(settings)
+        raise
+
+
+def stop(settings: Settings) -> None:
+    """End what ``start`` started from this home: the local Ray head (haproxy included), or Serve alone
+    on a joined cluster. Without a state file, ``--address`` says which it was."""
+    state = read_state(settings.home_path) or {"started_here": not settings.address, "address": settings.address}
+    if state.get("started_here", True):
+        try:
+            import ray
+
+            if ray.is_initialized():
+                ray.shutdown()
+        except Exception:  # noqa: BLE001 - stopping anyway
+            pass
+        runtime.stop_local_head()
+    else:
+        runtime.connect(state["address"])
+        from ray import serve
+
+        serve.shutdown()
+    paths.state_path(settings.home_path).unlink(missing_ok=True)
+
+
+def wait_for_signal() -> None:
+    """Block until SIGINT or SIGTERM (``start --block``: a container's foreground process)."""
+    received = {"now": False}
+
+    def handler(*_: object) -> None:
+        received["now"] = True
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    while not received["now"]:
+        time.sleep(0.5)

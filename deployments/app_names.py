@@ -1,0 +1,42 @@
+"""Every name Serve knows modelpool's applications and deployments by, spelled once.
+
+Management deploys applications under these names and replicas look each other up by them
+(``serve.get_deployment_handle(deployment, app_name=app)``), so both sides import them from here.
+A model version with replicas of its own is the application ``model:{name}:{version}``; everything
+else is one fixed application: the generic pool, the gRPC front, one front per other server's URL
+scheme and management itself. Pure: no Ray, so naming is unit-tested in milliseconds.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+from deployments.codecs import kserve_v1, torchserve
+
+MODEL_APP_PREFIX = "model:"
+MANAGEMENT_APP = "management"  # at route prefix "/"; the gRPC front sends it the calls that name no model
+GENERIC_POOL_APP = "generic-pool"
+GENERIC_POOL_DEPLOYMENT = "GenericPool"
+GENERIC_POOL_ROUTE = "/v2/models"
+GRPC_FRONT_APP = "grpc-front"
+GRPC_FRONT_DEPLOYMENT = "GrpcFront"
+PROTOCOL_FRONT_DEPLOYMENT = "ProtocolFront"
+# protocol -> the Serve app at its codec's ROUTE_PREFIX (deployments.protocol_front)
+PROTOCOL_FRONT_APPS = {torchserve.NAME: "torchserve-inference", kserve_v1.NAME: "kserve-v1"}
+
+
+def app_name(name: str, version: str) -> str:
+    """The application of a model version that has replicas of its own."""
+    return f"{MODEL_APP_PREFIX}{name}:{version}"
+
+
+def parse_app_name(app: str) -> Optional[tuple[str, str]]:
+    """(name, version) of a model app, or None for any other app."""
+    if not app.startswith(MODEL_APP_PREFIX):
+        return None
+    name, _, version = app[len(MODEL_APP_PREFIX):].rpartition(":")
+    return (name, version) if name else None
+
+
+def deployment_name(name: str, version: str) -> str:
+    """The deployment inside a model version's application (Serve's names hold no dots)."""
+    return f"{name}_v{version}".replace(".", "_")

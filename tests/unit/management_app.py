@@ -1,0 +1,318 @@
+"""The real management application, served in process over real HTTP, with Serve kept in memory.
+
+``management.api`` answers around a real :class:`~management.model_manager.ModelManager` on a local
+object store in a temporary folder, behind uvicorn on 127.0.0.1 (an ephemeral port, a thread,
+stopped at teardown), so the clients' tests see the server's own routes, validation, answers and
+errors rather than a second copy of them.
+
+What would need Ray is faked at the narrowest seam, honestly:
+
+- :class:`InProcessServe` stands in for Serve: ``management.deployer``'s deploy, delete and wait
+  calls land here, and each deployed application becomes one real replica object in this process
+  (:class:`~deployments.generic_pool.GenericPool` or :class:`~deployments.model_deployment.ModelServer`,
+  reconfigured with the app's ``user_config`` as Serve would), reported RUNNING with the replica count
+  its options ask for. Requests below an app's route prefix go to its replica (longest prefix first,
+  as Serve's proxy routes them), everything else to the management app. So register then infer works
+  as documented, and an unregistered model stops answering.
+- The archive load check (a throwaway Ray task) runs its own function in this process.
+- The few Ray calls that read the cluster (its nodes, this node's id) answer for one local node.
+
+Batch jobs (scored by Ray tasks) are not served here.
+"""
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Optional
+from urllib.parse import parse_qsl
+
+import pytest
+import ray
+import uvicorn
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+
+from cluster.object_store import ObjectStore
+from cluster.settings import load_settings
+from deployments import log_flush
+from deployments.app_names import GENERIC_POOL_DEPLOYMENT
+from deployments.generic_pool import GenericPool
+from deployments.model_deployment import ModelServer
+from management import api as management_api
+from management import archive_intake, deployer, model_manager, workers
+from management.model_manager import ModelManager
+from deployments.app_names import MODEL_APP_PREFIX
+from management.serve_configs import AppConfig
+from management.ttl_cache import TtlCache
+
+TOKEN = "unit-test-token"
+NODE_IP = "127.0.0.1"
+
+
+def wanted_replicas(app: AppConfig) -> int:
+    options = app.deployment_options
+    return int((options.get("autoscaling_config") or {}).get("min_replicas", options.get("num_replicas", 1)) or 0)
+
+
+def _in_process_pool(init_kwargs: dict) -> GenericPool:
+    """A generic pool whose models load on first use and stay (Serve's multiplexing needs a replica context)."""
+    pool = GenericPool(**init_kwargs)
+    loaded: dict[str, Any] = {}
+
+    async def get_model(model_id: str) -> Any:
+        if model_id not in loaded:
+            name, version, _ = model_id.rsplit(":", 2)
+            spec = pool.catalog[name]["versions"][version]
+            loaded[model_id] = pool._load(spec["source"], name, version, spec.get("handler"))
+        return loaded[model_id]
+
+    pool.get_model = get_model  # type: ignore[method-assign]
+    return pool
+
+
+@dataclass
+class InProcessServe:
+    """Serve's applications, in memory: app name -> its config and its one in-process replica."""
+
+    apps: dict[str, AppConfig] = field(default_factory=dict)
+    replicas: dict[str, Any] = field(default_factory=dict)
+    started: float = field(default_factory=time.time)
+
+    # ------------------------------------------------------------------ management.deployer's calls
+    def deploy_apps(self, apps: Iterable[AppConfig], wait: bool = False, ingress: Any = None,
+                    deleted: Iterable[str] = ()) -> None:
+        for app in apps:
+            known = self.apps.get(app.app_name)
+            if known is None or known.init_kwargs != app.init_kwargs or app.app_name not in self.replicas:
+                self.replicas[app.app_name] = self._start(app)
+            self.apps[app.app_name] = app
+            replica = self.replicas[app.app_name]
+            if replica is not None:
+                replica.reconfigure(dict(app.deployment_options.get("user_config") or {}))
+
+    def _start(self, app: AppConfig) -> Any:
+        if app.deployment_name == GENERIC_POOL_DEPLOYMENT:
+            return _in_process_pool(app.init_kwargs)
+        if app.app_name.startswith(MODEL_APP_PREFIX):
+            return ModelServer(**app.init_kwargs)
+        return None  # the gRPC and protocol fronts: not served here
+
+    def delete_app(self, app_name: str, wait: bool = True) -> None:
+        self.apps.pop(app_name, None)
+        self.replicas.pop(app_name, None)
+
+    def model_app_names(self) -> list[str]:
+        return [name for name in self.apps if name.startswith(MODEL_APP_PREFIX)]
+
+    def running(self, app_name: str) -> int:
+        return wanted_replicas(self.apps[app_name]) if app_name in self.apps else 0
+
+    def has_replicas(self, app_names: Iterable[str], app_name: str, at_least: int) -> bool:
+        return self.running(app_name) >= at_least
+
+    def wait_until_running(self, app_names: Iterable[str], timeout_s: float) -> None:
+        """Every app runs once deployed: replicas start inside ``deploy_apps``."""
+
+    def wait_for_replicas(self, app_name: str, at_least: int, timeout_s: float) -> None:
+        if self.running(app_name) < at_least:
+            raise TimeoutError(f"{app_name} has {self.running(app_name)} running replicas, wanted {at_least}")
+
+    # ------------------------------------------------------------------ what management reads
+    def details(self) -> dict:
+        """The controller's instance details, in Serve's shape: every app RUNNING with its replicas."""
+        applications = {}
+        for name, app in self.apps.items():
+            replicas = [{"replica_id": f"{name}-{i}", "state": "RUNNING", "node_id": "local", "node_ip": NODE_IP,
+                         "pid": os.getpid(), "start_time_s": self.started} for i in range(wanted_replicas(app))]
+            deployment = {"replicas": replicas, "target_num_replicas": len(replicas),
+                          "deployment_config": {"user_config": app.deployment_options.get("user_config")}}
+            applications[name] = {"status": "RUNNING", "route_prefix": app.route_prefix, "message": "",
+                                  "deployments": {app.deployment_name: deployment}}
+        return {"applications": applications}
+
+    def replica_for(self, path: str) -> tuple[Optional[str], Any]:
+        """(route prefix, replica) of the app whose prefix is the longest that ``path`` lies under."""
+        best: tuple[Optional[str], Any] = (None, None)
+        for name, app in self.apps.items():
+            prefix = (app.route_prefix or "").rstrip("/")
+            if self.replicas.get(name) is not None and prefix and (path == prefix or path.startswith(prefix + "/")):
+                if best[0] is None or len(prefix) > len(best[0]):
+                    best = (prefix, self.replicas[name])
+        return best
+
+
+class LocalRay:
+    """The Ray calls that read the cluster, answered for one local node (``import ray`` alone starts nothing)."""
+
+    @staticmethod
+    def nodes() -> list[dict]:
+        return [{"Alive": True, "NodeManagerAddress": NODE_IP}]
+
+    @staticmethod
+    def get_runtime_context() -> Any:
+        class Context:
+            @staticmethod
+            def get_node_id() -> str:
+                return "local"
+        return Context()
+
+    @staticmethod
+    def cluster_resources() -> dict:
+        return {"CPU": float(os.cpu_count() or 1)}
+
+    @staticmethod
+    def get(value: Any) -> Any:
+        """What an :class:`InProcessTask` returned is already the task's result."""
+        return value
+
+
+class InProcessTask:
+    """A Ray remote function run in this process: ``.remote(...)`` answers what the function returns."""
+
+    def __init__(self, remote_function: Any) -> None:
+        self.function = remote_function._function
+
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        return self.function(*args, **kwargs)
+
+
+@dataclass
+class Seen:
+    """One request as it reached the cluster, and the client port (the TCP connection) that carried it."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+    body: Any
+    authorization: Optional[str]
+    port: int
+    user_agent: Optional[str] = None
+    idempotency_key: Optional[str] = None
+
+
+class Proxy:
+    """The cluster's ingress in one ASGI app: a model's route to its replica, the rest to the management API.
+
+    It records every request (``seen``) and every connection (``connections``), and, like HAProxy with
+    no management replica behind it, answers the next ``ingress_failures`` requests with its plain-text 500.
+    """
+
+    def __init__(self, serve: InProcessServe) -> None:
+        self.serve = serve
+        self.seen: list[Seen] = []
+        self.connections: list[int] = []
+        self.ingress_failures = 0
+
+    def requests_to(self, path: str, method: Optional[str] = None) -> list[Seen]:
+        return [s for s in self.seen if s.path == path and (method is None or s.method == method)]
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await management_api.api(scope, receive, send)
+            return
+        receive = await self._record(scope, receive)
+        if self.ingress_failures > 0:
+            self.ingress_failures -= 1
+            await PlainTextResponse("Internal Server Error", status_code=500)(scope, receive, send)
+            return
+        prefix, replica = self.serve.replica_for(scope.get("path", ""))
+        if replica is None:
+            await management_api.api(scope, receive, send)
+            return
+        scope = {**scope, "root_path": prefix}
+        response = await replica(Request(scope, receive))
+        await response(scope, receive, send)
+
+    async def _record(self, scope: dict, receive: Any) -> Any:
+        """Note the request (its body read whole) and hand on a ``receive`` that replays the body."""
+        chunks, more = [], True
+        while more:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        port = scope["client"][1]
+        if port not in self.connections:
+            self.connections.append(port)
+        path = scope.get("raw_path", scope["path"].encode()).decode("latin-1")  # as sent: %2F stays
+        self.seen.append(Seen(scope["method"], path, dict(parse_qsl(scope.get("query_string", b"").decode())),
+                              json.loads(body) if body else None, headers.get("authorization"), port,
+                              headers.get("user-agent"), headers.get("idempotency-key")))
+        replayed = False
+
+        async def replay() -> dict:
+            nonlocal replayed
+            if replayed:
+                return await receive()  # a disconnect, when the client goes
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return replay
+
+
+@dataclass
+class RunningManagement:
+    """What a test needs: the URL, the token, and the real core behind them."""
+
+    url: str
+    token: str
+    manager: ModelManager
+    serve: InProcessServe
+    ingress: Proxy
+
+
+def serve_in_thread(app: Any) -> tuple[uvicorn.Server, threading.Thread, int]:
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, name="management-app", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the in-process management app did not start")
+        time.sleep(0.01)
+    return server, thread, server.servers[0].sockets[0].getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def model_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The example archives (iris 1 and 2, diabetes, iris_report), built once."""
+    from deployments.examples import build_examples
+
+    folder = tmp_path_factory.mktemp("model-store")
+    build_examples(folder)
+    return folder
+
+
+@pytest.fixture(name="management")
+def management_fixture(tmp_path: Path, model_store: Path, monkeypatch: pytest.MonkeyPatch):
+    """The management app around a real ModelManager, over HTTP on 127.0.0.1; stopped at teardown."""
+    serve = InProcessServe()
+    for name in ("deploy_apps", "delete_app", "model_app_names", "has_replicas", "wait_until_running",
+                 "wait_for_replicas"):
+        monkeypatch.setattr(deployer, name, getattr(serve, name))
+    monkeypatch.setattr(workers, "ray", LocalRay)
+    monkeypatch.setattr(model_manager, "ray", LocalRay)
+    monkeypatch.setattr(archive_intake, "ray", LocalRay)
+    monkeypatch.setattr(archive_intake, "_load_check", InProcessTask(archive_intake._load_check))
+    monkeypatch.setattr(log_flush, "_started", True)  # no Serve logs to flush in this process
+
+    settings = load_settings({"home": str(tmp_path), "object_store": str(tmp_path / "objects"),
+                              "model_store": str(model_store)}, {})
+    manager = ModelManager(settings, store=ObjectStore(str(tmp_path / "objects")))
+    manager._details = TtlCache(serve.details, ttl_s=0)  # what Serve's controller would answer
+    for name, value in {"manager": manager, "token": TOKEN, "debug": False}.items():
+        monkeypatch.setattr(management_api.state, name, value, raising=False)
+    ingress = Proxy(serve)
+    server, thread, port = serve_in_thread(ingress)
+    try:
+        yield RunningManagement(f"http://127.0.0.1:{port}", TOKEN, manager, serve, ingress)
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        assert not thread.is_alive(), "the in-process management app did not stop"
+        assert not ray.is_initialized(), "a unit test must not start Ray"
+
