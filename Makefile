@@ -8,7 +8,9 @@ BIN := $(VENV)/bin
 $(BIN)/.installed: pyproject.toml cluster/version.py  # the version is read from cluster/version.py at install
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[test]"
+	# The folders import as modelpool.cluster, ...: setuptools maps them with an import finder and says so in
+	# an "Editable installation" notice at every editable install; that notice alone is silenced.
+	PYTHONWARNINGS="ignore:Editable installation" $(BIN)/pip install -q -e ".[test]"
 	touch $@
 
 install: $(BIN)/.installed

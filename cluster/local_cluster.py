@@ -19,8 +19,8 @@ import urllib.request
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from cluster import paths, runtime
-from cluster.settings import Settings, check_exposure
+from modelpool.cluster import paths, runtime
+from modelpool.cluster.settings import Settings, check_exposure
 
 #: Lines for the person starting the cluster (progress) and for what went wrong (trouble).
 Say = Callable[[str], None]

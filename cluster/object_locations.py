@@ -1,6 +1,6 @@
 """Keys and locations of the object store: which keys are safe, where a store URI points, S3 access.
 
-Apart from :mod:`cluster.object_store` (which reads and writes objects) because these are rules, not
+Apart from :mod:`modelpool.cluster.object_store` (which reads and writes objects) because these are rules, not
 I/O: a key is checked once here for every caller, so none can name anything outside the store root,
 and ``file://``, plain-path and ``s3://`` URIs are parsed to one root form before a filesystem opens.
 """

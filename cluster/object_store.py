@@ -37,7 +37,7 @@ from typing import Any, BinaryIO, Optional
 
 import pyarrow.fs as pafs
 
-from cluster.object_locations import TEMP_PREFIX, check_key, is_temp, parse_uri, s3_filesystem, temp_sibling
+from modelpool.cluster.object_locations import TEMP_PREFIX, check_key, is_temp, parse_uri, s3_filesystem, temp_sibling
 
 _CHUNK = 8 * 1024 * 1024
 _PLAIN_ETAG = re.compile(r"^[0-9a-f]{32}$")

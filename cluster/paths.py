@@ -1,6 +1,6 @@
 """Where modelpool keeps its files on a machine: the home folder and what lives in it, spelled once.
 
-The server (``cluster.settings``), the CLI and the client all find the cluster's state and the
+The server (``modelpool.cluster.settings``), the CLI and the client all find the cluster's state and the
 management token here, so a client on the cluster's machine needs no configuration: it looks
 where ``modelpool start`` wrote. Only the standard library, so the client can import it cheaply.
 """

@@ -4,7 +4,7 @@ A local Ray head is started with ``ray start`` (a separate process tree that out
 ``ray start`` itself). The HAProxy ingress is switched on through environment variables that every
 Ray process inherits from the head. Stopping must also end the haproxy children, which ``ray stop``
 can leave behind on their ports. The order of a start or stop, and the state file that remembers it,
-are ``cluster.local_cluster``'s.
+are ``modelpool.cluster.local_cluster``'s.
 """
 from __future__ import annotations
 
@@ -20,9 +20,9 @@ from typing import Sequence
 
 import psutil
 
-from cluster.front_directories import FRONT_DIRECTORY_PREFIX, remove_stale_front_directories
+from modelpool.cluster.front_directories import FRONT_DIRECTORY_PREFIX, remove_stale_front_directories
 
-from cluster.settings import Settings
+from modelpool.cluster.settings import Settings
 
 logger = logging.getLogger(__name__)
 

@@ -13,10 +13,10 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from cluster import paths
-from cluster.net import is_loopback_host
-from cluster.tokens import token_digest
-from cluster.url_patterns import parse_allowed_urls
+from modelpool.cluster import paths
+from modelpool.cluster.net import is_loopback_host
+from modelpool.cluster.tokens import token_digest
+from modelpool.cluster.url_patterns import parse_allowed_urls
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 ENV_PREFIX = "MODELPOOL_"

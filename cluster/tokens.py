@@ -4,7 +4,7 @@ Serve shows every deployment's ``user_config`` to whoever can read its status (t
 ``serve status``/``GET /api/serve/applications/``) and a replica may log it at DEBUG, so the
 inference token never travels itself: replicas receive its SHA-256 and compare the digest of what
 a request presents, in constant time. A digest is only as strong as the token behind it, which is
-why the inference token has a minimum length (cluster.settings).
+why the inference token has a minimum length (modelpool.cluster.settings).
 """
 from __future__ import annotations
 

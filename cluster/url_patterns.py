@@ -1,7 +1,7 @@
 """Allow-list patterns for model URLs: parsed and checked once, at start.
 
 Lives in ``cluster`` because settings validate the flag's value before anything else starts;
-``management.url_checks`` applies the patterns.
+``modelpool.management.url_checks`` applies the patterns.
 """
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from deployments.codecs import kserve_v1, torchserve
+from modelpool.deployments.codecs import kserve_v1, torchserve
 
 MODEL_APP_PREFIX = "model:"
 MANAGEMENT_APP = "management"  # at route prefix "/"; the gRPC front sends it the calls that name no model
@@ -20,7 +20,7 @@ GENERIC_POOL_ROUTE = "/v2/models"
 GRPC_FRONT_APP = "grpc-front"
 GRPC_FRONT_DEPLOYMENT = "GrpcFront"
 PROTOCOL_FRONT_DEPLOYMENT = "ProtocolFront"
-# protocol -> the Serve app at its codec's ROUTE_PREFIX (deployments.protocol_front)
+# protocol -> the Serve app at its codec's ROUTE_PREFIX (modelpool.deployments.protocol_front)
 PROTOCOL_FRONT_APPS = {torchserve.NAME: "torchserve-inference", kserve_v1.NAME: "kserve-v1"}
 
 

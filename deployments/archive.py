@@ -2,7 +2,7 @@
 
 Which kind of archive a path is and how its manifest is read (modelpool's ``MANIFEST.json`` or a
 ``.mar``'s ``MAR-INF/MANIFEST.json``, with register's ``handler=`` override) is
-:mod:`deployments.archive_formats`'s; this module builds archives, unpacks them for loading and
+:mod:`modelpool.deployments.archive_formats`'s; this module builds archives, unpacks them for loading and
 lists the model store.
 
 Zips come from users, so every entry is checked (no absolute paths, no ``..``, no symlinks, a cap on
@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Optional
 
-from deployments.archive_formats import (ARCHIVE_SUFFIXES, check_required_files, directory_manifest, is_archive,
+from modelpool.deployments.archive_formats import (ARCHIVE_SUFFIXES, check_required_files, directory_manifest, is_archive,
                                          open_zip, read_manifest, zip_manifest)
-from deployments.errors import RequestError
-from deployments.manifest import MANIFEST_NAME, Manifest
+from modelpool.deployments.errors import RequestError
+from modelpool.deployments.manifest import MANIFEST_NAME, Manifest
 
 logger = logging.getLogger(__name__)
 

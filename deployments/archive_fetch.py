@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
-from cluster.object_store import ObjectStore, object_store_from_settings
+from modelpool.cluster.object_store import ObjectStore, object_store_from_settings
 
 STORE_SCHEME = "objects://"
 

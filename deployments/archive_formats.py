@@ -3,10 +3,10 @@
 An archive is a directory or a zip (``.zip``, or a ``.mar`` of TorchServe or MMS; a tar.gz ``.mar`` is
 recognized and refused with what to do instead). Its manifest is modelpool's ``MANIFEST.json`` at the
 root, or the ``MAR-INF/MANIFEST.json`` of an MMS/TorchServe archive read as modelpool's
-(:mod:`deployments.mar`; MAR-INF wins when both are there, as in MMS). Both kinds are read through one
-:class:`~deployments.handler_refs.ArchiveFiles` view, so the manifest checks, the handler override
+(:mod:`modelpool.deployments.mar`; MAR-INF wins when both are there, as in MMS). Both kinds are read through one
+:class:`~modelpool.deployments.handler_refs.ArchiveFiles` view, so the manifest checks, the handler override
 (:func:`with_handler`) and the handler references see a zip and a directory alike. Building, unpacking
-and the model store are :mod:`deployments.archive`'s.
+and the model store are :mod:`modelpool.deployments.archive`'s.
 """
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ import zlib
 from pathlib import Path, PurePosixPath
 from typing import Iterable, Optional
 
-from deployments.errors import RequestError
-from deployments.handler_refs import ArchiveFiles, resolve_handler
-from deployments.manifest import MANIFEST_NAME, SKLEARN_HANDLER, Manifest, split_handler
-from deployments.mar import MAR_MANIFEST_NAME, manifest_from_mar
+from modelpool.deployments.errors import RequestError
+from modelpool.deployments.handler_refs import ArchiveFiles, resolve_handler
+from modelpool.deployments.manifest import MANIFEST_NAME, SKLEARN_HANDLER, Manifest, split_handler
+from modelpool.deployments.mar import MAR_MANIFEST_NAME, manifest_from_mar
 
 ARCHIVE_SUFFIXES = (".zip", ".mar")
 MAX_MANIFEST_BYTES = 1024**2

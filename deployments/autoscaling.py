@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from deployments.replica_grpc import IN_FLIGHT_METRIC
+from modelpool.deployments.replica_grpc import IN_FLIGHT_METRIC
 
 POLICY = f"{__name__}:ongoing_on_both_paths"
 

@@ -1,8 +1,8 @@
 """The data plane: decoded requests in, output arrays out, with no transport in sight.
 
 REST (JSON, binary, plain JSON) and gRPC share it: each entry point decodes with its codec, calls
-:meth:`LoadedModel.infer <deployments.loaded_model.LoadedModel.infer>`, which runs the functions
-here around the batcher, and encodes the :class:`~deployments.tensors.InferenceResult` it gets.
+:meth:`LoadedModel.infer <modelpool.deployments.loaded_model.LoadedModel.infer>`, which runs the functions
+here around the batcher, and encodes the :class:`~modelpool.deployments.tensors.InferenceResult` it gets.
 This module checks what every transport must check the same way: that inputs are rows of one
 batch that fit the model's declared shape, and that requested outputs exist.
 """
@@ -14,9 +14,9 @@ from typing import Any, Optional
 
 import numpy as np
 
-from deployments.codecs.json_values import describe
-from deployments.errors import RequestError
-from deployments.tensors import InferenceRequest
+from modelpool.deployments.codecs.json_values import describe
+from modelpool.deployments.errors import RequestError
+from modelpool.deployments.tensors import InferenceRequest
 
 __all__ = ["ModelRequest", "model_request", "check_declared_shape", "batch_key", "concatenate", "split_outputs",
            "select_outputs"]

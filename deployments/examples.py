@@ -13,8 +13,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
-from deployments.archive import build_archive
-from deployments.manifest import Manifest
+from modelpool.deployments.archive import build_archive
+from modelpool.deployments.manifest import Manifest
 
 logger = logging.getLogger(__name__)
 

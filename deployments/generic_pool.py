@@ -6,7 +6,7 @@ models on first use through ``@serve.multiplexed`` and keeps the most recently u
 of ``MODELPOOL_POOL_MODELS_PER_REPLICA``, default 8), like Machine Learning Server's generic
 session pool. Management pushes the catalog of pool-served versions through ``user_config``, so a
 registration reaches every replica live, without a restart and without deployments reading the
-management registry; management answers once every replica has applied it (``management.deployer``),
+management registry; management answers once every replica has applied it (``modelpool.management.deployer``),
 so a model just registered is never a 404 here. A registered version whose own replicas are still
 starting (its route not yet theirs) is a 503 with ``Retry-After``, not a 404.
 """
@@ -21,12 +21,12 @@ from typing import Iterable, Optional
 from ray import serve
 from starlette.requests import Request
 
-from cluster.settings import DEFAULT_MAX_BODY_BYTES
-from deployments.errors import RequestError
-from deployments.http_io import JSON, error_body, forwarded_headers, sub_path
-from deployments.loaded_model import LoadedModel
-from deployments.model_calls import ModelCall, answer_model_call, parse_model_call, split_model_path
-from deployments.replica_base import HttpTarget, LoadFailed, ReplicaBase
+from modelpool.cluster.settings import DEFAULT_MAX_BODY_BYTES
+from modelpool.deployments.errors import RequestError
+from modelpool.deployments.http_io import JSON, error_body, forwarded_headers, sub_path
+from modelpool.deployments.loaded_model import LoadedModel
+from modelpool.deployments.model_calls import ModelCall, answer_model_call, parse_model_call, split_model_path
+from modelpool.deployments.replica_base import HttpTarget, LoadFailed, ReplicaBase
 
 MODELS_PER_REPLICA = int(os.environ.get("MODELPOOL_POOL_MODELS_PER_REPLICA", "8"))
 

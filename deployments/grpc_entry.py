@@ -13,15 +13,15 @@ import logging
 import time
 from typing import Any
 
-from deployments import deadlines
-from deployments.codecs import v2_grpc
-from deployments.errors import RequestError
-from deployments.http_io import check_authorization
-from deployments.model_calls import overdue_error
-from deployments.protos import open_inference_pb2 as pb
-from deployments.redact import public_message
-from deployments.serving_options import ServingOptions
-from deployments.tensors import InferenceRequest
+from modelpool.deployments import deadlines
+from modelpool.deployments.codecs import v2_grpc
+from modelpool.deployments.errors import RequestError
+from modelpool.deployments.http_io import check_authorization
+from modelpool.deployments.model_calls import overdue_error
+from modelpool.deployments.protos import open_inference_pb2 as pb
+from modelpool.deployments.redact import public_message
+from modelpool.deployments.serving_options import ServingOptions
+from modelpool.deployments.tensors import InferenceRequest
 
 logger = logging.getLogger("ray.serve")
 GRPC_ROUTE = "grpc"  # the ``route`` label of gRPC calls in modelpool's request metrics

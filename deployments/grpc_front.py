@@ -37,8 +37,8 @@ import time
 from pathlib import Path
 from typing import Mapping, Optional
 
-from cluster.front_directories import FRONT_DIRECTORY_PREFIX, remove_stale_front_directories
-from deployments.grpc_port import MAX_CALLS_PER_CONNECTION
+from modelpool.cluster.front_directories import FRONT_DIRECTORY_PREFIX, remove_stale_front_directories
+from modelpool.deployments.grpc_port import MAX_CALLS_PER_CONNECTION
 
 logger = logging.getLogger("ray.serve")
 

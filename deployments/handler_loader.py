@@ -1,6 +1,6 @@
 """Building the handler a manifest names from an archive's own files, once per replica (or batch worker).
 
-``sklearn`` is the built-in :class:`~deployments.handlers.SklearnHandler`; ``module:attr`` imports
+``sklearn`` is the built-in :class:`~modelpool.deployments.handlers.SklearnHandler`; ``module:attr`` imports
 ``module.py`` from the archive under a name of its own (so two models' ``utils.py`` never collide)
 and wraps what it finds: a Handler subclass as it is, a class with ``predict`` adapted, a plain
 function called once per batch. Every failure is a :class:`RequestError` naming the field at fault,
@@ -20,11 +20,11 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from deployments.errors import RequestError
-from deployments.handler_refs import missing_import_message
-from deployments.handlers import CallableHandler, Handler, ModelContext, SklearnHandler, default_postprocess
-from deployments.manifest import SKLEARN_HANDLER, Manifest, split_handler
-from deployments.mar import EXTRA_KEY as MAR_EXTRA_KEY
+from modelpool.deployments.errors import RequestError
+from modelpool.deployments.handler_refs import missing_import_message
+from modelpool.deployments.handlers import CallableHandler, Handler, ModelContext, SklearnHandler, default_postprocess
+from modelpool.deployments.manifest import SKLEARN_HANDLER, Manifest, split_handler
+from modelpool.deployments.mar import EXTRA_KEY as MAR_EXTRA_KEY
 
 _IMPORT_LOCK = threading.Lock()
 
@@ -72,7 +72,7 @@ def _wrap(target: Any, spec: str) -> Handler:
             torchserve = (" It has handle(data, context), TorchServe's and MMS's entry point: modelpool calls "
                           "predict(data) once per batch with the rows instead (and initialize(context) once)."
                           if callable(getattr(target, "handle", None)) else "")
-            raise RequestError(f"class {spec!r} must subclass deployments.handlers.Handler or "
+            raise RequestError(f"class {spec!r} must subclass modelpool.deployments.handlers.Handler or "
                                f"define predict(data).{torchserve}", field="handler")
         try:
             instance = target()

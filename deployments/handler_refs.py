@@ -16,8 +16,8 @@ from __future__ import annotations
 import ast
 from typing import Iterable, Optional, Protocol
 
-from deployments.errors import RequestError
-from deployments.manifest import SKLEARN_HANDLER, is_identifier
+from modelpool.deployments.errors import RequestError
+from modelpool.deployments.manifest import SKLEARN_HANDLER, is_identifier
 
 #: ``ts.torch_handler`` modules a handler name falls back to in TorchServe when the archive has no such file.
 TORCHSERVE_BUILTIN_HANDLERS = frozenset({

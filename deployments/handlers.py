@@ -4,7 +4,7 @@ One small contract (like TorchServe's BaseHandler): ``initialize`` loads the mod
 ``handle`` runs ``preprocess -> predict -> postprocess`` per batch. The built-in
 :class:`SklearnHandler` covers joblib-pickled scikit-learn estimators; anything else ships a
 ``module.py`` in its archive and names ``module:attr`` (a Handler subclass, a duck-typed class with
-``predict``, or a plain function), which ``deployments.handler_loader`` imports and wraps.
+``predict``, or a plain function), which ``modelpool.deployments.handler_loader`` imports and wraps.
 """
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from typing import Any, Callable, Optional
 import numpy as np
 import pandas as pd
 
-from deployments.errors import RequestError
-from deployments.manifest import Manifest
+from modelpool.deployments.errors import RequestError
+from modelpool.deployments.manifest import Manifest
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """HTTP plumbing of the replicas and the fronts: the sub-path, the inference token, bodies read within limits,
 the headers passed between replicas, and error responses in modelpool's ``{"error", "field"}`` shape.
 
-Nothing here knows a model: answering a model call is ``deployments.model_calls``. Management's API reads
+Nothing here knows a model: answering a model call is ``modelpool.deployments.model_calls``. Management's API reads
 bodies and answers refusals through the same functions, so every entry point shares one set of limits.
 """
 from __future__ import annotations
@@ -13,12 +13,12 @@ from typing import Awaitable, Callable, Mapping, Optional
 from starlette.requests import Request
 from starlette.responses import Response
 
-from cluster.tokens import bearer_matches
-from deployments import deadlines
-from deployments.codecs import v2_binary
-from deployments.errors import RequestError
-from deployments.redact import public_message
-from deployments.serving_options import ServingOptions
+from modelpool.cluster.tokens import bearer_matches
+from modelpool.deployments import deadlines
+from modelpool.deployments.codecs import v2_binary
+from modelpool.deployments.errors import RequestError
+from modelpool.deployments.redact import public_message
+from modelpool.deployments.serving_options import ServingOptions
 
 JSON = "application/json"
 CODEC_HEADERS = ("content-type", v2_binary.HEADER)

@@ -15,16 +15,16 @@ from typing import Any, Awaitable, Callable, Optional
 
 import numpy as np
 
-from cluster.settings import DEFAULT_RESPONSE_TIMEOUT_S
-from deployments import dataplane
-from deployments.archive import LoadedArchive
-from deployments.batcher import AdaptiveBatcher
-from deployments.codecs.json_values import json_bytes
-from deployments.handler_loader import load_handler
-from deployments.handlers import Handler, ModelContext
-from deployments.metrics import ModelMetrics
-from deployments.serving_options import ServingOptions
-from deployments.tensors import InferenceRequest, InferenceResult, model_metadata
+from modelpool.cluster.settings import DEFAULT_RESPONSE_TIMEOUT_S
+from modelpool.deployments import dataplane
+from modelpool.deployments.archive import LoadedArchive
+from modelpool.deployments.batcher import AdaptiveBatcher
+from modelpool.deployments.codecs.json_values import json_bytes
+from modelpool.deployments.handler_loader import load_handler
+from modelpool.deployments.handlers import Handler, ModelContext
+from modelpool.deployments.metrics import ModelMetrics
+from modelpool.deployments.serving_options import ServingOptions
+from modelpool.deployments.tensors import InferenceRequest, InferenceResult, model_metadata
 
 INLINE_BELOW_S = 0.002
 

@@ -2,7 +2,7 @@
 
 ``name`` and ``version`` become URL path segments and cache directory names, so they are checked
 strictly here once and every other layer can trust them. Pydantic validation errors are turned
-into :class:`~deployments.errors.RequestError` naming the field (``manifest.name`` ...), so callers
+into :class:`~modelpool.deployments.errors.RequestError` naming the field (``manifest.name`` ...), so callers
 only ever handle one error type.
 """
 from __future__ import annotations
@@ -13,8 +13,8 @@ from typing import Any, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
-from deployments.datatypes import V2_DATATYPES
-from deployments.errors import RequestError
+from modelpool.deployments.datatypes import V2_DATATYPES
+from modelpool.deployments.errors import RequestError
 
 MANIFEST_NAME = "MANIFEST.json"
 SKLEARN_HANDLER = "sklearn"

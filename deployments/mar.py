@@ -15,7 +15,7 @@ MMS's manifest has the same ``model`` object (its handler written ``module:funct
 ====================== =========================================================================
 model.modelName        name
 model.modelVersion     version (both required, as TorchServe and MMS require them)
-model.handler          handler, resolved as TorchServe resolves it (:mod:`deployments.handler_refs`)
+model.handler          handler, resolved as TorchServe resolves it (:mod:`modelpool.deployments.handler_refs`)
 model.serializedFile   model_file
 every other file       files (model file, extra files, requirements: unpacked beside the handler)
 runtime                runtime: python, python2 or python3; other runtimes are refused
@@ -28,9 +28,9 @@ from __future__ import annotations
 import json
 from typing import Any, Optional
 
-from deployments.errors import RequestError
-from deployments.handler_refs import ArchiveFiles, resolve_handler
-from deployments.manifest import MANIFEST_NAME, Manifest, check_segment
+from modelpool.deployments.errors import RequestError
+from modelpool.deployments.handler_refs import ArchiveFiles, resolve_handler
+from modelpool.deployments.manifest import MANIFEST_NAME, Manifest, check_segment
 
 MAR_INF = "MAR-INF"
 MAR_MANIFEST_NAME = f"{MAR_INF}/{MANIFEST_NAME}"

@@ -4,7 +4,7 @@ answer (or refusal) in the caller's shape: V2 and plain JSON, or another server'
 A model route is ``/v2/models/{name}[/versions/{version}][/infer|/predict|/ready]``; a dedicated
 app sees only the part after its route prefix, the generic pool the part after ``/v2/models``.
 Every call, whatever its entry point, takes the model's response_timeout and lands in its metrics
-here. The HTTP plumbing around it (bodies, tokens, error responses) is ``deployments.http_io``.
+here. The HTTP plumbing around it (bodies, tokens, error responses) is ``modelpool.deployments.http_io``.
 """
 from __future__ import annotations
 
@@ -18,12 +18,12 @@ from typing import Awaitable, Callable, Mapping, Optional
 
 from starlette.responses import Response
 
-from deployments import deadlines
-from deployments.codecs import PROTOCOLS, REST_CODECS
-from deployments.errors import RequestError
-from deployments.http_io import JSON, RETRY_AFTER_S, error_body, error_response, forwarded_headers, json_response
-from deployments.redact import public_message
-from deployments.tensors import InferenceRequest
+from modelpool.deployments import deadlines
+from modelpool.deployments.codecs import PROTOCOLS, REST_CODECS
+from modelpool.deployments.errors import RequestError
+from modelpool.deployments.http_io import JSON, RETRY_AFTER_S, error_body, error_response, forwarded_headers, json_response
+from modelpool.deployments.redact import public_message
+from modelpool.deployments.tensors import InferenceRequest
 
 logger = logging.getLogger("ray.serve")  # Serve's replica logger: its lines carry the request id
 ACTIONS = {"/infer": ("POST", "infer"), "/predict": ("POST", "predict"), "/ready": ("GET", "ready"), "": ("GET", "metadata")}
@@ -137,7 +137,7 @@ async def _answer(model, call: ModelCall, read: Callable[[], Awaitable[bytes]],
                     headers={**headers, **encoded.headers, "x-modelpool-batch-size": str(result.batch_size)})
 
 
-# --- calls in other servers' URL schemes (TorchServe, KServe V1), passed on by deployments.protocol_front ---
+# --- calls in other servers' URL schemes (TorchServe, KServe V1), passed on by modelpool.deployments.protocol_front ---
 
 
 async def answer_protocol_call(model, protocol: str, action: str, body: bytes, versions: list[str], headers: dict,

@@ -17,17 +17,17 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import Response
 
-from cluster.settings import DEFAULT_MAX_BODY_BYTES
-from deployments import grpc_entry
-from deployments.app_names import GENERIC_POOL_APP, GENERIC_POOL_DEPLOYMENT
-from deployments.errors import RequestError
-from deployments.grpc_port import GrpcMethod
-from deployments.http_io import codec_headers, read_body, sub_path
-from deployments.loaded_model import LoadedModel
-from deployments.model_calls import ModelCall, parse_model_call
-from deployments.protos import open_inference_pb2 as pb
-from deployments.replica_base import HttpTarget, ReplicaBase
-from deployments.replica_grpc import IN_FLIGHT_METRIC, ReplicaGrpcPort
+from modelpool.cluster.settings import DEFAULT_MAX_BODY_BYTES
+from modelpool.deployments import grpc_entry
+from modelpool.deployments.app_names import GENERIC_POOL_APP, GENERIC_POOL_DEPLOYMENT
+from modelpool.deployments.errors import RequestError
+from modelpool.deployments.grpc_port import GrpcMethod
+from modelpool.deployments.http_io import codec_headers, read_body, sub_path
+from modelpool.deployments.loaded_model import LoadedModel
+from modelpool.deployments.model_calls import ModelCall, parse_model_call
+from modelpool.deployments.protos import open_inference_pb2 as pb
+from modelpool.deployments.replica_base import HttpTarget, ReplicaBase
+from modelpool.deployments.replica_grpc import IN_FLIGHT_METRIC, ReplicaGrpcPort
 
 logger = logging.getLogger("ray.serve")
 
@@ -110,7 +110,7 @@ class ModelServer(ReplicaBase):
 
     def record_autoscaling_stats(self) -> dict[str, float]:
         """gRPC calls in flight on the replica's own port, which Serve's ongoing count does not see
-        (``deployments.autoscaling`` adds the two)."""
+        (``modelpool.deployments.autoscaling`` adds the two)."""
         return {IN_FLIGHT_METRIC: float(self.grpc_port.in_flight)}
 
     def __del__(self) -> Optional[Awaitable[None]]:

@@ -31,19 +31,19 @@ from ray.serve.exceptions import RayServeException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from cluster.settings import DEFAULT_MAX_BODY_BYTES
-from deployments import deadlines
-from deployments.app_names import GENERIC_POOL_APP, GENERIC_POOL_DEPLOYMENT
-from deployments.codecs import PROTOCOLS
-from deployments.codecs.base import ProtocolCall
-from deployments.errors import RequestError
-from deployments.grpc_front import route_key
-from deployments.http_io import JSON, check_inference_token, codec_headers, read_body, sub_path
-from deployments.loaded_model import DEFAULT_RESPONSE_TIMEOUT_S
-from deployments.log_flush import start_log_flusher
-from deployments.model_calls import ProtocolAnswer, protocol_answer, protocol_error
-from deployments.redact import public_message
-from deployments.serving_options import ServingOptions
+from modelpool.cluster.settings import DEFAULT_MAX_BODY_BYTES
+from modelpool.deployments import deadlines
+from modelpool.deployments.app_names import GENERIC_POOL_APP, GENERIC_POOL_DEPLOYMENT
+from modelpool.deployments.codecs import PROTOCOLS
+from modelpool.deployments.codecs.base import ProtocolCall
+from modelpool.deployments.errors import RequestError
+from modelpool.deployments.grpc_front import route_key
+from modelpool.deployments.http_io import JSON, check_inference_token, codec_headers, read_body, sub_path
+from modelpool.deployments.loaded_model import DEFAULT_RESPONSE_TIMEOUT_S
+from modelpool.deployments.log_flush import start_log_flusher
+from modelpool.deployments.model_calls import ProtocolAnswer, protocol_answer, protocol_error
+from modelpool.deployments.redact import public_message
+from modelpool.deployments.serving_options import ServingOptions
 
 logger = logging.getLogger("ray.serve")
 

@@ -3,9 +3,9 @@ finds its model.
 
 Both answer the same three entry points: HTTP (``__call__``: V2 and plain JSON), gRPC (``ModelInfer``,
 ``ModelReady``, ``ModelMetadata``, called by Serve's gRPC ingress or a replica's own port) and another
-server's URL scheme (``protocol_call``, from ``deployments.protocol_front``). Each checks the inference
+server's URL scheme (``protocol_call``, from ``modelpool.deployments.protocol_front``). Each checks the inference
 token, asks the subclass for the model (``_http_target``, ``_grpc_target``, ``_protocol_target``), runs
-the call through ``deployments.model_calls`` and counts it against the request budget. The server
+the call through ``modelpool.deployments.model_calls`` and counts it against the request budget. The server
 settings arrive live through ``reconfigure``; ``check_health`` recycles a replica whose budget is spent
 or whose model thread is stuck past its response_timeout.
 
@@ -24,17 +24,17 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import Response
 
-from deployments import grpc_entry
-from deployments.archive import unpack_archive
-from deployments.archive_fetch import local_archive, open_store
-from deployments.errors import RequestError
-from deployments.http_io import body_reader, check_inference_token, error_response
-from deployments.loaded_model import LoadedModel
-from deployments.log_flush import start_log_flusher
-from deployments.model_calls import (ModelCall, ProtocolAnswer, answer_model_call, answer_protocol_call,
+from modelpool.deployments import grpc_entry
+from modelpool.deployments.archive import unpack_archive
+from modelpool.deployments.archive_fetch import local_archive, open_store
+from modelpool.deployments.errors import RequestError
+from modelpool.deployments.http_io import body_reader, check_inference_token, error_response
+from modelpool.deployments.loaded_model import LoadedModel
+from modelpool.deployments.log_flush import start_log_flusher
+from modelpool.deployments.model_calls import (ModelCall, ProtocolAnswer, answer_model_call, answer_protocol_call,
                                      check_not_overdue, failure_response, protocol_answer, protocol_error)
-from deployments.protos import open_inference_pb2 as pb
-from deployments.serving_options import RequestBudget, ServingOptions
+from modelpool.deployments.protos import open_inference_pb2 as pb
+from modelpool.deployments.serving_options import RequestBudget, ServingOptions
 
 #: What ``_http_target`` finds for a request: the model, the call and the versions its metadata lists.
 HttpTarget = tuple[LoadedModel, ModelCall, list[str]]
@@ -122,7 +122,7 @@ class ReplicaBase:
         finally:
             self.budget.count()
 
-    # --- another server's URL scheme, passed on by deployments.protocol_front ----------------------
+    # --- another server's URL scheme, passed on by modelpool.deployments.protocol_front ----------------------
 
     async def protocol_call(self, protocol: str, name: str, version: Optional[str], action: str, body: bytes,
                             request_headers: dict[str, str]) -> ProtocolAnswer:

@@ -12,8 +12,8 @@ import asyncio
 import logging
 from typing import Mapping, Optional
 
-from deployments.app_names import GRPC_FRONT_APP, GRPC_FRONT_DEPLOYMENT
-from deployments.grpc_port import GrpcMethod, GrpcPort
+from modelpool.deployments.app_names import GRPC_FRONT_APP, GRPC_FRONT_DEPLOYMENT
+from modelpool.deployments.grpc_port import GrpcMethod, GrpcPort
 
 logger = logging.getLogger("ray.serve")
 

@@ -11,7 +11,7 @@ import random
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from cluster.settings import DEFAULT_BODY_TIMEOUT_S
+from modelpool.cluster.settings import DEFAULT_BODY_TIMEOUT_S
 
 
 @dataclass(frozen=True)

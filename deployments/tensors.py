@@ -11,7 +11,7 @@ from typing import Optional
 
 import numpy as np
 
-from deployments.datatypes import V2_DATATYPES
+from modelpool.deployments.datatypes import V2_DATATYPES
 
 
 @dataclass(frozen=True)

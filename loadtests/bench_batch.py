@@ -24,9 +24,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import requests
 
-from cluster import runtime  # noqa: F401 (Ray's environment before ray is imported)
-from cluster.net import free_port
-from cluster.paths import token_path
+from modelpool.cluster import runtime  # noqa: F401 (Ray's environment before ray is imported)
+from modelpool.cluster.net import free_port
+from modelpool.cluster.paths import token_path
 from loadtests.report import publish
 
 COLUMNS = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
@@ -89,8 +89,8 @@ def main() -> None:
     sizes = args.rows or [1_000_000]
     with tempfile.TemporaryDirectory(prefix="modelpool-bench-") as tmp:
         home = Path(tmp)
-        from deployments.archive import unpack_archive
-        from deployments.examples import build_examples
+        from modelpool.deployments.archive import unpack_archive
+        from modelpool.deployments.examples import build_examples
 
         build_examples(home / "model_store")
         archive = unpack_archive(home / "model_store" / "iris-1.zip", home / "bench-cache")
@@ -104,7 +104,7 @@ def main() -> None:
         try:
             if started.returncode != 0:
                 raise RuntimeError(f"modelpool start failed:\n{started.stdout}\n{started.stderr}")
-            from cluster.object_store import object_store_from_settings
+            from modelpool.cluster.object_store import object_store_from_settings
 
             store = object_store_from_settings(str(home / "objects"))
             token = token_path(home).read_text().strip()

@@ -20,10 +20,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from deployments import deadlines, model_calls
-from deployments.archive import unpack_archive
-from deployments.examples import build_examples
-from deployments.loaded_model import LoadedModel
+from modelpool.deployments import deadlines, model_calls
+from modelpool.deployments.archive import unpack_archive
+from modelpool.deployments.examples import build_examples
+from modelpool.deployments.loaded_model import LoadedModel
 
 BODY = json.dumps({"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64",
                                "data": [5.1, 3.5, 1.4, 0.2]}]}).encode()

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import requests
 
-from cluster import local_cluster, runtime
+from modelpool.cluster import local_cluster, runtime
 from loadtests.local_cluster import bench_cluster
 from loadtests.report import publish
 
@@ -69,7 +69,7 @@ def replicas_seen(session: requests.Session, url: str, n: int = 20) -> set[str]:
 def bench(base: str, token: str, home: Path, repeats: int) -> dict[str, list[float]]:
     from ray import serve
 
-    from deployments.model_deployment import ModelServer
+    from modelpool.deployments.model_deployment import ModelServer
 
     admin = requests.Session()
     admin.headers["Authorization"] = f"Bearer {token}"

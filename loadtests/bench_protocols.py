@@ -65,7 +65,7 @@ def rest_binary(rows: np.ndarray) -> tuple[bytes, tuple[str, ...]]:
 
 def grpc_body(rows: np.ndarray) -> bytes:
     """What tritonclient.grpc sends: raw_input_contents."""
-    from deployments.protos import open_inference_pb2 as pb
+    from modelpool.deployments.protos import open_inference_pb2 as pb
 
     message = pb.ModelInferRequest(model_name=MODEL, model_version=VERSION,
                                    raw_input_contents=[np.ascontiguousarray(rows, "<f8").tobytes()])
@@ -91,8 +91,8 @@ def targets(cluster, rows: np.ndarray) -> dict[str, Target]:
 def replica_port(cluster) -> str:
     """host:port of iris v1's replica gRPC port, as the front knows it (asked once, before any load)."""
     if APP not in _PORTS:
-        from cluster.runtime import connect  # first: it exports Ray's auth settings, read when ray is imported
-        from deployments.app_names import GRPC_FRONT_APP, GRPC_FRONT_DEPLOYMENT
+        from modelpool.cluster.runtime import connect  # first: it exports Ray's auth settings, read when ray is imported
+        from modelpool.deployments.app_names import GRPC_FRONT_APP, GRPC_FRONT_DEPLOYMENT
 
         import ray
         from ray import serve
@@ -120,8 +120,8 @@ def check(cluster, rows: np.ndarray) -> None:
     import grpc
     import requests
 
-    from deployments.protos import open_inference_pb2 as pb
-    from deployments.protos.service import InferenceStub
+    from modelpool.deployments.protos import open_inference_pb2 as pb
+    from modelpool.deployments.protos.service import InferenceStub
 
     for name, target in targets(cluster, rows).items():
         if target.http1:

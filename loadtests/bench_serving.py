@@ -23,9 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from cluster import local_cluster, runtime  # noqa: F401  (sets Ray's environment before ray is imported)
+from modelpool.cluster import local_cluster, runtime  # noqa: F401  (sets Ray's environment before ray is imported)
 from loadtests.wrk import LoadResult, run_wrk
-from cluster.net import free_port
+from modelpool.cluster.net import free_port
 from loadtests.report import publish
 
 BODY = '{"inputs":[{"name":"input-0","shape":[1,4],"datatype":"FP64","data":[5.9,3.0,5.1,1.8]}]}'
@@ -96,7 +96,7 @@ def paired_p50_ratio(pool_runs: list[LoadResult], base_runs: list[LoadResult]) -
 
 
 def iris_model_file(store: Path, cache: Path) -> Path:
-    from deployments.archive import unpack_archive
+    from modelpool.deployments.archive import unpack_archive
 
     archive = unpack_archive(store / "iris-1.zip", cache)
     return archive.model_dir / archive.manifest.model_file
@@ -186,7 +186,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="modelpool-bench-") as tmp:
         home = Path(tmp)
-        from deployments.examples import build_examples
+        from modelpool.deployments.examples import build_examples
 
         build_examples(home / "model_store")
         model_file = iris_model_file(home / "model_store", home / "bench-cache")

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
 
-from cluster.net import free_port
-from cluster.paths import token_path
+from modelpool.cluster.net import free_port
+from modelpool.cluster.paths import token_path
 
 CLI = [sys.executable, "-m", "modelpool.cli"]
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from cluster.net import free_port
+from modelpool.cluster.net import free_port
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """The management HTTP API (FastAPI): the MMS/TorchServe model API, ML Server pools and batches, services, health.
 
 This module holds the application: its error answers, the trailing-slash rule, health and the OpenAPI
-description; the routes come from routers (``management.model_routes``, ``management.batch_routes``) that
-share ``management.route_support``. Everything but health needs ``Authorization: Bearer <token>``. Bodies
+description; the routes come from routers (``modelpool.management.model_routes``, ``modelpool.management.batch_routes``) that
+share ``modelpool.management.route_support``. Everything but health needs ``Authorization: Bearer <token>``. Bodies
 are read with the replicas' limits (--max-body-bytes, --body-timeout-s), and error messages lose server
 paths and tracebacks unless --debug.
 """
@@ -14,12 +14,12 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
-from deployments.errors import RequestError
-from deployments.http_io import error_response
-from management import batch_routes, model_routes
-from management.openapi_docs import OPEN, describe, json_answer
-from management.route_support import in_thread, authorized, check_management_token, state
-from cluster.version import __version__
+from modelpool.deployments.errors import RequestError
+from modelpool.deployments.http_io import error_response
+from modelpool.management import batch_routes, model_routes
+from modelpool.management.openapi_docs import OPEN, describe, json_answer
+from modelpool.management.route_support import in_thread, authorized, check_management_token, state
+from modelpool.cluster.version import __version__
 
 __all__ = ["api", "state", "check_management_token"]
 

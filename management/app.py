@@ -12,14 +12,14 @@ from typing import Any
 
 from ray import serve
 
-from cluster.settings import Settings
-from deployments.serving_options import ServingOptions
-from management import grpc_api
-from management.api import api
-from management.batch.service import BatchService
-from management.model_manager import ModelManager
-from management.serve_state import applications, status_name
-from management.ttl_cache import TtlCache
+from modelpool.cluster.settings import Settings
+from modelpool.deployments.serving_options import ServingOptions
+from modelpool.management import grpc_api
+from modelpool.management.api import api
+from modelpool.management.batch.service import BatchService
+from modelpool.management.model_manager import ModelManager
+from modelpool.management.serve_state import applications, status_name
+from modelpool.management.ttl_cache import TtlCache
 
 REPLICA_METRICS_PERIOD_S = 5.0
 
@@ -33,7 +33,7 @@ class Management:
     def __init__(self, settings: dict, token: str) -> None:
         # Imported here, not at module level: Serve pickles this class by value, which would give
         # it a private copy of a module-level ``state`` instead of the one the routes read.
-        from management import api as routes
+        from modelpool.management import api as routes
 
         # The token in effect (generated ones too): with --inference-token, model routes accept it as well
         self.manager = ModelManager(Settings(**{**settings, "management_token": token}))
@@ -52,7 +52,7 @@ class Management:
     def _reconcile(self) -> None:
         try:
             self.manager.reconcile()
-            from management import api as routes
+            from modelpool.management import api as routes
 
             routes.state.batches.resume_unfinished()
         except Exception:  # noqa: BLE001 - logged; readiness reports it
@@ -62,8 +62,8 @@ class Management:
 
     def _publish_replicas(self) -> None:
         """Keep the ``modelpool_replicas`` gauge current; versions that went away drop to 0."""
-        from deployments.metrics import record_replicas
-        from management.serve_state import running_by_model, serve_details
+        from modelpool.deployments.metrics import record_replicas
+        from modelpool.management.serve_state import running_by_model, serve_details
 
         seen: set[tuple[str, str]] = set()
         counts: dict[tuple[str, str], int] = {}
@@ -82,7 +82,7 @@ class Management:
     # --- V2 over gRPC: calls that name no model (the gRPC front sends them here) ---------------
 
     async def ServerLive(self, request: Any, grpc_context: Any = None) -> Any:
-        from deployments.protos import open_inference_pb2 as pb
+        from modelpool.deployments.protos import open_inference_pb2 as pb
 
         return pb.ServerLiveResponse(live=True)
 

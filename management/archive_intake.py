@@ -1,12 +1,12 @@
 """A registration's archive on its way in: copied into object storage, shown to load.
 
-It arrives from ``management.model_source`` (a store name, or a URL fetched there).
+It arrives from ``modelpool.management.model_source`` (a store name, or a URL fetched there).
 
 Register records a model only once its archive is where every replica can read it (object
 storage, content-addressed, so the same bytes registered twice are stored once) and has loaded,
 handler included, in a throwaway Ray worker: a broken archive is the register request's 400, not a
 replica that fails to start later. These steps need the settings and the store, never the registry,
-so they live here and ``management.model_manager`` keeps the MMS and pool calls.
+so they live here and ``modelpool.management.model_manager`` keeps the MMS and pool calls.
 """
 from __future__ import annotations
 
@@ -17,11 +17,11 @@ from typing import Optional
 
 import ray
 
-from cluster.object_store import ObjectStore
-from cluster.settings import Settings
-from deployments.archive import file_sha256
-from deployments.archive_fetch import store_source
-from deployments.errors import RequestError
+from modelpool.cluster.object_store import ObjectStore
+from modelpool.cluster.settings import Settings
+from modelpool.deployments.archive import file_sha256
+from modelpool.deployments.archive_fetch import store_source
+from modelpool.deployments.errors import RequestError
 
 
 def copy_to_store(store: ObjectStore, local: Path, name: str, version: str) -> tuple[str, str]:
@@ -63,10 +63,10 @@ def _load_check(source: str, cache_dir: str, object_store: dict,
                 handler: Optional[str] = None) -> Optional[tuple[str, Optional[str]]]:
     """Load the archive and its handler (``handler``: register's override) in a throwaway worker:
     None if it loads, else the loader's message and the field it names."""
-    from deployments.archive import unpack_archive
-    from deployments.archive_fetch import local_archive, open_store
-    from deployments.handler_loader import load_handler
-    from deployments.handlers import ModelContext
+    from modelpool.deployments.archive import unpack_archive
+    from modelpool.deployments.archive_fetch import local_archive, open_store
+    from modelpool.deployments.handler_loader import load_handler
+    from modelpool.deployments.handlers import ModelContext
 
     try:
         archive = unpack_archive(local_archive(source, Path(cache_dir), open_store(object_store)), Path(cache_dir),

@@ -18,8 +18,8 @@ import hashlib
 import logging
 from typing import Callable
 
-from cluster.object_store import ObjectStore
-from deployments.archive_fetch import STORE_SCHEME
+from modelpool.cluster.object_store import ObjectStore
+from modelpool.deployments.archive_fetch import STORE_SCHEME
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The batch routes (Machine Learning Server's batch API): start, list, state, results, artifacts, cancel.
 
-Thin over :class:`management.batch.service.BatchService`; the body of a start is
-:class:`management.batch.params.BatchParams`.
+Thin over :class:`modelpool.management.batch.service.BatchService`; the body of a start is
+:class:`modelpool.management.batch.params.BatchParams`.
 """
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from urllib.parse import quote
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from deployments.errors import RequestError
-from management.batch.params import BatchParams
-from management.openapi_docs import IDEMPOTENCY_KEY_HEADER, answers, body_of, json_body
-from management.route_support import IDEMPOTENCY_HEADER, limited_body, in_thread, authorized, state
+from modelpool.deployments.errors import RequestError
+from modelpool.management.batch.params import BatchParams
+from modelpool.management.openapi_docs import IDEMPOTENCY_KEY_HEADER, answers, body_of, json_body
+from modelpool.management.route_support import IDEMPOTENCY_HEADER, limited_body, in_thread, authorized, state
 
 router = APIRouter(tags=["batches"], dependencies=authorized)
 

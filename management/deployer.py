@@ -8,11 +8,11 @@ and changes in place (a new catalog, batching, versions, routes) has applied the
 reports as the application being RUNNING again; applications that start replicas are not waited
 for (that is what ``synchronous`` is for). Route changes (a default version moving, an app deleted) reach
 Serve's HAProxy later still, so when a deploy moves routes it also waits until this node's ingress sends
-each moved prefix to its new owner (``management.route_probe``). Each deployment's ``user_config`` carries a fingerprint of
+each moved prefix to its new owner (``modelpool.management.route_probe``). Each deployment's ``user_config`` carries a fingerprint of
 its whole config (``config_id``; replicas ignore it), so an app whose running config Serve reports
 with the same fingerprint is not sent again: a call that changes nothing waits for nothing, and any
 management replica can tell, because the fingerprint lives in Serve, not in a process. What Serve runs
-is read through ``management.serve_state``; this module deploys, deletes and waits.
+is read through ``modelpool.management.serve_state``; this module deploys, deletes and waits.
 """
 from __future__ import annotations
 
@@ -26,16 +26,16 @@ from typing import Iterable, Optional
 from ray import serve
 from ray.serve.api import RunTarget
 
-from deployments.generic_pool import GenericPool
-from deployments.app_names import GENERIC_POOL_DEPLOYMENT, GRPC_FRONT_DEPLOYMENT, PROTOCOL_FRONT_DEPLOYMENT
-from deployments.grpc_front import GrpcFront
-from deployments.model_deployment import ModelServer
-from deployments.protocol_front import ProtocolFront
-from management import route_probe
-from deployments.app_names import MODEL_APP_PREFIX
-from management.serve_configs import AppConfig
-from management.serve_state import CONFIG_ID, LiveApp, applications, live_apps, replica_apps, running_replicas
-from cluster.version import __version__
+from modelpool.deployments.generic_pool import GenericPool
+from modelpool.deployments.app_names import GENERIC_POOL_DEPLOYMENT, GRPC_FRONT_DEPLOYMENT, PROTOCOL_FRONT_DEPLOYMENT
+from modelpool.deployments.grpc_front import GrpcFront
+from modelpool.deployments.model_deployment import ModelServer
+from modelpool.deployments.protocol_front import ProtocolFront
+from modelpool.management import route_probe
+from modelpool.deployments.app_names import MODEL_APP_PREFIX
+from modelpool.management.serve_configs import AppConfig
+from modelpool.management.serve_state import CONFIG_ID, LiveApp, applications, live_apps, replica_apps, running_replicas
+from modelpool.cluster.version import __version__
 
 logger = logging.getLogger(__name__)
 

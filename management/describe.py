@@ -5,8 +5,8 @@ is true of modelpool for the ones that have no counterpart here, and modelpool's
 """
 from __future__ import annotations
 
-from deployments.manifest import SKLEARN_HANDLER
-from management.registry import ModelRecord
+from modelpool.deployments.manifest import SKLEARN_HANDLER
+from modelpool.management.registry import ModelRecord
 
 
 def describe_record(record: ModelRecord, min_workers: int, max_workers: int, replicas: list[dict],

@@ -1,7 +1,7 @@
 """The management side of V2 over gRPC: server health and metadata, and the model repository extension.
 
 The gRPC front sends every call that names no model here (ServerLive, ServerReady, ServerMetadata,
-Repository*). The answers are the REST routes' answers (``management.api``) as gRPC messages, with
+Repository*). The answers are the REST routes' answers (``modelpool.management.api``) as gRPC messages, with
 the same checks: the repository calls need the management token in the ``authorization``
 metadata, and every RequestError becomes the matching gRPC status.
 """
@@ -11,12 +11,12 @@ import asyncio
 import json
 from typing import Any, Callable
 
-from deployments.codecs.v2_grpc import parameters_from_proto
-from deployments.errors import RequestError
-from deployments.grpc_entry import fail
-from deployments.protos import open_inference_pb2 as pb
-from management import api, repository
-from cluster.version import __version__
+from modelpool.deployments.codecs.v2_grpc import parameters_from_proto
+from modelpool.deployments.errors import RequestError
+from modelpool.deployments.grpc_entry import fail
+from modelpool.deployments.protos import open_inference_pb2 as pb
+from modelpool.management import api, repository
+from modelpool.cluster.version import __version__
 
 
 def server_metadata() -> pb.ServerMetadataResponse:

@@ -1,10 +1,10 @@
-"""The management core: registry in, Serve applications out. No HTTP here (see ``management.api``).
+"""The management core: registry in, Serve applications out. No HTTP here (see ``modelpool.management.api``).
 
 Every mutation writes the registry first (durable before it is answered), then makes Serve match
 the registry for the model it touched. ``reconcile`` makes all of Serve match all of the registry,
 which is how a restarted management replica or a restarted cluster gets every model and pool
-back with no request from anyone. A register's archive comes in through ``management.archive_intake``
-(fetch, copy to object storage, load check); synchronous calls wait through ``management.rollout_wait``.
+back with no request from anyone. A register's archive comes in through ``modelpool.management.archive_intake``
+(fetch, copy to object storage, load check); synchronous calls wait through ``modelpool.management.rollout_wait``.
 """
 from __future__ import annotations
 
@@ -18,24 +18,24 @@ from typing import Optional
 
 import ray
 
-from cluster.object_store import ObjectStore, object_store_from_settings
-from cluster.settings import Settings
-from deployments.archive import list_store
-from deployments.archive_formats import read_manifest
-from deployments.archive_fetch import store_source
-from deployments.errors import RequestError
-from cluster.url_patterns import parse_allowed_urls
-from deployments import app_names
-from management import answers, archive_intake, archive_leases, deployer, placement, route_probe, serve_configs, serve_state, workers
-from management.describe import describe_record
-from management.model_source import resolve_model_url
-from management.url_checks import UrlPolicy
-from management.url_download import s3_fetcher
-from management.params import ListParams, PoolParams, RegisterParams, ScaleParams
-from management.repository_service import RepositoryCalls
-from management.rollout_wait import wait_for_rollout
-from management.ttl_cache import TtlCache
-from management.registry import ModelRecord, PoolRecord, Registry, check_model_name, check_model_version
+from modelpool.cluster.object_store import ObjectStore, object_store_from_settings
+from modelpool.cluster.settings import Settings
+from modelpool.deployments.archive import list_store
+from modelpool.deployments.archive_formats import read_manifest
+from modelpool.deployments.archive_fetch import store_source
+from modelpool.deployments.errors import RequestError
+from modelpool.cluster.url_patterns import parse_allowed_urls
+from modelpool.deployments import app_names
+from modelpool.management import answers, archive_intake, archive_leases, deployer, placement, route_probe, serve_configs, serve_state, workers
+from modelpool.management.describe import describe_record
+from modelpool.management.model_source import resolve_model_url
+from modelpool.management.url_checks import UrlPolicy
+from modelpool.management.url_download import s3_fetcher
+from modelpool.management.params import ListParams, PoolParams, RegisterParams, ScaleParams
+from modelpool.management.repository_service import RepositoryCalls
+from modelpool.management.rollout_wait import wait_for_rollout
+from modelpool.management.ttl_cache import TtlCache
+from modelpool.management.registry import ModelRecord, PoolRecord, Registry, check_model_name, check_model_version
 
 logger = logging.getLogger(__name__)
 

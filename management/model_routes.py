@@ -1,6 +1,6 @@
 """The model routes: the MMS/TorchServe model API, TorchServe's explanations, ML Server pools and services, and
 the V2 model repository extension. Each validates its parameters, calls
-:class:`management.model_manager.ModelManager` in a worker thread (its Serve calls block) and shapes the answer.
+:class:`modelpool.management.model_manager.ModelManager` in a worker thread (its Serve calls block) and shapes the answer.
 """
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ from typing import Optional
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from deployments.errors import RequestError
-from deployments.http_io import check_inference_token
-from deployments.model_calls import protocol_error
-from management import repository
-from management.openapi_docs import (DESCRIBED, EMPTY_200, INDEX_BODY, INDEX_ENTRY, LOAD_BODY, UNLOAD_BODY, answers,
+from modelpool.deployments.errors import RequestError
+from modelpool.deployments.http_io import check_inference_token
+from modelpool.deployments.model_calls import protocol_error
+from modelpool.management import repository
+from modelpool.management.openapi_docs import (DESCRIBED, EMPTY_200, INDEX_BODY, INDEX_ENTRY, LOAD_BODY, UNLOAD_BODY, answers,
                                      body_of, json_answer, query_of, query_or_body_of, status)
-from management.params import ListParams, PoolParams, RegisterParams, ScaleParams
-from management.route_support import (IDEMPOTENCY_HEADER, authorized, in_thread, limited_body, manager_of, params_from,
+from modelpool.management.params import ListParams, PoolParams, RegisterParams, ScaleParams
+from modelpool.management.route_support import (IDEMPOTENCY_HEADER, authorized, in_thread, limited_body, manager_of, params_from,
                                       query_values, state)
 
 #: Behind the management token.

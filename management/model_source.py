@@ -33,10 +33,10 @@ from pathlib import Path
 from typing import Optional
 from urllib.parse import urlsplit
 
-from deployments.archive import find_in_store
-from deployments.errors import RequestError
-from management.url_checks import ALLOWED_URLS_SETTING, UrlPolicy
-from management.url_download import FetchS3, download_http, download_s3
+from modelpool.deployments.archive import find_in_store
+from modelpool.deployments.errors import RequestError
+from modelpool.management.url_checks import ALLOWED_URLS_SETTING, UrlPolicy
+from modelpool.management.url_download import FetchS3, download_http, download_s3
 
 ACCEPTED_FORMS = (
     "a model-store archive name such as 'iris-1.zip', an http:// or https:// URL matching "

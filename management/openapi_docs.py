@@ -8,7 +8,7 @@ route states them on its decorator instead, from the same pydantic models that v
 for every route (the bearer token, its 401, the error shape's 400, no 422), added by :func:`complete`
 once, when the description is first built. A client generator or a fuzzer (schemathesis, BENCHMARKS.md
 "Robustness") reads the result. As MMS does, the one document lists the inference APIs too
-(``management.openapi_inference``), and it is OpenAPI 3.0.1 as MMS and TorchServe answer
+(``modelpool.management.openapi_inference``), and it is OpenAPI 3.0.1 as MMS and TorchServe answer
 (``management.openapi30``), not FastAPI's 3.1.
 """
 from __future__ import annotations
@@ -17,9 +17,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from management.openapi30 import to_openapi_30
-from management.openapi_inference import add_inference
-from management.params import IDEMPOTENCY_KEY_PATTERN
+from modelpool.management.openapi30 import to_openapi_30
+from modelpool.management.openapi_inference import add_inference
+from modelpool.management.params import IDEMPOTENCY_KEY_PATTERN
 
 ERROR_SCHEMA = {
     "type": "object",

@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable, Optional
 
-from cluster.settings import Settings
-from management.registry import ModelRecord, PoolRecord, version_sort_key
-from management.serve_configs import GrpcFrontConfig, ModelConfig, PoolConfig
+from modelpool.cluster.settings import Settings
+from modelpool.management.registry import ModelRecord, PoolRecord, version_sort_key
+from modelpool.management.serve_configs import GrpcFrontConfig, ModelConfig, PoolConfig
 
 
 @dataclass(frozen=True)

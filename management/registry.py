@@ -22,10 +22,10 @@ from typing import Any, Optional, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from cluster.object_store import ObjectNotFound, ObjectStore, check_key
-from cluster.settings import DEFAULT_STARTUP_TIMEOUT_S
-from deployments.errors import RequestError
-from deployments.manifest import check_segment
+from modelpool.cluster.object_store import ObjectNotFound, ObjectStore, check_key
+from modelpool.cluster.settings import DEFAULT_STARTUP_TIMEOUT_S
+from modelpool.deployments.errors import RequestError
+from modelpool.deployments.manifest import check_segment
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 Pure: registry records, the model store's listing and what Serve says about each application go in;
 index entries, the archives a load registers and the parsed request bodies come out. The routes
-(``management.api``) and the Serve calls (``management.model_manager``) stay thin around it.
+(``modelpool.management.api``) and the Serve calls (``modelpool.management.model_manager``) stay thin around it.
 
 The mapping, and why:
 
@@ -21,8 +21,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
-from deployments.errors import RequestError
-from management.registry import version_sort_key
+from modelpool.deployments.errors import RequestError
+from modelpool.management.registry import version_sort_key
 
 # The states Triton and MLServer report (MLServer's ``State`` enum has these and UNKNOWN).
 READY, LOADING, UNLOADING, UNAVAILABLE = "READY", "LOADING", "UNLOADING", "UNAVAILABLE"

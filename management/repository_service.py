@@ -1,18 +1,18 @@
 """The model repository extension (Triton's, which MLServer copies) on the model manager.
 
-A mixin of :class:`management.model_manager.ModelManager`, kept apart so that module holds the MMS and
-pool calls and this one the repository's: the mapping itself is pure (``management.repository``);
+A mixin of :class:`modelpool.management.model_manager.ModelManager`, kept apart so that module holds the MMS and
+pool calls and this one the repository's: the mapping itself is pure (``modelpool.management.repository``);
 these methods only read the registry and Serve and register or unregister through the manager's
 own paths (``_register_from_store``, ``_unregister_all``, ``apply``) and wait as they do
-(:func:`management.rollout_wait.wait_for_rollout`).
+(:func:`modelpool.management.rollout_wait.wait_for_rollout`).
 """
 from __future__ import annotations
 
-from deployments.archive import list_store
-from management import repository, workers
-from management.params import RegisterParams
-from management.registry import check_model_name
-from management.rollout_wait import wait_for_rollout
+from modelpool.deployments.archive import list_store
+from modelpool.management import repository, workers
+from modelpool.management.params import RegisterParams
+from modelpool.management.registry import check_model_name
+from modelpool.management.rollout_wait import wait_for_rollout
 
 
 class RepositoryCalls:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Optional
 
-from deployments.errors import RequestError
-from deployments import app_names
-from management import deployer
+from modelpool.deployments.errors import RequestError
+from modelpool.deployments import app_names
+from modelpool.management import deployer
 
 
 def wait_for_rollout(apps: list[str], timeout_s: float, what: str,

@@ -1,7 +1,7 @@
 """What every management route needs: the replica's state, the token check, reading parameters and bodies.
 
-The routes live in ``management.api`` (health, the description), ``management.model_routes`` (models, pools,
-services, the model repository) and ``management.batch_routes`` (batches); they share these helpers.
+The routes live in ``modelpool.management.api`` (health, the description), ``modelpool.management.model_routes`` (models, pools,
+services, the model repository) and ``modelpool.management.batch_routes`` (batches); they share these helpers.
 """
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from typing import Any, Callable
 
 from fastapi import Depends, Request
 
-from cluster.settings import DEFAULT_BODY_TIMEOUT_S, DEFAULT_MAX_BODY_BYTES
-from deployments.errors import RequestError
-from deployments.http_io import read_body
-from deployments.serving_options import ServingOptions
+from modelpool.cluster.settings import DEFAULT_BODY_TIMEOUT_S, DEFAULT_MAX_BODY_BYTES
+from modelpool.deployments.errors import RequestError
+from modelpool.deployments.http_io import read_body
+from modelpool.deployments.serving_options import ServingOptions
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 

@@ -21,13 +21,13 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
-from cluster.settings import DEFAULT_MAX_BODY_BYTES, DEFAULT_RESPONSE_TIMEOUT_S
-from deployments.autoscaling import POLICY as AUTOSCALING_POLICY
-from deployments.codecs import PROTOCOLS
-from deployments.app_names import (GENERIC_POOL_APP, GENERIC_POOL_DEPLOYMENT, GENERIC_POOL_ROUTE, GRPC_FRONT_APP,
+from modelpool.cluster.settings import DEFAULT_MAX_BODY_BYTES, DEFAULT_RESPONSE_TIMEOUT_S
+from modelpool.deployments.autoscaling import POLICY as AUTOSCALING_POLICY
+from modelpool.deployments.codecs import PROTOCOLS
+from modelpool.deployments.app_names import (GENERIC_POOL_APP, GENERIC_POOL_DEPLOYMENT, GENERIC_POOL_ROUTE, GRPC_FRONT_APP,
                                    GRPC_FRONT_DEPLOYMENT, MANAGEMENT_APP, PROTOCOL_FRONT_APPS,
                                    PROTOCOL_FRONT_DEPLOYMENT, app_name, deployment_name)
-from deployments.grpc_front import route_key
+from modelpool.deployments.grpc_front import route_key
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 ``modelpool start`` deploys the management app itself with ``serve.run``. A KubeRay RayService
 instead hands Serve a config (``serveConfigV2``) naming an import path, and Serve's controller
-imports and calls it in a build task: ``import_path: management.serve_entrypoint:app`` with the
+imports and calls it in a build task: ``import_path: modelpool.management.serve_entrypoint:app`` with the
 application's ``args``. This module is that import path, so the two ways of starting build the
 same application from the same ``Settings``.
 
@@ -19,14 +19,14 @@ from typing import Any, Mapping, Optional, cast
 
 from ray.serve import Application
 
-from cluster.settings import Settings, env_name, load_settings
+from modelpool.cluster.settings import Settings, env_name, load_settings
 
 TOKEN_ENV = env_name("management_token")  # MODELPOOL_MANAGEMENT_TOKEN, fed by a Kubernetes Secret
 
 
 def build_management(settings: Settings, token: str) -> Application:
     """The management application at ``/``, bound exactly as ``modelpool start`` binds it."""
-    from management.app import Management
+    from modelpool.management.app import Management
 
     return Management.options(logging_config=settings.logging_config()).bind(settings.model_dump(), token)
 
@@ -56,6 +56,6 @@ def settings_from_args(args: Optional[Mapping[str, Any]], environ: Optional[Mapp
 
 
 def app(args: dict) -> Application:
-    """Serve's entry point (``management.serve_entrypoint:app``); ``args`` are Settings field names."""
+    """Serve's entry point (``modelpool.management.serve_entrypoint:app``); ``args`` are Settings field names."""
     settings = settings_from_args(args)
     return build_management(settings, cast(str, settings.management_token))  # set: checked above

@@ -16,9 +16,9 @@ import ray
 from ray import serve
 from ray.serve.context import _get_global_client
 
-from deployments.app_names import parse_app_name
+from modelpool.deployments.app_names import parse_app_name
 
-#: The key of ``user_config`` that carries an app's config fingerprint (written by ``management.deployer``).
+#: The key of ``user_config`` that carries an app's config fingerprint (written by ``modelpool.management.deployer``).
 CONFIG_ID = "config_id"
 
 

@@ -1,8 +1,8 @@
 """Which remote model URLs may be fetched: the operator's allow-list and the public-address rule.
 
 Both are checked before a byte is fetched (the allow-list before any DNS lookup), and again for each
-redirect target by ``management.url_download``; why the rules are what they are is told in
-``management.model_source``.
+redirect target by ``modelpool.management.url_download``; why the rules are what they are is told in
+``modelpool.management.model_source``.
 """
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import Union
 from urllib.parse import SplitResult, urlsplit
 
-from cluster.url_patterns import compile_pattern as _compile
-from deployments.errors import RequestError
+from modelpool.cluster.url_patterns import compile_pattern as _compile
+from modelpool.deployments.errors import RequestError
 
 ALLOWED_URLS_SETTING = "--allowed-urls / MODELPOOL_ALLOWED_URLS"
 PRIVATE_NETWORKS_SETTING = "--allow-private-networks / MODELPOOL_ALLOW_PRIVATE_NETWORKS"

@@ -1,6 +1,6 @@
 """Downloading a checked model URL into the download folder: http(s) with pinned addresses, or s3.
 
-Every hop of an http(s) download is checked again (``management.url_checks``), the connection goes to the
+Every hop of an http(s) download is checked again (``modelpool.management.url_checks``), the connection goes to the
 address that was checked, and the size and time caps of the policy hold while the bytes arrive. The
 file lands content-addressed, so the same bytes always land on the same path.
 """
@@ -21,12 +21,12 @@ import requests
 import urllib3
 from requests.adapters import HTTPAdapter
 
-from cluster.object_store import ObjectStore
-from cluster.settings import Settings
-from deployments.archive import file_sha256
-from deployments.archive_formats import ARCHIVE_SUFFIXES
-from deployments.errors import RequestError
-from management.url_checks import UrlPolicy, check_remote_url, resolve_checked_address
+from modelpool.cluster.object_store import ObjectStore
+from modelpool.cluster.settings import Settings
+from modelpool.deployments.archive import file_sha256
+from modelpool.deployments.archive_formats import ARCHIVE_SUFFIXES
+from modelpool.deployments.errors import RequestError
+from modelpool.management.url_checks import UrlPolicy, check_remote_url, resolve_checked_address
 
 FALLBACK_NAME = "model.zip"
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})

@@ -1,6 +1,6 @@
 """Live replica facts in the shapes the APIs answer with: workers of a model, per-node pool status.
 
-Shaped from the controller's details that ``management.serve_state`` reads (callers pass them in, so
+Shaped from the controller's details that ``modelpool.management.serve_state`` reads (callers pass them in, so
 one read serves a whole answer). Memory is read with psutil for replicas on this node; elsewhere it is
 reported as null.
 """
@@ -11,8 +11,8 @@ from typing import Any, Optional
 
 import psutil
 import ray
-from management.repository import Serving
-from management.serve_state import app_deployment, running_in, status_name
+from modelpool.management.repository import Serving
+from modelpool.management.serve_state import app_deployment, running_in, status_name
 
 _WORKER_STATUS = {"RUNNING": "READY", "STARTING": "LOADING", "UPDATING": "LOADING", "RECOVERING": "LOADING",
                   "PENDING_MIGRATION": "READY", "STOPPING": "STOPPING"}

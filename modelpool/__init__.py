@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cluster.version import __version__
+from modelpool.cluster.version import __version__
 from modelpool.errors import BadRequest, Conflict, ModelpoolError, NotFound, Unauthorized
 
 __all__ = ["AsyncClient", "BadRequest", "Client", "Conflict", "ModelpoolError", "NotFound", "Unauthorized",

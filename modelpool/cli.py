@@ -10,15 +10,15 @@ from functools import partial
 from pathlib import Path
 from typing import Optional, Sequence
 
-from cluster import local_cluster, runtime
-from cluster.net import is_loopback_host
-from cluster.paths import state_path
-from cluster.settings import Settings, SettingsError, add_settings_arguments, settings_from_args
+from modelpool.cluster import local_cluster, runtime
+from modelpool.cluster.net import is_loopback_host
+from modelpool.cluster.paths import state_path
+from modelpool.cluster.settings import Settings, SettingsError, add_settings_arguments, settings_from_args
 
 EXAMPLE_REQUEST = '{"inputs":[{"name":"input-0","shape":[1,4],"datatype":"FP64","data":[5.1,3.5,1.4,0.2]}]}'
 
 #: Serve's gRPC ingress registers V2's GRPCInferenceService from this (deployments/protos/service.py).
-GRPC_SERVICER_FUNCTION = "deployments.protos.service.add_inference_servicer_to_server"
+GRPC_SERVICER_FUNCTION = "modelpool.deployments.protos.service.add_inference_servicer_to_server"
 
 
 def deploy_management(settings: Settings, token: str) -> None:
@@ -26,8 +26,8 @@ def deploy_management(settings: Settings, token: str) -> None:
     from ray import serve
     from ray.serve.api import RunTarget
 
-    from deployments.app_names import MANAGEMENT_APP
-    from management.serve_entrypoint import build_management
+    from modelpool.deployments.app_names import MANAGEMENT_APP
+    from modelpool.management.serve_entrypoint import build_management
 
     serve.run_many([RunTarget(target=build_management(settings, token), name=MANAGEMENT_APP, route_prefix="/")],
                    wait_for_applications_running=False)
@@ -45,7 +45,7 @@ def cmd_start(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     local_cluster.prepare_home(settings)
     if settings.examples:
-        from deployments.examples import build_examples
+        from modelpool.deployments.examples import build_examples
 
         build_examples(settings.model_store_path)
     started = time.monotonic()
@@ -59,8 +59,8 @@ def cmd_start(args: argparse.Namespace) -> int:
 
 
 def _print_banner(settings: Settings, elapsed_s: float) -> None:
-    from deployments.app_names import parse_app_name
-    from management.serve_state import applications
+    from modelpool.deployments.app_names import parse_app_name
+    from modelpool.management.serve_state import applications
 
     models: dict[str, list[str]] = {}
     for name in applications():
@@ -115,7 +115,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     except Exception as exc:  # noqa: BLE001 - report, not crash
         print(f"cannot reach Ray at {address}: {exc}")
         return 1
-    from management.serve_state import applications, status_name
+    from modelpool.management.serve_state import applications, status_name
 
     rows = {name: {"status": status_name(app.status), "deployments": {d: {"status": status_name(s.status), "replicas": s.replica_states}
                                                               for d, s in app.deployments.items()}}
@@ -131,7 +131,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_archive(args: argparse.Namespace) -> int:
-    from deployments.examples import archive_command
+    from modelpool.deployments.examples import archive_command
 
     out = archive_command(name=args.name, version=args.version, handler=args.handler, files=[Path(f) for f in args.file],
                           out=Path(args.out) if args.out else None, model_file=args.model_file, description=args.description)
@@ -183,7 +183,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"modelpool: bad setting: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # noqa: BLE001 - a CLI reports, it does not dump tracebacks
-        from deployments.errors import RequestError
+        from modelpool.deployments.errors import RequestError
 
         if isinstance(exc, RequestError):
             print(f"modelpool: {exc.message}" + (f" (field {exc.field})" if exc.field else ""), file=sys.stderr)

@@ -1,7 +1,7 @@
 """What the sync and the asyncio client share, written once: no I/O here.
 
 The cluster's token, the HTTP paths, query parameters and bodies of each call, the retry policy,
-the V2 datatypes (deployments.datatypes' one table), the shaping of answers, and the steps a call is made of (:class:`Call`,
+the V2 datatypes (modelpool.deployments.datatypes' one table), the shaping of answers, and the steps a call is made of (:class:`Call`,
 :class:`Sleep`, :class:`Callback`). :mod:`modelpool.client_api` writes every method as a sequence
 of these steps; :mod:`modelpool.client` (requests) and :mod:`modelpool.async_client` (httpx) only
 carry them out, so the two clients cannot drift apart.
@@ -19,9 +19,9 @@ from urllib.parse import quote
 
 import numpy as np
 
-from cluster.paths import token_path
-from cluster.version import __version__
-from deployments.datatypes import V2_DATATYPES
+from modelpool.cluster.paths import token_path
+from modelpool.cluster.version import __version__
+from modelpool.deployments.datatypes import V2_DATATYPES
 from modelpool.batch_results import BatchResults
 from modelpool.errors import is_transient
 from modelpool.records import Records, batch_records, is_frame

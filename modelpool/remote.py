@@ -22,8 +22,8 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 
 import requests
 
-from cluster.paths import HOME_ENV, home_dir
-from cluster.settings import env_name
+from modelpool.cluster.paths import HOME_ENV, home_dir
+from modelpool.cluster.settings import env_name
 from modelpool.client import DEFAULT_URL, Batch, Client, ModelpoolError, Service
 from modelpool.records import read_delimited
 
@@ -94,7 +94,7 @@ def default_url() -> str:
     """$MODELPOOL_URL, else the URL ``modelpool start`` saved in the cluster state, else the default."""
     if os.environ.get(URL_ENV):
         return os.environ[URL_ENV]
-    from cluster.local_cluster import read_state
+    from modelpool.cluster.local_cluster import read_state
 
     try:
         state = read_state(home_dir())

@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 from typing import Callable
 
-from cluster.paths import HOME_ENV, TOKEN_FILE
-from cluster.settings import DEFAULT_RESPONSE_TIMEOUT_S, env_name
+from modelpool.cluster.paths import HOME_ENV, TOKEN_FILE
+from modelpool.cluster.settings import DEFAULT_RESPONSE_TIMEOUT_S, env_name
 from modelpool.client import DEFAULT_URL
 from modelpool.remote import (URL_ENV, batches_artifacts, batches_cancel, batches_download, batches_list,
                               batches_results, batches_start, batches_status, batches_wait, models_describe,

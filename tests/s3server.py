@@ -20,7 +20,7 @@ from typing import IO, Any, Iterator
 import boto3
 from botocore.config import Config
 
-from cluster.net import free_port
+from modelpool.cluster.net import free_port
 
 HOST = "127.0.0.1"
 DEFAULT_BUCKET = "modelpool-test"

@@ -23,7 +23,7 @@ from typing import Iterator
 
 import psutil
 
-from cluster.net import free_port
+from modelpool.cluster.net import free_port
 
 SSHD = "/usr/sbin/sshd"
 PRIVSEP_DIR = Path("/run/sshd")  # compiled into Debian's sshd; the system service normally creates it

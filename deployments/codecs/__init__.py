@@ -1,4 +1,4 @@
-"""One codec per wire format; each turns bytes into decoded requests (``deployments.tensors``) and back.
+"""One codec per wire format; each turns bytes into decoded requests (``modelpool.deployments.tensors``) and back.
 
 | module | wire format |
 | --- | --- |
@@ -16,13 +16,13 @@ Adding a wire format means adding a module here and an entry point that calls it
 
 :data:`PROTOCOLS` are the codecs that also own a URL scheme of their own (another server's API): each has
 ``ROUTE_PREFIX``, ``parse_call(path, method) -> ProtocolCall`` and ``error_body(status, error)`` besides, and
-is in :data:`REST_CODECS` under its ``NAME``. ``deployments.protocol_front`` serves their routes.
+is in :data:`REST_CODECS` under its ``NAME``. ``modelpool.deployments.protocol_front`` serves their routes.
 """
 from __future__ import annotations
 
 from types import ModuleType
 
-from deployments.codecs import kserve_v1, plain_json, torchserve, v2_binary
+from modelpool.deployments.codecs import kserve_v1, plain_json, torchserve, v2_binary
 
 PROTOCOLS: dict[str, ModuleType] = {torchserve.NAME: torchserve, kserve_v1.NAME: kserve_v1}
 REST_CODECS: dict[str, ModuleType] = {"infer": v2_binary, "predict": plain_json, **PROTOCOLS}

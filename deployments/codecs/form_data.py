@@ -11,7 +11,7 @@ from email.message import Message
 from email.parser import BytesHeaderParser
 from urllib.parse import parse_qsl
 
-from deployments.errors import RequestError
+from modelpool.deployments.errors import RequestError
 
 __all__ = ["FormField", "media_type", "multipart_fields", "urlencoded_fields"]
 

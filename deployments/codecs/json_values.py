@@ -10,7 +10,7 @@ from typing import Any, Union
 
 import numpy as np
 
-from deployments.errors import RequestError
+from modelpool.deployments.errors import RequestError
 
 ARRAY_TYPES = frozenset({list, tuple})
 

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping, Optional
 
-from deployments.codecs import plain_json
-from deployments.codecs.base import ProtocolCall
-from deployments.codecs.json_values import json_bytes
-from deployments.errors import RequestError
+from modelpool.deployments.codecs import plain_json
+from modelpool.deployments.codecs.base import ProtocolCall
+from modelpool.deployments.codecs.json_values import json_bytes
+from modelpool.deployments.errors import RequestError
 
 __all__ = ["NAME", "ROUTE_PREFIX", "parse_call", "decode", "encode", "ready_body", "models_body", "no_explainer",
            "error_body"]

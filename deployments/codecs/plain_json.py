@@ -9,11 +9,11 @@ from typing import Mapping, Optional, Union
 
 import numpy as np
 
-from deployments.codecs.base import Encoded
-from deployments.codecs.json_values import describe, field_at, fits_float, flatten, json_bytes, load_object, locate
-from deployments.errors import RequestError
-from deployments.datatypes import datatype_of
-from deployments.tensors import InferenceRequest, InferenceResult, Tensor
+from modelpool.deployments.codecs.base import Encoded
+from modelpool.deployments.codecs.json_values import describe, field_at, fits_float, flatten, json_bytes, load_object, locate
+from modelpool.deployments.errors import RequestError
+from modelpool.deployments.datatypes import datatype_of
+from modelpool.deployments.tensors import InferenceRequest, InferenceResult, Tensor
 
 __all__ = ["INPUT_NAME", "decode", "encode", "parse_predict_request", "rows_array", "encode_predict_response"]
 

@@ -13,8 +13,8 @@ from typing import Union
 
 import numpy as np
 
-from deployments.datatypes import V2_DATATYPES, byte_size, datatype_of
-from deployments.errors import RequestError
+from modelpool.deployments.datatypes import V2_DATATYPES, byte_size, datatype_of
+from modelpool.deployments.errors import RequestError
 
 __all__ = ["array_from_bytes", "array_to_bytes", "text_or_bytes"]
 

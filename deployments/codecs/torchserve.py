@@ -31,13 +31,13 @@ from typing import Any, Mapping, Optional, Union
 
 import numpy as np
 
-from deployments.codecs.base import Encoded, ProtocolCall
-from deployments.codecs.form_data import media_type, multipart_fields, urlencoded_fields
-from deployments.codecs.json_values import ARRAY_TYPES, describe, json_bytes, json_error_reason
-from deployments.codecs.plain_json import INPUT_NAME, parse_predict_request, rows_array
-from deployments.errors import RequestError
-from deployments.datatypes import datatype_of
-from deployments.tensors import InferenceRequest, InferenceResult, Tensor
+from modelpool.deployments.codecs.base import Encoded, ProtocolCall
+from modelpool.deployments.codecs.form_data import media_type, multipart_fields, urlencoded_fields
+from modelpool.deployments.codecs.json_values import ARRAY_TYPES, describe, json_bytes, json_error_reason
+from modelpool.deployments.codecs.plain_json import INPUT_NAME, parse_predict_request, rows_array
+from modelpool.deployments.errors import RequestError
+from modelpool.deployments.datatypes import datatype_of
+from modelpool.deployments.tensors import InferenceRequest, InferenceResult, Tensor
 
 __all__ = ["NAME", "ROUTE_PREFIX", "parse_call", "decode", "encode", "error_body"]
 

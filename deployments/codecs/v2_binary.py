@@ -15,12 +15,12 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from deployments.codecs import v2_json
-from deployments.codecs.base import JSON, Encoded
-from deployments.codecs.json_values import describe, json_bytes
-from deployments.codecs.raw_tensors import array_from_bytes, array_to_bytes
-from deployments.errors import RequestError
-from deployments.tensors import InferenceRequest, InferenceResult
+from modelpool.deployments.codecs import v2_json
+from modelpool.deployments.codecs.base import JSON, Encoded
+from modelpool.deployments.codecs.json_values import describe, json_bytes
+from modelpool.deployments.codecs.raw_tensors import array_from_bytes, array_to_bytes
+from modelpool.deployments.errors import RequestError
+from modelpool.deployments.tensors import InferenceRequest, InferenceResult
 
 __all__ = ["HEADER", "MEDIA_TYPE", "decode", "encode", "wants_binary_output"]
 

@@ -15,12 +15,12 @@ from typing import Any, Iterable, Mapping, Optional
 import grpc
 import numpy as np
 
-from deployments.codecs.raw_tensors import array_from_bytes, array_to_bytes, text_or_bytes
-from deployments.codecs.v2_json import MAX_TENSORS, check_datatype, check_shape
-from deployments.errors import RequestError
-from deployments.protos import open_inference_pb2 as pb
-from deployments.datatypes import V2_DATATYPES, datatype_of
-from deployments.tensors import InferenceRequest, InferenceResult, RequestedOutput, Tensor
+from modelpool.deployments.codecs.raw_tensors import array_from_bytes, array_to_bytes, text_or_bytes
+from modelpool.deployments.codecs.v2_json import MAX_TENSORS, check_datatype, check_shape
+from modelpool.deployments.errors import RequestError
+from modelpool.deployments.protos import open_inference_pb2 as pb
+from modelpool.deployments.datatypes import V2_DATATYPES, datatype_of
+from modelpool.deployments.tensors import InferenceRequest, InferenceResult, RequestedOutput, Tensor
 
 __all__ = ["decode", "encode", "grpc_status", "parameters_from_proto"]
 

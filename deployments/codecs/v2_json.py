@@ -17,7 +17,7 @@ Speed and safety on the hot path:
   the declared dtype fixed up front, memory is bounded by the element count.
 * Per-element Python loops run only on the error path, to name the element at fault.
 
-Every problem with a request raises :class:`~deployments.errors.RequestError` (status 400) whose
+Every problem with a request raises :class:`~modelpool.deployments.errors.RequestError` (status 400) whose
 message says what is wrong and how to fix it and whose ``field`` is the JSON path at fault;
 nothing else escapes ``parse_*`` whatever the input.
 """
@@ -28,12 +28,12 @@ from typing import Any, Callable, Optional, Union
 
 import numpy as np
 
-from deployments.codecs.json_values import (
+from modelpool.deployments.codecs.json_values import (
     ARRAY_TYPES, describe, fits_float, flatten, json_bytes, load_object, locate, show_int, show_shape,
 )
-from deployments.errors import RequestError
-from deployments.datatypes import V2_DATATYPES, datatype_of
-from deployments.tensors import InferenceRequest, InferenceResult, RequestedOutput, Tensor
+from modelpool.deployments.errors import RequestError
+from modelpool.deployments.datatypes import V2_DATATYPES, datatype_of
+from modelpool.deployments.tensors import InferenceRequest, InferenceResult, RequestedOutput, Tensor
 
 __all__ = ["MAX_TENSORS", "BinaryReader", "parse_infer_request", "tensor_from_array", "encode_infer_response",
            "check_datatype", "check_shape"]

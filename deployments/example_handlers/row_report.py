@@ -15,8 +15,8 @@ from typing import Any
 import joblib
 import numpy as np
 
-from deployments.errors import RequestError
-from deployments.handlers import Handler, ModelContext
+from modelpool.deployments.errors import RequestError
+from modelpool.deployments.handlers import Handler, ModelContext
 
 
 class RowReport(Handler):

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import grpc
 
-from deployments.protos import open_inference_pb2 as pb
+from modelpool.deployments.protos import open_inference_pb2 as pb
 
 SERVICE_NAME = "inference.GRPCInferenceService"
 """Triton's (and KServe's) service name: the first part of every method path clients call."""
@@ -31,7 +31,7 @@ METHODS: dict[str, tuple[type, type]] = {
 }
 """Every call we serve (all unary-unary) -> (request message class, response message class)."""
 
-SERVICER_FUNCTION = "deployments.protos.service.add_inference_servicer_to_server"
+SERVICER_FUNCTION = "modelpool.deployments.protos.service.add_inference_servicer_to_server"
 """The import path to list in Serve's ``gRPCOptions.grpc_servicer_functions``."""
 
 

@@ -13,9 +13,9 @@ import pyarrow.csv as pacsv
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from cluster.object_store import ObjectStore
-from deployments.errors import RequestError
-from management.batch.layout import input_key
+from modelpool.cluster.object_store import ObjectStore
+from modelpool.deployments.errors import RequestError
+from modelpool.management.batch.layout import input_key
 
 #: ``fetch(uri) -> (filesystem, path)``: how the caller resolves (and authorizes) an input URI.
 Fetch = Callable[[str], "tuple[pafs.FileSystem, str]"]

@@ -11,8 +11,8 @@ from typing import Any, Literal, Optional
 from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
 
-from cluster.object_store import ObjectStore, object_store_from_settings
-from management.batch import layout
+from modelpool.cluster.object_store import ObjectStore, object_store_from_settings
+from modelpool.management.batch import layout
 
 FINAL_STATES = ("Complete", "Failed", "Cancelled")
 JobState = Literal["Pending", "Running", "Complete", "Failed", "Cancelled"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import uuid
 
-from deployments.errors import RequestError
+from modelpool.deployments.errors import RequestError
 
 BATCHES_PREFIX = "batches"
 MAX_ARTIFACT_NAME = 255

@@ -1,7 +1,7 @@
 """A batch table's rows as the handler's input arrays: built column-wise, typed as the model declares.
 
-Scoring (``management.batch.scoring``) calls this once per partition; nothing here reads or writes
-storage. Declared V2 datatypes map to numpy through the one table (``deployments.datatypes``); a column
+Scoring (``modelpool.management.batch.scoring``) calls this once per partition; nothing here reads or writes
+storage. Declared V2 datatypes map to numpy through the one table (``modelpool.deployments.datatypes``); a column
 that cannot take the declared type without changing a value is passed as float64 or objects, and the
 model decides.
 """
@@ -12,8 +12,8 @@ from typing import Optional
 import numpy as np
 import pyarrow as pa
 
-from deployments.datatypes import FIXED_SIZE_DATATYPES
-from deployments.errors import RequestError
+from modelpool.deployments.datatypes import FIXED_SIZE_DATATYPES
+from modelpool.deployments.errors import RequestError
 
 #: The single input a model gets when it declares none (the V2 convention for unnamed tensors).
 DEFAULT_INPUT = "input-0"

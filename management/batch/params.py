@@ -1,4 +1,4 @@
-"""The body of ``POST /batches``, validated once, with errors that name the field (as ``management.params`` does
+"""The body of ``POST /batches``, validated once, with errors that name the field (as ``modelpool.management.params`` does
 for the model routes).
 
 Names and defaults follow Machine Learning Server's batch API (``parallel_count``); the body names one
@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from deployments.errors import RequestError
+from modelpool.deployments.errors import RequestError
 
 DEFAULT_PARALLEL_COUNT = 10
 MAX_PARALLEL_COUNT = 1000

@@ -13,9 +13,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from cluster.object_store import ObjectNotFound, ObjectStore
-from deployments.errors import RequestError
-from management.batch.layout import (
+from modelpool.cluster.object_store import ObjectNotFound, ObjectStore
+from modelpool.deployments.errors import RequestError
+from modelpool.management.batch.layout import (
     artifact_key,
     artifacts_prefix,
     check_artifact_name,
@@ -24,7 +24,7 @@ from management.batch.layout import (
     part_key,
     results_prefix,
 )
-from management.batch.scoring import FAILED, RESERVED_COLUMNS, SUCCESS
+from modelpool.management.batch.scoring import FAILED, RESERVED_COLUMNS, SUCCESS
 
 
 def completed_parts(store: ObjectStore, execution_id: str) -> list[int]:

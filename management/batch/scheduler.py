@@ -23,12 +23,12 @@ from typing import Any
 
 import ray
 
-from management import archive_leases
-from management.batch import results
-from management.batch.jobs import (FINAL_STATES, JobRecord, input_location, is_cancelled, open_job_store, read_job,
+from modelpool.management import archive_leases
+from modelpool.management.batch import results
+from modelpool.management.batch.jobs import (FINAL_STATES, JobRecord, input_location, is_cancelled, open_job_store, read_job,
                                    update_job)
-from management.batch.workers import RETRIES, WORKER_LOST, WorkerPool
-from management.registry import Registry
+from modelpool.management.batch.workers import RETRIES, WORKER_LOST, WorkerPool
+from modelpool.management.registry import Registry
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ class BatchScheduler:
                 self._running.discard(execution_id)
 
     def _release_archive(self, execution_id: str) -> None:
-        """A job that ended gives back its hold on the model archive (see ``management.archive_leases``)."""
+        """A job that ended gives back its hold on the model archive (see ``modelpool.management.archive_leases``)."""
         try:
             job = read_job(self.store, execution_id)
             if job.state not in FINAL_STATES or not job.source:
@@ -193,7 +193,7 @@ class _JobRun:
         """
         if job.partitions is not None:
             return job
-        from management.batch import inputs
+        from modelpool.management.batch import inputs
 
         def fetch(uri: str):
             return input_location(self.scheduler.store_config, self.store, uri)

@@ -25,14 +25,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cluster.object_store import ObjectStore
-from deployments.archive import unpack_archive
-from deployments.archive_fetch import local_archive
-from deployments.errors import RequestError
-from deployments.handler_loader import load_handler
-from deployments.handlers import Handler, ModelContext
-from management.batch.layout import artifact_key, input_key, is_artifact_name, part_key
-from management.batch.model_inputs import build_inputs
+from modelpool.cluster.object_store import ObjectStore
+from modelpool.deployments.archive import unpack_archive
+from modelpool.deployments.archive_fetch import local_archive
+from modelpool.deployments.errors import RequestError
+from modelpool.deployments.handler_loader import load_handler
+from modelpool.deployments.handlers import Handler, ModelContext
+from modelpool.management.batch.layout import artifact_key, input_key, is_artifact_name, part_key
+from modelpool.management.batch.model_inputs import build_inputs
 
 #: uri -> (pyarrow filesystem, path): where a job's own input file is read from.
 Locate = Callable[[str], tuple]

@@ -12,16 +12,16 @@ import time
 import uuid
 from typing import Any, Optional
 
-from cluster.object_store import ObjectNotFound, ObjectStore
-from cluster.settings import Settings
-from deployments.errors import RequestError
-from deployments.redact import public_message
-from management import archive_leases
-from management.batch import inputs, jobs, layout, results, scheduler
-from management.batch.jobs import JobRecord
-from management.batch.params import BatchParams
-from management.params import check_idempotency_key
-from management.registry import Registry
+from modelpool.cluster.object_store import ObjectNotFound, ObjectStore
+from modelpool.cluster.settings import Settings
+from modelpool.deployments.errors import RequestError
+from modelpool.deployments.redact import public_message
+from modelpool.management import archive_leases
+from modelpool.management.batch import inputs, jobs, layout, results, scheduler
+from modelpool.management.batch.jobs import JobRecord
+from modelpool.management.batch.params import BatchParams
+from modelpool.management.params import check_idempotency_key
+from modelpool.management.registry import Registry
 
 DEFAULT_RESULTS_PAGE = 1_000   # results travel in pages: a job may hold millions of rows
 MAX_RESULTS_PAGE = 100_000

@@ -20,8 +20,8 @@ from typing import Any, Optional
 import ray
 from ray.exceptions import ActorUnschedulableError, RayActorError, RayError
 
-from deployments.metrics import record_batch_rows
-from management.batch.jobs import input_location, open_job_store
+from modelpool.deployments.metrics import record_batch_rows
+from modelpool.management.batch.jobs import input_location, open_job_store
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ class BatchWorker:
     """Scores partitions; keeps its imports and (per process) its loaded models between calls."""
 
     def __init__(self) -> None:
-        from management.batch import scoring  # the expensive imports, once per worker
+        from modelpool.management.batch import scoring  # the expensive imports, once per worker
 
         self._scoring = scoring
 

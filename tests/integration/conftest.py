@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from cluster.net import free_port
+from modelpool.cluster.net import free_port
 from tests.cluster_home import ManagementAccess
 from tests.s3server import S3_ENV
 
@@ -84,7 +84,7 @@ def cluster(tmp_path_factory) -> RunningCluster:
         context._set_global_client(None)  # it holds this cluster's controller; later tests join other clusters
         stopped = running.cli("stop", check=False)
         assert stopped.returncode == 0, stopped.stderr
-        from cluster.runtime import haproxy_processes, ray_processes
+        from modelpool.cluster.runtime import haproxy_processes, ray_processes
 
         assert not haproxy_processes(), "modelpool stop left haproxy running"
         assert not ray_processes(), "modelpool stop left Ray processes running"
@@ -93,7 +93,7 @@ def cluster(tmp_path_factory) -> RunningCluster:
 @pytest.fixture(scope="package")
 def ray_client(cluster):
     """The test process joined to the cluster, for inspecting and reconfiguring Serve."""
-    from cluster.runtime import connect
+    from modelpool.cluster.runtime import connect
 
     connect(cluster.address)
     return cluster

@@ -18,8 +18,8 @@ def predict(data):
 
 def store_handler_archive(cluster, tmp_path: Path, name: str, handler_source: str) -> str:
     """Write ``<name>-1.zip`` (handler ``<name>:predict``) into the cluster's model store; its store name."""
-    from cluster.settings import load_settings
-    from deployments.examples import archive_command
+    from modelpool.cluster.settings import load_settings
+    from modelpool.deployments.examples import archive_command
 
     source = tmp_path / f"{name}.py"
     source.write_text(handler_source)

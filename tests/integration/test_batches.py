@@ -49,8 +49,8 @@ def slow_model(cluster):
     import tempfile
     from pathlib import Path
 
-    from cluster.settings import load_settings
-    from deployments.examples import archive_command
+    from modelpool.cluster.settings import load_settings
+    from modelpool.deployments.examples import archive_command
 
     import requests
 
@@ -121,8 +121,8 @@ def test_bad_batch_requests_are_4xx_naming_the_field(cluster, admin, body, statu
 def test_input_uri_parquet_in_object_storage(cluster, admin):
     import pandas as pd
 
-    from cluster.object_store import object_store_from_settings
-    from cluster.settings import load_settings
+    from modelpool.cluster.object_store import object_store_from_settings
+    from modelpool.cluster.settings import load_settings
 
     settings = load_settings({}, cluster.env)
     store = object_store_from_settings(settings.object_store_uri)
@@ -171,9 +171,9 @@ def test_a_batch_sent_again_with_its_idempotency_key_is_the_same_job(cluster, ad
 
 def test_a_model_unregistered_mid_job_keeps_its_archive_until_the_job_ends(cluster, admin, tmp_path):
     """An accepted job is not lost to an unregister: its archive stays in object storage until the job ends."""
-    from cluster.object_store import object_store_from_settings
-    from cluster.settings import load_settings
-    from management import archive_leases as leases
+    from modelpool.cluster.object_store import object_store_from_settings
+    from modelpool.cluster.settings import load_settings
+    from modelpool.management import archive_leases as leases
     from tests.integration.handler_models import register_handler_model
 
     settings = load_settings({}, cluster.env)
@@ -232,8 +232,8 @@ def test_a_killed_scheduler_resumes_from_the_parts_written(ray_client, admin, sl
     deadline = time.monotonic() + 120
     while admin.get(url).json()["completedItems"] == 0 and time.monotonic() < deadline:
         time.sleep(0.2)
-    from cluster.settings import load_settings
-    from management.batch.scheduler import NAMESPACE, scheduler_name
+    from modelpool.cluster.settings import load_settings
+    from modelpool.management.batch.scheduler import NAMESPACE, scheduler_name
 
     name = scheduler_name(load_settings({}, cluster.env).object_store_config)
     ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=False)
@@ -246,11 +246,11 @@ def test_the_whole_workflow_on_an_s3_object_store(ray_client, s3_server, tmp_pat
     """The same engine with its registry, model copy, input, results and artifacts on a real S3 endpoint."""
     import uuid
 
-    from cluster.object_store import ObjectStore
-    from cluster.settings import load_settings
-    from deployments.archive_formats import read_manifest
-    from management.batch.service import BatchService
-    from management.registry import ModelRecord, Registry
+    from modelpool.cluster.object_store import ObjectStore
+    from modelpool.cluster.settings import load_settings
+    from modelpool.deployments.archive_formats import read_manifest
+    from modelpool.management.batch.service import BatchService
+    from modelpool.management.registry import ModelRecord, Registry
 
     cluster = ray_client
     prefix = f"s3://{s3_server.bucket}/workflow-{uuid.uuid4().hex[:8]}"

@@ -53,8 +53,8 @@ def iris_frame(rows: int) -> pd.DataFrame:
 @pytest.fixture()
 def client(cluster, tmp_path):
     """A client with ML Server's TxService 1.0 registered (served by the generic pool), unregistered after."""
-    from cluster.settings import load_settings
-    from deployments.examples import archive_command
+    from modelpool.cluster.settings import load_settings
+    from modelpool.deployments.examples import archive_command
 
     source = tmp_path / "txservice.py"
     source.write_text(TX_SERVICE)

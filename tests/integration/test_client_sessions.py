@@ -48,8 +48,8 @@ def ingress_settled() -> bool:
     and the config routes each application's backend to exactly its running replicas."""
     from ray import serve
 
-    from cluster.runtime import haproxy_processes
-    from management.serve_state import serve_details, status_name
+    from modelpool.cluster.runtime import haproxy_processes
+    from modelpool.management.serve_state import serve_details, status_name
 
     try:
         commands = [p.cmdline() for p in haproxy_processes()]

@@ -91,8 +91,8 @@ def test_bad_registrations_are_4xx_naming_the_field(cluster, admin, params, stat
 
 
 def test_an_archive_that_fails_to_load_is_refused_and_leaves_nothing(cluster, admin, tmp_path):
-    from cluster.settings import load_settings
-    from deployments.examples import archive_command
+    from modelpool.cluster.settings import load_settings
+    from modelpool.deployments.examples import archive_command
 
     settings = load_settings({}, cluster.env)
     broken = tmp_path / "broken.py"
@@ -246,7 +246,7 @@ def test_killing_the_management_replica_loses_nothing(ray_client, admin, http):
 
     cluster = ray_client
     before = admin.get(f"{cluster.url}/models").json()
-    from management.serve_state import serve_details
+    from modelpool.management.serve_state import serve_details
 
     replica = serve_details()["applications"]["management"]["deployments"]["Management"]["replicas"][0]
     ray.kill(ray.get_actor(replica["actor_name"], namespace="serve"), no_restart=True)

@@ -14,7 +14,7 @@ import joblib
 import numpy as np
 import pytest
 
-from cluster.settings import load_settings
+from modelpool.cluster.settings import load_settings
 from tests.mar_archives import LABELS, PROBA_HANDLER, TORCH_HANDLER, build_mar, train_iris
 
 pytestmark = pytest.mark.integration

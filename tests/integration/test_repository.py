@@ -14,7 +14,7 @@ import pytest
 import tritonclient.http as triton_http
 from tritonclient.utils import InferenceServerException
 
-from management.repository import READY, REASON_NOT_LOADED, REASON_UNLOADED, UNAVAILABLE
+from modelpool.management.repository import READY, REASON_NOT_LOADED, REASON_UNLOADED, UNAVAILABLE
 from tests.integration.test_management import ROW, wait_for
 
 pytestmark = pytest.mark.integration
@@ -33,7 +33,7 @@ def client(cluster) -> triton_http.InferenceServerClient:
 
 @pytest.fixture()
 def store(cluster) -> Path:
-    from cluster.settings import load_settings
+    from modelpool.cluster.settings import load_settings
 
     return load_settings({}, cluster.env).model_store_path
 
@@ -159,7 +159,7 @@ def test_unknown_names_and_bad_bodies_are_clear_json_errors(cluster, admin, clie
 
 
 def test_an_archive_that_fails_to_load_is_a_400_and_stays_unregistered(cluster, admin, client, store, tmp_path):
-    from deployments.examples import archive_command
+    from modelpool.deployments.examples import archive_command
 
     broken = tmp_path / "repo_broken.py"
     broken.write_text("import a_module_that_does_not_exist\n\ndef predict(data):\n    return data\n")

@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 import requests
 
-from cluster.settings import load_settings
+from modelpool.cluster.settings import load_settings
 
 pytestmark = pytest.mark.integration
 
@@ -19,7 +19,7 @@ DIABETES_ROW = {"inputs": [{"name": "input-0", "shape": [1, 10], "datatype": "FP
 
 def manager(cluster):
     """The management core as a library, joined to the same cluster and registry."""
-    from management.model_manager import ModelManager
+    from modelpool.management.model_manager import ModelManager
 
     return ModelManager(load_settings({}, cluster.env))
 
@@ -27,7 +27,7 @@ def manager(cluster):
 def deploy_config(config, settings, metrics_interval_s=None):
     """Deploy one model config as management would; ``metrics_interval_s``: how often replicas report their
     load to Serve's autoscaler (Serve's default, 10 s, makes every scaling decision wait that long)."""
-    from management import deployer, serve_configs
+    from modelpool.management import deployer, serve_configs
 
     app = serve_configs.model_app_config(config, str(settings.cache_path), deployer.code_version())
     if metrics_interval_s is not None:

@@ -19,8 +19,8 @@ import tritonclient.http as triton_http
 from sklearn.datasets import load_iris
 from tritonclient.utils import InferenceServerException
 
-from deployments.protos import open_inference_pb2 as pb
-from deployments.protos.service import InferenceStub
+from modelpool.deployments.protos import open_inference_pb2 as pb
+from modelpool.deployments.protos.service import InferenceStub
 from tests.integration.handler_models import register_handler_model
 from tests.integration.test_management import register_together, wait_for
 
@@ -279,7 +279,7 @@ def test_a_killed_replica_costs_grpc_callers_only_retryable_unavailable(ray_clie
     """SIGKILL iris v1's replica: calls fail only with UNAVAILABLE, then its new replica answers on its port."""
     import ray
 
-    from management.serve_state import serve_details
+    from modelpool.management.serve_state import serve_details
 
     cluster = ray_client
     before, _ = grpc_answer(cluster)

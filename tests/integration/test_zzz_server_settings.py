@@ -70,7 +70,7 @@ def idle_connection_survives(url: str, idle_s: float) -> bool:
 
 
 def deployment_config(app_prefix: str) -> dict:
-    from management.serve_state import serve_details
+    from modelpool.management.serve_state import serve_details
 
     for name, app in serve_details()["applications"].items():
         if name.startswith(app_prefix):
@@ -136,7 +136,7 @@ def test_restart_with_every_setting_turned_restores_models_defaults_and_pools(cl
     assert started.returncode == 0, started.stdout + started.stderr
     from ray.serve.context import _set_global_client
 
-    from cluster.runtime import connect
+    from modelpool.cluster.runtime import connect
 
     _set_global_client(None)  # the old cluster's Serve controller is gone
     connect(cluster.address)
@@ -233,7 +233,7 @@ def test_tokens_stay_out_of_serve_status_and_debug_logs(cluster, http, turned):
     import json
     import os
 
-    from management.serve_state import serve_details
+    from modelpool.management.serve_state import serve_details
 
     http.post(f"{cluster.url}/v2/models/iris/infer", json=v2_body(ROW))
     status = json.dumps(serve_details())

@@ -22,8 +22,8 @@ from typing import Callable, Iterator, Optional
 import psutil
 import requests
 
-from cluster.net import free_port
-from cluster.runtime import (SERVE_ENV, ensure_ray_token, haproxy_processes, kill_haproxy, ray_executable,
+from modelpool.cluster.net import free_port
+from modelpool.cluster.runtime import (SERVE_ENV, ensure_ray_token, haproxy_processes, kill_haproxy, ray_executable,
                              ray_processes)
 from tests.cluster_home import ManagementAccess
 

@@ -43,7 +43,7 @@ def nodes(tmp_path_factory) -> TwoNodeCluster:
     with two_node_cluster(tmp_path_factory.mktemp("two-nodes")) as cluster:
         from ray.serve import context
 
-        from cluster.runtime import connect
+        from modelpool.cluster.runtime import connect
 
         context._set_global_client(None)  # never a controller of a cluster an earlier test stopped
         connect(cluster.address)
@@ -58,7 +58,7 @@ def admin(nodes) -> requests.Session:
 
 
 def replicas(app: str) -> list[dict]:
-    from management.serve_state import app_deployment, serve_details
+    from modelpool.management.serve_state import app_deployment, serve_details
 
     deployment = app_deployment(serve_details(), app)
     return list(deployment["replicas"]) if deployment else []
@@ -273,8 +273,8 @@ def test_management_killed_during_an_sdk_burst_every_call_succeeds_once(nodes, a
 
 
 def test_losing_the_worker_node_under_load_loses_no_batch_row_and_serving_recovers(nodes, admin, tmp_path):
-    from cluster.settings import load_settings
-    from deployments.examples import archive_command
+    from modelpool.cluster.settings import load_settings
+    from modelpool.deployments.examples import archive_command
 
     settings = load_settings({}, nodes.env)
     source = tmp_path / "slow.py"

@@ -60,7 +60,7 @@ import pytest
 import requests
 import yaml
 
-from cluster.runtime import haproxy_processes, kill_haproxy, ray_executable, ray_processes
+from modelpool.cluster.runtime import haproxy_processes, kill_haproxy, ray_executable, ray_processes
 from tests.sshd import LoopbackSshd, make_key, missing_tools, running_sshd
 
 pytestmark = pytest.mark.integration
@@ -313,7 +313,7 @@ def test_ray_up_serves_inferences_and_ray_down_leaves_nothing(local_cluster: Loc
     assert (state / "management_token").exists()
 
     # A user's model: into the head's model store, registered with the head's own CLI.
-    from deployments.examples import build_examples
+    from modelpool.deployments.examples import build_examples
 
     archive = next(p for p in build_examples(cluster.local_home / "archives") if p.name == "iris-1.zip")
     synced = cluster.ray("rsync-up", str(cluster.config_path), str(archive), "~/.modelpool/model_store/iris-1.zip")
@@ -339,8 +339,8 @@ def test_ray_up_serves_inferences_and_ray_down_leaves_nothing(local_cluster: Loc
     models = requests.get(f"{HTTP}/models", headers=management, timeout=10).json()["models"]
     assert [m["modelName"] for m in models] == ["iris"], models
     # The shipped object-store line reached modelpool on the node: the registry is there.
-    assert any("iris" in str(p) for p in cluster.object_store.rglob("*") if p.is_file()), \
-        sorted(str(p) for p in cluster.object_store.rglob("*"))
+    assert any("iris" in str(p) for p in modelpool.cluster.object_store.rglob("*") if p.is_file()), \
+        sorted(str(p) for p in modelpool.cluster.object_store.rglob("*"))
 
     down = cluster.down()
     assert down.returncode == 0, cluster.explain(down)

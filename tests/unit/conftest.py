@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster.object_store import ObjectStore
+from modelpool.cluster.object_store import ObjectStore
 from tests.s3server import S3Server
 
 

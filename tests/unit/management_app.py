@@ -1,15 +1,15 @@
 """The real management application, served in process over real HTTP, with Serve kept in memory.
 
-``management.api`` answers around a real :class:`~management.model_manager.ModelManager` on a local
+``modelpool.management.api`` answers around a real :class:`~modelpool.management.model_manager.ModelManager` on a local
 object store in a temporary folder, behind uvicorn on 127.0.0.1 (an ephemeral port, a thread,
 stopped at teardown), so the clients' tests see the server's own routes, validation, answers and
 errors rather than a second copy of them.
 
 What would need Ray is faked at the narrowest seam, honestly:
 
-- :class:`InProcessServe` stands in for Serve: ``management.deployer``'s deploy, delete and wait
+- :class:`InProcessServe` stands in for Serve: ``modelpool.management.deployer``'s deploy, delete and wait
   calls land here, and each deployed application becomes one real replica object in this process
-  (:class:`~deployments.generic_pool.GenericPool` or :class:`~deployments.model_deployment.ModelServer`,
+  (:class:`~modelpool.deployments.generic_pool.GenericPool` or :class:`~modelpool.deployments.model_deployment.ModelServer`,
   reconfigured with the app's ``user_config`` as Serve would), reported RUNNING with the replica count
   its options ask for. Requests below an app's route prefix go to its replica (longest prefix first,
   as Serve's proxy routes them), everything else to the management app. So register then infer works
@@ -36,18 +36,18 @@ import uvicorn
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 
-from cluster.object_store import ObjectStore
-from cluster.settings import load_settings
-from deployments import log_flush
-from deployments.app_names import GENERIC_POOL_DEPLOYMENT
-from deployments.generic_pool import GenericPool
-from deployments.model_deployment import ModelServer
-from management import api as management_api
-from management import archive_intake, deployer, model_manager, workers
-from management.model_manager import ModelManager
-from deployments.app_names import MODEL_APP_PREFIX
-from management.serve_configs import AppConfig
-from management.ttl_cache import TtlCache
+from modelpool.cluster.object_store import ObjectStore
+from modelpool.cluster.settings import load_settings
+from modelpool.deployments import log_flush
+from modelpool.deployments.app_names import GENERIC_POOL_DEPLOYMENT
+from modelpool.deployments.generic_pool import GenericPool
+from modelpool.deployments.model_deployment import ModelServer
+from modelpool.management import api as management_api
+from modelpool.management import archive_intake, deployer, model_manager, workers
+from modelpool.management.model_manager import ModelManager
+from modelpool.deployments.app_names import MODEL_APP_PREFIX
+from modelpool.management.serve_configs import AppConfig
+from modelpool.management.ttl_cache import TtlCache
 
 TOKEN = "unit-test-token"
 NODE_IP = "127.0.0.1"
@@ -82,7 +82,7 @@ class InProcessServe:
     replicas: dict[str, Any] = field(default_factory=dict)
     started: float = field(default_factory=time.time)
 
-    # ------------------------------------------------------------------ management.deployer's calls
+    # ------------------------------------------------------------------ modelpool.management.deployer's calls
     def deploy_apps(self, apps: Iterable[AppConfig], wait: bool = False, ingress: Any = None,
                     deleted: Iterable[str] = ()) -> None:
         for app in apps:
@@ -280,7 +280,7 @@ def serve_in_thread(app: Any) -> tuple[uvicorn.Server, threading.Thread, int]:
 @pytest.fixture(scope="session")
 def model_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The example archives (iris 1 and 2, diabetes, iris_report), built once."""
-    from deployments.examples import build_examples
+    from modelpool.deployments.examples import build_examples
 
     folder = tmp_path_factory.mktemp("model-store")
     build_examples(folder)

@@ -6,8 +6,8 @@ import threading
 
 import grpc
 
-from deployments.grpc_port import CallContext, GrpcMethod, GrpcPort
-from deployments.protos import open_inference_pb2 as pb
+from modelpool.deployments.grpc_port import CallContext, GrpcMethod, GrpcPort
+from modelpool.deployments.protos import open_inference_pb2 as pb
 
 SLOW_S = 0.5
 

@@ -8,17 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from deployments import archive as archive_mod
-from deployments.archive import (
+from modelpool.deployments import archive as archive_mod
+from modelpool.deployments.archive import (
     LoadedArchive,
     build_archive,
     find_in_store,
     list_store,
     unpack_archive,
 )
-from deployments.archive_formats import read_manifest
-from deployments.errors import RequestError
-from deployments.manifest import MANIFEST_NAME, Manifest
+from modelpool.deployments.archive_formats import read_manifest
+from modelpool.deployments.errors import RequestError
+from modelpool.deployments.manifest import MANIFEST_NAME, Manifest
 
 
 def manifest(**overrides) -> Manifest:
@@ -319,7 +319,7 @@ def test_list_store_finds_archives_sorted_and_skips_broken(tmp_path, caplog):
     (store / "broken.zip").write_bytes(b"garbage")
     (store / "notes.txt").write_text("not an archive")
     (store / "plain_dir").mkdir()
-    with caplog.at_level(logging.WARNING, logger="deployments.archive"):
+    with caplog.at_level(logging.WARNING, logger="modelpool.deployments.archive"):
         found = list_store(store)
     assert [(m.name, m.version, p.name) for m, p in found] == [
         ("alpha", "1", "alpha.zip"), ("beta", "1", "beta_dir"),
@@ -383,8 +383,8 @@ def test_unsafe_entries_get_an_exact_400_before_anything_is_written(tmp_path, en
 
 def test_an_over_long_store_reference_is_a_400_not_a_file_system_error(tmp_path):
     """Found by schemathesis: a 300-byte name made the file system raise ENAMETOOLONG (a 500)."""
-    from deployments.archive import find_in_store
-    from deployments.errors import RequestError
+    from modelpool.deployments.archive import find_in_store
+    from modelpool.deployments.errors import RequestError
 
     for reference in ("a" * 300, "Ṱ̺̺o͞" * 60, "ok/" + "b" * 256):
         with pytest.raises(RequestError) as raised:

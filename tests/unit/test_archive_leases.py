@@ -5,7 +5,7 @@ deleted by the last job to end, and is deleted at once when no job holds it.
 """
 from __future__ import annotations
 
-from management import archive_leases as leases
+from modelpool.management import archive_leases as leases
 
 SOURCE = "objects://models/iris/1/abcd-iris-1.zip"
 KEY = "models/iris/1/abcd-iris-1.zip"

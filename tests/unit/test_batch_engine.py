@@ -17,18 +17,18 @@ import pyarrow.parquet as pq
 import pytest
 from sklearn.datasets import load_iris
 
-from cluster.object_store import ObjectStore
-from deployments.archive import file_sha256
-from deployments.archive_formats import read_manifest
-from deployments.errors import RequestError
-from deployments.examples import archive_command, build_examples
-from management.batch import inputs, layout, model_inputs, results, scoring
+from modelpool.cluster.object_store import ObjectStore
+from modelpool.deployments.archive import file_sha256
+from modelpool.deployments.archive_formats import read_manifest
+from modelpool.deployments.errors import RequestError
+from modelpool.deployments.examples import archive_command, build_examples
+from modelpool.management.batch import inputs, layout, model_inputs, results, scoring
 
 IRIS_COLUMNS = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 
 PICKY_HANDLER = textwrap.dedent('''
     import numpy as np
-    from deployments.errors import RequestError
+    from modelpool.deployments.errors import RequestError
 
     def predict(data):
         x = np.asarray(data, dtype=float)
@@ -335,7 +335,7 @@ def test_only_flat_plain_artifact_files_are_uploaded(tmp_path: Path, archives: d
     source.write_text(textwrap.dedent('''
         import os
         import numpy as np
-        from deployments.handlers import Handler
+        from modelpool.deployments.handlers import Handler
 
         class Sneaky(Handler):
             def predict(self, data):
@@ -401,7 +401,7 @@ def test_read_rows_spans_row_groups_and_reads_only_what_it_needs(tmp_path):
     import pyarrow.fs as pafs
     import pyarrow.parquet as pq
 
-    from management.batch.scoring import read_rows
+    from modelpool.management.batch.scoring import read_rows
 
     path = tmp_path / "in.parquet"
     pq.write_table(pa.table({"a": list(range(100)), "b": [float(i) for i in range(100)]}), path, row_group_size=30)

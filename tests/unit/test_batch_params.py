@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from cluster.object_store import ObjectStore
-from deployments.errors import RequestError
-from management.batch import jobs, layout
-from management.batch.params import DEFAULT_PARALLEL_COUNT, BatchParams
+from modelpool.cluster.object_store import ObjectStore
+from modelpool.deployments.errors import RequestError
+from modelpool.management.batch import jobs, layout
+from modelpool.management.batch.params import DEFAULT_PARALLEL_COUNT, BatchParams
 
 EXACTLY_ONE = ("send exactly one of records (a list of rows) or input_uri (Parquet, CSV or TSV in object storage)")
 

@@ -1,5 +1,5 @@
 """Where batch workers go: dealt round the nodes, and a replacement to the node with the fewest."""
-from management.batch.workers import deal, least_loaded
+from modelpool.management.batch.workers import deal, least_loaded
 
 
 def test_workers_are_dealt_round_the_nodes_evenly():

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from deployments.batcher import AdaptiveBatcher
+from modelpool.deployments.batcher import AdaptiveBatcher
 
 
 def run(coro):

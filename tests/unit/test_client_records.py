@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from management.batch.inputs import records_to_table
+from modelpool.management.batch.inputs import records_to_table
 from modelpool.batch_results import BatchResponse, BatchResults, RowResult
 from modelpool.records import batch_records, delimiter_for, read_delimited
 

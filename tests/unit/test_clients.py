@@ -43,7 +43,7 @@ def iris(management: RunningManagement) -> None:
 
 
 def _register_params(url: str) -> Any:
-    from management.params import RegisterParams
+    from modelpool.management.params import RegisterParams
 
     return RegisterParams(url=url)
 

@@ -86,7 +86,7 @@ def test_installing_is_one_setup_command(path):
 @pytest.mark.parametrize("path", [ROOT / "cluster.yaml", ROOT / "cluster" / "local.yaml"])
 def test_every_node_gets_the_environment_modelpool_start_uses(path):
     """The HAProxy ingress, token auth and node health checks, as `modelpool start` sets them locally."""
-    from cluster.runtime import SERVE_ENV
+    from modelpool.cluster.runtime import SERVE_ENV
 
     setup = " ".join(yaml.safe_load(path.read_text())["setup_commands"])
     for key, value in SERVE_ENV.items():
@@ -101,8 +101,8 @@ def test_a_head_bound_beyond_loopback_gets_a_management_token_from_a_mounted_fil
     neither the config nor a command line (where `ps` would show it)."""
     import re
 
-    from cluster.net import is_loopback_host
-    from cluster.settings import check_exposure, load_settings
+    from modelpool.cluster.net import is_loopback_host
+    from modelpool.cluster.settings import check_exposure, load_settings
 
     config = load(path)
     start = config["head_start_ray_commands"][-1]

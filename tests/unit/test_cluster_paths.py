@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from cluster import local_cluster, paths
-from cluster.settings import (DEFAULT_BODY_TIMEOUT_S, DEFAULT_HTTP_URL, DEFAULT_MAX_BODY_BYTES, Settings, SettingsError,
+from modelpool.cluster import local_cluster, paths
+from modelpool.cluster.settings import (DEFAULT_BODY_TIMEOUT_S, DEFAULT_HTTP_URL, DEFAULT_MAX_BODY_BYTES, Settings, SettingsError,
                               env_name, load_settings)
 
 

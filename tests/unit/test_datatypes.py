@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from deployments.datatypes import FIXED_SIZE_DATATYPES, V2_DATATYPES, byte_size, datatype_of, numpy_dtype
+from modelpool.deployments.datatypes import FIXED_SIZE_DATATYPES, V2_DATATYPES, byte_size, datatype_of, numpy_dtype
 
 
 @pytest.mark.parametrize("datatype", list(V2_DATATYPES))

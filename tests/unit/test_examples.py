@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_diabetes, load_iris
 
-from deployments.archive import list_store, unpack_archive
-from deployments.archive_formats import read_manifest
-from deployments.errors import RequestError
-from deployments.examples import archive_command, build_examples
-from deployments.handler_loader import load_handler
-from deployments.handlers import Handler
+from modelpool.deployments.archive import list_store, unpack_archive
+from modelpool.deployments.archive_formats import read_manifest
+from modelpool.deployments.errors import RequestError
+from modelpool.deployments.examples import archive_command, build_examples
+from modelpool.deployments.handler_loader import load_handler
+from modelpool.deployments.handlers import Handler
 
 
 @pytest.fixture(scope="module")

@@ -12,9 +12,9 @@ from typing import Iterator
 import grpc
 import pytest
 
-from cluster.net import free_port
-from deployments.grpc_front import FrontProcess, render_config, render_map, route_key
-from deployments.protos import open_inference_pb2 as pb
+from modelpool.cluster.net import free_port
+from modelpool.deployments.grpc_front import FrontProcess, render_config, render_map, route_key
+from modelpool.deployments.protos import open_inference_pb2 as pb
 
 PATH = "/inference.GRPCInferenceService/"
 

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from cluster.front_directories import FRONT_DIRECTORY_PREFIX, remove_stale_front_directories
+from modelpool.cluster.front_directories import FRONT_DIRECTORY_PREFIX, remove_stale_front_directories
 
 
 def _front_directory(root: Path, name: str, age_s: float) -> Path:

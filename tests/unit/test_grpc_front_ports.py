@@ -14,10 +14,10 @@ from typing import Iterator
 import grpc
 import pytest
 
-from cluster.net import free_port
-from deployments.grpc_front import PORT_GONE_MESSAGE, PORT_SLOTS, GrpcFront, port_slots
-from deployments.protos import open_inference_pb2 as pb
-from deployments.protos.service import InferenceStub
+from modelpool.cluster.net import free_port
+from modelpool.deployments.grpc_front import PORT_GONE_MESSAGE, PORT_SLOTS, GrpcFront, port_slots
+from modelpool.deployments.protos import open_inference_pb2 as pb
+from modelpool.deployments.protos.service import InferenceStub
 from tests.unit.running_port import RunningPort
 
 APP = "model:iris:1"

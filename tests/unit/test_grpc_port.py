@@ -13,9 +13,9 @@ from typing import Iterator
 import grpc
 import pytest
 
-from deployments.grpc_port import frame, status_trailers, unframe
-from deployments.protos import open_inference_pb2 as pb
-from deployments.protos.service import InferenceStub
+from modelpool.deployments.grpc_port import frame, status_trailers, unframe
+from modelpool.deployments.protos import open_inference_pb2 as pb
+from modelpool.deployments.protos.service import InferenceStub
 from tests.unit.running_port import RunningPort
 
 @pytest.fixture()

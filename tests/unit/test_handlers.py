@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from deployments.errors import RequestError
-from deployments.handler_loader import load_handler
-from deployments.handlers import CallableHandler, Handler, ModelContext, SklearnHandler
-from deployments.manifest import MANIFEST_NAME, Manifest
+from modelpool.deployments.errors import RequestError
+from modelpool.deployments.handler_loader import load_handler
+from modelpool.deployments.handlers import CallableHandler, Handler, ModelContext, SklearnHandler
+from modelpool.deployments.manifest import MANIFEST_NAME, Manifest
 
 
 def model_dir(tmp_path: Path, name: str, files: dict, **manifest_fields) -> tuple:
@@ -202,7 +202,7 @@ def test_function_handler(tmp_path):
 def test_handler_subclass_is_initialized_with_its_context(tmp_path):
     source = """
         from pathlib import Path
-        from deployments.handlers import Handler
+        from modelpool.deployments.handlers import Handler
 
         class Model(Handler):
             def initialize(self, context):
@@ -243,7 +243,7 @@ def test_duck_typed_class_is_wrapped(tmp_path):
 
 def test_handler_exception_reaches_the_caller(tmp_path):
     source = """
-        from deployments.handlers import Handler
+        from modelpool.deployments.handlers import Handler
 
         class Model(Handler):
             def predict(self, data):
@@ -287,7 +287,7 @@ def test_sys_path_is_restored(tmp_path):
     ("class Model:\n    pass\n", "handler:Model", "define predict"),
     ("class Model:\n    def __init__(self, x):\n        pass\n    def predict(self, d):\n        return d\n",
      "handler:Model", "no arguments"),
-    ("from deployments.handlers import Handler\nclass Model(Handler):\n"
+    ("from modelpool.deployments.handlers import Handler\nclass Model(Handler):\n"
      "    def initialize(self, context):\n        raise OSError('weights missing')\n"
      "    def predict(self, d):\n        return d\n", "handler:Model", "weights missing"),
 ])

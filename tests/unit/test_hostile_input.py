@@ -25,25 +25,25 @@ with warnings.catch_warnings():  # starlette's notice about httpx, raised on imp
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient
 
-from cluster.net import is_loopback_host
-from cluster.settings import Settings, SettingsError, check_exposure, load_settings
-from deployments.codecs import plain_json as plain_codec, v2_json as v2_codec
-from deployments.archive_formats import read_manifest
-from deployments.errors import RequestError
-from deployments.examples import build_examples
-from deployments.generic_pool import GenericPool
-from deployments.handler_loader import load_handler
-from deployments.manifest import Manifest
-from deployments.model_deployment import ModelServer
-from deployments.redact import PLACEHOLDER, public_message
-from management import api as management_api
-from management import batch_routes
-from management.batch.service import BatchService
-from management.placement import plan
-from management.registry import ModelRecord
-from management.serve_configs import model_app_config
-from management.model_manager import ModelManager
-from cluster import local_cluster
+from modelpool.cluster.net import is_loopback_host
+from modelpool.cluster.settings import Settings, SettingsError, check_exposure, load_settings
+from modelpool.deployments.codecs import plain_json as plain_codec, v2_json as v2_codec
+from modelpool.deployments.archive_formats import read_manifest
+from modelpool.deployments.errors import RequestError
+from modelpool.deployments.examples import build_examples
+from modelpool.deployments.generic_pool import GenericPool
+from modelpool.deployments.handler_loader import load_handler
+from modelpool.deployments.manifest import Manifest
+from modelpool.deployments.model_deployment import ModelServer
+from modelpool.deployments.redact import PLACEHOLDER, public_message
+from modelpool.management import api as management_api
+from modelpool.management import batch_routes
+from modelpool.management.batch.service import BatchService
+from modelpool.management.placement import plan
+from modelpool.management.registry import ModelRecord
+from modelpool.management.serve_configs import model_app_config
+from modelpool.management.model_manager import ModelManager
+from modelpool.cluster import local_cluster
 from modelpool import cli
 
 TOKEN = "management-token-for-tests-0123456789"
@@ -349,7 +349,7 @@ def test_the_inference_token_or_the_management_token_opens_model_routes(iris):
 
 
 def test_the_inference_token_is_compared_by_digest_in_constant_time(iris, monkeypatch):
-    from cluster import tokens
+    from modelpool.cluster import tokens
 
     iris.reconfigure(user_config(load_settings({"inference_token": INFERENCE_TOKEN, "management_token": TOKEN}, {})))
     compared: list[tuple[str, str]] = []
@@ -372,7 +372,7 @@ def test_the_generic_pool_answers_401_before_saying_which_models_exist(tmp_path)
 
 
 def test_inference_token_stays_out_of_declarative_serve_configs():
-    from management.serve_entrypoint import settings_from_args
+    from modelpool.management.serve_entrypoint import settings_from_args
 
     with pytest.raises(ValueError) as refused:
         settings_from_args({"inference_token": INFERENCE_TOKEN}, {"MODELPOOL_MANAGEMENT_TOKEN": TOKEN})
@@ -414,7 +414,7 @@ def test_a_trickling_body_gets_408_at_the_deadline(iris):
 
 
 def test_a_body_deadline_ends_only_its_own_read_and_leaves_the_task_usable():
-    from deployments import deadlines
+    from modelpool.deployments import deadlines
 
     async def scenario() -> None:
         started = time.monotonic()
@@ -435,7 +435,7 @@ def test_a_body_deadline_ends_only_its_own_read_and_leaves_the_task_usable():
 
 def test_nested_deadlines_each_end_only_their_own_wait():
     """The body read's deadline runs inside the call's (response_timeout): each raises only for itself."""
-    from deployments import deadlines
+    from modelpool.deployments import deadlines
 
     async def inner_passes() -> str:
         try:
@@ -519,8 +519,8 @@ def test_too_many_tensors_are_refused_and_many_outputs_parse_in_linear_time():
 def test_an_s3_model_over_the_download_cap_is_refused_before_a_byte_is_downloaded(s3_server, tmp_path, monkeypatch):
     import uuid
 
-    from cluster.object_store import ObjectStore
-    from management.params import RegisterParams
+    from modelpool.cluster.object_store import ObjectStore
+    from modelpool.management.params import RegisterParams
 
     key = f"t-{uuid.uuid4().hex}/big-1.zip"
     ObjectStore(f"s3://{s3_server.bucket}", s3_endpoint=s3_server.endpoint).write_bytes(key, b"x" * 5000)
@@ -602,8 +602,8 @@ def test_batch_errors_lose_server_paths_unless_debug(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from cluster.object_store import ObjectStore
-    from management.batch import layout
+    from modelpool.cluster.object_store import ObjectStore
+    from modelpool.management.batch import layout
 
     store = ObjectStore(str(tmp_path / "objects"))
     raised = f"FileNotFoundError: [Errno 2] No such file or directory: '{tmp_path / 'cache' / 'lookup.csv'}'"

@@ -13,12 +13,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from deployments.codecs.plain_json import encode_predict_response, parse_predict_request
-from deployments.codecs.v2_json import encode_infer_response, parse_infer_request, tensor_from_array
-from deployments.dataplane import select_outputs
-from deployments.errors import RequestError
-from deployments.datatypes import V2_DATATYPES
-from deployments.tensors import InferenceRequest, InferenceResult, RequestedOutput, model_metadata
+from modelpool.deployments.codecs.plain_json import encode_predict_response, parse_predict_request
+from modelpool.deployments.codecs.v2_json import encode_infer_response, parse_infer_request, tensor_from_array
+from modelpool.deployments.dataplane import select_outputs
+from modelpool.deployments.errors import RequestError
+from modelpool.deployments.datatypes import V2_DATATYPES
+from modelpool.deployments.tensors import InferenceRequest, InferenceResult, RequestedOutput, model_metadata
 
 SAMPLES: dict[str, list] = {
     "BOOL": [True, False, True, True],

@@ -23,8 +23,8 @@ from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
 from ray.serve._private.build_app import build_app
 from ray.serve.schema import ServeApplicationSchema, ServeDeploySchema
 
-from cluster.runtime import SERVE_ENV
-from cluster.settings import Settings, env_name, load_settings
+from modelpool.cluster.runtime import SERVE_ENV
+from modelpool.cluster.settings import Settings, env_name, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFEST = ROOT / "cluster" / "kuberay-rayservice.yaml"
@@ -137,7 +137,7 @@ def test_serve_config_holds_only_the_management_app_at_root():
     every KubeRay apply overwrite what the registry says."""
     apps = serve_config()["applications"]
     assert [(a["name"], a["route_prefix"]) for a in apps] == [("management", "/")]
-    assert apps[0]["import_path"] == "management.serve_entrypoint:app"
+    assert apps[0]["import_path"] == "modelpool.management.serve_entrypoint:app"
 
 
 @pytest.fixture
@@ -168,7 +168,7 @@ def test_the_import_path_builds_the_management_app_as_serves_controller_does(pod
 
 
 def test_the_builder_refuses_a_token_in_args_and_a_missing_token():
-    from management.serve_entrypoint import settings_from_args
+    from modelpool.management.serve_entrypoint import settings_from_args
 
     env = {key: value for key, value in head_env().items() if key != env_name("management_token")}
     with pytest.raises(ValueError, match="must not be in the Serve config's args"):
@@ -235,11 +235,10 @@ def test_image_and_ray_version_match_the_pin():
 
 
 def test_the_dockerfile_copies_every_package_of_the_project():
-    includes = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    folders = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"].values())
     dockerfile = DOCKERFILE.read_text()
-    for pattern in includes:
-        package = pattern.rstrip("*")
-        assert re.search(rf"^COPY .*\b{package}/ {package}/$", dockerfile, re.MULTILINE), package
+    for folder in folders:
+        assert re.search(rf"^COPY .*\b{folder}/ {folder}/$", dockerfile, re.MULTILINE), folder
     assert "pip install --no-cache-dir ." in dockerfile
 
 

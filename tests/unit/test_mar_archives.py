@@ -26,16 +26,16 @@ import numpy as np
 import pytest
 from starlette.requests import Request
 
-from cluster.settings import load_settings
-from deployments.archive import find_in_store, list_store, unpack_archive
-from deployments.archive_formats import read_manifest
-from deployments.errors import RequestError
-from deployments.generic_pool import GenericPool
-from deployments.handler_loader import load_handler
-from deployments.handlers import SklearnHandler
-from deployments.model_deployment import ModelServer
-from management import placement, serve_configs
-from management.params import RegisterParams
+from modelpool.cluster.settings import load_settings
+from modelpool.deployments.archive import find_in_store, list_store, unpack_archive
+from modelpool.deployments.archive_formats import read_manifest
+from modelpool.deployments.errors import RequestError
+from modelpool.deployments.generic_pool import GenericPool
+from modelpool.deployments.handler_loader import load_handler
+from modelpool.deployments.handlers import SklearnHandler
+from modelpool.deployments.model_deployment import ModelServer
+from modelpool.management import placement, serve_configs
+from modelpool.management.params import RegisterParams
 from tests.mar_archives import LABELS, PROBA_HANDLER, TORCH_HANDLER, build_mar, train_iris
 
 ROWS = np.array([[5.1, 3.5, 1.4, 0.2], [6.3, 3.3, 6.0, 2.5]])
@@ -269,7 +269,7 @@ def management(tmp_path, monkeypatch):
     """The management API (real routes, real ModelManager) with a model store holding .mar archives."""
     from fastapi.testclient import TestClient
 
-    from management import api, archive_intake, model_manager
+    from modelpool.management import api, archive_intake, model_manager
 
     settings = load_settings({"home": str(tmp_path / "home")}, {})
     settings.model_store_path.mkdir(parents=True)
@@ -329,7 +329,7 @@ def test_the_override_travels_from_register_to_every_replica(management, iris_mo
 
 
 def test_batch_scoring_loads_the_registered_handler(management, iris_model):
-    from management.batch import scoring
+    from modelpool.management.batch import scoring
 
     _, manager, settings = management
     build_mar(settings.model_store_path / "iris.mar", iris_model, sources={"proba_handler.py": PROBA_HANDLER})

@@ -18,16 +18,16 @@ from typing import Iterator
 
 import pytest
 
-from cluster.url_patterns import parse_allowed_urls
+from modelpool.cluster.url_patterns import parse_allowed_urls
 
-from management import url_checks
-from deployments.archive import build_archive
-from deployments.archive_formats import read_manifest
-from deployments.errors import RequestError
-from deployments.manifest import Manifest
-from management.model_source import resolve_model_url
-from management.url_checks import UrlPolicy, check_address, is_public_address, resolve_checked_address
-from management.url_download import archive_basename
+from modelpool.management import url_checks
+from modelpool.deployments.archive import build_archive
+from modelpool.deployments.archive_formats import read_manifest
+from modelpool.deployments.errors import RequestError
+from modelpool.deployments.manifest import Manifest
+from modelpool.management.model_source import resolve_model_url
+from modelpool.management.url_checks import UrlPolicy, check_address, is_public_address, resolve_checked_address
+from modelpool.management.url_download import archive_basename
 
 CAP = 64 * 1024
 SLOW_TIMEOUT = 0.6

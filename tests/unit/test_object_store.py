@@ -13,8 +13,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from cluster import object_store as object_store_mod
-from cluster.object_store import ObjectNotFound, ObjectStore, check_key, object_store_from_settings
+from modelpool.cluster import object_store as object_store_mod
+from modelpool.cluster.object_store import ObjectNotFound, ObjectStore, check_key, object_store_from_settings
 
 BAD_KEYS = [
     "", "/abs", "../up", "a/../../up", "a/..", "./a", "a/./b", "a/.", "a//b", "a/", "a\\..\\b",

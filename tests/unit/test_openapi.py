@@ -5,9 +5,9 @@ import warnings
 import pytest
 from openapi_spec_validator import OpenAPIV30SpecValidator, validate
 
-from management.api import api
-from management.openapi30 import schema_30
-from management.params import RegisterParams
+from modelpool.management.api import api
+from modelpool.management.openapi30 import schema_30
+from modelpool.management.params import RegisterParams
 
 with warnings.catch_warnings():  # starlette's notice about httpx, raised on import
     warnings.simplefilter("ignore")
@@ -36,7 +36,7 @@ def test_the_document_is_valid_openapi_3_0_as_mms_answers(spec):
 
 
 def test_options_slash_answers_the_same_document_behind_the_token(monkeypatch):
-    from management import api as routes
+    from modelpool.management import api as routes
 
     monkeypatch.setattr(routes.state, "token", "t0ken-for-the-openapi-test", raising=False)
     with TestClient(api) as client:

@@ -1,8 +1,8 @@
 """Management parameters: MMS / ML Server names, and 400s that name the field."""
 import pytest
 
-from deployments.errors import RequestError
-from management.params import ListParams, PoolParams, RegisterParams, ScaleParams
+from modelpool.deployments.errors import RequestError
+from modelpool.management.params import ListParams, PoolParams, RegisterParams, ScaleParams
 
 
 def test_query_strings_are_parsed_with_mms_defaults():

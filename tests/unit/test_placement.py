@@ -1,7 +1,7 @@
 """Which versions get replicas of their own, and what the generic pool serves (pure mapping)."""
-from cluster.settings import load_settings
-from management.placement import plan, replica_bounds
-from management.registry import ModelRecord, PoolRecord
+from modelpool.cluster.settings import load_settings
+from modelpool.management.placement import plan, replica_bounds
+from modelpool.management.registry import ModelRecord, PoolRecord
 
 SETTINGS = load_settings({}, {})
 

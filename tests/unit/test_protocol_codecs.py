@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import requests
 
-from deployments.codecs import PROTOCOLS, REST_CODECS, kserve_v1, torchserve
-from deployments.codecs.base import ProtocolCall
-from deployments.codecs.form_data import multipart_fields, urlencoded_fields
-from deployments.errors import RequestError
-from deployments.tensors import InferenceResult
+from modelpool.deployments.codecs import PROTOCOLS, REST_CODECS, kserve_v1, torchserve
+from modelpool.deployments.codecs.base import ProtocolCall
+from modelpool.deployments.codecs.form_data import multipart_fields, urlencoded_fields
+from modelpool.deployments.errors import RequestError
+from modelpool.deployments.tensors import InferenceResult
 
 ROW = [5.1, 3.5, 1.4, 0.2]
 

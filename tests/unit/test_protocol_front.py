@@ -16,17 +16,17 @@ import pytest
 from starlette.requests import Request
 from starlette.testclient import TestClient
 
-from cluster.settings import load_settings
-from deployments.examples import build_examples
-from deployments.generic_pool import GenericPool
-from deployments import app_names
-from deployments.app_names import PROTOCOL_FRONT_APPS
-from deployments.loaded_model import LoadedModel
-from deployments.model_deployment import ModelServer
-from deployments.protocol_front import POOL, ProtocolFront, Target, pick_target
-from deployments.codecs.base import ProtocolCall
-from management import serve_configs
-from management.serve_configs import ModelConfig, PoolConfig
+from modelpool.cluster.settings import load_settings
+from modelpool.deployments.examples import build_examples
+from modelpool.deployments.generic_pool import GenericPool
+from modelpool.deployments import app_names
+from modelpool.deployments.app_names import PROTOCOL_FRONT_APPS
+from modelpool.deployments.loaded_model import LoadedModel
+from modelpool.deployments.model_deployment import ModelServer
+from modelpool.deployments.protocol_front import POOL, ProtocolFront, Target, pick_target
+from modelpool.deployments.codecs.base import ProtocolCall
+from modelpool.management import serve_configs
+from modelpool.management.serve_configs import ModelConfig, PoolConfig
 
 ROW = [5.1, 3.5, 1.4, 0.2]
 ROWS = [ROW, [6.3, 3.3, 6.0, 2.5]]
@@ -249,7 +249,7 @@ def test_protocol_calls_share_model_calls_with_v2_requests(cluster):
 
 
 def _v2_decoder(body: str):
-    from deployments.codecs import v2_binary
+    from modelpool.deployments.codecs import v2_binary
 
     async def decode():
         return v2_binary.decode(body.encode(), {})
@@ -277,7 +277,7 @@ def test_a_replica_asked_for_a_version_it_does_not_serve_says_retry(cluster):
 
 
 def test_a_call_no_replica_takes_is_a_503_in_time(cluster, http, monkeypatch):
-    monkeypatch.setattr("deployments.protocol_front.READY_TIMEOUT_S", 0.3)
+    monkeypatch.setattr("modelpool.deployments.protocol_front.READY_TIMEOUT_S", 0.3)
     front = cluster.replicas["/v1"]
 
     class Stalled:

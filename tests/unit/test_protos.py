@@ -17,11 +17,12 @@ import grpc
 import pytest
 from google.protobuf import descriptor_pb2
 
-from deployments.protos import open_inference_pb2 as pb
-from deployments.protos import service
+from modelpool.deployments.protos import open_inference_pb2 as pb
+from modelpool.deployments.protos import service
 
 ROOT = Path(__file__).resolve().parents[2]
 PROTO = "deployments/protos/open_inference.proto"
+INSTALLED_PROTO = "modelpool/deployments/protos/open_inference.proto"  # where it imports from
 GENERATED = ["open_inference_pb2.py", "open_inference_pb2.pyi"]
 OUR_PACKAGE = "modelpool.inference"
 FieldType = descriptor_pb2.FieldDescriptorProto.Type
@@ -79,7 +80,7 @@ def _field_signature(fd: descriptor_pb2.FileDescriptorProto, message: descriptor
 
 @pytest.fixture(scope="module")
 def ours() -> descriptor_pb2.FileDescriptorProto:
-    return _file_descriptor("deployments.protos.open_inference_pb2")
+    return _file_descriptor("modelpool.deployments.protos.open_inference_pb2")
 
 
 @pytest.fixture(scope="module")
@@ -89,24 +90,30 @@ def triton() -> descriptor_pb2.FileDescriptorProto:
 
 
 def test_generated_code_matches_the_proto(tmp_path: Path) -> None:
-    """Regenerating from the committed .proto gives the committed files byte for byte, and no _grpc module."""
+    """Regenerating from the committed .proto gives the committed files byte for byte, and no _grpc module.
+
+    protoc names the module after the .proto's path, so it runs on a copy placed where the package
+    imports from (``modelpool/deployments/protos``): a message pickled to a replica names the module
+    ``modelpool.deployments.protos.open_inference_pb2``, the one that imports.
+    """
     pytest.importorskip("grpc_tools", reason="grpcio-tools is in the test extra")
-    (tmp_path / "deployments" / "protos").mkdir(parents=True)
-    shutil.copy(ROOT / PROTO, tmp_path / PROTO)
+    (tmp_path / INSTALLED_PROTO).parent.mkdir(parents=True)
+    shutil.copy(ROOT / PROTO, tmp_path / INSTALLED_PROTO)
     done = subprocess.run(
-        [sys.executable, "-m", "grpc_tools.protoc", "-I.", "--python_out=.", "--pyi_out=.", PROTO],
+        [sys.executable, "-m", "grpc_tools.protoc", "-I.", "--python_out=.", "--pyi_out=.", INSTALLED_PROTO],
         cwd=tmp_path, capture_output=True, text=True, timeout=120,
     )
     assert done.returncode == 0, done.stderr
     for name in GENERATED:
-        fresh = (tmp_path / "deployments" / "protos" / name).read_bytes()
+        fresh = ((tmp_path / INSTALLED_PROTO).parent / name).read_bytes()
         committed = (ROOT / "deployments" / "protos" / name).read_bytes()
         assert fresh == committed, (
-            f"deployments/protos/{name} is stale: regenerate it from the repository root with "
-            f"`python -m grpc_tools.protoc -I. --python_out=. --pyi_out=. {PROTO}`"
+            f"deployments/protos/{name} is stale: regenerate it as this test does (protoc on a copy at "
+            f"{INSTALLED_PROTO}, then copy {', '.join(GENERATED)} back)"
         )
     # The service is service.py's; a generated one would register the wrong (package-renamed) path.
     assert not (ROOT / "deployments" / "protos" / "open_inference_pb2_grpc.py").exists()
+    assert pb.ModelInferRequest.__module__ == "modelpool.deployments.protos.open_inference_pb2"
 
 
 def test_proto_declares_messages_only(ours: descriptor_pb2.FileDescriptorProto) -> None:
@@ -116,15 +123,15 @@ def test_proto_declares_messages_only(ours: descriptor_pb2.FileDescriptorProto) 
 
 
 @pytest.mark.parametrize("first, second", [
-    ("deployments.protos.service", "tritonclient.grpc"),
-    ("tritonclient.grpc", "deployments.protos.service"),
+    ("modelpool.deployments.protos.service", "tritonclient.grpc"),
+    ("tritonclient.grpc", "modelpool.deployments.protos.service"),
 ])
 def test_coexists_with_tritonclient_in_one_process(first: str, second: str) -> None:
     """Both generated modules import into one descriptor pool, in either order, without a warning."""
     pytest.importorskip("tritonclient.grpc", reason="tritonclient is in the test extra")
     code = (
         f"import {first}, {second}\n"
-        "from deployments.protos import open_inference_pb2 as ours\n"
+        "from modelpool.deployments.protos import open_inference_pb2 as ours\n"
         "from tritonclient.grpc import service_pb2 as theirs\n"
         "assert ours.ServerLiveRequest.DESCRIPTOR.full_name == 'modelpool.inference.ServerLiveRequest'\n"
         "assert theirs.ServerLiveRequest.DESCRIPTOR.full_name == 'inference.ServerLiveRequest'\n"
@@ -188,7 +195,7 @@ def test_serve_learns_every_path_from_the_servicer_function() -> None:
         "from unittest.mock import Mock\n"
         "from ray.serve.config import gRPCOptions\n"
         "from ray.serve._private.grpc_util import gRPCGenericServer, get_service_names\n"
-        "from deployments.protos import service\n"
+        "from modelpool.deployments.protos import service\n"
         "paths = []\n"
         "def factory(service_method, streaming_type):\n"
         "    paths.append(service_method)\n"

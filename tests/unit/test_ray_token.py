@@ -4,7 +4,7 @@ import os
 
 def test_a_fresh_machine_gets_a_private_ray_token_before_ray_start(tmp_path):
     """`ray start --head` refuses to run with token auth and no token; start makes one, owner-only, once."""
-    from cluster.runtime import ensure_ray_token
+    from modelpool.cluster.runtime import ensure_ray_token
 
     env = {**os.environ, "HOME": str(tmp_path), "RAY_AUTH_MODE": "token"}
     env.pop("RAY_AUTH_TOKEN", None)

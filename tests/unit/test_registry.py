@@ -6,9 +6,9 @@ import threading
 
 import pytest
 
-from cluster.object_store import ObjectStore
-from deployments.errors import RequestError
-from management.registry import ModelRecord, PoolRecord, Registry, version_sort_key
+from modelpool.cluster.object_store import ObjectStore
+from modelpool.deployments.errors import RequestError
+from modelpool.management.registry import ModelRecord, PoolRecord, Registry, version_sort_key
 
 
 def model(name: str = "iris", version: str = "1", **overrides) -> ModelRecord:
@@ -119,7 +119,7 @@ def test_corrupt_default_file_falls_back(registry: Registry, caplog: pytest.LogC
     registry.put_model(model(version="1"))
     registry.put_model(model(version="2"))
     registry.store.write_bytes("registry/defaults/iris.json", b"{not json")
-    with caplog.at_level(logging.WARNING, logger="management.registry"):
+    with caplog.at_level(logging.WARNING, logger="modelpool.management.registry"):
         assert registry.get_default("iris") == "2"
     assert "unreadable default" in caplog.text
 
@@ -165,7 +165,7 @@ def test_corrupt_records_are_skipped_with_a_warning(registry: Registry,
     store.write_bytes("registry/models/iris/README", b"stray")
     store.write_bytes("registry/models/iris/deep/7.json", b"{}")
     store.write_bytes("registry/pools/iris/1.json", b"")
-    with caplog.at_level(logging.WARNING, logger="management.registry"):
+    with caplog.at_level(logging.WARNING, logger="modelpool.management.registry"):
         assert [r.version for r in registry.list_models()] == ["1"]
         assert registry.versions("iris") == ["1"]
         assert registry.list_pools() == []

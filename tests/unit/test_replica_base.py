@@ -1,4 +1,4 @@
-"""The entry points ModelServer and GenericPool share (``deployments.replica_base``), in process.
+"""The entry points ModelServer and GenericPool share (``modelpool.deployments.replica_base``), in process.
 
 A model that fails to load in the generic pool is a 500 naming the model and the reason on every entry
 point (HTTP, a protocol front's call, gRPC), and the pool keeps serving its other models. The failure is a
@@ -15,14 +15,14 @@ import pytest
 from starlette.requests import Request
 from starlette.testclient import TestClient
 
-from cluster.settings import load_settings
-from deployments.codecs import torchserve
-from deployments.examples import build_examples
-from deployments.generic_pool import GenericPool
-from deployments.loaded_model import LoadedModel
-from deployments.protos import open_inference_pb2 as pb
-from management import serve_configs
-from management.serve_configs import PoolConfig
+from modelpool.cluster.settings import load_settings
+from modelpool.deployments.codecs import torchserve
+from modelpool.deployments.examples import build_examples
+from modelpool.deployments.generic_pool import GenericPool
+from modelpool.deployments.loaded_model import LoadedModel
+from modelpool.deployments.protos import open_inference_pb2 as pb
+from modelpool.management import serve_configs
+from modelpool.management.serve_configs import PoolConfig
 
 ROW = [5.1, 3.5, 1.4, 0.2]
 

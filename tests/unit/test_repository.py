@@ -10,9 +10,9 @@ with warnings.catch_warnings():  # starlette's notice about httpx, raised on imp
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient
 
-from deployments.errors import RequestError
-from management import api as management_api
-from management.repository import (
+from modelpool.deployments.errors import RequestError
+from modelpool.management import api as management_api
+from modelpool.management.repository import (
     LOADING, READY, REASON_NOT_LOADED, REASON_UNLOADED, UNAVAILABLE, UNLOADING, Serving, archives_to_load, index,
     parse_index_request, parse_load_request, parse_unload_request, serving_state, unload_versions,
 )

@@ -12,12 +12,12 @@ import time
 
 import pytest
 
-from deployments import model_calls
-from deployments.archive import unpack_archive
-from deployments.examples import archive_command
-from deployments.loaded_model import DEFAULT_RESPONSE_TIMEOUT_S, LoadedModel
-from management.placement import plan
-from management.serve_configs import model_app_config
+from modelpool.deployments import model_calls
+from modelpool.deployments.archive import unpack_archive
+from modelpool.deployments.examples import archive_command
+from modelpool.deployments.loaded_model import DEFAULT_RESPONSE_TIMEOUT_S, LoadedModel
+from modelpool.management.placement import plan
+from modelpool.management.serve_configs import model_app_config
 from tests.unit.test_server_settings import record
 
 SLOW_HANDLER = """
@@ -76,7 +76,7 @@ def test_calls_within_the_response_timeout_are_untouched(slow_model):
 
 
 def test_the_registered_response_timeout_reaches_dedicated_replicas_and_the_generic_pool():
-    from cluster.settings import load_settings
+    from modelpool.cluster.settings import load_settings
 
     settings = load_settings({}, {})
     dedicated = plan([record().model_copy(update={"response_timeout_s": 7.5})], {}, {}, settings).dedicated[0]

@@ -1,8 +1,8 @@
 """The pure mapping from model settings to Serve application configs."""
 import pytest
 
-from deployments.app_names import app_name, parse_app_name
-from management.serve_configs import ModelConfig, model_app_config, route_prefix
+from modelpool.deployments.app_names import app_name, parse_app_name
+from modelpool.management.serve_configs import ModelConfig, model_app_config, route_prefix
 
 
 def config(**overrides):
@@ -58,7 +58,7 @@ def test_app_names_round_trip_and_other_apps_are_not_models():
 
 
 def test_the_app_giving_up_the_default_route_moves_first():
-    from management.deployer import _route_safe_batches
+    from modelpool.management.deployer import _route_safe_batches
 
     old_default = model_app_config(config(version="2", is_default=False), "/c", "0")   # moving to /versions/2
     new_default = model_app_config(config(version="1", is_default=True), "/c", "0")    # taking /v2/models/iris
@@ -73,7 +73,7 @@ def test_building_a_deployment_again_when_ray_s_pickle_registration_races(monkey
     """Ray's RequestRouterConfig un-registers a module process-wide; a build racing another thread's is retried."""
     from ray import serve
 
-    from management import deployer
+    from modelpool.management import deployer
 
     real = serve.deployment
     calls = []

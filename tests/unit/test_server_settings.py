@@ -12,15 +12,15 @@ import random
 
 import pytest
 
-from cluster.settings import SettingsError, load_settings
-from deployments import model_calls
-from deployments.archive import unpack_archive
-from deployments.examples import build_examples
-from deployments.loaded_model import LoadedModel
-from deployments.serving_options import RequestBudget, ServingOptions
-from management.placement import plan, pool_config
-from management.registry import ModelRecord
-from management.serve_configs import generic_pool_app_config, model_app_config
+from modelpool.cluster.settings import SettingsError, load_settings
+from modelpool.deployments import model_calls
+from modelpool.deployments.archive import unpack_archive
+from modelpool.deployments.examples import build_examples
+from modelpool.deployments.loaded_model import LoadedModel
+from modelpool.deployments.serving_options import RequestBudget, ServingOptions
+from modelpool.management.placement import plan, pool_config
+from modelpool.management.registry import ModelRecord
+from modelpool.management.serve_configs import generic_pool_app_config, model_app_config
 
 CSV = b"sepal_length,sepal_width,petal_length,petal_width\n5.1,3.5,1.4,0.2\n6.7,3.0,5.2,2.3\n"
 

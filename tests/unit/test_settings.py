@@ -3,7 +3,7 @@ import argparse
 
 import pytest
 
-from cluster.settings import Settings, SettingsError, add_settings_arguments, env_name, flag_name, load_settings, settings_from_args
+from modelpool.cluster.settings import Settings, SettingsError, add_settings_arguments, env_name, flag_name, load_settings, settings_from_args
 
 
 def test_flag_beats_environment_beats_default():

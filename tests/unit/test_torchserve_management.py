@@ -14,16 +14,16 @@ from pathlib import Path
 import pytest
 from starlette.requests import Request
 
-from cluster.object_store import ObjectStore
-from cluster.settings import Settings, load_settings
-from deployments.generic_pool import GenericPool
-from management import answers, api as management_api
-from management.params import ListParams, ScaleParams
-from management.placement import model_config
-from management.registry import ModelRecord
-from management.serve_configs import model_app_config
-from management.describe import describe_record
-from management.model_manager import ModelManager
+from modelpool.cluster.object_store import ObjectStore
+from modelpool.cluster.settings import Settings, load_settings
+from modelpool.deployments.generic_pool import GenericPool
+from modelpool.management import answers, api as management_api
+from modelpool.management.params import ListParams, ScaleParams
+from modelpool.management.placement import model_config
+from modelpool.management.registry import ModelRecord
+from modelpool.management.serve_configs import model_app_config
+from modelpool.management.describe import describe_record
+from modelpool.management.model_manager import ModelManager
 
 with warnings.catch_warnings():  # starlette's notice about httpx, raised on import
     warnings.simplefilter("ignore")
@@ -162,8 +162,8 @@ def test_explanations_answer_501_for_a_model_and_404_for_an_unknown_one_in_torch
     assert (unknown.status_code, unknown.json()["code"]) == (404, 404) and "nope" in unknown.json()["message"]
     assert management.post("/explanations/a/9").status_code == 404
     # with an inference token, the route is closed to callers without one, as /predictions is
-    from deployments.serving_options import ServingOptions
-    from cluster.settings import token_digest
+    from modelpool.deployments.serving_options import ServingOptions
+    from modelpool.cluster.settings import token_digest
 
     monkeypatch.setattr(management_api.state, "serving", ServingOptions(inference_token_sha256=(token_digest("s3cret"),)))
     refused = management.post("/explanations/a", headers={"Authorization": "Bearer wrong"})
@@ -224,15 +224,15 @@ def test_a_registered_version_whose_workers_start_is_503_with_retry_after_never_
 
 
 def app(name: str, route: str, min_replicas: int = 1, user_config: dict | None = None) -> "AppConfig":
-    from management.serve_configs import AppConfig
+    from modelpool.management.serve_configs import AppConfig
 
     return AppConfig(name, route, "d", {"version": "v", "autoscaling_config": {"min_replicas": min_replicas},
                                         "user_config": user_config or {}})
 
 
 def test_a_deploy_waits_for_running_apps_that_change_in_place_not_for_starting_ones():
-    from management.deployer import changes_in_place, fingerprint, is_deployed
-    from management.serve_state import LiveApp
+    from modelpool.management.deployer import changes_in_place, fingerprint, is_deployed
+    from modelpool.management.serve_state import LiveApp
 
     pool = app("pool", "/v2/models", user_config={"catalog": {"a": {}}})
     running = LiveApp("/v2/models", "RUNNING", 2, config_id=fingerprint(pool))
@@ -246,7 +246,7 @@ def test_a_deploy_waits_for_running_apps_that_change_in_place_not_for_starting_o
 
 
 def test_the_owner_of_a_path_is_the_longest_whole_segment_prefix():
-    from management.route_probe import owner_of
+    from modelpool.management.route_probe import owner_of
 
     routes = {"management": "/", "pool": "/v2/models", "iris": "/v2/models/iris", "iris:1": "/v2/models/iris/versions/1"}
     assert owner_of("/v2/models/iris/versions/1", routes) == "iris:1"
@@ -257,8 +257,8 @@ def test_the_owner_of_a_path_is_the_longest_whole_segment_prefix():
 
 def test_moved_routes_are_waited_for_at_their_new_owner_when_it_can_answer():
     """set-default moves iris's short route from version 1 to 2; an unregistered app's route falls to the pool."""
-    from management.deployer import new_route_owners
-    from management.serve_state import LiveApp
+    from modelpool.management.deployer import new_route_owners
+    from modelpool.management.serve_state import LiveApp
 
     live = {"pool": LiveApp("/v2/models", "RUNNING", 1), "m:1": LiveApp("/v2/models/m", "RUNNING", 1),
             "m:2": LiveApp("/v2/models/m/versions/2", "RUNNING", 1), "gone:1": LiveApp("/v2/models/gone", "DELETING", 1),
@@ -275,7 +275,7 @@ def test_the_probe_asks_the_ingress_which_replica_answers_each_moved_route():
     import http.server
     import threading
 
-    from management.route_probe import Ingress, wait_for_owners
+    from modelpool.management.route_probe import Ingress, wait_for_owners
 
     answers_seen: list[str] = []
 
@@ -314,7 +314,7 @@ def test_the_probe_asks_the_ingress_which_replica_answers_each_moved_route():
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from deployments.examples import build_examples
+    from modelpool.deployments.examples import build_examples
 
     folder = tmp_path_factory.mktemp("store")
     build_examples(folder)
@@ -336,7 +336,7 @@ def test_an_unregistered_versions_draining_replica_answers_what_the_registry_say
                                                                                    status, field):
     """Serve keeps a deleted app's replicas reachable while they drain, and HAProxy answers one more request on a
     connection kept open across its reload with the routes from before: that request must not be served."""
-    from deployments.model_deployment import ModelServer
+    from modelpool.deployments.model_deployment import ModelServer
 
     replica = ModelServer(str(store / "iris-1.zip"), str(tmp_path / "cache"), "iris", "1")
     serving = load_settings({}, {}).serving_options()

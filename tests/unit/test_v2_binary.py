@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import tritonclient.http as triton_http
 
-from deployments.codecs import raw_tensors, v2_binary
-from deployments.codecs.v2_binary import HEADER
-from deployments.dataplane import select_outputs
-from deployments.errors import RequestError
-from deployments.tensors import InferenceRequest, InferenceResult
+from modelpool.deployments.codecs import raw_tensors, v2_binary
+from modelpool.deployments.codecs.v2_binary import HEADER
+from modelpool.deployments.dataplane import select_outputs
+from modelpool.deployments.errors import RequestError
+from modelpool.deployments.tensors import InferenceRequest, InferenceResult
 
 ARRAYS = {
     "BOOL": np.array([[True, False], [False, True]]),

@@ -11,11 +11,11 @@ import pytest
 import tritonclient.grpc as triton_grpc
 from tritonclient.grpc import _utils as triton_utils
 
-from deployments.codecs import v2_grpc
-from deployments.dataplane import select_outputs
-from deployments.errors import RequestError
-from deployments.protos import open_inference_pb2 as pb
-from deployments.tensors import InferenceRequest, InferenceResult
+from modelpool.deployments.codecs import v2_grpc
+from modelpool.deployments.dataplane import select_outputs
+from modelpool.deployments.errors import RequestError
+from modelpool.deployments.protos import open_inference_pb2 as pb
+from modelpool.deployments.tensors import InferenceRequest, InferenceResult
 from tests.unit.test_v2_binary import ARRAYS
 
 
