@@ -339,8 +339,8 @@ def test_ray_up_serves_inferences_and_ray_down_leaves_nothing(local_cluster: Loc
     models = requests.get(f"{HTTP}/models", headers=management, timeout=10).json()["models"]
     assert [m["modelName"] for m in models] == ["iris"], models
     # The shipped object-store line reached modelpool on the node: the registry is there.
-    assert any("iris" in str(p) for p in modelpool.cluster.object_store.rglob("*") if p.is_file()), \
-        sorted(str(p) for p in modelpool.cluster.object_store.rglob("*"))
+    assert any("iris" in str(p) for p in cluster.object_store.rglob("*") if p.is_file()), \
+        sorted(str(p) for p in cluster.object_store.rglob("*"))
 
     down = cluster.down()
     assert down.returncode == 0, cluster.explain(down)
