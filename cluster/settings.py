@@ -35,6 +35,20 @@ DEFAULT_BODY_TIMEOUT_S = 60.0
 #: TorchServe's response_timeout and startup_timeout.
 DEFAULT_RESPONSE_TIMEOUT_S = 120.0
 DEFAULT_STARTUP_TIMEOUT_S = 120.0
+#: How model replicas and the generic pool are sized and batch when nothing else says: the Settings fields
+#: below, and what runs before or without a Settings (management/serve_configs.py's dataclasses, replicas).
+DEFAULT_WORKERS = 1
+DEFAULT_MAX_WORKERS = 2
+DEFAULT_THREADS = 128
+DEFAULT_REPLICA_NUM_CPUS = 0.25
+DEFAULT_MAX_BATCH_SIZE = 64
+DEFAULT_MAX_BATCH_DELAY_MS = 5.0
+DEFAULT_TARGET_ONGOING_REQUESTS = 32.0
+DEFAULT_UPSCALE_DELAY_S = 5.0
+DEFAULT_DOWNSCALE_DELAY_S = 30.0
+DEFAULT_POOL_MODELS_PER_REPLICA = 8
+DEFAULT_POOL_MIN_REPLICAS = 1
+DEFAULT_POOL_MAX_REPLICAS = 2
 
 
 def _default_home() -> str:
@@ -69,18 +83,18 @@ class Settings(BaseModel):
     management_token: Optional[str] = Field(None, repr=False, min_length=MIN_TOKEN_LENGTH, description="Bearer token for the management API (default: generated at start, written to HOME/management_token, mode 0600; required when --http-host is not loopback).")
     inference_token: Optional[str] = Field(None, repr=False, min_length=MIN_TOKEN_LENGTH, description="Bearer token every model route (infer, predict, model metadata and ready) requires; the management token is accepted too. Off by default; replicas only ever see its SHA-256.")
     batch_workers: int = Field(2, ge=1, le=1024, description="Warm batch-scoring workers (Ray actors, no CPU reservation): partitions scored at once across all jobs.")
-    pool_models_per_replica: int = Field(8, ge=1, le=1000, description="Models each generic-pool replica keeps loaded (LRU).")
-    pool_min_replicas: int = Field(1, ge=1, le=1024, description="Replicas of the generic pool at least.")
-    pool_max_replicas: int = Field(2, ge=1, le=1024, description="Replicas of the generic pool at most.")
-    replica_num_cpus: float = Field(0.25, gt=0, le=64, description="CPUs reserved per model replica; fractional so several fit on a small machine.")
-    workers: int = Field(1, ge=0, le=1024, description="Initial replicas per model version.")
-    max_workers: int = Field(2, ge=1, le=1024, description="Upper bound of autoscaling per model version.")
-    threads: int = Field(128, ge=1, le=100_000, description="Max ongoing requests per replica; must cover the batch size or the batcher starves.")
-    max_batch_size: int = Field(64, ge=1, le=100_000, description="Largest batch the handler is given.")
-    max_batch_delay_ms: float = Field(5.0, ge=0, le=60_000, description="Longest a request waits for others to join its batch, only while more are arriving.")
-    target_ongoing_requests: float = Field(32.0, gt=0, description="Autoscaling target of ongoing requests per replica.")
-    upscale_delay_s: float = Field(5.0, ge=0, description="How long load must stay high before adding replicas.")
-    downscale_delay_s: float = Field(30.0, ge=0, description="How long load must stay low before removing replicas.")
+    pool_models_per_replica: int = Field(DEFAULT_POOL_MODELS_PER_REPLICA, ge=1, le=1000, description="Models each generic-pool replica keeps loaded (LRU).")
+    pool_min_replicas: int = Field(DEFAULT_POOL_MIN_REPLICAS, ge=1, le=1024, description="Replicas of the generic pool at least.")
+    pool_max_replicas: int = Field(DEFAULT_POOL_MAX_REPLICAS, ge=1, le=1024, description="Replicas of the generic pool at most.")
+    replica_num_cpus: float = Field(DEFAULT_REPLICA_NUM_CPUS, gt=0, le=64, description="CPUs reserved per model replica; fractional so several fit on a small machine.")
+    workers: int = Field(DEFAULT_WORKERS, ge=0, le=1024, description="Initial replicas per model version.")
+    max_workers: int = Field(DEFAULT_MAX_WORKERS, ge=1, le=1024, description="Upper bound of autoscaling per model version.")
+    threads: int = Field(DEFAULT_THREADS, ge=1, le=100_000, description="Max ongoing requests per replica; must cover the batch size or the batcher starves.")
+    max_batch_size: int = Field(DEFAULT_MAX_BATCH_SIZE, ge=1, le=100_000, description="Largest batch the handler is given.")
+    max_batch_delay_ms: float = Field(DEFAULT_MAX_BATCH_DELAY_MS, ge=0, le=60_000, description="Longest a request waits for others to join its batch, only while more are arriving.")
+    target_ongoing_requests: float = Field(DEFAULT_TARGET_ONGOING_REQUESTS, gt=0, description="Autoscaling target of ongoing requests per replica.")
+    upscale_delay_s: float = Field(DEFAULT_UPSCALE_DELAY_S, ge=0, description="How long load must stay high before adding replicas.")
+    downscale_delay_s: float = Field(DEFAULT_DOWNSCALE_DELAY_S, ge=0, description="How long load must stay low before removing replicas.")
     max_body_bytes: int = Field(DEFAULT_MAX_BODY_BYTES, ge=1024, description="Largest request body accepted; larger ones get 413.")
     request_timeout_s: Optional[float] = Field(None, gt=0, description="End-to-end HTTP request timeout (default: none).")
     body_timeout_s: float = Field(DEFAULT_BODY_TIMEOUT_S, gt=0, le=3600, description="Longest a client may take to send a request body; slower ones get 408 (a trickling client would hold a replica slot).")
@@ -201,6 +215,11 @@ def flag_name(field: str) -> str:
 
 def env_name(field: str) -> str:
     return ENV_PREFIX + field.upper()
+
+
+#: The setting's own variable, also how management hands --pool-models-per-replica to generic-pool replicas
+#: (their runtime_env): ``@serve.multiplexed`` takes its bound when the class is defined, before any user_config.
+POOL_MODELS_PER_REPLICA_ENV = env_name("pool_models_per_replica")
 
 
 def _describe(error: dict[str, Any]) -> str:

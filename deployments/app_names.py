@@ -22,6 +22,9 @@ GRPC_FRONT_DEPLOYMENT = "GrpcFront"
 PROTOCOL_FRONT_DEPLOYMENT = "ProtocolFront"
 # protocol -> the Serve app at its codec's ROUTE_PREFIX (modelpool.deployments.protocol_front)
 PROTOCOL_FRONT_APPS = {torchserve.NAME: "torchserve-inference", kserve_v1.NAME: "kserve-v1"}
+#: The response header that names the replica which answered (every model replica sets it); management's
+#: route probe reads it to tell which app a route reaches.
+REPLICA_HEADER = "x-modelpool-replica"
 
 
 def app_name(name: str, version: str) -> str:

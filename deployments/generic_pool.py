@@ -16,19 +16,26 @@ import asyncio
 import hashlib
 import os
 import weakref
-from typing import Iterable, Optional
+from typing import Iterable, Mapping, Optional
 
 from ray import serve
 from starlette.requests import Request
 
-from modelpool.cluster.settings import DEFAULT_MAX_BODY_BYTES
+from modelpool.cluster.settings import (DEFAULT_MAX_BATCH_DELAY_MS, DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_BODY_BYTES,
+                                        DEFAULT_POOL_MODELS_PER_REPLICA, POOL_MODELS_PER_REPLICA_ENV)
 from modelpool.deployments.errors import RequestError
 from modelpool.deployments.http_io import JSON, error_body, forwarded_headers, sub_path
 from modelpool.deployments.loaded_model import LoadedModel
 from modelpool.deployments.model_calls import ModelCall, answer_model_call, parse_model_call, split_model_path
 from modelpool.deployments.replica_base import HttpTarget, LoadFailed, ReplicaBase
 
-MODELS_PER_REPLICA = int(os.environ.get("MODELPOOL_POOL_MODELS_PER_REPLICA", "8"))
+
+def models_per_replica(environ: Mapping[str, str] = os.environ) -> int:
+    """The LRU bound management sets in the replicas' runtime_env (--pool-models-per-replica), else Settings' default."""
+    return int(environ.get(POOL_MODELS_PER_REPLICA_ENV) or DEFAULT_POOL_MODELS_PER_REPLICA)
+
+
+MODELS_PER_REPLICA = models_per_replica()  # read once: @serve.multiplexed takes it when the class is defined
 
 
 class GenericPool(ReplicaBase):
@@ -113,8 +120,8 @@ class GenericPool(ReplicaBase):
         model_id = f"{name}:{version}:{_load_key(spec)}"
         model = await self.get_model(model_id)
         model.options = self.options
-        model.configure(*self.options.batch_limits(int(spec.get("max_batch_size", 64)),
-                                                   float(spec.get("max_batch_delay_ms", 5.0)) / 1000),
+        model.configure(*self.options.batch_limits(int(spec.get("max_batch_size", DEFAULT_MAX_BATCH_SIZE)),
+                                                   float(spec.get("max_batch_delay_ms", DEFAULT_MAX_BATCH_DELAY_MS)) / 1000),
                         spec.get("response_timeout_s"))
         self._serving[model_id] = model
         return model, list(entry.get("all_versions", entry["versions"]))

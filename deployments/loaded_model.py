@@ -15,7 +15,7 @@ from typing import Any, Awaitable, Callable, Optional
 
 import numpy as np
 
-from modelpool.cluster.settings import DEFAULT_RESPONSE_TIMEOUT_S
+from modelpool.cluster.settings import DEFAULT_MAX_BATCH_DELAY_MS, DEFAULT_MAX_BATCH_SIZE, DEFAULT_RESPONSE_TIMEOUT_S
 from modelpool.deployments import dataplane
 from modelpool.deployments.archive import LoadedArchive
 from modelpool.deployments.batcher import AdaptiveBatcher
@@ -53,7 +53,8 @@ class LoadedModel:
     """A model version ready to answer V2 and plain JSON requests through its own batcher."""
 
     def __init__(self, archive: LoadedArchive, name: str, version: str,
-                 max_batch_size: int = 64, max_batch_delay_s: float = 0.005, replica: str = "") -> None:
+                 max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+                 max_batch_delay_s: float = DEFAULT_MAX_BATCH_DELAY_MS / 1000, replica: str = "") -> None:
         self.name = name
         self.version = version
         self.manifest = archive.manifest

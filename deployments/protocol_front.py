@@ -31,7 +31,7 @@ from ray.serve.exceptions import RayServeException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from modelpool.cluster.settings import DEFAULT_MAX_BODY_BYTES
+from modelpool.cluster.settings import DEFAULT_MAX_BODY_BYTES, DEFAULT_RESPONSE_TIMEOUT_S
 from modelpool.deployments import deadlines
 from modelpool.deployments.app_names import GENERIC_POOL_APP, GENERIC_POOL_DEPLOYMENT
 from modelpool.deployments.codecs import PROTOCOLS
@@ -39,7 +39,6 @@ from modelpool.deployments.codecs.base import ProtocolCall
 from modelpool.deployments.errors import RequestError
 from modelpool.deployments.grpc_front import route_key
 from modelpool.deployments.http_io import JSON, check_inference_token, codec_headers, read_body, sub_path
-from modelpool.deployments.loaded_model import DEFAULT_RESPONSE_TIMEOUT_S
 from modelpool.deployments.log_flush import start_log_flusher
 from modelpool.deployments.model_calls import ProtocolAnswer, protocol_answer, protocol_error
 from modelpool.deployments.redact import public_message
@@ -88,8 +87,7 @@ class ProtocolFront:
         self.routes = {key: Target(**target) for key, target in user_config.get("routes", {}).items()}
         self.pool = Target(POOL.app, POOL.deployment, float(user_config.get("pool_timeout_s", POOL.timeout_s)))
         self.models = sorted(user_config.get("models", []))
-        self.options = ServingOptions.from_config(user_config.get("serving", {}))
-        self.max_body_bytes = int(user_config.get("max_body_bytes", self.max_body_bytes))
+        self.options, self.max_body_bytes = ServingOptions.live(user_config, self.max_body_bytes)
         wanted = {(target.app, target.deployment) for target in [*self.routes.values(), self.pool]}
         for key in [key for key in self._handles if key not in wanted]:
             del self._handles[key]

@@ -25,6 +25,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from modelpool.deployments import grpc_entry
+from modelpool.deployments.app_names import REPLICA_HEADER
 from modelpool.deployments.archive import unpack_archive
 from modelpool.deployments.archive_fetch import local_archive, open_store
 from modelpool.deployments.errors import RequestError
@@ -60,7 +61,7 @@ class ReplicaBase:
         self.cache_dir = Path(cache_dir)
         self.store = open_store(object_store)
         self.max_body_bytes = max_body_bytes
-        self._headers = {"x-modelpool-replica": self.replica_id, **dict(headers)}
+        self._headers = {REPLICA_HEADER: self.replica_id, **dict(headers)}
         self.options = ServingOptions()
         self.budget = RequestBudget()
         start_log_flusher()
@@ -90,9 +91,8 @@ class ReplicaBase:
 
     def reconfigure(self, user_config: dict) -> None:
         """Applied in place, without a restart: server settings and the body limit, then the subclass's part."""
-        self.options = ServingOptions.from_config(user_config.get("serving", {}))
+        self.options, self.max_body_bytes = ServingOptions.live(user_config, self.max_body_bytes)
         self.budget.configure(self.options)
-        self.max_body_bytes = int(user_config.get("max_body_bytes", self.max_body_bytes))
         self._apply(user_config)
 
     def check_health(self) -> None:

@@ -43,6 +43,14 @@ class ServingOptions:
             replica_grpc_port=bool(config.get("replica_grpc_port", False)),
         )
 
+    @classmethod
+    def live(cls, user_config: Mapping[str, Any], max_body_bytes: int) -> tuple["ServingOptions", int]:
+        """The server settings and the body limit from a deployment's ``user_config``, as management writes them
+        for every deployment that reads request bodies (model replicas, the generic pool, the protocol fronts);
+        ``max_body_bytes`` is kept when the config names none."""
+        return (cls.from_config(user_config.get("serving", {})),
+                int(user_config.get("max_body_bytes", max_body_bytes)))
+
     def batch_limits(self, max_batch_size: int, max_delay_s: float) -> tuple[int, float]:
         """Single-threaded models see one request per call and nobody waits for company."""
         return (1, 0.0) if self.single_threaded else (max_batch_size, max_delay_s)

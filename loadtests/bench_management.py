@@ -21,6 +21,7 @@ from pathlib import Path
 import requests
 
 from modelpool.cluster import local_cluster, runtime
+from modelpool.cluster.settings import DEFAULT_THREADS
 from loadtests.local_cluster import bench_cluster
 from loadtests.report import publish
 
@@ -102,7 +103,7 @@ def bench(base: str, token: str, home: Path, repeats: int) -> dict[str, list[flo
         app, route = f"bench-raw-{i}", f"/bench/raw{i}"
         # A fixed version makes the second serve.run a pure replica-count change, as in modelpool.
         deployment = serve.deployment(ModelServer).options(name="raw", num_replicas=1, ray_actor_options={"num_cpus": REPLICA_CPUS},
-                                                           max_ongoing_requests=128, version="raw", _internal=True)
+                                                           max_ongoing_requests=DEFAULT_THREADS, version="raw", _internal=True)
         started = time.perf_counter()
         serve.run(deployment.bind(str(store / "iris-1.zip"), str(home / "cache"), "iris", "1"), name=app,
                   route_prefix=route, blocking=False)

@@ -26,6 +26,7 @@ from pathlib import Path
 from modelpool.cluster import local_cluster, runtime  # noqa: F401  (sets Ray's environment before ray is imported)
 from loadtests.wrk import LoadResult, run_wrk
 from modelpool.cluster.net import free_port
+from modelpool.cluster.settings import DEFAULT_REPLICA_NUM_CPUS, DEFAULT_THREADS
 from loadtests.report import publish
 
 BODY = '{"inputs":[{"name":"input-0","shape":[1,4],"datatype":"FP64","data":[5.9,3.0,5.1,1.8]}]}'
@@ -136,7 +137,8 @@ def bench_modelpool(home: Path, model_file: Path, seconds: int, rounds: int, c1_
         from loadtests.plain_serve import PlainIris
 
         runtime.connect(local_cluster.read_state(home)["address"])
-        serve.run(serve.deployment(PlainIris).options(max_ongoing_requests=128, ray_actor_options={"num_cpus": 0.25})
+        serve.run(serve.deployment(PlainIris).options(max_ongoing_requests=DEFAULT_THREADS,
+                                                      ray_actor_options={"num_cpus": DEFAULT_REPLICA_NUM_CPUS})
                   .bind(str(model_file)), name="bench-unbatched", route_prefix="/bench/unbatched")
         runs = measure_interleaved({
             "unbatched-haproxy": f"http://127.0.0.1:{port}/bench/unbatched",

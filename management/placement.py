@@ -12,7 +12,7 @@ from typing import Iterable, Optional
 
 from modelpool.cluster.settings import Settings
 from modelpool.management.registry import ModelRecord, PoolRecord, version_sort_key
-from modelpool.management.serve_configs import GrpcFrontConfig, ModelConfig, PoolConfig
+from modelpool.management.serve_configs import SERVE_HEALTH_CHECK_TIMEOUT_S, GrpcFrontConfig, ModelConfig, PoolConfig
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,7 @@ def model_config(record: ModelRecord, pool: Optional[PoolRecord], settings: Sett
         max_body_bytes=settings.max_body_bytes,
         request_timeout_s=record.response_timeout_s,
         drain_timeout_s=None if record.drain_timeout_s < 0 else record.drain_timeout_s,  # a scale's MMS timeout
-        health_check_timeout_s=max(30.0, record.response_timeout_s),
+        health_check_timeout_s=max(SERVE_HEALTH_CHECK_TIMEOUT_S, record.response_timeout_s),
         health_check_period_s=HEALTH_CHECK_PERIOD_S,
         object_store=settings.object_store_config,
         serving=settings.serving_options(),

@@ -25,10 +25,11 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping, Optional
 from urllib.parse import urlsplit
 
+from modelpool.deployments.app_names import REPLICA_HEADER
+
 logger = logging.getLogger(__name__)
 
 PROBE_SUFFIX = "/-"
-REPLICA_HEADER = "x-modelpool-replica"
 TIMEOUT_S = 5.0
 _POLL_S = 0.02
 _REQUEST_TIMEOUT_S = 1.0

@@ -21,7 +21,12 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
-from modelpool.cluster.settings import DEFAULT_MAX_BODY_BYTES, DEFAULT_RESPONSE_TIMEOUT_S
+from modelpool.cluster.settings import (DEFAULT_DOWNSCALE_DELAY_S, DEFAULT_MAX_BATCH_DELAY_MS, DEFAULT_MAX_BATCH_SIZE,
+                                        DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_WORKERS, DEFAULT_POOL_MAX_REPLICAS,
+                                        DEFAULT_POOL_MIN_REPLICAS, DEFAULT_POOL_MODELS_PER_REPLICA,
+                                        DEFAULT_REPLICA_NUM_CPUS, DEFAULT_RESPONSE_TIMEOUT_S,
+                                        DEFAULT_TARGET_ONGOING_REQUESTS, DEFAULT_THREADS, DEFAULT_UPSCALE_DELAY_S,
+                                        DEFAULT_WORKERS, POOL_MODELS_PER_REPLICA_ENV)
 from modelpool.deployments.autoscaling import POLICY as AUTOSCALING_POLICY
 from modelpool.deployments.codecs import PROTOCOLS
 from modelpool.deployments.app_names import (GENERIC_POOL_APP, GENERIC_POOL_DEPLOYMENT, GENERIC_POOL_ROUTE, GRPC_FRONT_APP,
@@ -29,9 +34,30 @@ from modelpool.deployments.app_names import (GENERIC_POOL_APP, GENERIC_POOL_DEPL
                                    PROTOCOL_FRONT_DEPLOYMENT, app_name, deployment_name)
 from modelpool.deployments.grpc_front import route_key
 
+# The defaults below are Settings' (modelpool.cluster.settings), so a config built without them is what a cluster
+# started without flags deploys; Serve's own defaults are named here.
+SERVE_HEALTH_CHECK_PERIOD_S = 10.0
+SERVE_HEALTH_CHECK_TIMEOUT_S = 30.0
+SERVE_LOOK_BACK_PERIOD_S = 30.0  # Serve's window for averaging ongoing requests
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReplicaOptions:
+    """What every deployment of model replicas is given, a version's own and the generic pool's: resources,
+    concurrency, the body limit and the live server settings."""
+
+    num_cpus: float = DEFAULT_REPLICA_NUM_CPUS
+    max_ongoing_requests: int = DEFAULT_THREADS
+    target_ongoing_requests: float = DEFAULT_TARGET_ONGOING_REQUESTS
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    health_check_period_s: float = SERVE_HEALTH_CHECK_PERIOD_S
+    object_store: Optional[dict] = None  # how replicas open the object store holding the archives
+    serving: dict = field(default_factory=dict)   # ServingOptions fields (Settings.serving_options())
+    logging: dict = field(default_factory=dict)   # Serve LoggingConfig fields (Settings.logging_config())
+
 
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(ReplicaOptions):
     """Everything management decides about one served model version."""
 
     name: str
@@ -41,27 +67,19 @@ class ModelConfig:
     handler: Optional[str] = None    # the handler replicas run (register's handler=); None: the manifest's
     is_default: bool = True
     versions: tuple[str, ...] = ()   # every served version of this model, for metadata
-    initial_replicas: int = 1
-    min_replicas: int = 1
-    max_replicas: int = 2
-    max_batch_size: int = 64
-    max_batch_delay_ms: float = 5.0
-    max_ongoing_requests: int = 128
-    num_cpus: float = 0.25
+    initial_replicas: int = DEFAULT_WORKERS
+    min_replicas: int = 1            # a version with an app of its own keeps a replica
+    max_replicas: int = DEFAULT_MAX_WORKERS
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+    max_batch_delay_ms: float = DEFAULT_MAX_BATCH_DELAY_MS
     num_gpus: float = 0
-    target_ongoing_requests: float = 32.0
-    upscale_delay_s: float = 5.0
-    downscale_delay_s: float = 30.0
-    look_back_period_s: float = 30.0   # Serve's window for averaging ongoing requests (its default)
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
-    health_check_period_s: float = 10.0
-    health_check_timeout_s: float = 30.0
+    upscale_delay_s: float = DEFAULT_UPSCALE_DELAY_S
+    downscale_delay_s: float = DEFAULT_DOWNSCALE_DELAY_S
+    look_back_period_s: float = SERVE_LOOK_BACK_PERIOD_S
+    health_check_timeout_s: float = SERVE_HEALTH_CHECK_TIMEOUT_S
     request_timeout_s: float = DEFAULT_RESPONSE_TIMEOUT_S
     drain_timeout_s: Optional[float] = None  # how long a stopping replica may finish its requests (None: as they take)
     pool_versions: tuple[str, ...] = ()  # versions of this model served by the generic pool
-    object_store: Optional[dict] = None  # how replicas open the object store holding the archive
-    serving: dict = field(default_factory=dict)   # ServingOptions fields (Settings.serving_options())
-    logging: dict = field(default_factory=dict)   # Serve LoggingConfig fields (Settings.logging_config())
 
 
 @dataclass(frozen=True)
@@ -81,7 +99,7 @@ def route_prefix(name: str, version: str, is_default: bool) -> str:
     Routing is longest prefix by whole segments, so ``/v2/models/iris/versions/2/infer`` reaches
     version 2's app while ``/v2/models/iris/infer`` reaches the default one.
     """
-    base = f"/v2/models/{name}"
+    base = f"{GENERIC_POOL_ROUTE}/{name}"  # below the pool's prefix: a model's own app takes its calls
     return base if is_default else f"{base}/versions/{version}"
 
 
@@ -158,20 +176,12 @@ def model_app_config(model: ModelConfig, cache_dir: str, code_version: str) -> A
 
 
 @dataclass(frozen=True)
-class PoolConfig:
+class PoolConfig(ReplicaOptions):
     """The generic pool: replicas, what each keeps loaded, and the catalog of versions it serves."""
 
-    min_replicas: int = 1
-    max_replicas: int = 2
-    models_per_replica: int = 8
-    num_cpus: float = 0.25
-    max_ongoing_requests: int = 128
-    target_ongoing_requests: float = 32.0
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
-    object_store: Optional[dict] = None
-    serving: dict = field(default_factory=dict)
-    logging: dict = field(default_factory=dict)
-    health_check_period_s: float = 10.0
+    min_replicas: int = DEFAULT_POOL_MIN_REPLICAS
+    max_replicas: int = DEFAULT_POOL_MAX_REPLICAS
+    models_per_replica: int = DEFAULT_POOL_MODELS_PER_REPLICA
 
 
 def generic_pool_app_config(pool: PoolConfig, catalog: dict, known_models: list[str], cache_dir: str,
@@ -180,7 +190,7 @@ def generic_pool_app_config(pool: PoolConfig, catalog: dict, known_models: list[
     init_kwargs = {"cache_dir": cache_dir, "object_store": pool.object_store, "max_body_bytes": pool.max_body_bytes}
     ray_actor_options = {
         "num_cpus": pool.num_cpus,
-        "runtime_env": {"env_vars": {"MODELPOOL_POOL_MODELS_PER_REPLICA": str(pool.models_per_replica)}},
+        "runtime_env": {"env_vars": {POOL_MODELS_PER_REPLICA_ENV: str(pool.models_per_replica)}},
     }
     options: dict[str, Any] = {
         "name": GENERIC_POOL_DEPLOYMENT,

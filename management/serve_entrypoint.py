@@ -1,7 +1,7 @@
 """The management application as a Serve *application builder*, for declarative deploys (KubeRay).
 
-``modelpool start`` deploys the management app itself with ``serve.run``. A KubeRay RayService
-instead hands Serve a config (``serveConfigV2``) naming an import path, and Serve's controller
+``modelpool start`` deploys the management app itself with ``serve.run`` (:func:`deploy_management`). A
+KubeRay RayService instead hands Serve a config (``serveConfigV2``) naming an import path, and Serve's controller
 imports and calls it in a build task: ``import_path: modelpool.management.serve_entrypoint:app`` with the
 application's ``args``. This module is that import path, so the two ways of starting build the
 same application from the same ``Settings``.
@@ -17,9 +17,12 @@ from __future__ import annotations
 import os
 from typing import Any, Mapping, Optional, cast
 
+from ray import serve
 from ray.serve import Application
+from ray.serve.api import RunTarget
 
 from modelpool.cluster.settings import Settings, env_name, load_settings
+from modelpool.deployments.app_names import MANAGEMENT_APP
 
 TOKEN_ENV = env_name("management_token")  # MODELPOOL_MANAGEMENT_TOKEN, fed by a Kubernetes Secret
 
@@ -29,6 +32,13 @@ def build_management(settings: Settings, token: str) -> Application:
     from modelpool.management.app import Management
 
     return Management.options(logging_config=settings.logging_config()).bind(settings.model_dump(), token)
+
+
+def deploy_management(settings: Settings, token: str) -> None:
+    """``modelpool start``'s imperative deploy of the same application; it restores or registers every model
+    itself, so this only starts it (without waiting: the CLI waits for the routes)."""
+    serve.run_many([RunTarget(target=build_management(settings, token), name=MANAGEMENT_APP, route_prefix="/")],
+                   wait_for_applications_running=False)
 
 
 def settings_from_args(args: Optional[Mapping[str, Any]], environ: Optional[Mapping[str, str]] = None) -> Settings:

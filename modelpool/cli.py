@@ -21,18 +21,6 @@ EXAMPLE_REQUEST = '{"inputs":[{"name":"input-0","shape":[1,4],"datatype":"FP64",
 GRPC_SERVICER_FUNCTION = "modelpool.deployments.protos.service.add_inference_servicer_to_server"
 
 
-def deploy_management(settings: Settings, token: str) -> None:
-    """The management app restores or registers every model itself; this only starts it."""
-    from ray import serve
-    from ray.serve.api import RunTarget
-
-    from modelpool.deployments.app_names import MANAGEMENT_APP
-    from modelpool.management.serve_entrypoint import build_management
-
-    serve.run_many([RunTarget(target=build_management(settings, token), name=MANAGEMENT_APP, route_prefix="/")],
-                   wait_for_applications_running=False)
-
-
 def _say(line: str) -> None:
     print(line, flush=True)
 
@@ -48,6 +36,8 @@ def cmd_start(args: argparse.Namespace) -> int:
         from modelpool.deployments.examples import build_examples
 
         build_examples(settings.model_store_path)
+    from modelpool.management.serve_entrypoint import deploy_management  # imports Ray: only when starting
+
     started = time.monotonic()
     local_cluster.start(settings, partial(deploy_management, settings), [GRPC_SERVICER_FUNCTION],
                         progress=_say, trouble=_complain)

@@ -10,7 +10,7 @@ import argparse
 from typing import Callable
 
 from modelpool.cluster.paths import HOME_ENV, TOKEN_FILE
-from modelpool.cluster.settings import DEFAULT_RESPONSE_TIMEOUT_S, env_name
+from modelpool.cluster.settings import DEFAULT_RESPONSE_TIMEOUT_S, DEFAULT_STARTUP_TIMEOUT_S, env_name
 from modelpool.client import DEFAULT_URL
 from modelpool.remote import (URL_ENV, batches_artifacts, batches_cancel, batches_download, batches_list,
                               batches_results, batches_start, batches_status, batches_wait, models_describe,
@@ -85,7 +85,7 @@ def add_remote_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--number-gpu", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--max-batch-delay", type=float, default=None, help="milliseconds")
-    _waiting(p, 120.0)
+    _waiting(p, DEFAULT_STARTUP_TIMEOUT_S)  # a scale's workers start within the model's startup_timeout
     p = leaf(models, "unregister", models_unregister, "remove a version (the default when omitted)")
     p.add_argument("name")
     p.add_argument("version", nargs="?", default=None)

@@ -18,10 +18,11 @@ from starlette.testclient import TestClient
 from modelpool.cluster.settings import load_settings
 from modelpool.deployments.codecs import torchserve
 from modelpool.deployments.examples import build_examples
-from modelpool.deployments.generic_pool import GenericPool
+from modelpool.deployments.generic_pool import GenericPool, models_per_replica
 from modelpool.deployments.loaded_model import LoadedModel
 from modelpool.deployments.protos import open_inference_pb2 as pb
 from modelpool.management import serve_configs
+from modelpool.management.placement import pool_config
 from modelpool.management.serve_configs import PoolConfig
 
 ROW = [5.1, 3.5, 1.4, 0.2]
@@ -129,3 +130,13 @@ def test_unknown_models_stay_404s_and_a_loadable_model_answers_next_to_a_broken_
     answer = client.post("/v2/models/iris/predict", json={"instances": [ROW]})
     assert answer.status_code == 200 and len(answer.json()["predictions"]) == 1
     pool.check_health()  # the loaded model is watched and within its response_timeout
+
+
+@pytest.mark.parametrize("overrides", [{}, {"pool_models_per_replica": 3}])
+def test_pool_replicas_keep_as_many_models_loaded_as_the_setting_says(overrides):
+    """--pool-models-per-replica reaches the pool's replicas through their runtime_env; unset, Settings' default holds."""
+    settings = load_settings(overrides, {})
+    app = serve_configs.generic_pool_app_config(pool_config(settings), {}, [], "/cache", "test")
+    replica_environ = app.deployment_options["ray_actor_options"]["runtime_env"]["env_vars"]
+    assert models_per_replica(replica_environ) == settings.pool_models_per_replica
+    assert models_per_replica({}) == load_settings({}, {}).pool_models_per_replica

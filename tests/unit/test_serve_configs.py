@@ -1,8 +1,11 @@
 """The pure mapping from model settings to Serve application configs."""
 import pytest
 
+from modelpool.cluster.settings import load_settings
 from modelpool.deployments.app_names import app_name, parse_app_name
-from modelpool.management.serve_configs import ModelConfig, model_app_config, route_prefix
+from modelpool.management.placement import pool_config
+from modelpool.management.serve_configs import (ModelConfig, PoolConfig, generic_pool_app_config, model_app_config,
+                                                route_prefix)
 
 
 def config(**overrides):
@@ -90,3 +93,24 @@ def test_building_a_deployment_again_when_ray_s_pickle_registration_races(monkey
     monkeypatch.setattr(deployer.serve, "deployment", lambda target: (_ for _ in ()).throw(ValueError("other")))
     with pytest.raises(ValueError, match="other"):
         deployer._bind(model_app_config(config(), "/cache", "0.1"))
+
+
+def test_a_model_config_given_nothing_deploys_what_a_cluster_started_without_flags_does():
+    """ModelConfig's defaults are Settings' own: a version configured by no flag and no register parameter."""
+    settings = load_settings({}, {})
+    options = model_app_config(config(), "/cache", "0.1").deployment_options
+    assert options["autoscaling_config"] | {"policy": None} == {
+        "initial_replicas": settings.workers, "min_replicas": 1, "max_replicas": settings.max_workers,
+        "target_ongoing_requests": settings.target_ongoing_requests, "upscale_delay_s": settings.upscale_delay_s,
+        "downscale_delay_s": settings.downscale_delay_s, "look_back_period_s": 30.0, "policy": None}
+    assert options["max_ongoing_requests"] == settings.threads
+    assert options["ray_actor_options"] == {"num_cpus": settings.replica_num_cpus}
+    assert (options["user_config"]["max_batch_size"], options["user_config"]["max_batch_delay_ms"]) == \
+        (settings.max_batch_size, settings.max_batch_delay_ms)
+
+
+def test_a_pool_config_given_nothing_deploys_the_pool_of_a_cluster_started_without_flags():
+    defaults = generic_pool_app_config(PoolConfig(), {}, [], "/cache", "0.1").deployment_options
+    started = generic_pool_app_config(pool_config(load_settings({}, {})), {}, [], "/cache", "0.1").deployment_options
+    for key in ("autoscaling_config", "ray_actor_options", "max_ongoing_requests"):  # replicas, CPUs, LRU bound, threads
+        assert defaults[key] == started[key], key
