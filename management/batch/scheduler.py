@@ -255,3 +255,6 @@ def start_job(store_config: dict, cache_dir: str, workers: int, execution_id: st
     ray.get(scheduler_handle(store_config, cache_dir, workers).submit.remote(execution_id))
 
 
+def resume_jobs(store_config: dict, cache_dir: str, workers: int) -> int:
+    """Have the store's scheduler pick up every unfinished job; how many it started."""
+    return ray.get(scheduler_handle(store_config, cache_dir, workers).resume.remote())

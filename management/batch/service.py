@@ -120,11 +120,8 @@ class BatchService:
 
     def resume_unfinished(self) -> int:
         """After a restart: the scheduler (started now if needed) picks up every unfinished job."""
-        handle = scheduler.scheduler_handle(self.settings.object_store_config, str(self.settings.cache_path),
-                                            self.settings.batch_workers)
-        import ray
-
-        return ray.get(handle.resume.remote())
+        return scheduler.resume_jobs(self.settings.object_store_config, str(self.settings.cache_path),
+                                     self.settings.batch_workers)
 
     # ------------------------------------------------------------------ read
     def list(self, service: Optional[str], version: Optional[str]) -> list[str]:

@@ -16,8 +16,11 @@ What would need Ray is faked at the narrowest seam, honestly:
   as documented, and an unregistered model stops answering.
 - The archive load check (a throwaway Ray task) runs its own function in this process.
 - The few Ray calls that read the cluster (its nodes, this node's id) answer for one local node.
-
-Batch jobs (scored by Ray tasks) are not served here.
+- Batch jobs run on the real scheduler and scoring workers, their Ray actors stood in for by threads of
+  this process (:class:`~tests.unit.in_process_actors.InProcessActors`): a job is scored by the model's
+  real handler into the local object store while the client polls it.
+- A deployment can be made to fail (``InProcessServe.deploy_failure``): Serve then reports its
+  application DEPLOY_FAILED, as it does when a replica's constructor raises.
 """
 from __future__ import annotations
 
@@ -30,11 +33,12 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 from urllib.parse import parse_qsl
 
+import psutil
 import pytest
 import ray
 import uvicorn
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse
+from starlette.responses import JSONResponse, PlainTextResponse
 
 from modelpool.cluster.object_store import ObjectStore
 from modelpool.cluster.settings import load_settings
@@ -44,10 +48,13 @@ from modelpool.deployments.generic_pool import GenericPool
 from modelpool.deployments.model_deployment import ModelServer
 from modelpool.management import api as management_api
 from modelpool.management import archive_intake, deployer, model_manager, workers
+from modelpool.management.batch.service import BatchService
 from modelpool.management.model_manager import ModelManager
+from modelpool.management.params import RegisterParams
 from modelpool.deployments.app_names import MODEL_APP_PREFIX
 from modelpool.management.serve_configs import AppConfig
 from modelpool.management.ttl_cache import TtlCache
+from tests.unit.in_process_actors import Gate, InProcessActors
 
 TOKEN = "unit-test-token"
 NODE_IP = "127.0.0.1"
@@ -81,11 +88,19 @@ class InProcessServe:
     apps: dict[str, AppConfig] = field(default_factory=dict)
     replicas: dict[str, Any] = field(default_factory=dict)
     started: float = field(default_factory=time.time)
+    #: set, every application deployed from now on fails with this message (DEPLOY_FAILED)
+    deploy_failure: Optional[str] = None
+    failed: dict[str, str] = field(default_factory=dict)
+    #: True: replicas start one after another, one more RUNNING each time the controller is read
+    gradual_start: bool = False
+    started_replicas: dict[str, int] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ modelpool.management.deployer's calls
     def deploy_apps(self, apps: Iterable[AppConfig], wait: bool = False, ingress: Any = None,
                     deleted: Iterable[str] = ()) -> None:
         for app in apps:
+            if self.deploy_failure is not None:
+                self.failed[app.app_name] = self.deploy_failure
             known = self.apps.get(app.app_name)
             if known is None or known.init_kwargs != app.init_kwargs or app.app_name not in self.replicas:
                 self.replicas[app.app_name] = self._start(app)
@@ -104,18 +119,31 @@ class InProcessServe:
     def delete_app(self, app_name: str, wait: bool = True) -> None:
         self.apps.pop(app_name, None)
         self.replicas.pop(app_name, None)
+        self.failed.pop(app_name, None)
 
     def model_app_names(self) -> list[str]:
         return [name for name in self.apps if name.startswith(MODEL_APP_PREFIX)]
 
     def running(self, app_name: str) -> int:
-        return wanted_replicas(self.apps[app_name]) if app_name in self.apps else 0
+        if app_name not in self.apps:
+            return 0
+        wanted = wanted_replicas(self.apps[app_name])
+        return min(wanted, self.started_replicas.get(app_name, 0)) if self.gradual_start else wanted
+
+    def _start_one_more(self) -> None:
+        for name, app in self.apps.items():
+            self.started_replicas[name] = min(wanted_replicas(app), self.started_replicas.get(name, 0) + 1)
 
     def has_replicas(self, app_names: Iterable[str], app_name: str, at_least: int) -> bool:
         return self.running(app_name) >= at_least
 
-    def wait_until_running(self, app_names: Iterable[str], timeout_s: float) -> None:
-        """Every app runs once deployed: replicas start inside ``deploy_apps``."""
+    def application_statuses(self) -> dict[str, Any]:
+        """``serve.status().applications``: what the deployer's own ``wait_until_running`` reads."""
+        class Overview:
+            def __init__(self, status: str, message: str) -> None:
+                self.status, self.message = status, message
+        return {name: Overview("DEPLOY_FAILED", self.failed[name]) if name in self.failed else Overview("RUNNING", "")
+                for name in self.apps}
 
     def wait_for_replicas(self, app_name: str, at_least: int, timeout_s: float) -> None:
         if self.running(app_name) < at_least:
@@ -127,11 +155,14 @@ class InProcessServe:
         applications = {}
         for name, app in self.apps.items():
             replicas = [{"replica_id": f"{name}-{i}", "state": "RUNNING", "node_id": "local", "node_ip": NODE_IP,
-                         "pid": os.getpid(), "start_time_s": self.started} for i in range(wanted_replicas(app))]
-            deployment = {"replicas": replicas, "target_num_replicas": len(replicas),
+                         "pid": os.getpid(), "start_time_s": self.started} for i in range(self.running(name))]
+            deployment = {"replicas": replicas, "target_num_replicas": wanted_replicas(app),
                           "deployment_config": {"user_config": app.deployment_options.get("user_config")}}
-            applications[name] = {"status": "RUNNING", "route_prefix": app.route_prefix, "message": "",
+            applications[name] = {"status": "DEPLOY_FAILED" if name in self.failed else "RUNNING",
+                                  "route_prefix": app.route_prefix, "message": self.failed.get(name, ""),
                                   "deployments": {app.deployment_name: deployment}}
+        if self.gradual_start:
+            self._start_one_more()
         return {"applications": applications}
 
     def replica_for(self, path: str) -> tuple[Optional[str], Any]:
@@ -150,7 +181,7 @@ class LocalRay:
 
     @staticmethod
     def nodes() -> list[dict]:
-        return [{"Alive": True, "NodeManagerAddress": NODE_IP}]
+        return [{"Alive": True, "NodeID": "local", "NodeManagerAddress": NODE_IP}]
 
     @staticmethod
     def get_runtime_context() -> Any:
@@ -199,6 +230,8 @@ class Proxy:
 
     It records every request (``seen``) and every connection (``connections``), and, like HAProxy with
     no management replica behind it, answers the next ``ingress_failures`` requests with its plain-text 500.
+    ``forged`` (path -> JSON) plays a hostile or broken server: a GET of that path is answered with it,
+    for the client defences the real server never puts to the test.
     """
 
     def __init__(self, serve: InProcessServe) -> None:
@@ -206,6 +239,8 @@ class Proxy:
         self.seen: list[Seen] = []
         self.connections: list[int] = []
         self.ingress_failures = 0
+        self.forged: dict[str, Any] = {}
+        self.url = ""  # where it listens, once it does
 
     def requests_to(self, path: str, method: Optional[str] = None) -> list[Seen]:
         return [s for s in self.seen if s.path == path and (method is None or s.method == method)]
@@ -218,6 +253,9 @@ class Proxy:
         if self.ingress_failures > 0:
             self.ingress_failures -= 1
             await PlainTextResponse("Internal Server Error", status_code=500)(scope, receive, send)
+            return
+        if scope["method"] == "GET" and scope["path"] in self.forged:
+            await JSONResponse(self.forged[scope["path"]])(scope, receive, send)
             return
         prefix, replica = self.serve.replica_for(scope.get("path", ""))
         if replica is None:
@@ -263,6 +301,20 @@ class RunningManagement:
     manager: ModelManager
     serve: InProcessServe
     ingress: Proxy
+    actors: InProcessActors  # the batch scheduler's and workers' actors; ``actors.gate`` holds scoring
+    port: int
+    batches: BatchService
+
+
+def sockets_to(port: int) -> list:
+    """This process's TCP sockets on either end of ``port`` (client or server side)."""
+    return [c for c in psutil.Process().net_connections(kind="tcp")
+            if (c.laddr and c.laddr.port == port) or (c.raddr and c.raddr.port == port)]
+
+
+def client_sockets_to(management: RunningManagement) -> list:
+    """The client ends only: closed synchronously by the client, unlike the server ends."""
+    return [c for c in sockets_to(management.port) if c.raddr and c.raddr.port == management.port]
 
 
 def serve_in_thread(app: Any) -> tuple[uvicorn.Server, threading.Thread, int]:
@@ -291,9 +343,9 @@ def model_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def management_fixture(tmp_path: Path, model_store: Path, monkeypatch: pytest.MonkeyPatch):
     """The management app around a real ModelManager, over HTTP on 127.0.0.1; stopped at teardown."""
     serve = InProcessServe()
-    for name in ("deploy_apps", "delete_app", "model_app_names", "has_replicas", "wait_until_running",
-                 "wait_for_replicas"):
+    for name in ("deploy_apps", "delete_app", "model_app_names", "has_replicas", "wait_for_replicas"):
         monkeypatch.setattr(deployer, name, getattr(serve, name))
+    monkeypatch.setattr(deployer, "applications", serve.application_statuses)
     monkeypatch.setattr(workers, "ray", LocalRay)
     monkeypatch.setattr(model_manager, "ray", LocalRay)
     monkeypatch.setattr(archive_intake, "ray", LocalRay)
@@ -304,15 +356,37 @@ def management_fixture(tmp_path: Path, model_store: Path, monkeypatch: pytest.Mo
                               "model_store": str(model_store)}, {})
     manager = ModelManager(settings, store=ObjectStore(str(tmp_path / "objects")))
     manager._details = TtlCache(serve.details, ttl_s=0)  # what Serve's controller would answer
-    for name, value in {"manager": manager, "token": TOKEN, "debug": False}.items():
+    actors = InProcessActors()
+    actors.install(monkeypatch, LocalRay)
+    batches = BatchService(manager.settings, manager.store, manager.registry)
+    for name, value in {"manager": manager, "batches": batches, "token": TOKEN, "debug": False}.items():
         monkeypatch.setattr(management_api.state, name, value, raising=False)
     ingress = Proxy(serve)
     server, thread, port = serve_in_thread(ingress)
+    ingress.url = f"http://127.0.0.1:{port}"
     try:
-        yield RunningManagement(f"http://127.0.0.1:{port}", TOKEN, manager, serve, ingress)
+        yield RunningManagement(f"http://127.0.0.1:{port}", TOKEN, manager, serve, ingress, actors, port, batches)
     finally:
+        actors.stop()
         server.should_exit = True
         thread.join(10)
         assert not thread.is_alive(), "the in-process management app did not stop"
+        assert not sockets_to(port), "a socket to the management app was left open"
         assert not ray.is_initialized(), "a unit test must not start Ray"
 
+
+@pytest.fixture(name="server")
+def server_fixture(management: RunningManagement) -> Proxy:
+    """The ingress (what went over the wire) of the app with model ``x`` version 1 registered and served.
+
+    ``x`` is the iris_report example: an iris classifier answering ``predict`` and ``confidence`` that
+    writes a report.json per row in batch jobs. Registered in process, so ``seen`` starts empty.
+    """
+    management.manager.register(RegisterParams(url="iris_report-1.zip", model_name="x"))
+    return management.ingress
+
+
+@pytest.fixture(name="gate")
+def gate_fixture(management: RunningManagement) -> Gate:
+    """Where batch scoring waits while a test holds it (``gate.hold()``, ``gate.release()``)."""
+    return management.actors.gate

@@ -18,8 +18,10 @@ from modelpool import __version__
 from modelpool.async_client import AsyncClient
 from modelpool.client import Client, error_for, error_from
 from modelpool.errors import BadRequest, ModelpoolError, NotFound
-from tests.unit.fake_modelpool import (TOKEN, FakeModelpool, client_sockets_to, iris_frame,  # noqa: F401
-                                       server_fixture)  # (a fixture)
+from tests.unit.both_clients import iris_frame
+from tests.unit.management_app import (TOKEN, Proxy, client_sockets_to,  # noqa: F401
+                                       gate_fixture, management_fixture, model_store,
+                                       server_fixture)  # (fixtures)
 
 
 def in_event_loop(test: Callable[..., Awaitable[None]]) -> Callable[..., None]:
@@ -31,7 +33,7 @@ def in_event_loop(test: Callable[..., Awaitable[None]]) -> Callable[..., None]:
 
 
 @pytest.fixture()
-def client(server: FakeModelpool) -> AsyncClient:
+def client(server: Proxy) -> AsyncClient:
     return AsyncClient(server.url, token=TOKEN, timeout=10)
 
 
@@ -67,16 +69,17 @@ async def test_a_callers_httpx_client_is_used_and_left_open(server):
 
 
 @in_event_loop
-async def test_concurrent_calls_inside_async_with_share_the_pool(server, client):
-    rows = [[[1.0 + i, 2.0, 3.0, 4.0]] for i in range(10)]
+async def test_concurrent_calls_inside_async_with_share_the_pool(management, server, client):
+    setosa, virginica = [5.1, 3.5, 1.4, 0.2], [6.3, 3.3, 6.0, 2.5]
+    rows = [[[v + i / 100 for v in (setosa if i % 2 == 0 else virginica)]] for i in range(10)]
     async with client as c:
         svc = await c.get_service("x", "1")
         answers = await asyncio.gather(*(svc.predict(row) for row in rows))
-        assert 1 <= len(client_sockets_to(server)) <= 10
-    assert answers == [[int(sum(row[0]) > 12)] for row in rows]
-    assert not client_sockets_to(server)
+        assert 1 <= len(client_sockets_to(management)) <= 10
+    assert not client_sockets_to(management)
     assert len(server.seen) == 11 and 1 <= len(server.connections) <= 10
     assert {s.port for s in server.seen} == set(server.connections)  # pooled: no request opened a spare
+    assert answers == [[0], [2]] * 5  # each answer is its own row's: setosa, virginica, ...
 
 
 @in_event_loop
@@ -86,16 +89,19 @@ async def test_methods_are_awaitables_a_task_can_run(server, client):
 
 
 @in_event_loop
-async def test_wait_awaits_a_coroutine_progress_callback(server, client):
+async def test_wait_awaits_a_coroutine_progress_callback(server, client, gate):
+    gate.hold()  # the first poll sees the job unscored; the callback then lets it be scored
     batch = await (await client.get_service("x", "1")).batch(iris_frame(3)).start()
     seen: list[tuple[int, Optional[int]]] = []
 
     async def record_later(done: int, total: Optional[int]) -> None:
         await asyncio.sleep(0)
         seen.append((done, total))
+        gate.release()
 
     final = await batch.wait(timeout=30, poll=0.01, progress=record_later)
-    assert (final["state"], final["completedItems"], seen) == ("Complete", 3, [(1, 3), (2, 3), (3, 3)])
+    assert (final["state"], final["completedItems"]) == ("Complete", 3)
+    assert seen[0] == (0, 3) and seen[-1] == (3, 3) and set(seen) == {(0, 3), (3, 3)}  # awaited after every poll
 
 
 @in_event_loop

@@ -49,8 +49,10 @@ def _tree_packages() -> set[str]:
 
 
 def _python_files() -> list[Path]:
-    tracked = subprocess.run(["git", "ls-files", "*.py"], cwd=ROOT, capture_output=True, text=True, check=True)
-    return [ROOT / line for line in tracked.stdout.split()]
+    # tracked and new (untracked, not ignored) files, as they are in the working tree: a deletion not yet committed is gone
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "*.py"], cwd=ROOT,
+                            capture_output=True, text=True, check=True)
+    return [ROOT / line for line in dict.fromkeys(listed.stdout.split()) if (ROOT / line).exists()]
 
 
 def _imported_names(path: Path) -> list[tuple[int, str]]:
