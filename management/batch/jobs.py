@@ -94,10 +94,16 @@ def read_job(store: ObjectStore, execution_id: str) -> JobRecord:
 def update_job(store: ObjectStore, execution_id: str, **changes: Any) -> JobRecord:
     """Read-modify-write of job.json (after submit only the scheduler writes it; cancel is a marker).
 
-    ``changes`` are :class:`JobRecord` field names (``state="Running"``, ``completed_items=...``)."""
-    job = JobRecord.model_validate(store.read_json(layout.job_key(execution_id))).changed(**changes,
-                                                                                          updated_at=time.time())
-    if is_cancelled(store, execution_id) and job.state not in ("Complete", "Failed"):
+    ``changes`` are :class:`JobRecord` field names (``state="Running"``, ``completed_items=...``). An ended
+    job keeps its state, and one that was unfinished when its cancel marker appeared is Cancelled, even when
+    a partition that was already scoring completes it afterwards: the cancel was answered Cancelled, and
+    every later read agrees.
+    """
+    stored = JobRecord.model_validate(store.read_json(layout.job_key(execution_id)))
+    job = stored.changed(**changes, updated_at=time.time())
+    if stored.state in FINAL_STATES:
+        job.state = stored.state  # an ended job stays as it ended
+    elif is_cancelled(store, execution_id):
         job.state = "Cancelled"
     write_job(store, job)
     return job

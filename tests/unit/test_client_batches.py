@@ -10,6 +10,7 @@ runs once per client (``flavour``).
 from __future__ import annotations
 
 import json
+import time
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -195,6 +196,20 @@ def test_cancel_stops_a_running_batch(server, client, gate):
     gate.release()
     final = batch.wait(poll=0.01)  # it never ran
     assert (final["state"], final["completedItems"]) == ("Cancelled", 0)
+
+
+def test_a_cancel_answered_stays_even_when_the_scoring_partition_finishes(server, client, gate):
+    """The last partition was already on a worker when the cancel came, and it finishes: the job stays Cancelled
+    (its scored rows stay readable), as the cancel's answer said."""
+    gate.hold()
+    batch = client.get_service("x", "1").batch([[1, 2, 3, 4]] * 5, parallelCount=1).start()
+    gate.wait_until_held()
+    assert batch.cancel().last_state == "Cancelled"
+    gate.release()  # before the scheduler looks again: the partition is scored and its part written
+    final = batch.wait(poll=0.01)
+    assert final["state"] == "Cancelled"
+    time.sleep(0.6)  # past the scheduler's next look at its partitions
+    assert batch.state == "Cancelled" and client.get_service("x", "1").list_batch_executions()
 
 
 def test_batch_takes_ml_servers_spellings_and_refuses_both_names_at_once(server, client, tmp_path):
