@@ -35,21 +35,29 @@ class PlainIris:
         return Response(json.dumps(answer).encode(), media_type="application/json")
 
 
-def main() -> None:
-    """Serve PlainIris on a fresh local Ray with Serve's defaults until stdin closes."""
+def serve_on_fresh_ray(deployment, name: str, route_prefix: str, port: int) -> None:
+    """Start a local Ray and Serve on ``port``, run ``deployment`` and serve until stdin closes (prints READY).
+
+    Serve reads its RAY_SERVE_* environment when Ray is imported: callers set it before that.
+    """
     import ray
 
-    model_path, port, max_ongoing = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-    for key in ("RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_THROUGHPUT_OPTIMIZED"):
-        os.environ.pop(key, None)
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    options = {} if max_ongoing == "default" else {"max_ongoing_requests": int(max_ongoing)}
-    serve.run(serve.deployment(PlainIris).options(**options).bind(model_path), name="plain", route_prefix="/")
+    serve.run(deployment, name=name, route_prefix=route_prefix)
     print("READY", flush=True)
     sys.stdin.read()
     serve.shutdown()
     ray.shutdown()
+
+
+def main() -> None:
+    """Serve PlainIris on a fresh local Ray with Serve's defaults until stdin closes."""
+    model_path, port, max_ongoing = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    for key in ("RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_THROUGHPUT_OPTIMIZED"):
+        os.environ.pop(key, None)
+    options = {} if max_ongoing == "default" else {"max_ongoing_requests": int(max_ongoing)}
+    serve_on_fresh_ray(serve.deployment(PlainIris).options(**options).bind(model_path), "plain", "/", port)
 
 
 if __name__ == "__main__":
