@@ -14,41 +14,22 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from modelpool.cluster import paths
+# the shared defaults, re-exported: every layer imports them from here or from modelpool.cluster.defaults
+from modelpool.cluster.defaults import (  # noqa: F401
+    DEFAULT_BODY_TIMEOUT_S, DEFAULT_DOWNSCALE_DELAY_S, DEFAULT_HTTP_HOST, DEFAULT_HTTP_PORT, DEFAULT_HTTP_URL,
+    DEFAULT_MAX_BATCH_DELAY_MS, DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_WORKERS,
+    DEFAULT_POOL_MAX_REPLICAS, DEFAULT_POOL_MIN_REPLICAS, DEFAULT_POOL_MODELS_PER_REPLICA, DEFAULT_REPLICA_NUM_CPUS,
+    DEFAULT_RESPONSE_TIMEOUT_S, DEFAULT_STARTUP_TIMEOUT_S, DEFAULT_TARGET_ONGOING_REQUESTS, DEFAULT_THREADS,
+    DEFAULT_UPSCALE_DELAY_S, DEFAULT_WORKERS, ENV_PREFIX,
+)
 from modelpool.cluster.net import is_loopback_host
 from modelpool.cluster.tokens import token_digest
 from modelpool.cluster.url_patterns import parse_allowed_urls
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-ENV_PREFIX = "MODELPOOL_"
 #: Shortest inference token accepted: replicas hold its SHA-256 where Serve's status shows it, so a
 #: short token could be found from its digest by guessing.
 MIN_TOKEN_LENGTH = 16  # a shorter secret can be guessed; the generated management token has 43 characters
-
-# Defaults that other layers need before or without a Settings (a replica's constructor, a config
-# dataclass, the client): named once here, used by the fields below and imported everywhere else.
-DEFAULT_HTTP_HOST = "127.0.0.1"
-DEFAULT_HTTP_PORT = 8000
-DEFAULT_HTTP_URL = f"http://{DEFAULT_HTTP_HOST}:{DEFAULT_HTTP_PORT}"
-DEFAULT_MAX_BODY_BYTES = 16 << 20  # 16 MiB
-DEFAULT_BODY_TIMEOUT_S = 60.0
-#: A model's register defaults (not server settings, but read by management, replicas and the client):
-#: TorchServe's response_timeout and startup_timeout.
-DEFAULT_RESPONSE_TIMEOUT_S = 120.0
-DEFAULT_STARTUP_TIMEOUT_S = 120.0
-#: How model replicas and the generic pool are sized and batch when nothing else says: the Settings fields
-#: below, and what runs before or without a Settings (management/serve_configs.py's dataclasses, replicas).
-DEFAULT_WORKERS = 1
-DEFAULT_MAX_WORKERS = 2
-DEFAULT_THREADS = 128
-DEFAULT_REPLICA_NUM_CPUS = 0.25
-DEFAULT_MAX_BATCH_SIZE = 64
-DEFAULT_MAX_BATCH_DELAY_MS = 5.0
-DEFAULT_TARGET_ONGOING_REQUESTS = 32.0
-DEFAULT_UPSCALE_DELAY_S = 5.0
-DEFAULT_DOWNSCALE_DELAY_S = 30.0
-DEFAULT_POOL_MODELS_PER_REPLICA = 8
-DEFAULT_POOL_MIN_REPLICAS = 1
-DEFAULT_POOL_MAX_REPLICAS = 2
 
 
 def _default_home() -> str:

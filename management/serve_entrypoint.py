@@ -21,10 +21,11 @@ from ray import serve
 from ray.serve import Application
 from ray.serve.api import RunTarget
 
+from modelpool.cluster.defaults import MANAGEMENT_TOKEN_ENV
 from modelpool.cluster.settings import Settings, env_name, load_settings
 from modelpool.deployments.app_names import MANAGEMENT_APP
 
-TOKEN_ENV = env_name("management_token")  # MODELPOOL_MANAGEMENT_TOKEN, fed by a Kubernetes Secret
+TOKEN_ENV = MANAGEMENT_TOKEN_ENV  # fed by a Kubernetes Secret
 
 
 def build_management(settings: Settings, token: str) -> Application:

@@ -19,6 +19,7 @@ from urllib.parse import quote
 
 import numpy as np
 
+from modelpool.cluster.defaults import DEFAULT_HTTP_URL, DEFAULT_STARTUP_TIMEOUT_S, MANAGEMENT_TOKEN_ENV
 from modelpool.cluster.paths import token_path
 from modelpool.cluster.version import __version__
 from modelpool.deployments.datatypes import V2_DATATYPES
@@ -26,12 +27,12 @@ from modelpool.batch_results import BatchResults
 from modelpool.errors import is_transient
 from modelpool.records import Records, batch_records, is_frame
 
-DEFAULT_URL = "http://127.0.0.1:8000"
-TOKEN_ENV = "MODELPOOL_MANAGEMENT_TOKEN"
+DEFAULT_URL = DEFAULT_HTTP_URL
+TOKEN_ENV = MANAGEMENT_TOKEN_ENV
 FINAL_STATES = ("Complete", "Failed", "Cancelled")
 RESULTS_PAGE = 1000  # batch result rows per request (the server's default page)
 INPUT_NAME = "input-0"  # the input every modelpool handler receives rows under (see /predict)
-SERVER_WAIT_DEFAULT_S = 120.0  # the server's default startup_timeout / scale timeout
+SERVER_WAIT_DEFAULT_S = DEFAULT_STARTUP_TIMEOUT_S  # the server's default startup_timeout / scale timeout
 SERVER_WAIT_MARGIN_S = 10.0
 RETRY_FOR_S = 60.0  # how long a retryable call keeps trying while the management replica restarts (~5-20 s)
 IDEMPOTENCY_HEADER = "Idempotency-Key"
