@@ -11,7 +11,7 @@ pytestmark = pytest.mark.integration
 ROW = {"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64", "data": [6.3, 3.3, 6.0, 2.5]}]}
 
 
-def wait_for(predicate, timeout_s=60, step=0.5):
+def wait_for(predicate, timeout_s=60, step=0.2):
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         value = predicate()

@@ -229,9 +229,11 @@ def test_management_killed_during_a_raw_http_burst_leaves_nothing_half_done(node
             lost_after_commit += max_workers(nodes, admin, name) == 3
             assert scale_up(name) in (200, 202), f"retrying the scale of {name} failed"
         assert max_workers(nodes, admin, name) == 3
+    with ThreadPoolExecutor(max_workers=len(names)) as pool:  # each loads on its first call: wait for all at once
+        served = dict(zip(names, pool.map(
+            lambda name: wait_until(lambda: post_ok(f"{nodes.url}/v2/models/{name}/infer", ROW), timeout_s=120), names)))
     for name in names:
-        assert wait_until(lambda: post_ok(f"{nodes.url}/v2/models/{name}/infer", ROW), timeout_s=120), \
-            f"{name} is registered but never served: half done"
+        assert served[name], f"{name} is registered but never served: half done"
     print(f"requests whose answer was lost after they took effect: {lost_after_commit}")
     # left registered (an unregister costs ~1.5 s): later tests use other names, and the module's cluster goes at the end
 
