@@ -11,7 +11,9 @@ so they live here and ``modelpool.management.model_manager`` keeps the MMS and p
 from __future__ import annotations
 
 import tempfile
+import threading
 import zipfile
+from collections import OrderedDict
 from pathlib import Path
 from typing import Optional
 
@@ -43,12 +45,23 @@ def zip_directory(directory: Path, out: Path) -> Path:
     return out
 
 
-def check_loads(store: ObjectStore, key: str, settings: Settings, handler: Optional[str]) -> None:
-    """Load the stored archive with ``handler`` (register's override, or the manifest's) in a throwaway worker.
+#: (archive digest, handler) pairs that loaded in this process's checks, newest last. The same bytes with the same
+#: handler load the same way, and a check costs a throwaway worker (~3.4 s here, most of a register's time), so a
+#: version registered again from the same archive is not checked again. Bounded; lost with the replica.
+_LOADED: "OrderedDict[tuple[str, Optional[str]], None]" = OrderedDict()
+_LOADED_MAX = 256
+_LOADED_LOCK = threading.Lock()
+
+
+def check_loads(store: ObjectStore, key: str, settings: Settings, handler: Optional[str], digest: str = "") -> None:
+    """Load the stored archive with ``handler`` (register's override, or the manifest's) in a throwaway worker,
+    unless the same archive (``digest``) loaded with the same handler before.
 
     When it does not load, the stored copy is deleted and the answer is a 400 naming ``handler`` when the
     handler's own code failed (an import of torch, a wrong signature), else ``url``.
     """
+    if digest and _loaded_before(digest, handler):
+        return
     problem = ray.get(_load_check.remote(store_source(key), str(settings.cache_path),
                                          settings.object_store_config, handler))
     if problem is not None:
@@ -56,6 +69,19 @@ def check_loads(store: ObjectStore, key: str, settings: Settings, handler: Optio
         message, field = problem
         raise RequestError(f"the archive failed to load: {message}", status=400,
                            field="handler" if field == "handler" else "url")
+    if digest:
+        with _LOADED_LOCK:
+            _LOADED[(digest, handler)] = None
+            while len(_LOADED) > _LOADED_MAX:
+                _LOADED.popitem(last=False)
+
+
+def _loaded_before(digest: str, handler: Optional[str]) -> bool:
+    with _LOADED_LOCK:
+        if (digest, handler) not in _LOADED:
+            return False
+        _LOADED.move_to_end((digest, handler))
+        return True
 
 
 @ray.remote(num_cpus=0, max_retries=0)

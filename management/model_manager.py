@@ -140,7 +140,7 @@ class ModelManager(RepositoryCalls):
             return self._registered(name, version, params, apps)
         self._refuse_duplicate(name, version)
         key, digest = archive_intake.copy_to_store(self.store, local, name, version)
-        archive_intake.check_loads(self.store, key, self.settings, manifest.handler)  # a 400 (copy deleted) if not
+        archive_intake.check_loads(self.store, key, self.settings, manifest.handler, digest)  # 400 (copy deleted) if not
         workers_wanted = params.initial_workers
         record = ModelRecord(
             name=name, version=version, url=params.url, source=store_source(key), digest=digest,
