@@ -125,7 +125,52 @@ def _shorten(frame: str) -> str:
     return re.sub(r"\(/\S*?(site-packages|work/main)/", "(", frame)
 
 
-def report(idle: dict, loaded: dict, load, total: int, rows: list, args) -> str:
+#: A sample's stage: the first rule (in this order) that one of its frames matches. Frames are ``func (file)``.
+STAGES = [
+    ("the model's predict (sklearn)", ("sklearn/",)),
+    ("logging (Serve's access lines, the flusher)", ("(logging/", "log_flush")),
+    ("metrics (Serve's and modelpool's, reported)", ("metrics", "_report_cached")),
+    ("modelpool's answer path (token, route, decode, batcher, encode)", ("(deployments/",)),
+    ("Serve's request path in the replica (direct ingress, wrappers, send)", ("ray/serve/",)),
+    ("HTTP server (uvicorn + httptools: parse, write)", ("uvicorn/", "httptools")),
+    ("waiting (Ray's core worker, idle threads)", ("main_loop (", "run (threading.py)", "_worker (concurrent")),
+]
+
+
+def stage_shares(folded_files: Iterable[Path]) -> dict[str, float]:
+    """Each stage's share of the busy samples; a sample counts once, in its first matching stage."""
+    counts: collections.Counter = collections.Counter()
+    total = 0
+    for path in folded_files:
+        for line in path.read_text().splitlines():
+            stack, _, count = line.rpartition(" ")
+            if not stack or not count.isdigit():
+                continue
+            total += int(count)
+            frames = _frames(stack)
+            name = next((stage for stage, marks in STAGES if any(m in f for f in frames for m in marks)), "other")
+            if name.startswith("waiting") and not frames[-1].startswith(("main_loop (", "run (threading.py)", "_worker (")):
+                name = "other"  # a thread's own work below those frames
+            counts[name] += int(count)
+    return {name: counts[name] / max(total, 1) for name in [s for s, _ in STAGES] + ["other"]}
+
+
+def budget_lines(shares: dict[str, float], replica_cpu_percent: float, requests_per_s: float) -> list[str]:
+    """Microseconds of replica CPU per request by stage: its CPU per request, split by the busy samples that
+    are not waiting (waiting samples are threads parked in C, counted by py-spy but costing no CPU)."""
+    per_request_us = replica_cpu_percent / 100 / max(requests_per_s, 1e-9) * 1e6
+    working = 1 - shares.get("waiting (Ray's core worker, idle threads)", 0)
+    lines = [f"Per-request budget in the iris replica: {replica_cpu_percent:.0f}% of a core at {requests_per_s:.0f} req/s "
+             f"= {per_request_us:.0f} us of CPU per request, split by py-spy's working samples", "",
+             "| stage | share of working samples | us per request |", "| --- | --- | --- |"]
+    for name, share in shares.items():
+        if name.startswith("waiting") or share == 0:
+            continue
+        lines.append(f"| {name} | {100 * share / working:.1f}% | {per_request_us * share / working:.0f} |")
+    return lines
+
+
+def report(idle: dict, loaded: dict, load, total: int, rows: list, shares: dict, args) -> str:
     lines = [f"`python -m loadtests.profile_serving --seconds {args.seconds} --connections {args.connections}`, "
              f"{os.cpu_count()} cores; wrk -t1 c={args.connections}, one iris row per V2 request to "
              f"/v2/models/iris/infer: {load.requests_per_s:.0f} req/s, p50 {load.p50_ms:.2f} ms, "
@@ -135,6 +180,8 @@ def report(idle: dict, loaded: dict, load, total: int, rows: list, args) -> str:
         if idle.get(title, 0) >= 0.05 or loaded.get(title, 0) >= 0.5:
             lines.append(f"| {title} | {idle.get(title, 0):.1f} | {loaded.get(title, 0):.1f} |")
     lines.append(f"| **all** | **{sum(idle.values()):.1f}** | **{sum(loaded.values()):.1f}** |")
+    replica_cpu = sum(v for k, v in loaded.items() if "ServeReplica:model:iris:" in k)
+    lines += ["", *budget_lines(shares, replica_cpu, load.requests_per_s)]
     lines += ["", f"py-spy, iris replicas, {total} busy samples (250 Hz, --nonblocking): share of samples in a "
               "function and what it calls (inclusive), and in the function itself (self)", "",
               "| function | inclusive % | self % |", "| --- | --- | --- |"]
@@ -174,7 +221,8 @@ def main() -> None:
             for path in folded:
                 shutil.copy(path, Path(args.keep) / path.name)
         total, rows = top_functions(folded, args.top)
-    publish(report(idle, loaded, result["load"], total, rows, args), args.out)
+        shares = stage_shares(folded)
+    publish(report(idle, loaded, result["load"], total, rows, shares, args), args.out)
 
 
 if __name__ == "__main__":
