@@ -6,6 +6,11 @@ workers stay up between jobs with their imports done and their models loaded (a 
 costs ~2.5 s before its first row), and reserve no CPUs so they never starve serving replicas;
 ``--batch-workers`` bounds how many run at once.
 
+Models are loaded ahead of the partitions that use them, on every worker at once: a job's model as
+soon as the job starts running (accepted, or resumed), and the newest registered versions when the
+scheduler starts (a fresh cluster's first job then finds them loaded). A preload is only a head
+start: one that fails fails nothing, the partition loads the model itself and reports the error.
+
 Nothing is lost and nothing is scored twice: the scheduler keeps no state that is not in object
 storage, so when its process dies Ray restarts it and it resumes every unfinished job from the
 result parts already written; a worker killed mid-partition is restarted by Ray and the call is
@@ -28,13 +33,14 @@ from modelpool.management.batch import results
 from modelpool.management.batch.jobs import (FINAL_STATES, JobRecord, input_location, is_cancelled, open_job_store, read_job,
                                    update_job)
 from modelpool.management.batch.workers import RETRIES, WORKER_LOST, WorkerPool
-from modelpool.management.registry import Registry
+from modelpool.management.registry import ModelRecord, Registry
 
 logger = logging.getLogger(__name__)
 
 NAMESPACE = "modelpool"
 HEAD_NODE_RESOURCE = "node:__internal_head__"  # every Ray head has 1 of it
 SCHEDULER_NAME = "batch-scheduler"
+WARM_UP_TIMEOUT_S = 30.0   # start-up preloads waited for at most this long (a model that loads slowly is left to load)
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1, max_concurrency=64)
@@ -46,10 +52,36 @@ class BatchScheduler:
         self.pool = WorkerPool(max(1, workers))
         self._running: set[str] = set()
         self._lock = threading.Lock()
+        self._warm = threading.Event()   # set once the start-up preloads ended (loaded, failed or timed out)
         self.resume()
+        threading.Thread(target=self._preload_registered, name="batch-preload", daemon=True).start()
 
     def ping(self) -> int:
         return len(self.pool)
+
+    def preload(self, model: dict) -> int:
+        """Every worker loads ``model`` (``source``, ``digest``, ``handler``) now; how many were asked."""
+        if not model.get("source"):
+            return 0
+        return len(self.pool.preload(self.store_config, _model_of(model), self.cache_dir))
+
+    def warmed(self, timeout_s: float) -> bool:
+        """Whether the start-up preloads have ended, waiting up to ``timeout_s`` (what readiness waits for)."""
+        return self._warm.wait(timeout_s)
+
+    def _preload_registered(self) -> None:
+        """At start: the newest registered versions, as many as a worker keeps loaded, on every worker."""
+        from modelpool.management.batch.scoring import MAX_CACHED_MODELS  # scoring's imports: not in the API's process
+
+        try:
+            calls = [call for record in models_to_preload(Registry(self.store).list_models(), MAX_CACHED_MODELS)
+                     for call in self.pool.preload(self.store_config, _model_of(record.model_dump()), self.cache_dir)]
+            if calls:
+                ray.wait(calls, num_returns=len(calls), timeout=WARM_UP_TIMEOUT_S)
+        except Exception:  # noqa: BLE001 - a head start only: jobs load their models anyway
+            logger.exception("could not preload the registered models on the batch workers")
+        finally:
+            self._warm.set()
 
     def resume(self) -> int:
         """Start every job in object storage that is not finished (after a restart, or on request)."""
@@ -116,6 +148,7 @@ class _JobRun:
         job = read_job(self.store, self.execution_id)
         if job.state in FINAL_STATES:
             return
+        self.scheduler.preload(job.to_json())  # loading while the input is planned, not on the first partition
         job = update_job(self.store, self.execution_id, coordinator_started_at=time.time())
         job = self._prepare(job)
         done = set(results.completed_parts(self.store, self.execution_id))
@@ -200,11 +233,8 @@ class _JobRun:
 
         parquet = _parquet_shape(*fetch(job.input_uri))
         if parquet is not None:
-            rows, columns, row_groups = parquet
-            parallel = job.parallel_count
-            # A partition reads whole row groups: with few, big groups, fewer and bigger
-            # partitions read each group once instead of once per slice.
-            partition_rows = max(inputs.partition_rows_for(rows, parallel), -(-rows // max(parallel, row_groups)))
+            rows, columns, group_rows = parquet
+            partition_rows = inputs.parquet_partition_rows(group_rows, job.parallel_count)
             return update_job(self.store, self.execution_id, partitions=max(1, -(-rows // partition_rows)),
                               partition_rows=partition_rows, total_items=rows, input_columns=columns,
                               input_parquet=job.input_uri, input_ready_at=time.time())
@@ -220,14 +250,25 @@ class _JobRun:
         return {"completed_items": self.completed, "failed_items": self.failed}
 
 
+def _model_of(job_or_record: dict) -> dict:
+    """What a worker needs to load a model, from a job (camelCase) or a registry record."""
+    return {key: job_or_record.get(key) for key in ("source", "digest", "handler")}
+
+
+def models_to_preload(records: list[ModelRecord], limit: int) -> list[ModelRecord]:
+    """The ``limit`` most recently registered versions, newest first (a worker keeps ``limit`` loaded)."""
+    return sorted(records, key=lambda record: record.registered_at, reverse=True)[:limit]
+
+
 def _parquet_shape(filesystem, path: str):
-    """(rows, columns, row groups) from a Parquet footer, or None when the file is not Parquet."""
+    """(rows, columns, rows of each row group) from a Parquet footer, or None when the file is not Parquet."""
     import pyarrow.parquet as pq
 
     try:
         with filesystem.open_input_file(path) as source:
             metadata = pq.ParquetFile(source).metadata
-            return metadata.num_rows, list(metadata.schema.to_arrow_schema().names), metadata.num_row_groups
+            return (metadata.num_rows, list(metadata.schema.to_arrow_schema().names),
+                    [metadata.row_group(group).num_rows for group in range(metadata.num_row_groups)])
     except Exception:  # noqa: BLE001 - not Parquet (or unreadable): the general reader decides and explains
         return None
 
@@ -253,6 +294,11 @@ def scheduler_handle(store_config: dict, cache_dir: str, workers: int):
 
 def start_job(store_config: dict, cache_dir: str, workers: int, execution_id: str) -> None:
     ray.get(scheduler_handle(store_config, cache_dir, workers).submit.remote(execution_id))
+
+
+def wait_warm(store_config: dict, cache_dir: str, workers: int, timeout_s: float) -> bool:
+    """Wait until the store's scheduler has loaded the registered models on its workers (at most ``timeout_s``)."""
+    return ray.get(scheduler_handle(store_config, cache_dir, workers).warmed.remote(timeout_s))
 
 
 def resume_jobs(store_config: dict, cache_dir: str, workers: int) -> int:

@@ -67,6 +67,9 @@ class CachedModel:
 
 _MODELS: "OrderedDict[tuple[str, str, Optional[str]], CachedModel]" = OrderedDict()
 _MODELS_LOCK = threading.Lock()
+#: key -> the lock its one load holds: a second caller (a preload and a partition, say) waits for that
+#: load instead of doing it again, and loads of other models do not wait for it.
+_LOADING: dict[tuple[str, str, Optional[str]], threading.Lock] = {}
 
 
 def cached_model(store: ObjectStore, source: str, digest: str, cache_dir: Path,
@@ -79,18 +82,73 @@ def cached_model(store: ObjectStore, source: str, digest: str, cache_dir: Path,
     """
     key = (source, digest, handler)
     with _MODELS_LOCK:
-        model = _MODELS.get(key)
+        model = _cached(key)
         if model is not None:
-            _MODELS.move_to_end(key)
             return model
-        cache_dir = Path(cache_dir)
-        archive = unpack_archive(local_archive(source, cache_dir, store), cache_dir, handler=handler)
-        context = ModelContext(model_dir=archive.model_dir, manifest=archive.manifest)
-        model = CachedModel(load_handler(archive.model_dir, archive.manifest, context), context)
-        _MODELS[key] = model
-        while len(_MODELS) > MAX_CACHED_MODELS:
-            _MODELS.popitem(last=False)
+        loading = _LOADING.setdefault(key, threading.Lock())
+    with loading:
+        with _MODELS_LOCK:
+            model = _cached(key)
+        if model is not None:
+            return model  # loaded by the caller this one waited for
+        try:
+            cache_dir = Path(cache_dir)
+            archive = unpack_archive(local_archive(source, cache_dir, store), cache_dir, handler=handler)
+            context = ModelContext(model_dir=archive.model_dir, manifest=archive.manifest)
+            model = CachedModel(load_handler(archive.model_dir, archive.manifest, context), context)
+        except BaseException:
+            _done_loading(key, loading)
+            raise
+        with _MODELS_LOCK:
+            _MODELS[key] = model
+            while len(_MODELS) > MAX_CACHED_MODELS:
+                _MODELS.popitem(last=False)
+        _done_loading(key, loading)
         return model
+
+
+def _done_loading(key: tuple[str, str, Optional[str]], loading: threading.Lock) -> None:
+    with _MODELS_LOCK:
+        if _LOADING.get(key) is loading:
+            del _LOADING[key]
+
+
+def _cached(key: tuple[str, str, Optional[str]]) -> Optional[CachedModel]:
+    """The loaded model under ``key``, now the most recently used (call with _MODELS_LOCK held)."""
+    model = _MODELS.get(key)
+    if model is not None:
+        _MODELS.move_to_end(key)
+    return model
+
+
+def model_key(model: dict) -> tuple[str, str, Optional[str]]:
+    """The cache key of the model a job (or a registered version) names by ``source``, ``digest``, ``handler``."""
+    return model["source"], model.get("digest") or model["source"], model.get("handler")
+
+
+def job_model(store: ObjectStore, model: dict, cache_dir: Path) -> CachedModel:
+    source, digest, handler = model_key(model)
+    return cached_model(store, source, digest, Path(cache_dir), handler)
+
+
+def preload(store: ObjectStore, model: dict, cache_dir: Path) -> bool:
+    """Load ``model`` into this process's cache ahead of its first partition; False (logged) when it cannot.
+
+    A failed preload fails nothing: the partition loads the model again and reports the real error.
+    """
+    try:
+        job_model(store, model, cache_dir)
+        return True
+    except Exception as exc:  # noqa: BLE001 - unregistered meanwhile, a broken archive: the partition says
+        logger.warning("preloading model %s failed (%s: %s); its partitions load it themselves",
+                       model.get("source"), type(exc).__name__, exc)
+        return False
+
+
+def is_cached(model: dict) -> bool:
+    """Whether this process holds ``model`` loaded (what a preload is for)."""
+    with _MODELS_LOCK:
+        return model_key(model) in _MODELS
 
 
 def clear_model_cache() -> None:
@@ -134,7 +192,7 @@ def score_partition(store: ObjectStore, execution_id: str, partition: int, job: 
     rows = table.num_rows
     del table
 
-    model = cached_model(store, job["source"], job.get("digest") or job["source"], Path(cache_dir), job.get("handler"))
+    model = job_model(store, job, cache_dir)
     requested = job.get("requestedOutputs")
     tmp_parent = Path(cache_dir) / "batch-tmp"
     tmp_parent.mkdir(parents=True, exist_ok=True)

@@ -123,6 +123,12 @@ class BatchService:
         return scheduler.resume_jobs(self.settings.object_store_config, str(self.settings.cache_path),
                                      self.settings.batch_workers)
 
+    def wait_warm(self, timeout_s: float = scheduler.WARM_UP_TIMEOUT_S) -> bool:
+        """Wait (bounded) until the batch workers hold the registered models, so that a fresh cluster's
+        first job pays no model load; False when they did not in time (jobs then load them themselves)."""
+        return scheduler.wait_warm(self.settings.object_store_config, str(self.settings.cache_path),
+                                   self.settings.batch_workers, timeout_s)
+
     # ------------------------------------------------------------------ read
     def list(self, service: Optional[str], version: Optional[str]) -> list[str]:
         matching = [j for j in self._jobs() if (service is None or j.service == service)

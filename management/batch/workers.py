@@ -28,19 +28,31 @@ logger = logging.getLogger(__name__)
 RETRIES = 3
 PLACEMENT_WAIT_S = 60.0   # a pinned worker not up by then is started unpinned instead (its node is not schedulable)
 WORKER_LOST = (RayActorError, ActorUnschedulableError)   # what a call to a dead, unrestartable worker raises
+PRELOAD_GROUP = "preload"   # a worker's thread for loading models ahead of their partitions
 
 
-@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=RETRIES)
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=RETRIES, concurrency_groups={PRELOAD_GROUP: 1})
 class BatchWorker:
-    """Scores partitions; keeps its imports and (per process) its loaded models between calls."""
+    """Scores partitions; keeps its imports and (per process) its loaded models between calls.
+
+    Partitions run one at a time; preloads run on a thread of their own (``PRELOAD_GROUP``), so a
+    partition never queues behind the load of a model it does not use, and one that needs a model
+    being preloaded waits for that load instead of doing it again (``scoring.cached_model``).
+    """
 
     def __init__(self) -> None:
         from modelpool.management.batch import scoring  # the expensive imports, once per worker
 
         self._scoring = scoring
+        record_batch_rows("", "", 0, 0)  # counts nothing; creates this process's metrics now, not after a first partition
 
     def node_id(self) -> str:
         return ray.get_runtime_context().get_node_id()
+
+    @ray.method(concurrency_group=PRELOAD_GROUP)
+    def preload(self, store_config: dict, model: dict, cache_dir: str) -> bool:
+        """Load ``model`` (``source``, ``digest``, ``handler``) now; False when it cannot (nothing fails)."""
+        return self._scoring.preload(open_job_store(store_config), model, Path(cache_dir))
 
     def score(self, store_config: dict, execution_id: str, partition: int, job: dict, cache_dir: str) -> dict:
         store = open_job_store(store_config)
@@ -123,6 +135,10 @@ class WorkerPool:
 
     def give_back(self, worker: Any) -> None:
         self._idle.put(worker)
+
+    def preload(self, store_config: dict, model: dict, cache_dir: str) -> list[Any]:
+        """Every worker, busy or idle, loads ``model`` at once (their calls, for whoever wants to wait)."""
+        return [worker.preload.remote(store_config, model, cache_dir) for worker in list(self.workers)]
 
     def replace(self, lost: Any) -> None:
         """``lost`` cannot be called any more (its node died): a new worker takes its place in the pool."""
