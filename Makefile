@@ -31,7 +31,7 @@ test: install ## install with the test extras, then run the whole suite (unit + 
 unit: install
 	$(BIN)/pytest -q tests/unit
 
-bench: install ## serving benchmark (needs wrk: apt-get install -y wrk)
+bench: install ## serving benchmark: modelpool vs hand-tuned Ray Serve, FastAPI and a lean ceiling (needs wrk)
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python -m loadtests.bench_serving
 
