@@ -71,7 +71,7 @@ class BatchScheduler:
 
     def _preload_registered(self) -> None:
         """At start: the newest registered versions, as many as a worker keeps loaded, on every worker."""
-        from modelpool.management.batch.scoring import MAX_CACHED_MODELS  # scoring's imports: not in the API's process
+        from modelpool.management.batch.model_cache import MAX_CACHED_MODELS  # its imports: not in the API's process
 
         try:
             calls = [call for record in models_to_preload(Registry(self.store).list_models(), MAX_CACHED_MODELS)

@@ -37,13 +37,14 @@ class BatchWorker:
 
     Partitions run one at a time; preloads run on a thread of their own (``PRELOAD_GROUP``), so a
     partition never queues behind the load of a model it does not use, and one that needs a model
-    being preloaded waits for that load instead of doing it again (``scoring.cached_model``).
+    being preloaded waits for that load instead of doing it again (``model_cache.cached_model``).
     """
 
     def __init__(self) -> None:
-        from modelpool.management.batch import scoring  # the expensive imports, once per worker
+        from modelpool.management.batch import model_cache, scoring  # the expensive imports, once per worker
 
         self._scoring = scoring
+        self._model_cache = model_cache
         record_batch_rows("", "", 0, 0)  # counts nothing; creates this process's metrics now, not after a first partition
 
     def node_id(self) -> str:
@@ -52,7 +53,7 @@ class BatchWorker:
     @ray.method(concurrency_group=PRELOAD_GROUP)
     def preload(self, store_config: dict, model: dict, cache_dir: str) -> bool:
         """Load ``model`` (``source``, ``digest``, ``handler``) now; False when it cannot (nothing fails)."""
-        return self._scoring.preload(open_job_store(store_config), model, Path(cache_dir))
+        return self._model_cache.preload(open_job_store(store_config), model, Path(cache_dir))
 
     def score(self, store_config: dict, execution_id: str, partition: int, job: dict, cache_dir: str) -> dict:
         store = open_job_store(store_config)

@@ -25,7 +25,7 @@ from typing import Any, Optional
 import pytest
 from ray.exceptions import RayActorError, TaskCancelledError
 
-from modelpool.management.batch import scheduler, scoring, workers
+from modelpool.management.batch import model_cache, scheduler, scoring, workers
 
 #: the actor methods that score rows: they pass the gate first
 SCORING_METHODS = ("score",)
@@ -223,4 +223,4 @@ class InProcessActors:
                 thread.join(max(0.0, deadline - time.monotonic()))
         for actor in self.actors:
             actor.stop()
-        scoring.clear_model_cache()
+        model_cache.clear_model_cache()

@@ -22,7 +22,7 @@ import pytest
 
 from modelpool.deployments.archive import unpack_archive
 from modelpool.deployments.examples import archive_command
-from modelpool.management.batch import inputs, layout, results, scheduler, scoring
+from modelpool.management.batch import inputs, layout, model_cache, results, scheduler, scoring
 from modelpool.management.batch.jobs import read_job, write_job
 from modelpool.management.params import RegisterParams
 from modelpool.management.registry import ModelRecord
@@ -219,20 +219,20 @@ def test_a_resumed_job_scores_only_the_missing_range_with_the_same_results(manag
 
 
 def test_the_scheduler_loads_registered_models_on_its_workers_when_it_starts(management, iris):
-    assert not scoring.is_cached(iris)
+    assert not model_cache.is_cached(iris)
     management.batches.resume_unfinished()  # what the management app does once it is up
     assert management.batches.wait_warm(timeout_s=20)  # the workers hold the registered models
-    assert scoring.is_cached(iris)
+    assert model_cache.is_cached(iris)
 
 
 def test_an_accepted_job_has_its_model_loaded_before_its_first_partition_runs(management, iris, gate, tmp_path):
     started_scheduler(management, iris)
-    scoring.clear_model_cache()  # as on a worker that never held iris
+    model_cache.clear_model_cache()  # as on a worker that never held iris
     uri, _ = one_group_input(management, tmp_path)
     gate.hold()
     execution_id = submit(management, uri)
     gate.wait_until_held(calls=2)  # no partition has started, so none loaded it
-    wait_until(lambda: scoring.is_cached(iris), what="iris preloaded on accept")
+    wait_until(lambda: model_cache.is_cached(iris), what="iris preloaded on accept")
     gate.release()
     assert finished(management, execution_id)["state"] == "Complete"
 
@@ -240,9 +240,9 @@ def test_an_accepted_job_has_its_model_loaded_before_its_first_partition_runs(ma
 def test_a_failed_preload_fails_nothing_the_partitions_load_the_model_themselves(management, iris, gate, tmp_path,
                                                                                  monkeypatch, caplog):
     started_scheduler(management, iris)
-    scoring.clear_model_cache()
+    model_cache.clear_model_cache()
     caplog.set_level(logging.WARNING, logger=scoring.__name__)
-    real_fetch = scoring.local_archive
+    real_fetch = model_cache.local_archive
     reachable = threading.Event()
 
     def flaky_fetch(*args, **kwargs):  # the object store unreachable for a moment: the preloads' moment
@@ -250,14 +250,14 @@ def test_a_failed_preload_fails_nothing_the_partitions_load_the_model_themselves
             raise OSError("object store unreachable")
         return real_fetch(*args, **kwargs)
 
-    monkeypatch.setattr(scoring, "local_archive", flaky_fetch)
+    monkeypatch.setattr(model_cache, "local_archive", flaky_fetch)
     uri, _ = one_group_input(management, tmp_path)
     gate.hold()
     execution_id = submit(management, uri)
     gate.wait_until_held(calls=2)
     wait_until(lambda: sum("preloading model" in r.getMessage() for r in caplog.records) >= 2,
                what="both workers' preloads failed")
-    assert not scoring.is_cached(iris)
+    assert not model_cache.is_cached(iris)
     reachable.set()
     gate.release()
     state = finished(management, execution_id)

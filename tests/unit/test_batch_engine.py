@@ -22,7 +22,7 @@ from modelpool.deployments.archive import file_sha256
 from modelpool.deployments.archive_formats import read_manifest
 from modelpool.deployments.errors import RequestError
 from modelpool.deployments.examples import archive_command, build_examples
-from modelpool.management.batch import inputs, layout, model_inputs, results, scoring
+from modelpool.management.batch import inputs, layout, model_cache, model_inputs, results, scoring
 
 IRIS_COLUMNS = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 
@@ -269,10 +269,10 @@ def test_the_model_is_loaded_once_per_process(tmp_path: Path, archives: dict) ->
     store = ObjectStore(str(tmp_path / "store"))
     table, _ = iris_table()
     eid, job, parts = make_job(store, archives["iris-1.zip"], table, partition_rows=50)
-    scoring.clear_model_cache()
-    first = scoring.cached_model(store, job["source"], job["digest"], tmp_path / "cache")
+    model_cache.clear_model_cache()
+    first = model_cache.cached_model(store, job["source"], job["digest"], tmp_path / "cache")
     score_all(store, eid, job, parts, tmp_path / "cache")
-    assert scoring.cached_model(store, job["source"], job["digest"], tmp_path / "cache") is first
+    assert model_cache.cached_model(store, job["source"], job["digest"], tmp_path / "cache") is first
     assert first.context.artifact_root is None  # reset after every chunk
 
 

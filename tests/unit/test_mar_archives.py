@@ -329,17 +329,17 @@ def test_the_override_travels_from_register_to_every_replica(management, iris_mo
 
 
 def test_batch_scoring_loads_the_registered_handler(management, iris_model):
-    from modelpool.management.batch import scoring
+    from modelpool.management.batch import model_cache
 
     _, manager, settings = management
     build_mar(settings.model_store_path / "iris.mar", iris_model, sources={"proba_handler.py": PROBA_HANDLER})
     manager.register(RegisterParams.parse({"url": "iris.mar", "handler": "proba_handler.py"}), apply=False)
     (record,) = manager.registry.list_models()
-    scoring.clear_model_cache()
+    model_cache.clear_model_cache()
     try:
-        chosen = scoring.cached_model(manager.store, record.source, record.digest, settings.cache_path, record.handler)
-        own = scoring.cached_model(manager.store, record.source, record.digest, settings.cache_path)
+        chosen = model_cache.cached_model(manager.store, record.source, record.digest, settings.cache_path, record.handler)
+        own = model_cache.cached_model(manager.store, record.source, record.digest, settings.cache_path)
     finally:
-        scoring.clear_model_cache()
+        model_cache.clear_model_cache()
     assert set(chosen.handler.handle({"input-0": ROWS})) == {"predict_proba"}
     assert set(own.handler.handle({"input-0": ROWS})) == {"predict", "label"}
