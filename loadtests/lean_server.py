@@ -73,10 +73,9 @@ def make_app(model: Any) -> Callable:
 
 
 def serve_until_stdin_closes(app: Callable, port: int, lifespan: str = "off") -> None:
-    """Run `app` on uvicorn (httptools, uvloop when installed), print READY once listening."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, http="httptools",
-                            loop="uvloop" if _has_uvloop() else "asyncio", log_level="warning", access_log=False,
-                            lifespan=lifespan)
+    """Run `app` on uvicorn (httptools; uvicorn's "auto" loop is uvloop when installed), print READY once listening."""
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, http="httptools", loop="auto", log_level="warning",
+                            access_log=False, lifespan=lifespan)
     server = uvicorn.Server(config)
     threading.Thread(target=_stop_when_stdin_closes, args=(server,), daemon=True).start()
     _announce_when_started(server)
@@ -85,14 +84,6 @@ def serve_until_stdin_closes(app: Callable, port: int, lifespan: str = "off") ->
 
 def main() -> None:
     serve_until_stdin_closes(make_app(joblib.load(sys.argv[1])), int(sys.argv[2]))
-
-
-def _has_uvloop() -> bool:
-    try:
-        import uvloop  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def _announce_when_started(server: uvicorn.Server) -> None:

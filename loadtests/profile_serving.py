@@ -26,7 +26,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import psutil
 
@@ -100,22 +100,26 @@ def _frames(stack: str) -> list[str]:
     return [re.sub(r":\d+\)$", ")", frame) for frame in stack.split(";")]
 
 
+def _samples(folded_files: Iterable[Path]) -> Iterator[tuple[list[str], int]]:
+    """(frames, outermost first; sample count) for each line of py-spy's raw (folded) output."""
+    for path in folded_files:
+        for line in path.read_text().splitlines():
+            stack, _, count = line.rpartition(" ")
+            if stack and count.isdigit():
+                yield _frames(stack), int(count)
+
+
 def top_functions(folded_files: Iterable[Path], limit: int) -> tuple[int, list[tuple[str, int, int]]]:
     """(busy samples, [(function, inclusive samples, self samples)]) sorted by inclusive samples."""
     inclusive: collections.Counter = collections.Counter()
     own: collections.Counter = collections.Counter()
     total = 0
-    for path in folded_files:
-        for line in path.read_text().splitlines():
-            stack, _, count = line.rpartition(" ")
-            if not stack or not count.isdigit():
-                continue
-            samples = int(count)
-            total += samples
-            frames = [_shorten(frame) for frame in _frames(stack)]
-            for frame in set(frames):
-                inclusive[frame] += samples
-            own[frames[-1]] += samples
+    for stack, samples in _samples(folded_files):
+        total += samples
+        frames = [_shorten(frame) for frame in stack]
+        for frame in set(frames):
+            inclusive[frame] += samples
+        own[frames[-1]] += samples
     rows = [(name, count, own[name]) for name, count in inclusive.most_common()]
     return total, rows[:limit] + sorted(((n, i, s) for n, i, s in rows[limit:] if s * 50 > total), key=lambda r: -r[2])[:10]
 
@@ -125,6 +129,8 @@ def _shorten(frame: str) -> str:
     return re.sub(r"\(/\S*?(site-packages|work/main)/", "(", frame)
 
 
+#: Frames a thread parks in (Ray's core worker loop, an idle thread's run, a pool's wait for work)
+WAITING_FRAMES = ("main_loop (", "run (threading.py)", "_worker (concurrent")
 #: A sample's stage: the first rule (in this order) that one of its frames matches. Frames are ``func (file)``.
 STAGES = [
     ("the model's predict (sklearn)", ("sklearn/",)),
@@ -133,7 +139,7 @@ STAGES = [
     ("modelpool's answer path (token, route, decode, batcher, encode)", ("(deployments/",)),
     ("Serve's request path in the replica (direct ingress, wrappers, send)", ("ray/serve/",)),
     ("HTTP server (uvicorn + httptools: parse, write)", ("uvicorn/", "httptools")),
-    ("waiting (Ray's core worker, idle threads)", ("main_loop (", "run (threading.py)", "_worker (concurrent")),
+    ("waiting (Ray's core worker, idle threads)", WAITING_FRAMES),
 ]
 
 
@@ -141,17 +147,12 @@ def stage_shares(folded_files: Iterable[Path]) -> dict[str, float]:
     """Each stage's share of the busy samples; a sample counts once, in its first matching stage."""
     counts: collections.Counter = collections.Counter()
     total = 0
-    for path in folded_files:
-        for line in path.read_text().splitlines():
-            stack, _, count = line.rpartition(" ")
-            if not stack or not count.isdigit():
-                continue
-            total += int(count)
-            frames = _frames(stack)
-            name = next((stage for stage, marks in STAGES if any(m in f for f in frames for m in marks)), "other")
-            if name.startswith("waiting") and not frames[-1].startswith(("main_loop (", "run (threading.py)", "_worker (")):
-                name = "other"  # a thread's own work below those frames
-            counts[name] += int(count)
+    for frames, samples in _samples(folded_files):
+        total += samples
+        name = next((stage for stage, marks in STAGES if any(m in f for f in frames for m in marks)), "other")
+        if name.startswith("waiting") and not frames[-1].startswith(WAITING_FRAMES):
+            name = "other"  # a thread's own work below those frames, not waiting
+        counts[name] += samples
     return {name: counts[name] / max(total, 1) for name in [s for s, _ in STAGES] + ["other"]}
 
 
