@@ -33,6 +33,7 @@ from google.protobuf.message import DecodeError
 logger = logging.getLogger("ray.serve")
 
 SERVICE = "inference.GRPCInferenceService"
+SERVICE_PREFIX = f"/{SERVICE}/"
 GRPC_CONTENT_TYPE = b"application/grpc"
 #: the front retires an HTTP/2 connection to a port after this many calls: zttp 0.0.35 drops a
 #: connection as a "flood" after 4,096 streams, and a retired connection fails no call
@@ -156,20 +157,29 @@ async def _read_body(receive: Callable) -> bytes:
 
 
 class GrpcPort:
-    """The port's HTTP/2 server on the replica's event loop; ``address`` once started.
+    """The port's server on the replica's event loop; ``address`` once started.
 
+    gRPC calls (HTTP/2) go to the gRPC app; with ``rest``, every other request (HTTP/1.1 or HTTP/2) goes
+    to it (``rest_entry.RestApp``): one socket, whichever protocol a connection speaks.
     ``headers`` go out as every call's initial metadata (the replica's id, as REST answers carry it).
     """
 
-    def __init__(self, methods: Mapping[str, GrpcMethod], headers: Mapping[str, str] = ()) -> None:
+    def __init__(self, methods: Mapping[str, GrpcMethod], headers: Mapping[str, str] = (), rest: Any = None) -> None:
         self.app = GrpcApp(methods, headers)
+        self.rest = rest
         self.address = ""
         self._server: Optional[uvicorn.Server] = None
         self._task: Optional[asyncio.Task] = None
 
     @property
     def in_flight(self) -> int:
-        return self.app.in_flight
+        return self.app.in_flight + (self.rest.in_flight if self.rest is not None else 0)
+
+    async def _dispatch(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if self.rest is not None and not scope.get("path", "").startswith(SERVICE_PREFIX):
+            await self.rest(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
 
     async def start(self, host: str) -> str:
         """Listen on ``host`` at a port the kernel picks; the ``host:port`` the front dials."""
@@ -177,8 +187,11 @@ class GrpcPort:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, 0))
         port = sock.getsockname()[1]
-        config = uvicorn.Config(self.app, http="zttp", http2=True, lifespan="off", access_log=False,
-                                log_config=None, log_level="warning", timeout_keep_alive=KEEP_ALIVE_S)
+        # interface: a bound method would be taken for ASGI2; proxy_headers: only the front connects, and
+        # nothing here reads the client's address (uvicorn's middleware would cost every request)
+        config = uvicorn.Config(self._dispatch, http="zttp", http2=True, lifespan="off", access_log=False,
+                                log_config=None, log_level="warning", timeout_keep_alive=KEEP_ALIVE_S,
+                                interface="asgi3", proxy_headers=False)
         self._server = uvicorn.Server(config)
         self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign] # not the main thread
         self._task = asyncio.get_running_loop().create_task(self._server.serve(sockets=[sock]))
@@ -191,10 +204,11 @@ class GrpcPort:
 
     async def stop(self, drain_s: float) -> None:
         """Answer the calls in flight (up to ``drain_s``), then close the port."""
+        idle = [self.app.idle.wait()] + ([self.rest.idle.wait()] if self.rest is not None else [])
         try:
-            await asyncio.wait_for(self.app.idle.wait(), drain_s)
+            await asyncio.wait_for(asyncio.gather(*idle), drain_s)
         except asyncio.TimeoutError:
-            logger.warning("gRPC port %s stopped with %d calls in flight", self.address, self.app.in_flight)
+            logger.warning("replica port %s stopped with %d calls in flight", self.address, self.in_flight)
         if self._server is not None:
             self._server.should_exit = True
             # drained: idle connections (the front keeps some) need no goodbye, and uvicorn would wait for them

@@ -19,7 +19,7 @@ from starlette.responses import Response
 
 from modelpool.cluster.settings import DEFAULT_MAX_BODY_BYTES
 from modelpool.deployments import grpc_entry
-from modelpool.deployments.app_names import GENERIC_POOL_APP, GENERIC_POOL_DEPLOYMENT
+from modelpool.deployments.app_names import GENERIC_POOL_APP, GENERIC_POOL_DEPLOYMENT, GENERIC_POOL_ROUTE
 from modelpool.deployments.errors import RequestError
 from modelpool.deployments.grpc_port import GrpcMethod
 from modelpool.deployments.http_io import codec_headers, read_body, sub_path
@@ -28,6 +28,7 @@ from modelpool.deployments.model_calls import ModelCall, parse_model_call
 from modelpool.deployments.protos import open_inference_pb2 as pb
 from modelpool.deployments.replica_base import HttpTarget, ReplicaBase
 from modelpool.deployments.replica_grpc import IN_FLIGHT_METRIC, ReplicaGrpcPort
+from modelpool.deployments.rest_entry import RestApp
 
 logger = logging.getLogger("ray.serve")
 
@@ -52,7 +53,7 @@ class ModelServer(ReplicaBase):
             "ModelInfer": GrpcMethod(pb.ModelInferRequest, self.ModelInfer),
             "ModelReady": GrpcMethod(pb.ModelReadyRequest, self.ModelReady),
             "ModelMetadata": GrpcMethod(pb.ModelMetadataRequest, self.ModelMetadata),
-        }, self._headers)
+        }, self._headers, rest=RestApp(self.__call__, f"{GENERIC_POOL_ROUTE}/{name}"))
 
     def _apply(self, user_config: dict) -> None:
         """Batch size, delay and the version lists, applied without a restart; the replica's gRPC port opens."""

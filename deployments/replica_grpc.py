@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Mapping, Optional
+from typing import Any, Mapping, Optional
 
 from modelpool.deployments.app_names import GRPC_FRONT_APP, GRPC_FRONT_DEPLOYMENT
 from modelpool.deployments.grpc_port import GrpcMethod, GrpcPort
@@ -28,8 +28,8 @@ class ReplicaGrpcPort:
     port must serve there too: the model's batcher lives on that loop); a no-op without one (unit
     tests). ``open`` may be called from any thread (Serve may run ``reconfigure`` in a pool)."""
 
-    def __init__(self, methods: Mapping[str, GrpcMethod], headers: Mapping[str, str] = ()) -> None:
-        self.port = GrpcPort(methods, headers)
+    def __init__(self, methods: Mapping[str, GrpcMethod], headers: Mapping[str, str] = (), rest: Any = None) -> None:
+        self.port = GrpcPort(methods, headers, rest)
         self._task: Optional[asyncio.Task] = None
         self._registered = False
         self._opened = False
@@ -61,6 +61,8 @@ class ReplicaGrpcPort:
 
         context = serve.get_replica_context()
         app, replica = context.app_name, context.replica_id.unique_id
+        if self.port.rest is not None:
+            self.port.rest.app_name = app  # its log lines name the app, as Serve's do
         try:
             address = await self.port.start(get_node_ip_address())
         except Exception:  # noqa: BLE001 - gRPC still reaches the replica through Serve's ingress

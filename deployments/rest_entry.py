@@ -1,0 +1,93 @@
+"""REST calls on a model replica's own port: the replica's HTTP entry point without Serve's request path.
+
+Why: under load a replica spends more on Serve's per-request machinery (request metadata, a
+disconnect-watching receive task, tracing context, queue accounting, its ASGI wrappers) than on
+modelpool's own answer path (BENCHMARKS.md, issue 15). The replica's port (``grpc_port``: uvicorn,
+HTTP/1.1 and HTTP/2 on one socket) already answers gRPC; this app answers everything else on it by
+calling the same entry point Serve's path calls (:meth:`ReplicaBase.__call__`), so token checks,
+body limits, deadlines, errors, metrics and the request budget are the same code.
+
+What Serve's path adds around a request, and its users see, is kept here:
+
+- the ``x-request-id`` answer header: the caller's, or one made up;
+- the request id on every log line the call writes (Serve's log context, so the replica's log reads
+  the same whichever path a request took) and an access-log line per call in Serve's format;
+- the count of calls in flight, which the replica reports to the autoscaler (``record_autoscaling_stats``)
+  and drains before it stops.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from typing import Awaitable, Callable
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+logger = logging.getLogger("ray.serve")
+
+REQUEST_ID_HEADER = "x-request-id"
+_REQUEST_ID_KEY = REQUEST_ID_HEADER.encode()
+#: what Serve's own access-log records carry so its formatter prints them as access lines
+_ACCESS_LOG_EXTRA = {"serve_access_log": True, "log_to_stderr": False}
+
+
+def request_id_of(headers: list[tuple[bytes, bytes]]) -> str:
+    """The caller's ``x-request-id``, else a new one (Serve makes up a uuid4 too)."""
+    for key, value in headers:
+        if key == _REQUEST_ID_KEY:
+            return value.decode("latin-1")
+    return str(uuid.uuid4())
+
+
+def set_log_context(request_id: str, route: str, app_name: str) -> None:
+    """Serve's request context for this task: every log line the call writes carries the request id.
+
+    Serve keeps it in a context variable of ``ray.serve.context``; each ASGI call runs in a task of
+    its own, so setting it here touches no other request.
+    """
+    from ray.serve import context
+
+    context._set_request_context(route=route, request_id=request_id, app_name=app_name)
+
+
+class RestApp:
+    """The ASGI app of a replica port's REST calls; ``answer`` is the replica's HTTP entry point.
+
+    ``root_path`` is the model's prefix (``/v2/models/{name}``): the entry point reads the call below it,
+    as it reads what Serve passes below the app's route prefix.
+    """
+
+    def __init__(self, answer: Callable[[Request], Awaitable[Response]], root_path: str, app_name: str = "",
+                 log_context: Callable[[str, str, str], None] = set_log_context) -> None:
+        self.answer = answer
+        self.root_path = root_path
+        self.app_name = app_name
+        self.log_context = log_context
+        self.in_flight = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            return
+        started = time.perf_counter()
+        request_id = request_id_of(scope["headers"])
+        scope["root_path"] = self.root_path
+        self.log_context(request_id, self.root_path, self.app_name)
+        self.in_flight += 1
+        self.idle.clear()
+        status = 500
+        try:
+            response = await self.answer(Request(scope, receive))
+            response.headers.append(REQUEST_ID_HEADER, request_id)
+            status = response.status_code
+            await response(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+            if self.in_flight == 0:
+                self.idle.set()
+            logger.info("%s %s %s %.1fms", scope["method"], scope["path"], status,
+                        (time.perf_counter() - started) * 1000, extra=_ACCESS_LOG_EXTRA)
