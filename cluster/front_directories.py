@@ -1,6 +1,6 @@
 """The gRPC fronts' private directories in the temp dir, and removing the ones dead fronts left.
 
-Here rather than beside the front (deployments/grpc_front.py) because ``modelpool stop`` (cluster/runtime.py)
+Here rather than beside the front (deployments/front.py) because ``modelpool stop`` (cluster/runtime.py)
 removes them too, and the cluster layer imports nothing above it.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Optional
 
 import psutil
 
-FRONT_DIRECTORY_PREFIX = "modelpool-grpc-front-"
+FRONT_DIRECTORY_PREFIX = "modelpool-front-"
 STALE_AFTER_S = 60.0  # a directory this old with no haproxy on it is not one still being started
 
 

@@ -118,7 +118,7 @@ class Settings(BaseModel):
         options = {"single_threaded": self.single_threaded, "debug": self.debug,
                    "payload_passthrough": self.payload_passthrough, "max_requests": self.max_requests,
                    "max_requests_jitter": self.max_requests_jitter, "body_timeout_s": self.body_timeout_s,
-                   "replica_grpc_port": self.grpc_enabled}
+                   "replica_port": self.grpc_enabled}
         if self.inference_token:
             options["inference_token_sha256"] = [token_digest(token) for token in
                                                  (self.inference_token, self.management_token) if token]

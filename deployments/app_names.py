@@ -17,8 +17,8 @@ MANAGEMENT_APP = "management"  # at route prefix "/"; the gRPC front sends it th
 GENERIC_POOL_APP = "generic-pool"
 GENERIC_POOL_DEPLOYMENT = "GenericPool"
 GENERIC_POOL_ROUTE = "/v2/models"
-GRPC_FRONT_APP = "grpc-front"
-GRPC_FRONT_DEPLOYMENT = "GrpcFront"
+FRONT_APP = "front"
+FRONT_DEPLOYMENT = "Front"
 PROTOCOL_FRONT_DEPLOYMENT = "ProtocolFront"
 # protocol -> the Serve app at its codec's ROUTE_PREFIX (modelpool.deployments.protocol_front)
 PROTOCOL_FRONT_APPS = {torchserve.NAME: "torchserve-inference", kserve_v1.NAME: "kserve-v1"}

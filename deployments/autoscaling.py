@@ -1,7 +1,7 @@
 """The autoscaling policy of model apps: Serve's own rule over the requests of both paths.
 
 Serve scales a deployment on the requests ongoing at its replicas, as it counts them. gRPC calls
-that the front sends straight to a replica's own port (``grpc_port``) never pass Serve's request
+that the front sends straight to a replica's own port (``replica_port``) never pass Serve's request
 path, so each replica reports them itself (``record_autoscaling_stats``, averaged by Serve over the
 look-back period) and this policy adds them to Serve's count. The rest is Serve's default rule:
 desired replicas = running x ongoing / (target_ongoing_requests x running); Serve then applies
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from modelpool.deployments.replica_grpc import IN_FLIGHT_METRIC
+from modelpool.deployments.announced_port import IN_FLIGHT_METRIC
 
 POLICY = f"{__name__}:ongoing_on_both_paths"
 

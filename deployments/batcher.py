@@ -39,6 +39,7 @@ class _Pending(Generic[T]):
     item: T
     key: Hashable
     future: asyncio.Future
+    queued_at: float  # monotonic time of ``submit``, for the wait metric
 
 
 @dataclass
@@ -49,12 +50,16 @@ class BatchStats:
     items: int = 0
     largest: int = 0
     sizes: dict = field(default_factory=dict)
+    waited_s: float = 0.0  # summed over items: time from ``submit`` to their batch's start
+    last_wait_s: float = 0.0  # the batch starting now (read by the batch function for metrics)
 
-    def record(self, size: int) -> None:
+    def record(self, size: int, waited_s: float = 0.0) -> None:
         self.batches += 1
         self.items += size
         self.largest = max(self.largest, size)
         self.sizes[size] = self.sizes.get(size, 0) + 1
+        self.waited_s += waited_s
+        self.last_wait_s = waited_s
 
 
 class AdaptiveBatcher(Generic[T]):
@@ -103,7 +108,7 @@ class AdaptiveBatcher(Generic[T]):
         if (not self._busy and not self._queue and self._incoming == 0
                 and time.monotonic() - self._idle_since > FAST_PATH_IDLE_S):
             return await self._run_alone(item)
-        pending = _Pending(item, key, loop.create_future())
+        pending = _Pending(item, key, loop.create_future(), time.monotonic())
         self._queue.append(pending)
         self._arrived.set()
         if self._worker is None or self._worker.done():
@@ -135,7 +140,8 @@ class AdaptiveBatcher(Generic[T]):
                     await self._arrived.wait()
                 await self._gather()
                 batch = self._take_batch()
-                self.stats.record(len(batch))
+                started = time.monotonic()
+                self.stats.record(len(batch), sum(started - p.queued_at for p in batch))
                 self._busy = True
                 try:
                     await self._execute(batch)

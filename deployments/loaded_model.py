@@ -131,7 +131,7 @@ class LoadedModel:
 
     async def _predict_batch(self, requests: list[dataplane.ModelRequest]) -> list[Any]:
         """One handler call for the batch; on failure, retry alone so one bad request fails alone."""
-        self.metrics.batch(len(requests), self.batcher.waiting)
+        self.metrics.batch(len(requests), self.batcher.waiting, self.batcher.stats.last_wait_s)
         if isinstance(requests[0], RawRequest):
             return [(await self._run_raw(request), 1) for request in requests]
         wanted = requests[0].requested_outputs

@@ -42,6 +42,11 @@ def _registry() -> Optional[dict]:
         "batch_size": metrics.Histogram(
             "modelpool_batch_size", "Requests served by one handler call.",
             boundaries=BATCH_SIZE_BOUNDARIES, tag_keys=("model", "version")),
+        "batch_wait": metrics.Counter(
+            "modelpool_batch_wait_ms_total",
+            "Time requests waited in a replica's batcher for their handler call, summed, in ms "
+            "(divided by modelpool_batch_size_sum: the mean wait of a request).",
+            tag_keys=("model", "version")),
         "queue": metrics.Gauge(
             "modelpool_queue_length", "Most requests waiting in a replica's batcher when a batch started, over the last second.",
             tag_keys=("model", "version", "replica")),
@@ -72,6 +77,7 @@ class ModelMetrics:
         self._requests: dict[tuple[str, int], int] = {}
         self._latencies: dict[str, list[float]] = {}
         self._batch_sizes: dict[int, int] = {}
+        self._batch_wait_ms = 0.0
         self._most_waiting: Optional[int] = None
         if self._registry is not None:
             _flusher().add(self)
@@ -87,11 +93,13 @@ class ModelMetrics:
                 latencies = self._latencies[route] = []
             latencies.append(latency_ms)
 
-    def batch(self, size: int, waiting: int) -> None:
+    def batch(self, size: int, waiting: int, waited_s: float = 0.0) -> None:
+        """One handler call of ``size`` requests, which waited ``waited_s`` in the batcher in all."""
         if self._registry is None:
             return
         with self._lock:
             self._batch_sizes[size] = self._batch_sizes.get(size, 0) + 1
+            self._batch_wait_ms += waited_s * 1000
             if self._most_waiting is None or waiting > self._most_waiting:
                 self._most_waiting = waiting
 
@@ -101,6 +109,7 @@ class ModelMetrics:
             requests, self._requests = self._requests, {}
             latencies, self._latencies = self._latencies, {}
             sizes, self._batch_sizes = self._batch_sizes, {}
+            wait_ms, self._batch_wait_ms = self._batch_wait_ms, 0.0
             most_waiting, self._most_waiting = self._most_waiting, None
         registry = self._registry
         for (route, status), count in requests.items():
@@ -112,6 +121,8 @@ class ModelMetrics:
         for size, count in sizes.items():
             for _ in range(count):
                 registry["batch_size"].observe(size, self._model_tags)
+        if wait_ms > 0:  # Ray's counters refuse 0
+            registry["batch_wait"].inc(wait_ms, self._model_tags)
         # set on every flush (0 = no batch waited on anyone): Ray drops a gauge that is not re-set for a while
         registry["queue"].set(most_waiting or 0, self._queue_tags)
 

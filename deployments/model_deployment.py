@@ -21,13 +21,13 @@ from modelpool.cluster.settings import DEFAULT_MAX_BODY_BYTES
 from modelpool.deployments import grpc_entry
 from modelpool.deployments.app_names import GENERIC_POOL_APP, GENERIC_POOL_DEPLOYMENT, GENERIC_POOL_ROUTE
 from modelpool.deployments.errors import RequestError
-from modelpool.deployments.grpc_port import GrpcMethod
+from modelpool.deployments.replica_port import GrpcMethod
 from modelpool.deployments.http_io import codec_headers, read_body, sub_path
 from modelpool.deployments.loaded_model import LoadedModel
 from modelpool.deployments.model_calls import ModelCall, parse_model_call
 from modelpool.deployments.protos import open_inference_pb2 as pb
 from modelpool.deployments.replica_base import HttpTarget, ReplicaBase
-from modelpool.deployments.replica_grpc import IN_FLIGHT_METRIC, ReplicaGrpcPort
+from modelpool.deployments.announced_port import IN_FLIGHT_METRIC, AnnouncedPort
 from modelpool.deployments.rest_entry import RestApp
 
 logger = logging.getLogger("ray.serve")
@@ -49,7 +49,7 @@ class ModelServer(ReplicaBase):
         self.versions = [version]
         self.pool_versions: set[str] = set()
         self.retired = False
-        self.grpc_port = ReplicaGrpcPort({
+        self.port = AnnouncedPort({
             "ModelInfer": GrpcMethod(pb.ModelInferRequest, self.ModelInfer),
             "ModelReady": GrpcMethod(pb.ModelReadyRequest, self.ModelReady),
             "ModelMetadata": GrpcMethod(pb.ModelMetadataRequest, self.ModelMetadata),
@@ -65,8 +65,8 @@ class ModelServer(ReplicaBase):
         self.versions = [str(v) for v in user_config.get("versions", self.versions)]
         self.pool_versions = {str(v) for v in user_config.get("pool_versions", ())}
         self.retired = bool(user_config.get("retired"))  # unregistered: draining, but no longer answering for it
-        if self.options.replica_grpc_port:
-            self.grpc_port.open()
+        if self.options.replica_port:
+            self.port.open()
         logger.debug("model %s version %s applied user_config %s", self.name, self.version, user_config)
 
     def _loaded_models(self) -> tuple[LoadedModel, ...]:
@@ -112,13 +112,13 @@ class ModelServer(ReplicaBase):
     def record_autoscaling_stats(self) -> dict[str, float]:
         """gRPC calls in flight on the replica's own port, which Serve's ongoing count does not see
         (``modelpool.deployments.autoscaling`` adds the two)."""
-        return {IN_FLIGHT_METRIC: float(self.grpc_port.in_flight)}
+        return {IN_FLIGHT_METRIC: float(self.port.in_flight)}
 
     def __del__(self) -> Optional[Awaitable[None]]:
         """Serve's shutdown hook, after it drained its own requests; it awaits what this returns:
         withdrawing the gRPC port from the front, answering the calls in flight on it, closing it.
         (Not ``async def``: the garbage collector calls ``__del__`` too and would drop a coroutine.)"""
-        port = getattr(self, "grpc_port", None)
+        port = getattr(self, "port", None)
         return port.close() if port is not None and port.opened else None
 
     async def _forward_to_pool(self, call: ModelCall, request: Request) -> Response:

@@ -37,7 +37,7 @@ from modelpool.deployments.app_names import GENERIC_POOL_APP, GENERIC_POOL_DEPLO
 from modelpool.deployments.codecs import PROTOCOLS
 from modelpool.deployments.codecs.base import ProtocolCall
 from modelpool.deployments.errors import RequestError
-from modelpool.deployments.grpc_front import route_key
+from modelpool.deployments.front import route_key
 from modelpool.deployments.http_io import JSON, check_inference_token, codec_headers, read_body, sub_path
 from modelpool.deployments.log_flush import start_log_flusher
 from modelpool.deployments.model_calls import ProtocolAnswer, protocol_answer, protocol_error

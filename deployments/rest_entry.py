@@ -2,7 +2,7 @@
 
 Why: under load a replica spends more on Serve's per-request machinery (request metadata, a
 disconnect-watching receive task, tracing context, queue accounting, its ASGI wrappers) than on
-modelpool's own answer path (BENCHMARKS.md, issue 15). The replica's port (``grpc_port``: uvicorn,
+modelpool's own answer path (BENCHMARKS.md, issue 15). The replica's port (``replica_port``: uvicorn,
 HTTP/1.1 and HTTP/2 on one socket) already answers gRPC; this app answers everything else on it by
 calling the same entry point Serve's path calls (:meth:`ReplicaBase.__call__`), so token checks,
 body limits, deadlines, errors, metrics and the request budget are the same code.

@@ -27,7 +27,7 @@ class ServingOptions:
     #: SHA-256 digests of the tokens model routes accept; empty: model routes are open (the default)
     inference_token_sha256: tuple[str, ...] = ()
     #: open the replica's own gRPC port and register it with the gRPC front (on when gRPC is)
-    replica_grpc_port: bool = False
+    replica_port: bool = False
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "ServingOptions":
@@ -40,7 +40,7 @@ class ServingOptions:
             max_requests_jitter=max(0, int(config.get("max_requests_jitter", 0))),
             body_timeout_s=float(config.get("body_timeout_s", DEFAULT_BODY_TIMEOUT_S)),
             inference_token_sha256=tuple(str(d) for d in config.get("inference_token_sha256", ())),
-            replica_grpc_port=bool(config.get("replica_grpc_port", False)),
+            replica_port=bool(config.get("replica_port", False)),
         )
 
     @classmethod

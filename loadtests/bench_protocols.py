@@ -92,13 +92,13 @@ def replica_port(cluster) -> str:
     """host:port of iris v1's replica gRPC port, as the front knows it (asked once, before any load)."""
     if APP not in _PORTS:
         from modelpool.cluster.runtime import connect  # first: it exports Ray's auth settings, read when ray is imported
-        from modelpool.deployments.app_names import GRPC_FRONT_APP, GRPC_FRONT_DEPLOYMENT
+        from modelpool.deployments.app_names import FRONT_APP, FRONT_DEPLOYMENT
 
         import ray
         from ray import serve
 
         async def registered() -> dict:
-            front = serve.get_deployment_handle(GRPC_FRONT_DEPLOYMENT, app_name=GRPC_FRONT_APP)
+            front = serve.get_deployment_handle(FRONT_DEPLOYMENT, app_name=FRONT_APP)
             for _ in range(60):  # a handle outside a replica needs a running loop (Serve's throughput mode)
                 table = await front.ports_table.remote()
                 if table.get(APP):

@@ -27,8 +27,8 @@ from ray import serve
 from ray.serve.api import RunTarget
 
 from modelpool.deployments.generic_pool import GenericPool
-from modelpool.deployments.app_names import GENERIC_POOL_DEPLOYMENT, GRPC_FRONT_DEPLOYMENT, PROTOCOL_FRONT_DEPLOYMENT
-from modelpool.deployments.grpc_front import GrpcFront
+from modelpool.deployments.app_names import GENERIC_POOL_DEPLOYMENT, FRONT_DEPLOYMENT, PROTOCOL_FRONT_DEPLOYMENT
+from modelpool.deployments.front import Front
 from modelpool.deployments.model_deployment import ModelServer
 from modelpool.deployments.protocol_front import ProtocolFront
 from modelpool.management import route_probe
@@ -52,7 +52,7 @@ def _bind(app: AppConfig):
     options = dict(app.deployment_options)
     options["user_config"] = {**(options.get("user_config") or {}), CONFIG_ID: fingerprint(app)}
     version = options.pop("version")
-    target = {GENERIC_POOL_DEPLOYMENT: GenericPool, GRPC_FRONT_DEPLOYMENT: GrpcFront,
+    target = {GENERIC_POOL_DEPLOYMENT: GenericPool, FRONT_DEPLOYMENT: Front,
               PROTOCOL_FRONT_DEPLOYMENT: ProtocolFront}.get(app.deployment_name, ModelServer)
     for attempt in range(_BIND_ATTEMPTS):
         try:

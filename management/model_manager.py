@@ -85,8 +85,8 @@ class ModelManager(RepositoryCalls):
             if app_name not in wanted and (only_model is None or (parsed and parsed[0] == only_model)):
                 deployer.delete_app(app_name, wait=False)
                 deleted.append(app_name)
-        fronts = [serve_configs.grpc_front_app_config(placement.grpc_front_config(self.settings),
-                                                      serve_configs.grpc_routes(plan.dedicated), deployer.code_version())
+        fronts = [serve_configs.front_app_config(placement.front_config(self.settings),
+                                                      serve_configs.front_routes(plan.dedicated), deployer.code_version())
                   ] if self.settings.grpc_enabled else []
         fronts += serve_configs.protocol_front_app_configs(plan.dedicated, plan.catalog, plan.known_models,
                                                            placement.pool_config(self.settings), deployer.code_version())

@@ -12,7 +12,7 @@ from typing import Iterable, Optional
 
 from modelpool.cluster.settings import Settings
 from modelpool.management.registry import ModelRecord, PoolRecord, version_sort_key
-from modelpool.management.serve_configs import SERVE_HEALTH_CHECK_TIMEOUT_S, GrpcFrontConfig, ModelConfig, PoolConfig
+from modelpool.management.serve_configs import SERVE_HEALTH_CHECK_TIMEOUT_S, FrontConfig, ModelConfig, PoolConfig
 
 
 @dataclass(frozen=True)
@@ -132,11 +132,11 @@ def pool_config(settings: Settings) -> PoolConfig:
     )
 
 
-def grpc_front_config(settings: Settings) -> GrpcFrontConfig:
+def front_config(settings: Settings) -> FrontConfig:
     """The front listens where HTTP does, on --grpc-port, and forwards to Serve's gRPC ingress on that host."""
     upstream_host = "127.0.0.1" if settings.http_host in ("0.0.0.0", "::") else settings.http_host
     if ":" in upstream_host:
         upstream_host = f"[{upstream_host}]"
-    return GrpcFrontConfig(host=settings.http_host, port=settings.grpc_port,
+    return FrontConfig(host=settings.http_host, port=settings.grpc_port,
                            upstream=f"{upstream_host}:{settings.grpc_ingress_port}", workers=settings.grpc_workers,
                            health_check_period_s=HEALTH_CHECK_PERIOD_S)

@@ -29,10 +29,10 @@ from modelpool.cluster.settings import (DEFAULT_DOWNSCALE_DELAY_S, DEFAULT_MAX_B
                                         DEFAULT_WORKERS, POOL_MODELS_PER_REPLICA_ENV)
 from modelpool.deployments.autoscaling import POLICY as AUTOSCALING_POLICY
 from modelpool.deployments.codecs import PROTOCOLS
-from modelpool.deployments.app_names import (GENERIC_POOL_APP, GENERIC_POOL_DEPLOYMENT, GENERIC_POOL_ROUTE, GRPC_FRONT_APP,
-                                   GRPC_FRONT_DEPLOYMENT, MANAGEMENT_APP, PROTOCOL_FRONT_APPS,
+from modelpool.deployments.app_names import (GENERIC_POOL_APP, GENERIC_POOL_DEPLOYMENT, GENERIC_POOL_ROUTE, FRONT_APP,
+                                   FRONT_DEPLOYMENT, MANAGEMENT_APP, PROTOCOL_FRONT_APPS,
                                    PROTOCOL_FRONT_DEPLOYMENT, app_name, deployment_name)
-from modelpool.deployments.grpc_front import route_key
+from modelpool.deployments.front import route_key
 
 # The defaults below are Settings' (modelpool.cluster.settings), so a config built without them is what a cluster
 # started without flags deploys; Serve's own defaults are named here.
@@ -214,7 +214,7 @@ def generic_pool_app_config(pool: PoolConfig, catalog: dict, known_models: list[
 
 
 @dataclass(frozen=True)
-class GrpcFrontConfig:
+class FrontConfig:
     """The V2 gRPC front: where it listens, the Serve gRPC ingress it forwards to, its threads."""
 
     host: str
@@ -225,7 +225,7 @@ class GrpcFrontConfig:
     health_check_period_s: float = 2.0
 
 
-def grpc_routes(dedicated: list["ModelConfig"]) -> dict[str, str]:
+def front_routes(dedicated: list["ModelConfig"]) -> dict[str, str]:
     """The front's routing table: ``name/version`` (and ``name/`` for the default) -> the app serving it.
 
     Only dedicated versions are listed; every other call goes to the generic pool, which serves the
@@ -239,12 +239,12 @@ def grpc_routes(dedicated: list["ModelConfig"]) -> dict[str, str]:
     return routes
 
 
-def grpc_front_app_config(front: GrpcFrontConfig, routes: dict[str, str], code_version: str) -> AppConfig:
+def front_app_config(front: FrontConfig, routes: dict[str, str], code_version: str) -> AppConfig:
     """One front replica with no HTTP route; the routing table travels in user_config (live, no restart)."""
     init_kwargs = {"host": front.host, "port": front.port, "upstream": front.upstream, "workers": front.workers,
                    "management_app": front.management_app, "pool_app": GENERIC_POOL_APP}
     options: dict[str, Any] = {
-        "name": GRPC_FRONT_DEPLOYMENT,
+        "name": FRONT_DEPLOYMENT,
         "version": _fingerprint({"init": init_kwargs, "code": code_version}),
         "num_replicas": 1,
         "max_replicas_per_node": 1,  # one port per node
@@ -252,7 +252,7 @@ def grpc_front_app_config(front: GrpcFrontConfig, routes: dict[str, str], code_v
         "user_config": {"routes": dict(sorted(routes.items()))},
         "health_check_period_s": front.health_check_period_s,
     }
-    return AppConfig(GRPC_FRONT_APP, None, GRPC_FRONT_DEPLOYMENT, options, init_kwargs)
+    return AppConfig(FRONT_APP, None, FRONT_DEPLOYMENT, options, init_kwargs)
 
 
 PROTOCOL_FRONT_MAX_ONGOING = 1024  # a front only waits on model replicas, which bound the work themselves

@@ -6,7 +6,7 @@ import threading
 
 import grpc
 
-from modelpool.deployments.grpc_port import CallContext, GrpcMethod, GrpcPort
+from modelpool.deployments.replica_port import CallContext, GrpcMethod, ReplicaPort
 from modelpool.deployments.protos import open_inference_pb2 as pb
 
 SLOW_S = 0.5
@@ -31,14 +31,14 @@ async def ready(request: pb.ModelReadyRequest, context: CallContext) -> pb.Model
 
 
 class RunningPort:
-    """A GrpcPort on its own event loop thread; ``ModelInfer`` answers with ``served_by`` as its id."""
+    """A ReplicaPort on its own event loop thread; ``ModelInfer`` answers with ``served_by`` as its id."""
 
     def __init__(self, served_by: str = "") -> None:
         self.served_by = served_by
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.port = GrpcPort({"ModelInfer": GrpcMethod(pb.ModelInferRequest, self.infer),
+        self.port = ReplicaPort({"ModelInfer": GrpcMethod(pb.ModelInferRequest, self.infer),
                               "ModelReady": GrpcMethod(pb.ModelReadyRequest, ready)},
                              {"x-modelpool-replica": served_by or "replica-1"})
         self.address = self.run(self.port.start("127.0.0.1"))

@@ -5,7 +5,7 @@ from ray.serve._private.common import DeploymentID, ReplicaID
 from ray.serve.config import AutoscalingConfig, AutoscalingContext
 
 from modelpool.deployments.autoscaling import ongoing_on_both_paths
-from modelpool.deployments.replica_grpc import IN_FLIGHT_METRIC
+from modelpool.deployments.announced_port import IN_FLIGHT_METRIC
 
 
 def context(running: int, serve_ongoing: float, port_in_flight: list[float]) -> AutoscalingContext:

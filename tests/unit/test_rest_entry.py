@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from modelpool.deployments.examples import build_examples
-from modelpool.deployments.grpc_port import GrpcPort
+from modelpool.deployments.replica_port import ReplicaPort
 from modelpool.deployments.model_deployment import ModelServer
 from modelpool.deployments.rest_entry import RestApp
 
@@ -30,7 +30,7 @@ class RunningPort:
     def __init__(self, server: ModelServer) -> None:
         self.loop = asyncio.new_event_loop()
         self.rest = RestApp(server.__call__, "/v2/models/iris", "model:iris:1", log_context=lambda *_: None)
-        self.port = GrpcPort({}, {}, rest=self.rest)
+        self.port = ReplicaPort({}, {}, rest=self.rest)
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         self.address = asyncio.run_coroutine_threadsafe(self.port.start("127.0.0.1"), self.loop).result(10)

@@ -8,7 +8,7 @@ trivial handler; through Serve's gRPC path modelpool reached 0.55x its own REST 
 message in, a framed message and ``grpc-status`` trailers out, which plain ASGI can say
 (uvicorn supports the ``http.response.trailers`` extension over HTTP/2).
 
-The gRPC front (``grpc_front``) routes a call straight to one of these ports once the replica has
+The gRPC front (``front``) routes a call straight to one of these ports once the replica has
 registered it there, and through Serve's gRPC ingress otherwise (the path every call took before).
 Calls land in the replica's own ``ModelInfer``/``ModelReady``/``ModelMetadata`` methods with a
 :class:`CallContext` standing in for grpc's servicer context, so both paths answer alike.
@@ -156,7 +156,7 @@ async def _read_body(receive: Callable) -> bytes:
             return b"".join(chunks)
 
 
-class GrpcPort:
+class ReplicaPort:
     """The port's server on the replica's event loop; ``address`` once started.
 
     gRPC calls (HTTP/2) go to the gRPC app; with ``rest``, every other request (HTTP/1.1 or HTTP/2) goes

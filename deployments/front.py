@@ -11,13 +11,13 @@ Measured against the alternatives (BENCHMARKS.md): a Python router replica cost 
 a fifth of the throughput at c=64; reading the fields in HAProxy costs about nothing. Statuses,
 details and trailers pass through untouched.
 
-Dedicated model replicas also open a gRPC port of their own (``grpc_port``: HTTP/2 on uvicorn,
+Dedicated model replicas also open a gRPC port of their own (``replica_port``: HTTP/2 on uvicorn,
 about three times cheaper per call than Serve's grpcio path) and register it here. A call for an
 app with registered ports goes straight to one of them, picked at random per call (a second map,
 ``app@slot -> host|port``, and ``set-dst``); any other call takes Serve's gRPC ingress. A port
 that stops answering a TCP probe leaves the map within a second.
 
-The front runs as a child of a Serve replica (``GrpcFront``): Serve restarts it with the replica,
+The front runs as a child of a Serve replica (``Front``): Serve restarts it with the replica,
 and management pushes the routing table through ``user_config`` like the generic pool's catalog;
 ``reconfigure`` swaps the map atomically over HAProxy's admin socket, so a routing change is seen
 by the next call without a reload.
@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Mapping, Optional
 
 from modelpool.cluster.front_directories import FRONT_DIRECTORY_PREFIX, remove_stale_front_directories
-from modelpool.deployments.grpc_port import MAX_CALLS_PER_CONNECTION
+from modelpool.deployments.replica_port import MAX_CALLS_PER_CONNECTION
 
 logger = logging.getLogger("ray.serve")
 
@@ -126,7 +126,7 @@ backend replica_ports
     http-reuse always
     http-request set-dst var(txn.port),field(1,|)
     http-request set-dst-port var(txn.port),field(2,|)
-    # max-reuse: a connection is retired before the replica's HTTP/2 stack would drop it (grpc_port.py)
+    # max-reuse: a connection is retired before the replica's HTTP/2 stack would drop it (replica_port.py)
     server replica 0.0.0.0:0 proto h2 max-reuse {MAX_CALLS_PER_CONNECTION}
     http-error status 503 content-type application/grpc hdr grpc-status 14 hdr grpc-message "{PORT_GONE_MESSAGE}"
 """
@@ -266,7 +266,7 @@ def _spawn_kept(command: list[str]) -> subprocess.Popen:
         if started:
             started[0].wait()
 
-    threading.Thread(target=keep, name="grpc-front-keeper", daemon=True).start()
+    threading.Thread(target=keep, name="front-keeper", daemon=True).start()
     ready.wait()
     if failed:
         raise failed[0]
@@ -280,7 +280,7 @@ def _die_with_parent() -> None:
     os.setpgrp()  # not in the parent's process group: a Ctrl-C meant for the CLI does not reach it
 
 
-class GrpcFront:
+class Front:
     """The Serve replica owning the front; not decorated here, management wraps it (like ModelServer)."""
 
     def __init__(self, host: str, port: int, upstream: str, workers: int, management_app: str, pool_app: str) -> None:
@@ -289,7 +289,7 @@ class GrpcFront:
         self.ports: dict[str, dict[str, str]] = {}  # app -> replica -> host:port
         self._ports_lock = threading.Lock()
         self._stop = threading.Event()
-        threading.Thread(target=self._probe_forever, name="grpc-front-prober", daemon=True).start()
+        threading.Thread(target=self._probe_forever, name="front-prober", daemon=True).start()
 
     def register(self, app: str, replica: str, address: str) -> None:
         """A replica's gRPC port serving ``app``: calls for it go there from the next one on."""

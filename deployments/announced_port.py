@@ -1,7 +1,7 @@
 """A model replica's gRPC port, announced to the gRPC front and withdrawn before it closes.
 
-The port itself (``grpc_port``) knows no Ray; this is the glue: open it on the replica's node,
-tell the front (``GrpcFront.register``) which application it serves, say so again now and then
+The port itself (``replica_port``) knows no Ray; this is the glue: open it on the replica's node,
+tell the front (``Front.register``) which application it serves, say so again now and then
 (a restarted front starts with an empty table and learns the ports back within ``REFRESH_S``),
 and on shutdown withdraw it first, so that the front stops sending calls, then drain and close.
 The front also probes every port it knows, so a replica killed outright drops out within a second.
@@ -12,24 +12,24 @@ import asyncio
 import logging
 from typing import Any, Mapping, Optional
 
-from modelpool.deployments.app_names import GRPC_FRONT_APP, GRPC_FRONT_DEPLOYMENT
-from modelpool.deployments.grpc_port import GrpcMethod, GrpcPort
+from modelpool.deployments.app_names import FRONT_APP, FRONT_DEPLOYMENT
+from modelpool.deployments.replica_port import GrpcMethod, ReplicaPort
 
 logger = logging.getLogger("ray.serve")
 
 REFRESH_S = 10.0
 DRAIN_S = 20.0
 #: the custom autoscaling metric: calls in flight on the port, which Serve's own count misses
-IN_FLIGHT_METRIC = "grpc_port_in_flight"
+IN_FLIGHT_METRIC = "port_in_flight"
 
 
-class ReplicaGrpcPort:
+class AnnouncedPort:
     """Made in the replica's constructor, on the event loop Serve runs the replica's methods on (the
     port must serve there too: the model's batcher lives on that loop); a no-op without one (unit
     tests). ``open`` may be called from any thread (Serve may run ``reconfigure`` in a pool)."""
 
     def __init__(self, methods: Mapping[str, GrpcMethod], headers: Mapping[str, str] = (), rest: Any = None) -> None:
-        self.port = GrpcPort(methods, headers, rest)
+        self.port = ReplicaPort(methods, headers, rest)
         self._task: Optional[asyncio.Task] = None
         self._registered = False
         self._opened = False
@@ -69,7 +69,7 @@ class ReplicaGrpcPort:
             logger.exception("the replica's gRPC port did not start; gRPC calls take Serve's path")
             return
         logger.info("gRPC port of %s on %s", app, address)
-        front = serve.get_deployment_handle(GRPC_FRONT_DEPLOYMENT, app_name=GRPC_FRONT_APP)
+        front = serve.get_deployment_handle(FRONT_DEPLOYMENT, app_name=FRONT_APP)
         while True:
             try:
                 await front.register.remote(app, replica, address)
@@ -90,7 +90,7 @@ class ReplicaGrpcPort:
             from ray import serve
 
             context = serve.get_replica_context()
-            front = serve.get_deployment_handle(GRPC_FRONT_DEPLOYMENT, app_name=GRPC_FRONT_APP)
+            front = serve.get_deployment_handle(FRONT_DEPLOYMENT, app_name=FRONT_APP)
             try:
                 await asyncio.wait_for(front.unregister.remote(context.app_name, context.replica_id.unique_id), 5)
             except Exception as exc:  # noqa: BLE001 - the front will find the port closed by itself

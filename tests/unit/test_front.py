@@ -13,7 +13,7 @@ import grpc
 import pytest
 
 from modelpool.cluster.net import free_port
-from modelpool.deployments.grpc_front import FrontProcess, render_config, render_map, route_key
+from modelpool.deployments.front import FrontProcess, render_config, render_map, route_key
 from modelpool.deployments.protos import open_inference_pb2 as pb
 
 PATH = "/inference.GRPCInferenceService/"

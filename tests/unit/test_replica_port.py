@@ -13,7 +13,7 @@ from typing import Iterator
 import grpc
 import pytest
 
-from modelpool.deployments.grpc_port import frame, status_trailers, unframe
+from modelpool.deployments.replica_port import frame, status_trailers, unframe
 from modelpool.deployments.protos import open_inference_pb2 as pb
 from modelpool.deployments.protos.service import InferenceStub
 from tests.unit.running_port import RunningPort

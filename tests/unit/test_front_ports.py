@@ -1,7 +1,7 @@
 """The gRPC front with real HAProxy and real replica ports: registered ports get their app's calls.
 
-``GrpcFront`` is the class Serve runs (here without Serve): it starts the front's HAProxy, takes
-registrations and probes ports. The replicas are real ``GrpcPort`` servers answering with their
+``Front`` is the class Serve runs (here without Serve): it starts the front's HAProxy, takes
+registrations and probes ports. The replicas are real ``ReplicaPort`` servers answering with their
 own name; "Serve's gRPC ingress" is a grpcio server answering ``serve``. So each test sees where
 HAProxy sent a call.
 """
@@ -15,7 +15,7 @@ import grpc
 import pytest
 
 from modelpool.cluster.net import free_port
-from modelpool.deployments.grpc_front import PORT_GONE_MESSAGE, PORT_SLOTS, GrpcFront, port_slots
+from modelpool.deployments.front import PORT_GONE_MESSAGE, PORT_SLOTS, Front, port_slots
 from modelpool.deployments.protos import open_inference_pb2 as pb
 from modelpool.deployments.protos.service import InferenceStub
 from tests.unit.running_port import RunningPort
@@ -39,9 +39,9 @@ def upstream() -> Iterator[str]:
 
 
 @pytest.fixture()
-def front(upstream) -> Iterator[tuple[GrpcFront, InferenceStub]]:
+def front(upstream) -> Iterator[tuple[Front, InferenceStub]]:
     port = free_port()
-    front = GrpcFront("127.0.0.1", port, upstream, 1, "management", "generic-pool")
+    front = Front("127.0.0.1", port, upstream, 1, "management", "generic-pool")
     front.reconfigure({"routes": {"iris/": APP, "iris/1": APP}})
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     try:
