@@ -103,13 +103,17 @@ def connect(address: str) -> None:
 
 
 def start_serve(settings: Settings, grpc_servicer_functions: Sequence[str] = ()) -> None:
-    """Serve with the HAProxy ingress; with gRPC on, Serve's own gRPC ingress too, on the internal port.
+    """Serve with the HAProxy ingress on its internal HTTP port (the front has --http-port); with gRPC on, Serve's
+    own gRPC ingress too, on its internal port.
 
     ``grpc_servicer_functions`` are import paths (the caller's, so this layer imports no service code).
     """
     from ray import serve
 
-    http_options = {"host": settings.http_host, "port": settings.http_port,
+    # with the front on --http-port, Serve's ingress listens on loopback only: the front passes it what it does not
+    # send to a replica port itself
+    http_options = {"host": "127.0.0.1" if settings.http_front else settings.http_host,
+                    "port": settings.serve_http_port if settings.http_front else settings.http_port,
                     "keep_alive_timeout_s": settings.keep_alive_s}
     if settings.request_timeout_s:
         http_options["request_timeout_s"] = settings.request_timeout_s

@@ -49,7 +49,9 @@ class Settings(BaseModel):
     http_host: str = Field(DEFAULT_HTTP_HOST, description="Address the HTTP ingress binds to.")
     http_port: int = Field(DEFAULT_HTTP_PORT, ge=1, le=65535, description="Port of the HTTP ingress (inference and management).")
     grpc_port: int = Field(8001, ge=1, le=65535, description="Port of the V2 gRPC endpoint (inference.GRPCInferenceService), on --http-host; Triton's default.")
-    grpc_workers: int = Field(1, ge=0, le=64, description="Threads of the gRPC front that routes each call by the model it names; 0 turns gRPC off (Seldon's GRPC_WORKERS=0).")
+    grpc_workers: int = Field(1, ge=0, le=64, description="Threads of the front that routes each HTTP and gRPC call by the model it names; 0 turns gRPC off (Seldon's GRPC_WORKERS=0) and leaves the front one thread for HTTP.")
+    http_front: bool = Field(True, description="The front (HAProxy) takes --http-port and sends model calls straight to the replicas' own ports; Serve's HTTP ingress moves to --serve-http-port. Off: Serve's ingress keeps --http-port (a RayService that KubeRay starts).")
+    serve_http_port: int = Field(9000, ge=1, le=65535, description="Internal: port of Serve's own HTTP ingress on 127.0.0.1, which the front passes everything but model calls to.")
     grpc_ingress_port: int = Field(9001, ge=1, le=65535, description="Internal: port of Serve's own gRPC ingress on --http-host, which the gRPC front forwards to.")
     proxy_location: str = Field("EveryNode", pattern="^(EveryNode|HeadOnly)$", description="Where Serve runs an HTTP ingress: EveryNode (put a load balancer over the nodes) or HeadOnly (one entry point; also for several Ray nodes on one machine, which would fight over the port).")
     model_store: Optional[str] = Field(None, description="Directory of model archives (default: HOME/model_store).")
@@ -118,7 +120,7 @@ class Settings(BaseModel):
         options = {"single_threaded": self.single_threaded, "debug": self.debug,
                    "payload_passthrough": self.payload_passthrough, "max_requests": self.max_requests,
                    "max_requests_jitter": self.max_requests_jitter, "body_timeout_s": self.body_timeout_s,
-                   "replica_port": self.grpc_enabled}
+                   "replica_port": self.grpc_enabled or self.http_front}
         if self.inference_token:
             options["inference_token_sha256"] = [token_digest(token) for token in
                                                  (self.inference_token, self.management_token) if token]

@@ -1,30 +1,35 @@
-"""The V2 gRPC front: one HAProxy that routes each call to the Serve application serving the model it names.
+"""The front: one HAProxy on the public ports that sends each model call straight to a replica serving it.
 
-Serve's gRPC ingress routes by an ``application`` metadata header, which no V2 client sends: they
-name the model only inside the message (``model_name``, field 1, and ``model_version``, field 2,
-of ModelInferRequest, ModelReadyRequest and ModelMetadataRequest alike). This front reads those
-two fields with HAProxy's ``protobuf`` converter, looks ``name/version`` up in a map (a dedicated
-app; anything else goes to the generic pool, which knows every other model), sets the header and
-passes the call on to Serve's gRPC ingress. Calls that name no model go to management.
+Serve routes HTTP by an application's route prefix and gRPC by an ``application`` metadata header,
+and in both cases a replica answers through Serve's request path, whose per-request machinery cost
+more than modelpool's own answer path (BENCHMARKS.md, issue 15). Dedicated model replicas open a
+port of their own (``replica_port``: uvicorn, HTTP/1.1 and HTTP/2 on one socket, gRPC and REST) and
+register it here (a map ``app@slot -> host|port``, replicas taking turns over ``PORT_SLOTS`` slots).
 
-Measured against the alternatives (BENCHMARKS.md): a Python router replica cost ~1.1 ms at c=1 and
-a fifth of the throughput at c=64; reading the fields in HAProxy costs about nothing. Statuses,
-details and trailers pass through untouched.
+- **HTTP** on ``--http-port``: a V2 model path (``/v2/models/{name}[/versions/{v}]...``) is looked up
+  by ``name/version`` in the routing table (``name/`` is the default version) and goes straight to one
+  of that app's registered ports, picked at random per request (``set-dst``). Everything else, and a
+  model whose app has no registered port yet, goes to Serve's HTTP ingress, moved to an internal port
+  (``--serve-http-port``) on loopback: management, the generic pool, TorchServe's and KServe's paths.
+- **gRPC** on ``--grpc-port``: V2 clients name the model only inside the message (``model_name``, field 1,
+  and ``model_version``, field 2, of ModelInferRequest, ModelReadyRequest and ModelMetadataRequest alike);
+  HAProxy's ``protobuf`` converter reads them, the same table finds the app, which goes in the
+  ``application`` header; then a registered port, else Serve's gRPC ingress. Calls that name no model go
+  to management. Statuses, details and trailers pass through untouched.
 
-Dedicated model replicas also open a gRPC port of their own (``replica_port``: HTTP/2 on uvicorn,
-about three times cheaper per call than Serve's grpcio path) and register it here. A call for an
-app with registered ports goes straight to one of them, picked at random per call (a second map,
-``app@slot -> host|port``, and ``set-dst``); any other call takes Serve's gRPC ingress. A port
-that stops answering a TCP probe leaves the map within a second.
+A port that refuses the connection (its replica was killed) costs no call: HAProxy retries the
+request on Serve's ingress (``option redispatch``, the second server of the backend), and the
+prober drops the port from the map within ``PROBE_PERIOD_S``.
 
-The front runs as a child of a Serve replica (``Front``): Serve restarts it with the replica,
-and management pushes the routing table through ``user_config`` like the generic pool's catalog;
-``reconfigure`` swaps the map atomically over HAProxy's admin socket, so a routing change is seen
-by the next call without a reload.
+The front runs as a child of a Serve replica (``Front``) on the head node: Serve restarts it with the
+replica, and management pushes the routing table through ``user_config`` like the generic pool's
+catalog; ``reconfigure`` swaps the map atomically over HAProxy's admin socket, so a routing change is
+seen by the next request without a reload.
 """
 from __future__ import annotations
 
 import ctypes
+import json
 import logging
 import os
 import shutil
@@ -34,6 +39,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Optional
 
@@ -50,6 +56,11 @@ STARTING_MESSAGE = "the model is loading (its replicas are starting or being rep
 PORT_SLOTS = 60  # map entries per app: replicas share them evenly for any count that divides 60 (1-6, 10, 12...)
 PROBE_PERIOD_S = 1.0
 PORT_GONE_MESSAGE = "the replica chosen for this call stopped; retry (the front has dropped it or will within a second)"
+MODEL_PATH_PREFIX = "/v2/models/"
+REST_UNAVAILABLE_MESSAGE = ("no replica of this model could take the request (its replicas are being replaced); "
+                            "retry after the Retry-After seconds")
+REST_TIMEOUT_MESSAGE = ("the model did not answer within the request timeout of the server (--request-timeout-s); "
+                        "retry, or raise the timeout")
 
 
 def route_key(name: str, version: str = "") -> str:
@@ -73,26 +84,72 @@ def port_slots(ports: Mapping[str, Mapping[str, str]]) -> dict[str, str]:
     return slots
 
 
-def render_config(*, host: str, port: int, upstream: str, workers: int, map_path: Path, socket_path: Path,
-                  management_app: str, pool_app: str, ports_path: Path, timeout_s: int = 300) -> str:
-    """The front's whole configuration (pure: unit-tested against a real HAProxy)."""
+@dataclass(frozen=True)
+class Listeners:
+    """Where the front listens, and the Serve ingresses it passes on to what no replica port takes.
+
+    A port of 0 has no listener: ``http_port`` 0 when Serve's HTTP ingress keeps the public port
+    itself (a RayService started by KubeRay), ``grpc_port`` 0 when gRPC is off.
+    """
+
+    host: str
+    http_port: int = 0
+    http_upstream: str = ""
+    grpc_port: int = 0
+    grpc_upstream: str = ""
+    keep_alive_s: int = 90
+    timeout_s: int = 300
+
+    def ports(self) -> list[int]:
+        return [port for port in (self.http_port, self.grpc_port) if port]
+
+
+def _error(status: int, message: str, content_type: str = "application/json") -> str:
+    """An ``http-error`` line answering in modelpool's error shape (single quotes: HAProxy takes the JSON as is)."""
+    body = json.dumps({"error": message, "field": "model_name"})
+    if "'" in body:
+        raise ValueError(f"an http-error body cannot hold a single quote: {body}")
+    return f"http-error status {status} content-type {content_type} hdr Retry-After 1 string '{body}'"
+
+
+def _http_section(listeners: Listeners, bind_host: str, map_path: Path, ports_path: Path) -> str:
+    return f"""
+frontend http
+    bind {bind_host}:{listeners.http_port}
+    # a V2 model path: /v2/models/{{name}}[/versions/{{version}}][/action]; "name/version" finds its app
+    acl model_path path_beg {MODEL_PATH_PREFIX}
+    http-request set-var(txn.model_name) path,field(4,/) if model_path
+    http-request set-var(txn.model_version) path,field(6,/) if model_path {{ path,field(5,/) -m str versions }}
+    http-request set-var(txn.route) var(txn.model_name),concat(/,txn.model_version) if model_path
+    http-request set-var(txn.app) var(txn.route),map_str({map_path}) if model_path
+    http-request set-var(txn.slot) rand({PORT_SLOTS}) if {{ var(txn.app) -m found }}
+    http-request set-var(txn.port) var(txn.app),concat(@,txn.slot),map_str({ports_path}) if {{ var(txn.app) -m found }}
+    use_backend replica_rest if {{ var(txn.port) -m found }}
+    default_backend serve_http
+
+backend serve_http
+    http-reuse always
+    server serve {listeners.http_upstream}
+
+backend replica_rest
+    # the chosen port first; one that refuses the connection (its replica died) sends the request to Serve
+    balance first
+    http-reuse always
+    http-request set-dst var(txn.port),field(1,|)
+    http-request set-dst-port var(txn.port),field(2,|)
+    server replica 0.0.0.0:0
+    server serve {listeners.http_upstream}
+    {_error(503, REST_UNAVAILABLE_MESSAGE)}
+    {_error(504, REST_TIMEOUT_MESSAGE)}
+"""
+
+
+def _grpc_section(listeners: Listeners, bind_host: str, map_path: Path, ports_path: Path, management_app: str,
+                  pool_app: str) -> str:
     calls = " ".join(SERVICE_PATH + call for call in MODEL_CALLS)
-    bind_host = f"[{host}]" if ":" in host else host
-    return f"""global
-    maxconn 4096
-    nbthread {workers}
-    stats socket {socket_path} mode 600 level admin
-    tune.bufsize 65536
-
-defaults
-    mode http
-    timeout connect 5s
-    timeout client {timeout_s}s
-    timeout server {timeout_s}s
-    timeout http-request 60s
-
+    return f"""
 frontend v2_grpc
-    bind {bind_host}:{port} proto h2
+    bind {bind_host}:{listeners.grpc_port} proto h2
     # the message must be in the buffer to read fields 1 and 2 (the first bytes of it: the rest may follow)
     option http-buffer-request
     acl model_call path {calls}
@@ -112,24 +169,57 @@ frontend v2_grpc
     http-response set-var(txn.starting) bool(true) if {{ res.hdr(grpc-status) -m str 5 }} app_missing
     http-response set-header grpc-message "{STARTING_MESSAGE}" if {{ var(txn.starting) -m bool }}
     http-response set-header grpc-status 14 if {{ var(txn.starting) -m bool }}
-    # an app whose replicas registered gRPC ports of their own: straight to one of them
+    # an app whose replicas registered ports of their own: straight to one of them
     http-request set-var(txn.slot) rand({PORT_SLOTS}) if model_call
     http-request set-var(txn.port) var(txn.app),concat(@,txn.slot),map_str({ports_path}) if model_call
-    use_backend replica_ports if {{ var(txn.port) -m found }}
+    use_backend replica_grpc if {{ var(txn.port) -m found }}
     default_backend serve_grpc
 
 backend serve_grpc
     http-reuse always
-    server serve {upstream} proto h2
+    server serve {listeners.grpc_upstream} proto h2
 
-backend replica_ports
+backend replica_grpc
+    balance first
     http-reuse always
     http-request set-dst var(txn.port),field(1,|)
     http-request set-dst-port var(txn.port),field(2,|)
     # max-reuse: a connection is retired before the replica's HTTP/2 stack would drop it (replica_port.py)
     server replica 0.0.0.0:0 proto h2 max-reuse {MAX_CALLS_PER_CONNECTION}
+    server serve {listeners.grpc_upstream} proto h2
     http-error status 503 content-type application/grpc hdr grpc-status 14 hdr grpc-message "{PORT_GONE_MESSAGE}"
 """
+
+
+def render_config(listeners: Listeners, *, workers: int, map_path: Path, socket_path: Path, ports_path: Path,
+                  management_app: str, pool_app: str) -> str:
+    """The front's whole configuration (pure: unit-tested against a real HAProxy)."""
+    bind_host = f"[{listeners.host}]" if ":" in listeners.host else listeners.host
+    text = f"""global
+    maxconn 4096
+    nbthread {max(workers, 1)}
+    stats socket {socket_path} mode 600 level admin
+    tune.bufsize 65536
+
+defaults
+    mode http
+    timeout connect 5s
+    timeout client {listeners.timeout_s}s
+    timeout server {listeners.timeout_s}s
+    timeout http-request 60s
+    timeout http-keep-alive {listeners.keep_alive_s}s
+    # send at once: a request or answer split over packets would otherwise wait for the peer's delayed ACK (~40 ms)
+    option http-no-delay
+    # a replica port that refuses the connection: nothing was sent, so the request goes to the next server
+    retry-on conn-failure
+    retries 2
+    option redispatch 1
+"""
+    if listeners.http_port:
+        text += _http_section(listeners, bind_host, map_path, ports_path)
+    if listeners.grpc_port:
+        text += _grpc_section(listeners, bind_host, map_path, ports_path, management_app, pool_app)
+    return text
 
 
 def haproxy_binary() -> str:
@@ -182,10 +272,20 @@ def port_answers(address: str, timeout_s: float = 0.5) -> bool:
         return False
 
 
+def _busy_hint(error: str, listeners: Listeners) -> str:
+    """Which flag moves the port HAProxy could not bind (its message names the address)."""
+    if "Address already in use" not in error and "cannot bind" not in error:
+        return ""
+    flags = {listeners.http_port: "--http-port", listeners.grpc_port: "--grpc-port"}
+    named = [f"port {port} is in use: choose another with {flag}" for port, flag in flags.items()
+             if port and f":{port}]" in error or f":{port} " in error]
+    return "; " + ("; ".join(named) or f"a port of {listeners.ports()} is in use: choose others with --http-port / --grpc-port")
+
+
 class FrontProcess:
     """A running front HAProxy in a private directory; it dies with the process that started it."""
 
-    def __init__(self, *, host: str, port: int, upstream: str, workers: int, management_app: str, pool_app: str,
+    def __init__(self, listeners: Listeners, *, workers: int, management_app: str, pool_app: str,
                  routes: Optional[Mapping[str, str]] = None, start_timeout_s: float = 10.0) -> None:
         remove_stale_front_directories()
         self.directory = Path(tempfile.mkdtemp(prefix=FRONT_DIRECTORY_PREFIX))
@@ -195,31 +295,25 @@ class FrontProcess:
         self.map_path.write_text(render_map(routes or {}))
         self.ports_path.write_text("")
         config = self.directory / "haproxy.cfg"
-        config.write_text(render_config(host=host, port=port, upstream=upstream, workers=workers,
-                                        map_path=self.map_path, socket_path=self.socket_path,
-                                        management_app=management_app, pool_app=pool_app,
-                                        ports_path=self.ports_path))
+        config.write_text(render_config(listeners, workers=workers, map_path=self.map_path,
+                                        socket_path=self.socket_path, management_app=management_app,
+                                        pool_app=pool_app, ports_path=self.ports_path))
         self.process = _spawn_kept([haproxy_binary(), "-db", "-f", str(config)])
-        self._wait_listening(host, port, start_timeout_s)
+        self._wait_listening(listeners, start_timeout_s)
 
-    def _wait_listening(self, host: str, port: int, timeout_s: float) -> None:
+    def _wait_listening(self, listeners: Listeners, timeout_s: float) -> None:
+        host = "127.0.0.1" if listeners.host in ("0.0.0.0", "::") else listeners.host
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 error = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
                 self.close()
-                hint = f"; port {port} is in use: choose another with --grpc-port" if "Address already in use" in error \
-                    or "cannot bind" in error else ""
-                raise RuntimeError(f"the gRPC front (haproxy) exited at start: {error.strip()[-2000:]}{hint}")
-            if self.socket_path.exists():
-                try:
-                    with socket.create_connection(("127.0.0.1" if host in ("0.0.0.0", "::") else host, port), 0.5):
-                        return
-                except OSError:
-                    pass
+                raise RuntimeError(f"the front (haproxy) exited at start: {error.strip()[-2000:]}{_busy_hint(error, listeners)}")
+            if self.socket_path.exists() and all(port_answers(f"{host}:{port}") for port in listeners.ports()):
+                return
             time.sleep(0.05)
         self.close()
-        raise RuntimeError(f"the gRPC front did not listen on {host}:{port} within {timeout_s:g} s")
+        raise RuntimeError(f"the front did not listen on {host}:{listeners.ports()} within {timeout_s:g} s")
 
     def set_routes(self, routes: Mapping[str, str]) -> None:
         self.map_path.write_text(render_map(routes))  # what a restarted front starts from
@@ -283,22 +377,23 @@ def _die_with_parent() -> None:
 class Front:
     """The Serve replica owning the front; not decorated here, management wraps it (like ModelServer)."""
 
-    def __init__(self, host: str, port: int, upstream: str, workers: int, management_app: str, pool_app: str) -> None:
-        self.front = FrontProcess(host=host, port=port, upstream=upstream, workers=workers,
-                                  management_app=management_app, pool_app=pool_app)
+    def __init__(self, listeners: dict, workers: int, management_app: str, pool_app: str) -> None:
+        """``listeners``: the fields of :class:`Listeners` (a plain dict: Serve's init arguments are fingerprinted)."""
+        self.front = FrontProcess(Listeners(**listeners), workers=workers, management_app=management_app,
+                                  pool_app=pool_app)
         self.ports: dict[str, dict[str, str]] = {}  # app -> replica -> host:port
         self._ports_lock = threading.Lock()
         self._stop = threading.Event()
         threading.Thread(target=self._probe_forever, name="front-prober", daemon=True).start()
 
     def register(self, app: str, replica: str, address: str) -> None:
-        """A replica's gRPC port serving ``app``: calls for it go there from the next one on."""
+        """A replica's port serving ``app``: its REST and gRPC calls go there from the next one on."""
         with self._ports_lock:
             if self.ports.get(app, {}).get(replica) == address:
                 return
             self.ports.setdefault(app, {})[replica] = address
             self.front.set_ports(self.ports)
-        logger.info("gRPC front: %s serves %s", address, app)
+        logger.info("front: %s serves %s", address, app)
 
     def unregister(self, app: str, replica: str) -> None:
         """Answered once no new call can be routed to the port (the replica drains it next)."""
@@ -320,21 +415,21 @@ class Front:
                      for replica, address in list(replicas.items())]
             gone = [(app, replica) for app, replica, address in known if not port_answers(address)]
             for app, replica in gone:
-                logger.warning("gRPC front: the port of replica %s of %s stopped answering; dropped", replica, app)
+                logger.warning("front: the port of replica %s of %s stopped answering; dropped", replica, app)
                 try:
                     self.unregister(app, replica)
                 except Exception:  # noqa: BLE001 - HAProxy restarting: the health check replaces us
-                    logger.exception("gRPC front: dropping a port failed")
+                    logger.exception("front: dropping a port failed")
 
     def reconfigure(self, user_config: dict) -> None:
         """``routes``: {"name/" or "name/version": app}; every other call goes to the generic pool."""
         self.front.set_routes(user_config.get("routes", {}))
-        logger.debug("gRPC front routes: %s", user_config.get("routes"))
+        logger.debug("front routes: %s", user_config.get("routes"))
 
     def check_health(self) -> None:
         """Serve replaces the replica (and so the front) when HAProxy is gone."""
         if not self.front.alive():
-            raise RuntimeError("the gRPC front (haproxy) exited; replacing this replica")
+            raise RuntimeError("the front (haproxy) exited; replacing this replica")
 
     def __del__(self) -> None:
         stop = getattr(self, "_stop", None)

@@ -99,27 +99,38 @@ def status_trailers(code: grpc.StatusCode, details: str) -> list[tuple[bytes, by
     return trailers
 
 
+class InFlight:
+    """Calls being answered on the port: Serve's ongoing count does not see them, the autoscaler and the drain must."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    def __enter__(self) -> "InFlight":
+        self.count += 1
+        self.idle.clear()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.count -= 1
+        if self.count == 0:
+            self.idle.set()
+
+
 class GrpcApp:
     """The ASGI app of the port: ``POST /inference.GRPCInferenceService/<Call>`` answered as gRPC."""
 
     def __init__(self, methods: Mapping[str, GrpcMethod], headers: Mapping[str, str] = ()) -> None:
         self.methods = dict(methods)
         self.headers = [(b"content-type", GRPC_CONTENT_TYPE)] + [(k.encode(), v.encode()) for k, v in dict(headers).items()]
-        self.in_flight = 0
-        self.idle = asyncio.Event()
-        self.idle.set()
+        self.in_flight = InFlight()
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
             return
-        self.in_flight += 1
-        self.idle.clear()
-        try:
+        with self.in_flight:
             code, details, reply = await self._answer(scope, receive)
-        finally:
-            self.in_flight -= 1
-            if self.in_flight == 0:
-                self.idle.set()
         await send({"type": "http.response.start", "status": 200, "trailers": True, "headers": self.headers})
         await send({"type": "http.response.body", "body": frame(reply) if reply is not None else b"",
                     "more_body": False})
@@ -173,7 +184,7 @@ class ReplicaPort:
 
     @property
     def in_flight(self) -> int:
-        return self.app.in_flight + (self.rest.in_flight if self.rest is not None else 0)
+        return self.app.in_flight.count + (self.rest.in_flight.count if self.rest is not None else 0)
 
     async def _dispatch(self, scope: dict, receive: Callable, send: Callable) -> None:
         if self.rest is not None and not scope.get("path", "").startswith(SERVICE_PREFIX):
@@ -185,6 +196,8 @@ class ReplicaPort:
         """Listen on ``host`` at a port the kernel picks; the ``host:port`` the front dials."""
         sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # accepted connections inherit it: an answer written in two parts must not wait for the peer's delayed ACK
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind((host, 0))
         port = sock.getsockname()[1]
         # interface: a bound method would be taken for ASGI2; proxy_headers: only the front connects, and
@@ -204,7 +217,7 @@ class ReplicaPort:
 
     async def stop(self, drain_s: float) -> None:
         """Answer the calls in flight (up to ``drain_s``), then close the port."""
-        idle = [self.app.idle.wait()] + ([self.rest.idle.wait()] if self.rest is not None else [])
+        idle = [self.app.in_flight.idle.wait()] + ([self.rest.in_flight.idle.wait()] if self.rest is not None else [])
         try:
             await asyncio.wait_for(asyncio.gather(*idle), drain_s)
         except asyncio.TimeoutError:

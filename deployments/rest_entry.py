@@ -17,7 +17,6 @@ What Serve's path adds around a request, and its users see, is kept here:
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 import uuid
@@ -25,6 +24,8 @@ from typing import Awaitable, Callable
 
 from starlette.requests import Request
 from starlette.responses import Response
+
+from modelpool.deployments.replica_port import InFlight
 
 logger = logging.getLogger("ray.serve")
 
@@ -66,9 +67,7 @@ class RestApp:
         self.root_path = root_path
         self.app_name = app_name
         self.log_context = log_context
-        self.in_flight = 0
-        self.idle = asyncio.Event()
-        self.idle.set()
+        self.in_flight = InFlight()
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
@@ -77,17 +76,13 @@ class RestApp:
         request_id = request_id_of(scope["headers"])
         scope["root_path"] = self.root_path
         self.log_context(request_id, self.root_path, self.app_name)
-        self.in_flight += 1
-        self.idle.clear()
         status = 500
         try:
-            response = await self.answer(Request(scope, receive))
-            response.headers.append(REQUEST_ID_HEADER, request_id)
-            status = response.status_code
-            await response(scope, receive, send)
+            with self.in_flight:
+                response = await self.answer(Request(scope, receive))
+                response.headers.append(REQUEST_ID_HEADER, request_id)
+                status = response.status_code
+                await response(scope, receive, send)
         finally:
-            self.in_flight -= 1
-            if self.in_flight == 0:
-                self.idle.set()
             logger.info("%s %s %s %.1fms", scope["method"], scope["path"], status,
                         (time.perf_counter() - started) * 1000, extra=_ACCESS_LOG_EXTRA)

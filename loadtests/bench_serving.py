@@ -166,9 +166,11 @@ def bench_plain_serve(model_file: Path, seconds: int) -> dict[int, LoadResult]:
 
 
 def bench_modelpool(home: Path, model_file: Path, seconds: int, rounds: int, c1_rounds: int) -> Runs:
-    """modelpool as `make start` leaves it, the plain handler on its ingress, and FastAPI beside it."""
-    port, ray_port, fastapi = free_port(), free_port(), free_port()
-    env = {**os.environ, "MODELPOOL_HOME": str(home), "MODELPOOL_HTTP_PORT": str(port), "MODELPOOL_RAY_PORT": str(ray_port)}
+    """modelpool as `make start` leaves it, the same replicas through Serve's own HTTP path (its ingress, which
+    the front passes what it does not route itself), the plain handler on that ingress, and FastAPI beside them."""
+    port, ray_port, fastapi, serve_port = free_port(), free_port(), free_port(), free_port()
+    env = {**os.environ, "MODELPOOL_HOME": str(home), "MODELPOOL_HTTP_PORT": str(port), "MODELPOOL_RAY_PORT": str(ray_port),
+           "MODELPOOL_SERVE_HTTP_PORT": str(serve_port)}
     cli = [sys.executable, "-m", "modelpool.cli"]
     started = subprocess.run([*cli, "start"], env=env, capture_output=True, text=True)
     if started.returncode != 0:
@@ -187,8 +189,9 @@ def bench_modelpool(home: Path, model_file: Path, seconds: int, rounds: int, c1_
         ray.shutdown()
         with served("loadtests.fastapi_server", str(model_file), str(fastapi)):
             return measure_interleaved({
-                "unbatched-haproxy": f"http://127.0.0.1:{port}/bench/unbatched",
+                "unbatched-haproxy": f"http://127.0.0.1:{serve_port}/bench/unbatched",
                 "modelpool": f"http://127.0.0.1:{port}{V2_PATH}",
+                "modelpool-serve-path": f"http://127.0.0.1:{serve_port}{V2_PATH}",
                 "fastapi": f"http://127.0.0.1:{fastapi}{V2_PATH}",
             }, seconds, rounds, c1_rounds)
     finally:
@@ -219,7 +222,9 @@ def report(phases: dict[str, Runs], plain: dict, args: argparse.Namespace) -> st
         *_row(f"hand-tuned Ray Serve ({args.handtuned_replicas} replicas)", tuned["handtuned"]),
         *_row("FastAPI + uvicorn, unbatched (phase 2, beside hand-tuned)", tuned["fastapi"]),
         *_row("plain Ray Serve (default proxy, no batching)", plain),
-        *_row("unbatched handler, modelpool's HAProxy ingress", unbatched),
+        *_row("unbatched handler, Serve's HAProxy ingress in modelpool's cluster", unbatched),
+        *_row("modelpool through Serve's HTTP path (same replicas, Serve's ingress and request path)",
+              cluster["modelpool-serve-path"]),
         *_row("FastAPI + uvicorn, unbatched (phase 4, beside modelpool)", cluster["fastapi"]),
         *_row("modelpool (`make start` defaults)", pool),
         "",
@@ -230,6 +235,8 @@ def report(phases: dict[str, Runs], plain: dict, args: argparse.Namespace) -> st
         f"| modelpool / FastAPI req/s at c=64 (same phase) | "
         f"{_ratio(pool[64].requests_per_s, cluster['fastapi'][64].requests_per_s):.2f}x | >= 1.5x |",
         f"| modelpool p99 at c=64 | {pool[64].p99_ms:.1f} ms | <= 30 ms |",
+        f"| modelpool, the front's path / Serve's path req/s at c=64 (same replicas) | "
+        f"{_ratio(pool[64].requests_per_s, cluster['modelpool-serve-path'][64].requests_per_s):.2f}x | |",
         f"| modelpool p50 at c=1 | {pool[1].p50_ms:.2f} ms | <= 0.8 ms |",
         f"| modelpool non-2xx answers, all points | {sum(r.errors for r in pool.values())} | 0 |",
         f"| hand-tuned / FastAPI req/s at c=64 (same phase) | "

@@ -35,10 +35,11 @@ def bench_cluster(extra_env: Optional[dict] = None) -> Iterator[BenchCluster]:
     """``modelpool start`` in a temp home on free ports; ``modelpool stop`` and cleanup whatever happens."""
     with tempfile.TemporaryDirectory(prefix="modelpool-bench-") as tmp:
         home = Path(tmp)
-        port, ray_port, metrics_port, grpc_port, ingress_port = (free_port() for _ in range(5))
+        port, ray_port, metrics_port, grpc_port, ingress_port, serve_http_port = (free_port() for _ in range(6))
         env = {**os.environ, "MODELPOOL_HOME": str(home), "MODELPOOL_HTTP_PORT": str(port),
                "MODELPOOL_RAY_PORT": str(ray_port), "MODELPOOL_METRICS_PORT": str(metrics_port),
                "MODELPOOL_GRPC_PORT": str(grpc_port), "MODELPOOL_GRPC_INGRESS_PORT": str(ingress_port),
+               "MODELPOOL_SERVE_HTTP_PORT": str(serve_http_port),
                **(extra_env or {})}
         started = subprocess.run([*CLI, "start"], env=env, capture_output=True, text=True)
         try:

@@ -87,7 +87,7 @@ class ModelManager(RepositoryCalls):
                 deleted.append(app_name)
         fronts = [serve_configs.front_app_config(placement.front_config(self.settings),
                                                       serve_configs.front_routes(plan.dedicated), deployer.code_version())
-                  ] if self.settings.grpc_enabled else []
+                  ] if self.settings.grpc_enabled or self.settings.http_front else []
         fronts += serve_configs.protocol_front_app_configs(plan.dedicated, plan.catalog, plan.known_models,
                                                            placement.pool_config(self.settings), deployer.code_version())
         deployer.deploy_apps(apps + [pool_app] + fronts, wait=wait, ingress=self.ingress, deleted=deleted)

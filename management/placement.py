@@ -14,6 +14,8 @@ from modelpool.cluster.settings import Settings
 from modelpool.management.registry import ModelRecord, PoolRecord, version_sort_key
 from modelpool.management.serve_configs import SERVE_HEALTH_CHECK_TIMEOUT_S, FrontConfig, ModelConfig, PoolConfig
 
+FRONT_TIMEOUT_S = 300  # a request's longest wait for its answer at the front, without --request-timeout-s
+
 
 @dataclass(frozen=True)
 class Placement:
@@ -133,10 +135,23 @@ def pool_config(settings: Settings) -> PoolConfig:
 
 
 def front_config(settings: Settings) -> FrontConfig:
-    """The front listens where HTTP does, on --grpc-port, and forwards to Serve's gRPC ingress on that host."""
-    upstream_host = "127.0.0.1" if settings.http_host in ("0.0.0.0", "::") else settings.http_host
-    if ":" in upstream_host:
-        upstream_host = f"[{upstream_host}]"
-    return FrontConfig(host=settings.http_host, port=settings.grpc_port,
-                           upstream=f"{upstream_host}:{settings.grpc_ingress_port}", workers=settings.grpc_workers,
-                           health_check_period_s=HEALTH_CHECK_PERIOD_S)
+    """The front takes the public ports on --http-host and passes the rest to Serve's ingresses on this node.
+
+    With ``--http-front`` off, Serve's HTTP ingress keeps --http-port itself and the front only speaks gRPC.
+    """
+    return FrontConfig(listeners={
+        "host": settings.http_host,
+        "http_port": settings.http_port if settings.http_front else 0,
+        "http_upstream": f"127.0.0.1:{settings.serve_http_port}",
+        "grpc_port": settings.grpc_port if settings.grpc_enabled else 0,
+        "grpc_upstream": f"{_loopback_for(settings.http_host)}:{settings.grpc_ingress_port}",
+        "keep_alive_s": settings.keep_alive_s,
+        "timeout_s": int(settings.request_timeout_s or FRONT_TIMEOUT_S),
+    }, workers=max(settings.grpc_workers, 1), health_check_period_s=HEALTH_CHECK_PERIOD_S)
+
+
+def _loopback_for(host: str) -> str:
+    """Where a process on this node reaches a listener bound to ``host``."""
+    if host in ("0.0.0.0", "::"):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host

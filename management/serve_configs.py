@@ -87,7 +87,7 @@ class AppConfig:
     """A Serve application: its name, route and the options of its single deployment."""
 
     app_name: str
-    route_prefix: Optional[str]  # None: no HTTP route (the gRPC front)
+    route_prefix: Optional[str]  # None: no HTTP route of Serve's (the front)
     deployment_name: str
     deployment_options: dict[str, Any]
     init_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -215,11 +215,9 @@ def generic_pool_app_config(pool: PoolConfig, catalog: dict, known_models: list[
 
 @dataclass(frozen=True)
 class FrontConfig:
-    """The V2 gRPC front: where it listens, the Serve gRPC ingress it forwards to, its threads."""
+    """The front: where it listens (``listeners``, the fields of ``front.Listeners``), its threads, its health checks."""
 
-    host: str
-    port: int
-    upstream: str
+    listeners: dict
     workers: int
     management_app: str = MANAGEMENT_APP
     health_check_period_s: float = 2.0
@@ -240,21 +238,23 @@ def front_routes(dedicated: list["ModelConfig"]) -> dict[str, str]:
 
 
 def front_app_config(front: FrontConfig, routes: dict[str, str], code_version: str) -> AppConfig:
-    """One front replica with no HTTP route; the routing table travels in user_config (live, no restart)."""
-    init_kwargs = {"host": front.host, "port": front.port, "upstream": front.upstream, "workers": front.workers,
+    """One front replica on the head node with no HTTP route; the routing table travels in user_config (live)."""
+    init_kwargs = {"listeners": dict(sorted(front.listeners.items())), "workers": front.workers,
                    "management_app": front.management_app, "pool_app": GENERIC_POOL_APP}
     options: dict[str, Any] = {
         "name": FRONT_DEPLOYMENT,
         "version": _fingerprint({"init": init_kwargs, "code": code_version}),
         "num_replicas": 1,
-        "max_replicas_per_node": 1,  # one port per node
-        "ray_actor_options": {"num_cpus": 0},
+        # on the head: the public ports are the head's (clients and `modelpool start` find them there)
+        "ray_actor_options": {"num_cpus": 0, "resources": {HEAD_NODE_RESOURCE: HEAD_NODE_SHARE}},
         "user_config": {"routes": dict(sorted(routes.items()))},
         "health_check_period_s": front.health_check_period_s,
     }
     return AppConfig(FRONT_APP, None, FRONT_DEPLOYMENT, options, init_kwargs)
 
 
+HEAD_NODE_RESOURCE = "node:__internal_head__"  # every Ray head has 1 of it
+HEAD_NODE_SHARE = 0.001
 PROTOCOL_FRONT_MAX_ONGOING = 1024  # a front only waits on model replicas, which bound the work themselves
 
 

@@ -44,7 +44,7 @@ class RunningCluster(ManagementAccess):
 def cluster(tmp_path_factory) -> RunningCluster:
     home = tmp_path_factory.mktemp("modelpool-home")
     http_port, ray_port, metrics_port = free_port(), free_port(), free_port()
-    grpc_port, grpc_ingress_port = free_port(), free_port()
+    grpc_port, grpc_ingress_port, serve_http_port = free_port(), free_port(), free_port()
     env = {
         **os.environ,
         "MODELPOOL_HOME": str(home),
@@ -55,6 +55,7 @@ def cluster(tmp_path_factory) -> RunningCluster:
         "MODELPOOL_METRICS_PORT": str(metrics_port),
         "MODELPOOL_GRPC_PORT": str(grpc_port),
         "MODELPOOL_GRPC_INGRESS_PORT": str(grpc_ingress_port),
+        "MODELPOOL_SERVE_HTTP_PORT": str(serve_http_port),
         "RAY_metrics_report_interval_ms": "1000",  # Ray exports metrics every 10 s by default: too slow to wait for
         # A stopping replica stays reachable this long so load balancers can drop it (Serve's default: 30 s). Here
         # the only one is Serve's own HAProxy, which drops it within a second or two of the reload (and retries a

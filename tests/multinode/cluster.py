@@ -81,11 +81,12 @@ def run(command: list[str], env: dict, timeout: float = 300) -> subprocess.Compl
 @contextmanager
 def two_node_cluster(home: Path, extra_env: Optional[dict] = None) -> Iterator[TwoNodeCluster]:
     """Head + worker raylet + modelpool; always torn down, and checked to leave nothing running."""
-    http_port, ray_port = free_port(), free_port()
+    http_port, ray_port, serve_http_port = free_port(), free_port(), free_port()
     env = {
         **os.environ, **SERVE_ENV,
         "MODELPOOL_HOME": str(home),
         "MODELPOOL_HTTP_PORT": str(http_port),
+        "MODELPOOL_SERVE_HTTP_PORT": str(serve_http_port),
         "MODELPOOL_PROXY_LOCATION": "HeadOnly",
         "MODELPOOL_REPLICA_NUM_CPUS": "0.1",
         # HTTP faults only. With gRPC on (its front replica, Serve's gRPC ingress), Serve put both iris replicas

@@ -13,7 +13,7 @@ import grpc
 import pytest
 
 from modelpool.cluster.net import free_port
-from modelpool.deployments.front import FrontProcess, render_config, render_map, route_key
+from modelpool.deployments.front import FrontProcess, Listeners, render_config, render_map, route_key
 from modelpool.deployments.protos import open_inference_pb2 as pb
 
 PATH = "/inference.GRPCInferenceService/"
@@ -47,7 +47,7 @@ def upstream() -> Iterator[str]:
 @pytest.fixture()
 def front(upstream) -> Iterator[tuple[FrontProcess, grpc.Channel]]:
     port = free_port()
-    process = FrontProcess(host="127.0.0.1", port=port, upstream=upstream, workers=1, management_app="management",
+    process = FrontProcess(Listeners("127.0.0.1", grpc_port=port, grpc_upstream=upstream), workers=1, management_app="management",
                            pool_app="generic-pool", routes={"iris/": "model:iris:2", "iris/1": "model:iris:1",
                                                              "iris/2": "model:iris:2"})
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
@@ -150,14 +150,14 @@ def test_a_busy_port_is_a_clear_error_and_leaves_nothing(upstream):
         holder.listen()
         port = holder.getsockname()[1]
         with pytest.raises(RuntimeError, match="in use"):
-            FrontProcess(host="127.0.0.1", port=port, upstream=upstream, workers=1, management_app="m",
+            FrontProcess(Listeners("127.0.0.1", grpc_port=port, grpc_upstream=upstream), workers=1, management_app="m",
                          pool_app="p", start_timeout_s=5)
 
 
 def test_the_config_binds_the_given_host_and_threads():
     from pathlib import Path
 
-    text = render_config(host="::1", port=8001, upstream="127.0.0.1:9001", workers=3, map_path=Path("/m"),
+    text = render_config(Listeners("::1", grpc_port=8001, grpc_upstream="127.0.0.1:9001"), workers=3, map_path=Path("/m"),
                          socket_path=Path("/s"), management_app="management", pool_app="generic-pool",
                          ports_path=Path("/p"))
     assert "bind [::1]:8001 proto h2" in text and "nbthread 3" in text and "server serve 127.0.0.1:9001 proto h2" in text

@@ -15,7 +15,7 @@ import grpc
 import pytest
 
 from modelpool.cluster.net import free_port
-from modelpool.deployments.front import PORT_GONE_MESSAGE, PORT_SLOTS, Front, port_slots
+from modelpool.deployments.front import PORT_SLOTS, Front, port_slots
 from modelpool.deployments.protos import open_inference_pb2 as pb
 from modelpool.deployments.protos.service import InferenceStub
 from tests.unit.running_port import RunningPort
@@ -41,7 +41,7 @@ def upstream() -> Iterator[str]:
 @pytest.fixture()
 def front(upstream) -> Iterator[tuple[Front, InferenceStub]]:
     port = free_port()
-    front = Front("127.0.0.1", port, upstream, 1, "management", "generic-pool")
+    front = Front({"host": "127.0.0.1", "grpc_port": port, "grpc_upstream": upstream}, 1, "management", "generic-pool")
     front.reconfigure({"routes": {"iris/": APP, "iris/1": APP}})
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     try:
@@ -72,15 +72,14 @@ def test_calls_of_an_app_go_to_its_registered_ports_and_others_to_serve(front):
             replica.close()
 
 
-def test_a_port_that_dies_is_unavailable_with_a_retry_message_then_dropped(front):
+def test_a_port_that_dies_costs_no_call_and_is_dropped(front):
+    """The port refuses connections: HAProxy passes the call to Serve's gRPC ingress instead."""
     process, stub = front
     replica = RunningPort("replica-a")
     process.register(APP, replica.served_by, replica.address)
     assert served_by(stub) == "replica-a"
     replica.close()
-    with pytest.raises(grpc.RpcError) as gone:
-        served_by(stub)
-    assert gone.value.code() == grpc.StatusCode.UNAVAILABLE and gone.value.details() == PORT_GONE_MESSAGE
+    assert [served_by(stub) for _ in range(10)] == ["serve"] * 10
     deadline = time.monotonic() + 5
     while process.ports and time.monotonic() < deadline:
         time.sleep(0.1)

@@ -51,3 +51,42 @@ def test_a_stale_default_falls_back_to_the_newest_version():
 def test_replica_bounds_clamp_initial_into_min_max():
     assert replica_bounds(record(workers=0, max_workers=2), None) == (1, 1, 2)
     assert replica_bounds(record(workers=3, max_workers=3), None) == (3, 3, 3)
+
+
+# --- the front: which ports it takes and where it passes the rest (pure) -------------------------------------------
+def _front(**changes):
+    from modelpool.cluster.settings import load_settings
+    from modelpool.management.placement import front_config
+
+    return front_config(load_settings(changes, {}))
+
+
+def test_the_front_takes_the_public_ports_and_passes_the_rest_to_serve_on_loopback():
+    listeners = _front(http_port=8100, grpc_port=8101, serve_http_port=9100, grpc_ingress_port=9101).listeners
+    assert listeners["http_port"] == 8100 and listeners["grpc_port"] == 8101
+    assert listeners["http_upstream"] == "127.0.0.1:9100" and listeners["grpc_upstream"] == "127.0.0.1:9101"
+    assert listeners["host"] == "127.0.0.1" and listeners["keep_alive_s"] == 90 and listeners["timeout_s"] == 300
+
+
+def test_the_front_follows_the_settings_that_shape_it():
+    wide = _front(http_host="0.0.0.0", management_token="t" * 20, keep_alive_s=5, request_timeout_s=2.5)
+    assert wide.listeners["host"] == "0.0.0.0" and wide.listeners["grpc_upstream"].startswith("127.0.0.1:")
+    assert wide.listeners["keep_alive_s"] == 5 and wide.listeners["timeout_s"] == 2
+    no_grpc = _front(grpc_workers=0)
+    assert no_grpc.listeners["grpc_port"] == 0 and no_grpc.listeners["http_port"] == 8000 and no_grpc.workers == 1
+    kuberay = _front(http_front=False)
+    assert kuberay.listeners["http_port"] == 0 and kuberay.listeners["grpc_port"] == 8001
+
+
+def test_the_front_runs_once_on_the_head_node_and_takes_no_cpu():
+    from modelpool.management.serve_configs import front_app_config
+
+    app = front_app_config(_front(), {"iris/": "model:iris:1"}, "code-1")
+    options = app.deployment_options
+    assert options["num_replicas"] == 1 and options["ray_actor_options"]["num_cpus"] == 0
+    assert options["ray_actor_options"]["resources"] == {"node:__internal_head__": 0.001}
+    assert options["user_config"] == {"routes": {"iris/": "model:iris:1"}}
+    moved = front_app_config(_front(http_port=8200), {}, "code-1")
+    assert moved.deployment_options["version"] != options["version"], "a new port is a new front (Serve restarts it)"
+    rerouted = front_app_config(_front(), {"iris/": "model:iris:2"}, "code-1")
+    assert rerouted.deployment_options["version"] == options["version"], "a new table is applied live, no restart"

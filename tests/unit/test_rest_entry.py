@@ -98,7 +98,7 @@ def test_calls_in_flight_are_counted_and_drained(port: RunningPort) -> None:
     assert port.port.in_flight == 0
     with httpx.Client(base_url=port.url) as http:
         assert http.post("/v2/models/iris/infer", json=BODY).status_code == 200
-    assert port.port.in_flight == 0 and port.rest.idle.is_set()
+    assert port.port.in_flight == 0 and port.rest.in_flight.idle.is_set()
 
 
 def test_the_log_context_carries_the_request_id() -> None:

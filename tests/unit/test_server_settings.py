@@ -88,7 +88,9 @@ def test_log_level_access_log_and_replica_options_reach_the_deployment():
                                                  "max_requests": 100, "max_requests_jitter": 10, "body_timeout_s": 60.0,
                                                  "replica_port": True}
     no_grpc = serve_options(load_settings({"grpc_workers": 0}, {}))
-    assert no_grpc["user_config"]["serving"]["replica_port"] is False, "no front: no replica gRPC ports"
+    assert no_grpc["user_config"]["serving"]["replica_port"] is True, "gRPC off: the front still sends REST to the ports"
+    no_front = serve_options(load_settings({"grpc_workers": 0, "http_front": False}, {}))
+    assert no_front["user_config"]["serving"]["replica_port"] is False, "nothing routes to a replica port: none opens"
     assert options["health_check_period_s"] == 2.0, "recycling rides on the health check: check often"
     assert serve_options(load_settings({}, {}))["health_check_period_s"] == 2.0, "a dead replica is noticed by it"
 
