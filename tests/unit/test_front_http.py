@@ -26,7 +26,7 @@ from modelpool.deployments.rest_entry import RestApp
 
 APP = "model:iris:1"
 V2_APP = "model:iris:2"
-SLOW_S = 3.0
+SLOW_S = 1.5
 
 
 class ServeIngress:
@@ -70,7 +70,8 @@ class Replica:
         self.address = asyncio.run_coroutine_threadsafe(self.port.start("127.0.0.1"), self.loop).result(10)
 
     def close(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.port.stop(1.0), self.loop).result(10)
+        """Drained: a slow request the front gave up on still ends here before the port closes."""
+        asyncio.run_coroutine_threadsafe(self.port.stop(SLOW_S + 1), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
 
