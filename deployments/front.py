@@ -6,11 +6,12 @@ more than modelpool's own answer path (BENCHMARKS.md, issue 15). Dedicated model
 port of their own (``replica_port``: uvicorn, HTTP/1.1 and HTTP/2 on one socket, gRPC and REST) and
 register it here (a map ``app@slot -> host|port``, replicas taking turns over ``PORT_SLOTS`` slots).
 
-- **HTTP** on ``--http-port``: a V2 model path (``/v2/models/{name}[/versions/{v}]...``) is looked up
-  by ``name/version`` in the routing table (``name/`` is the default version) and goes straight to one
-  of that app's registered ports, picked at random per request (``set-dst``). Everything else, and a
-  model whose app has no registered port yet, goes to Serve's HTTP ingress, moved to an internal port
-  (``--serve-http-port``) on loopback: management, the generic pool, TorchServe's and KServe's paths.
+- **HTTP** on ``--http-port``: a model path (V2's ``/v2/models/{name}[/versions/{v}]...``, TorchServe's
+  ``/predictions/{name}[/{v}]``, KServe V1's ``/v1/models/{name}:predict``) is looked up by ``name/version``
+  in the routing table (``name/`` is the default version) and goes straight to one of that app's
+  registered ports, picked at random per request (``set-dst``). Everything else, and a model whose app
+  has no registered port yet, goes to Serve's HTTP ingress, moved to an internal port
+  (``--serve-http-port``) on loopback: management, the generic pool's models, the protocol fronts.
 - **gRPC** on ``--grpc-port``: V2 clients name the model only inside the message (``model_name``, field 1,
   and ``model_version``, field 2, of ModelInferRequest, ModelReadyRequest and ModelMetadataRequest alike);
   HAProxy's ``protobuf`` converter reads them, the same table finds the app, which goes in the
@@ -44,6 +45,7 @@ from pathlib import Path
 from typing import Mapping, Optional
 
 from modelpool.cluster.front_directories import FRONT_DIRECTORY_PREFIX, remove_stale_front_directories
+from modelpool.deployments.codecs import kserve_v1, torchserve
 from modelpool.deployments.replica_port import MAX_CALLS_PER_CONNECTION
 
 logger = logging.getLogger("ray.serve")
@@ -116,12 +118,18 @@ def _http_section(listeners: Listeners, bind_host: str, map_path: Path, ports_pa
     return f"""
 frontend http
     bind {bind_host}:{listeners.http_port}
-    # a V2 model path: /v2/models/{{name}}[/versions/{{version}}][/action]; "name/version" finds its app
-    acl model_path path_beg {MODEL_PATH_PREFIX}
-    http-request set-var(txn.model_name) path,field(4,/) if model_path
-    http-request set-var(txn.model_version) path,field(6,/) if model_path {{ path,field(5,/) -m str versions }}
-    http-request set-var(txn.route) var(txn.model_name),concat(/,txn.model_version) if model_path
-    http-request set-var(txn.app) var(txn.route),map_str({map_path}) if model_path
+    # the model a path names, "name/version" finding its app: V2 /v2/models/{{name}}[/versions/{{version}}][/action],
+    # TorchServe /predictions/{{name}}[/{{version}}], KServe V1 /v1/models/{{name}}[:verb] (the default version)
+    acl v2_path path_beg {MODEL_PATH_PREFIX}
+    acl torchserve_path path_beg {torchserve.ROUTE_PREFIX}/
+    acl kserve_v1_path path_beg {kserve_v1.ROUTE_PREFIX}/models/
+    http-request set-var(txn.model_name) path,field(4,/) if v2_path
+    http-request set-var(txn.model_version) path,field(6,/) if v2_path {{ path,field(5,/) -m str versions }}
+    http-request set-var(txn.model_name) path,field(3,/) if torchserve_path
+    http-request set-var(txn.model_version) path,field(4,/) if torchserve_path
+    http-request set-var(txn.model_name) path,field(4,/),field(1,:) if kserve_v1_path
+    http-request set-var(txn.route) var(txn.model_name),concat(/,txn.model_version) if {{ var(txn.model_name) -m found }}
+    http-request set-var(txn.app) var(txn.route),map_str({map_path}) if {{ var(txn.route) -m found }}
     http-request set-var(txn.slot) rand({PORT_SLOTS}) if {{ var(txn.app) -m found }}
     http-request set-var(txn.port) var(txn.app),concat(@,txn.slot),map_str({ports_path}) if {{ var(txn.app) -m found }}
     use_backend replica_rest if {{ var(txn.port) -m found }}

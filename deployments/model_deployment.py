@@ -10,6 +10,7 @@ app by longest-prefix routing; it is forwarded to the generic pool.
 """
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Awaitable, Optional
 
@@ -20,6 +21,7 @@ from starlette.responses import Response
 from modelpool.cluster.settings import DEFAULT_MAX_BODY_BYTES
 from modelpool.deployments import grpc_entry
 from modelpool.deployments.app_names import GENERIC_POOL_APP, GENERIC_POOL_DEPLOYMENT, GENERIC_POOL_ROUTE
+from modelpool.deployments.codecs import PROTOCOLS
 from modelpool.deployments.errors import RequestError
 from modelpool.deployments.replica_port import GrpcMethod
 from modelpool.deployments.http_io import codec_headers, read_body, sub_path
@@ -53,7 +55,9 @@ class ModelServer(ReplicaBase):
             "ModelInfer": GrpcMethod(pb.ModelInferRequest, self.ModelInfer),
             "ModelReady": GrpcMethod(pb.ModelReadyRequest, self.ModelReady),
             "ModelMetadata": GrpcMethod(pb.ModelMetadataRequest, self.ModelMetadata),
-        }, self._headers, rest=RestApp(self.__call__, f"{GENERIC_POOL_ROUTE}/{name}"))
+        }, self._headers, rest=RestApp(self.__call__, f"{GENERIC_POOL_ROUTE}/{name}", protocols={
+            codec.ROUTE_PREFIX: functools.partial(self.protocol_request, protocol)
+            for protocol, codec in PROTOCOLS.items()}))
 
     def _apply(self, user_config: dict) -> None:
         """Batch size, delay and the version lists, applied without a restart; the replica's gRPC port opens."""

@@ -35,7 +35,7 @@ from modelpool.cluster.settings import DEFAULT_MAX_BODY_BYTES, DEFAULT_RESPONSE_
 from modelpool.deployments import deadlines
 from modelpool.deployments.app_names import GENERIC_POOL_APP, GENERIC_POOL_DEPLOYMENT
 from modelpool.deployments.codecs import PROTOCOLS
-from modelpool.deployments.codecs.base import ProtocolCall
+from modelpool.deployments.codecs.base import BODY_ACTIONS, ProtocolCall
 from modelpool.deployments.errors import RequestError
 from modelpool.deployments.front import route_key
 from modelpool.deployments.http_io import JSON, check_inference_token, codec_headers, read_body, sub_path
@@ -48,7 +48,6 @@ logger = logging.getLogger("ray.serve")
 
 HOP_SLACK_S = 10.0  # past the model's own response_timeout (which answers 504 itself): the call found no replica
 READY_TIMEOUT_S = 5.0  # a readiness probe is answered 503 rather than held while replicas start or a model loads
-BODY_ACTIONS = ("infer", "explain")
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,10 @@ from modelpool.deployments.app_names import REPLICA_HEADER
 from modelpool.deployments.archive import unpack_archive
 from modelpool.deployments.archive_fetch import local_archive, open_store
 from modelpool.deployments.errors import RequestError
-from modelpool.deployments.http_io import body_reader, check_inference_token, error_response
+from modelpool.deployments.codecs import PROTOCOLS
+from modelpool.deployments.codecs.base import BODY_ACTIONS
+from modelpool.deployments.http_io import (body_reader, check_inference_token, codec_headers, error_response, read_body,
+                                          sub_path)
 from modelpool.deployments.loaded_model import LoadedModel
 from modelpool.deployments.log_flush import start_log_flusher
 from modelpool.deployments.model_calls import (ModelCall, ProtocolAnswer, answer_model_call, answer_protocol_call,
@@ -138,6 +141,24 @@ class ReplicaBase:
             return protocol_answer(protocol, 500, json.loads(answer.body), self._headers)
         finally:
             self.budget.count()
+
+    async def protocol_request(self, protocol: str, request: Request) -> Response:
+        """A TorchServe or KServe V1 HTTP request that the front sent straight to this replica's port (below the
+        protocol's route prefix): read as ``ProtocolFront`` reads it, answered by ``protocol_call``."""
+        codec = PROTOCOLS[protocol]
+        try:
+            check_inference_token(request, self.options)
+            call = codec.parse_call(sub_path(request), request.method)
+            if call.name is None:  # the front sends only calls that name a model; a list is the protocol front's
+                raise RequestError(f"no model named in '{request.url.path}'", status=404, field="model_name")
+            body = (await read_body(request, self.max_body_bytes, self.options.body_timeout_s)
+                    if call.action in BODY_ACTIONS else b"")
+        except RequestError as exc:
+            status, payload, headers = protocol_error(protocol, exc, self._headers, self.options.debug)
+            return Response(payload, status_code=status, headers=headers)
+        status, payload, headers = await self.protocol_call(protocol, call.name, call.version, call.action, body,
+                                                            codec_headers(request.headers))
+        return Response(payload, status_code=status, headers=headers)
 
     # --- V2 over gRPC (Serve's gRPC ingress and the replica's own port call these by the call's name) ---
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Mapping, Optional
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -54,32 +54,46 @@ def set_log_context(request_id: str, route: str, app_name: str) -> None:
     context._set_request_context(route=route, request_id=request_id, app_name=app_name)
 
 
+Answer = Callable[[Request], Awaitable[Response]]
+
+
 class RestApp:
     """The ASGI app of a replica port's REST calls; ``answer`` is the replica's HTTP entry point.
 
     ``root_path`` is the model's prefix (``/v2/models/{name}``): the entry point reads the call below it,
-    as it reads what Serve passes below the app's route prefix.
+    as it reads what Serve passes below the app's route prefix. ``protocols`` maps another server's
+    route prefix (``/predictions``, ``/v1``) to the entry point answering that protocol, which reads the
+    call below its prefix.
     """
 
-    def __init__(self, answer: Callable[[Request], Awaitable[Response]], root_path: str, app_name: str = "",
-                 log_context: Callable[[str, str, str], None] = set_log_context) -> None:
+    def __init__(self, answer: Answer, root_path: str, app_name: str = "",
+                 log_context: Callable[[str, str, str], None] = set_log_context,
+                 protocols: Optional[Mapping[str, Answer]] = None) -> None:
         self.answer = answer
         self.root_path = root_path
         self.app_name = app_name
         self.log_context = log_context
+        self.protocols = {prefix + "/": (prefix, answer) for prefix, answer in (protocols or {}).items()}
         self.in_flight = InFlight()
+
+    def _route(self, path: str) -> tuple[str, Answer]:
+        for start, route in self.protocols.items():
+            if path.startswith(start):
+                return route
+        return self.root_path, self.answer
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
             return
         started = time.perf_counter()
         request_id = request_id_of(scope["headers"])
-        scope["root_path"] = self.root_path
-        self.log_context(request_id, self.root_path, self.app_name)
+        root_path, answer = self._route(scope["path"])
+        scope["root_path"] = root_path
+        self.log_context(request_id, root_path, self.app_name)
         status = 500
         try:
             with self.in_flight:
-                response = await self.answer(Request(scope, receive))
+                response = await answer(Request(scope, receive))
                 response.headers.append(REQUEST_ID_HEADER, request_id)
                 status = response.status_code
                 await response(scope, receive, send)

@@ -7,6 +7,9 @@ from typing import Optional
 JSON = "application/json"
 
 
+BODY_ACTIONS = ("infer", "explain")  # the actions whose request body is read
+
+
 @dataclass(frozen=True)
 class Encoded:
     """A response body with its media type and any headers the wire format needs."""

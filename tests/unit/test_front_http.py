@@ -119,7 +119,24 @@ def test_model_paths_of_an_app_with_ports_go_to_its_replicas_and_the_rest_to_ser
         assert served_by(client, "/v2/models/") == "serve"
         assert client.get("/v2/health/ready").json()["served_by"] == "serve"
         assert client.get("/models?limit=2").json()["path"] == "/models"
-        assert client.post("/predictions/iris", content=b"1").json()["served_by"] == "serve"
+        assert client.post("/predictions/iris2", content=b"1").json()["served_by"] == "serve"
+    finally:
+        replica.close()
+
+
+def test_torchserve_and_kserve_v1_paths_of_a_routed_model_go_to_its_replicas_too(front):
+    process, client = front
+    replica = Replica("replica-a")
+    try:
+        process.register(APP, "a", replica.address)
+        assert served_by(client, "/predictions/iris") == "replica-a"
+        assert served_by(client, "/predictions/iris/1") == "replica-a"
+        assert served_by(client, "/predictions/iris/2") == "serve", "version 2's app has no port"
+        assert served_by(client, "/v1/models/iris:predict") == "replica-a"
+        assert client.get("/v1/models/iris").json()["served_by"] == "replica-a", "KServe V1 readiness"
+        assert client.get("/v1/models").json()["served_by"] == "serve", "the list of models is the protocol front's"
+        assert served_by(client, "/v1/models/iris2:predict") == "serve"
+        assert served_by(client, "/explanations/iris") == "serve"
     finally:
         replica.close()
 

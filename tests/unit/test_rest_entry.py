@@ -6,6 +6,7 @@ the real ``ModelServer`` with the example iris archive, so answers are the model
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import threading
@@ -15,6 +16,7 @@ from typing import Iterator
 import httpx
 import pytest
 
+from modelpool.deployments.codecs import PROTOCOLS
 from modelpool.deployments.examples import build_examples
 from modelpool.deployments.replica_port import ReplicaPort
 from modelpool.deployments.model_deployment import ModelServer
@@ -29,7 +31,9 @@ class RunningPort:
 
     def __init__(self, server: ModelServer) -> None:
         self.loop = asyncio.new_event_loop()
-        self.rest = RestApp(server.__call__, "/v2/models/iris", "model:iris:1", log_context=lambda *_: None)
+        self.rest = RestApp(server.__call__, "/v2/models/iris", "model:iris:1", log_context=lambda *_: None,
+                            protocols={codec.ROUTE_PREFIX: functools.partial(server.protocol_request, protocol)
+                                       for protocol, codec in PROTOCOLS.items()})
         self.port = ReplicaPort({}, {}, rest=self.rest)
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
@@ -128,3 +132,17 @@ def test_the_log_context_carries_the_request_id() -> None:
     asyncio.run(call())
     assert (seen["request_id"], seen["route"], seen["app_name"]) == ("r-7", "/v2/models/m", "model:m:1")
     assert json.dumps(seen, default=str)
+
+
+def test_torchserve_and_kserve_v1_calls_answer_in_their_own_shapes(port: RunningPort) -> None:
+    with httpx.Client(base_url=port.url) as http:
+        torchserve = http.post("/predictions/iris/1", json=[5.1, 3.5, 1.4, 0.2])
+        kserve = http.post("/v1/models/iris:predict", json={"instances": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]})
+        ready = http.get("/v1/models/iris")
+        other_version = http.post("/predictions/iris/7", json=[5.1, 3.5, 1.4, 0.2])
+        bad = http.post("/v1/models/iris:predict", content=b"{not json")
+    assert torchserve.status_code == 200 and torchserve.json() == 0 and torchserve.headers["x-request-id"]
+    assert kserve.status_code == 200 and kserve.json() == {"predictions": [0, 2]}
+    assert ready.status_code == 200 and ready.json()["ready"] is True
+    assert other_version.status_code == 503 and "retry" in other_version.json()["message"]
+    assert bad.status_code == 400 and "error" in bad.json()
