@@ -25,6 +25,8 @@ CODEC_HEADERS = ("content-type", v2_binary.HEADER)
 #: Seconds a client is told to wait (``Retry-After``) when a model is registered but not ready to answer yet.
 RETRY_AFTER_S = "1"
 
+_HEADERS_KEY = "modelpool.headers"  # where request_headers keeps its dict, in the ASGI scope
+
 
 def sub_path(request: Request) -> str:
     """The path below the app's route prefix (Serve passes the prefix as ``root_path``).
@@ -48,13 +50,28 @@ def check_authorization(authorization: str, options: ServingOptions,
                            field="authorization")
 
 
+def request_headers(request: Request) -> dict[str, str]:
+    """The request's headers as a plain dict of lower-case names, made once per request.
+
+    Starlette's ``request.headers`` scans the raw list on every lookup and raises and catches a
+    KeyError for a missing name; a model call asks for several that are usually absent
+    (``authorization``, ``inference-header-content-length``). A repeated header keeps its last value.
+    """
+    scope = request.scope
+    found = scope.get(_HEADERS_KEY)
+    if found is None:
+        found = scope[_HEADERS_KEY] = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
+    return found
+
+
 def check_inference_token(request: Request, options: ServingOptions) -> None:
     """401 unless the request carries a token model routes accept (only when --inference-token is set).
 
     Checked before the path is even parsed, so a caller without the token learns nothing, not even
     which models exist (a 404 lists them).
     """
-    check_authorization(request.headers.get("authorization", ""), options)
+    if options.inference_token_sha256:
+        check_authorization(request_headers(request).get("authorization", ""), options)
 
 
 async def read_body(request: Request, max_bytes: int, timeout_s: Optional[float] = None) -> bytes:
@@ -65,7 +82,7 @@ async def read_body(request: Request, max_bytes: int, timeout_s: Optional[float]
     The deadline covers the whole body, so a client trickling a byte at a time cannot hold a
     replica slot for longer than that.
     """
-    declared = request.headers.get("content-length")
+    declared = request_headers(request).get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise RequestError(f"request body of {declared} bytes exceeds the limit of {max_bytes}; send fewer rows per request",
                            status=413, field="body")

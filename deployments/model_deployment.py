@@ -24,7 +24,7 @@ from modelpool.deployments.app_names import GENERIC_POOL_APP, GENERIC_POOL_DEPLO
 from modelpool.deployments.codecs import PROTOCOLS
 from modelpool.deployments.errors import RequestError
 from modelpool.deployments.replica_port import GrpcMethod
-from modelpool.deployments.http_io import codec_headers, read_body, sub_path
+from modelpool.deployments.http_io import codec_headers, read_body, request_headers, sub_path
 from modelpool.deployments.loaded_model import LoadedModel
 from modelpool.deployments.model_calls import ModelCall, parse_model_call
 from modelpool.deployments.protos import open_inference_pb2 as pb
@@ -131,5 +131,5 @@ class ModelServer(ReplicaBase):
                 if request.method == "POST" else b"")  # a 413/408 here is answered by __call__
         handle = serve.get_deployment_handle(GENERIC_POOL_DEPLOYMENT, app_name=GENERIC_POOL_APP)
         status, payload, headers = await handle.forward.remote(self.name, call.version, call.action, body,
-                                                               codec_headers(request.headers))
+                                                               codec_headers(request_headers(request)))
         return Response(payload, status_code=status, headers=headers)

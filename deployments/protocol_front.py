@@ -38,7 +38,7 @@ from modelpool.deployments.codecs import PROTOCOLS
 from modelpool.deployments.codecs.base import BODY_ACTIONS, ProtocolCall
 from modelpool.deployments.errors import RequestError
 from modelpool.deployments.front import route_key
-from modelpool.deployments.http_io import JSON, check_inference_token, codec_headers, read_body, sub_path
+from modelpool.deployments.http_io import JSON, check_inference_token, codec_headers, read_body, request_headers, sub_path
 from modelpool.deployments.log_flush import start_log_flusher
 from modelpool.deployments.model_calls import ProtocolAnswer, protocol_answer, protocol_error
 from modelpool.deployments.redact import public_message
@@ -99,7 +99,7 @@ class ProtocolFront:
                 return Response(self.codec.models_body(self.models), media_type=JSON)
             body = (await read_body(request, self.max_body_bytes, self.options.body_timeout_s)
                     if call.action in BODY_ACTIONS else b"")
-            status, payload, headers = await self.forward(call, body, codec_headers(request.headers))
+            status, payload, headers = await self.forward(call, body, codec_headers(request_headers(request)))
         except RequestError as exc:
             status, payload, headers = protocol_error(self.protocol, exc, {}, self.options.debug)
         return Response(payload, status_code=status, headers=headers)

@@ -32,7 +32,7 @@ from modelpool.deployments.errors import RequestError
 from modelpool.deployments.codecs import PROTOCOLS
 from modelpool.deployments.codecs.base import BODY_ACTIONS
 from modelpool.deployments.http_io import (body_reader, check_inference_token, codec_headers, error_response, read_body,
-                                          sub_path)
+                                          request_headers, sub_path)
 from modelpool.deployments.loaded_model import LoadedModel
 from modelpool.deployments.log_flush import start_log_flusher
 from modelpool.deployments.model_calls import (ModelCall, ProtocolAnswer, answer_model_call, answer_protocol_call,
@@ -121,7 +121,7 @@ class ReplicaBase:
         model, call, versions = target
         read = body_reader(request, self.max_body_bytes, self.options.body_timeout_s)
         try:
-            return await answer_model_call(model, call, read, versions, self._headers, request.headers)
+            return await answer_model_call(model, call, read, versions, self._headers, request_headers(request))
         finally:
             self.budget.count()
 
@@ -157,7 +157,7 @@ class ReplicaBase:
             status, payload, headers = protocol_error(protocol, exc, self._headers, self.options.debug)
             return Response(payload, status_code=status, headers=headers)
         status, payload, headers = await self.protocol_call(protocol, call.name, call.version, call.action, body,
-                                                            codec_headers(request.headers))
+                                                            codec_headers(request_headers(request)))
         return Response(payload, status_code=status, headers=headers)
 
     # --- V2 over gRPC (Serve's gRPC ingress and the replica's own port call these by the call's name) ---

@@ -10,6 +10,7 @@ import functools
 import json
 import logging
 import threading
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -93,7 +94,10 @@ def test_every_call_writes_an_access_line(port: RunningPort, caplog: pytest.LogC
     with caplog.at_level(logging.INFO, logger="ray.serve"), httpx.Client(base_url=port.url) as http:
         http.post("/v2/models/iris/infer", json=BODY)
         http.post("/v2/models/iris/infer", content=b"[]")
-    lines = [r for r in caplog.records if getattr(r, "serve_access_log", False)]
+        deadline = time.monotonic() + 5  # the line is written once the answer is sent: the client may read first
+        while len(access_lines(caplog)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    lines = access_lines(caplog)
     assert [line.getMessage().split()[:3] for line in lines] == [
         ["POST", "/v2/models/iris/infer", "200"], ["POST", "/v2/models/iris/infer", "400"]]
 
@@ -102,6 +106,9 @@ def test_calls_in_flight_are_counted_and_drained(port: RunningPort) -> None:
     assert port.port.in_flight == 0
     with httpx.Client(base_url=port.url) as http:
         assert http.post("/v2/models/iris/infer", json=BODY).status_code == 200
+    deadline = time.monotonic() + 5  # counted until the answer is sent: the client may read it a moment before
+    while port.port.in_flight and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert port.port.in_flight == 0 and port.rest.in_flight.idle.is_set()
 
 
@@ -146,3 +153,7 @@ def test_torchserve_and_kserve_v1_calls_answer_in_their_own_shapes(port: Running
     assert ready.status_code == 200 and ready.json()["ready"] is True
     assert other_version.status_code == 503 and "retry" in other_version.json()["message"]
     assert bad.status_code == 400 and "error" in bad.json()
+
+
+def access_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if getattr(r, "serve_access_log", False)]
