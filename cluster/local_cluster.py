@@ -13,6 +13,7 @@ import json
 import os
 import secrets
 import signal
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -90,6 +91,35 @@ def wait_until_ready(url: str, timeout_s: float) -> None:
     raise TimeoutError(f"{url}/v2/health/ready not ready after {timeout_s:.0f}s ({last})")
 
 
+def busy_ports(settings: Settings) -> list[str]:
+    """The ports a local start binds on this machine that something else holds, each with the flag that moves it.
+
+    The front and Serve's ingresses bind them only once Ray and the applications are up, a minute later;
+    a port found busy then fails the start only after its whole timeout.
+    """
+    wanted = {settings.http_port: ("--http-port", settings.http_host)}
+    if settings.http_front:
+        wanted[settings.serve_http_port] = ("--serve-http-port", "127.0.0.1")
+    if settings.grpc_enabled:
+        wanted[settings.grpc_port] = ("--grpc-port", settings.http_host)
+        wanted[settings.grpc_ingress_port] = ("--grpc-ingress-port", settings.http_host)
+    busy = []
+    for port, (flag, host) in wanted.items():
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do: TIME_WAIT is no conflict
+            try:
+                probe.bind((host.strip("[]"), port))
+            except OSError:
+                busy.append(f"port {port} is in use: choose another with {flag}")
+    return busy
+
+
+def check_ports_free(settings: Settings) -> None:
+    busy = busy_ports(settings)
+    if busy:
+        raise RuntimeError("; ".join(busy))
+
+
 def start(settings: Settings, deploy: Callable[[str], None], grpc_servicer_functions: Sequence[str] = (),
           progress: Say = _quiet, trouble: Say = _quiet) -> None:
     """Start a local Ray head (or join ``settings.address``) and Serve, ``deploy(token)``, wait until served.
@@ -99,6 +129,7 @@ def start(settings: Settings, deploy: Callable[[str], None], grpc_servicer_funct
     """
     started_here = not settings.address
     if started_here:
+        check_ports_free(settings)
         progress(f"starting a local Ray head on 127.0.0.1:{settings.ray_port} ...")
         address = runtime.start_local_head(settings)
     else:

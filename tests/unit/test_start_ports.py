@@ -1,0 +1,46 @@
+"""A local start refuses a busy port before anything starts, naming the port and the flag that moves it."""
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+
+from modelpool.cluster import local_cluster, runtime
+from modelpool.cluster.net import free_port
+from modelpool.cluster.settings import load_settings
+
+
+def _settings(tmp_path, **changes):
+    ports = {"http_port": free_port(), "grpc_port": free_port(), "serve_http_port": free_port(),
+             "grpc_ingress_port": free_port()}
+    return load_settings({"home": str(tmp_path), **ports, **changes}, {})
+
+
+def test_free_ports_pass(tmp_path):
+    assert local_cluster.busy_ports(_settings(tmp_path)) == []
+
+
+@pytest.mark.parametrize("field, flag", [("http_port", "--http-port"), ("grpc_port", "--grpc-port"),
+                                         ("serve_http_port", "--serve-http-port")])
+def test_a_busy_port_stops_the_start_at_once_and_starts_nothing(tmp_path, monkeypatch, field, flag):
+    settings = _settings(tmp_path)
+    started = []
+    monkeypatch.setattr(runtime, "start_local_head", lambda *_: started.append("ray"))
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", getattr(settings, field)))
+        holder.listen()
+        clock = time.monotonic()
+        with pytest.raises(RuntimeError) as refused:
+            local_cluster.start(settings, deploy=lambda token: started.append("deploy"))
+    assert str(refused.value) == f"port {getattr(settings, field)} is in use: choose another with {flag}"
+    assert time.monotonic() - clock < 2 and started == [], "refused before Ray or anything else starts"
+    assert local_cluster.read_state(settings.home_path) is None
+
+
+def test_ports_that_stay_closed_are_not_checked(tmp_path):
+    settings = _settings(tmp_path, grpc_workers=0, http_front=False)
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", settings.grpc_port))
+        holder.listen()
+        assert local_cluster.busy_ports(settings) == [], "gRPC off: its port is not modelpool's"
