@@ -7,7 +7,7 @@ port of their own (``replica_port``: uvicorn, HTTP/1.1 and HTTP/2 on one socket,
 register it here (a map ``app@slot -> host|port``, replicas taking turns over ``PORT_SLOTS`` slots).
 
 - **HTTP** on ``--http-port``: a model path (V2's ``/v2/models/{name}[/versions/{v}]...``, TorchServe's
-  ``/predictions/{name}[/{v}]``, KServe V1's ``/v1/models/{name}:predict``) is looked up by ``name/version``
+  ``/predictions/{name}[/{v}]``, KServe V1's ``/v1/models/{name}[/versions/{v}]:predict``) is looked up by ``name/version``
   in the routing table (``name/`` is the default version) and goes straight to one of that app's
   registered ports, picked at random per request (``set-dst``). Everything else, and a model whose app
   has no registered port yet, goes to Serve's HTTP ingress, moved to an internal port
@@ -119,7 +119,7 @@ def _http_section(listeners: Listeners, bind_host: str, map_path: Path, ports_pa
 frontend http
     bind {bind_host}:{listeners.http_port}
     # the model a path names, "name/version" finding its app: V2 /v2/models/{{name}}[/versions/{{version}}][/action],
-    # TorchServe /predictions/{{name}}[/{{version}}], KServe V1 /v1/models/{{name}}[:verb] (the default version)
+    # TorchServe /predictions/{{name}}[/{{version}}], KServe V1 /v1/models/{{name}}[/versions/{{version}}][:verb]
     acl v2_path path_beg {MODEL_PATH_PREFIX}
     acl torchserve_path path_beg {torchserve.ROUTE_PREFIX}/
     acl kserve_v1_path path_beg {kserve_v1.ROUTE_PREFIX}/models/
@@ -128,6 +128,7 @@ frontend http
     http-request set-var(txn.model_name) path,field(3,/) if torchserve_path
     http-request set-var(txn.model_version) path,field(4,/) if torchserve_path
     http-request set-var(txn.model_name) path,field(4,/),field(1,:) if kserve_v1_path
+    http-request set-var(txn.model_version) path,field(6,/),field(1,:) if kserve_v1_path {{ path,field(5,/) -m str versions }}
     http-request set-var(txn.route) var(txn.model_name),concat(/,txn.model_version) if {{ var(txn.model_name) -m found }}
     http-request set-var(txn.app) var(txn.route),map_str({map_path}) if {{ var(txn.route) -m found }}
     http-request set-var(txn.slot) rand({PORT_SLOTS}) if {{ var(txn.app) -m found }}

@@ -133,6 +133,8 @@ def test_torchserve_and_kserve_v1_paths_of_a_routed_model_go_to_its_replicas_too
         assert served_by(client, "/predictions/iris/1") == "replica-a"
         assert served_by(client, "/predictions/iris/2") == "serve", "version 2's app has no port"
         assert served_by(client, "/v1/models/iris:predict") == "replica-a"
+        assert served_by(client, "/v1/models/iris/versions/1:predict") == "replica-a"
+        assert served_by(client, "/v1/models/iris/versions/2:predict") == "serve", "version 2's app has no port"
         assert client.get("/v1/models/iris").json()["served_by"] == "replica-a", "KServe V1 readiness"
         assert client.get("/v1/models").json()["served_by"] == "serve", "the list of models is the protocol front's"
         assert served_by(client, "/v1/models/iris2:predict") == "serve"

@@ -145,11 +145,13 @@ def test_torchserve_and_kserve_v1_calls_answer_in_their_own_shapes(port: Running
     with httpx.Client(base_url=port.url) as http:
         torchserve = http.post("/predictions/iris/1", json=[5.1, 3.5, 1.4, 0.2])
         kserve = http.post("/v1/models/iris:predict", json={"instances": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]})
+        versioned = http.post("/v1/models/iris/versions/1:predict", json={"instances": [[5.1, 3.5, 1.4, 0.2]]})
         ready = http.get("/v1/models/iris")
         other_version = http.post("/predictions/iris/7", json=[5.1, 3.5, 1.4, 0.2])
         bad = http.post("/v1/models/iris:predict", content=b"{not json")
     assert torchserve.status_code == 200 and torchserve.json() == 0 and torchserve.headers["x-request-id"]
     assert kserve.status_code == 200 and kserve.json() == {"predictions": [0, 2]}
+    assert versioned.status_code == 200 and versioned.json() == {"predictions": [0]}
     assert ready.status_code == 200 and ready.json()["ready"] is True
     assert other_version.status_code == 503 and "retry" in other_version.json()["message"]
     assert bad.status_code == 400 and "error" in bad.json()
