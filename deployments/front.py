@@ -178,6 +178,11 @@ frontend v2_grpc
     http-response set-var(txn.starting) bool(true) if {{ res.hdr(grpc-status) -m str 5 }} app_missing
     http-response set-header grpc-message "{STARTING_MESSAGE}" if {{ var(txn.starting) -m bool }}
     http-response set-header grpc-status 14 if {{ var(txn.starting) -m bool }}
+    # a replica that died under the call (killed: its port refused, and Serve's path still sent the call there):
+    # Serve answers CANCELLED, which a client that did not cancel must read as UNAVAILABLE, retryable
+    http-response set-var(txn.replica_gone) bool(true) if {{ res.hdr(grpc-status) -m str 1 }}
+    http-response set-header grpc-message "{PORT_GONE_MESSAGE}" if {{ var(txn.replica_gone) -m bool }}
+    http-response set-header grpc-status 14 if {{ var(txn.replica_gone) -m bool }}
     # an app whose replicas registered ports of their own: straight to one of them
     http-request set-var(txn.slot) rand({PORT_SLOTS}) if model_call
     http-request set-var(txn.port) var(txn.app),concat(@,txn.slot),map_str({ports_path}) if model_call

@@ -13,7 +13,7 @@ import grpc
 import pytest
 
 from modelpool.cluster.net import free_port
-from modelpool.deployments.front import FrontProcess, Listeners, render_config, render_map, route_key
+from modelpool.deployments.front import PORT_GONE_MESSAGE, FrontProcess, Listeners, render_config, render_map, route_key
 from modelpool.deployments.protos import open_inference_pb2 as pb
 
 PATH = "/inference.GRPCInferenceService/"
@@ -120,6 +120,15 @@ def test_an_application_serve_does_not_know_yet_is_unavailable_not_not_found(fro
         call(channel, "ModelInfer", pb.ModelInferRequest(model_name="x"),
              metadata=(("fail-with", "NOT_FOUND"), ("fail-details", "unknown model 'x'; served models: iris")))
     assert model_says.value.code() == grpc.StatusCode.NOT_FOUND and model_says.value.details().startswith("unknown")
+
+
+def test_a_call_cancelled_by_the_server_is_unavailable_to_the_client(front):
+    """Serve's path answers CANCELLED when the replica it chose died under the call: a client that did not cancel
+    gets V2's retryable UNAVAILABLE."""
+    _, channel = front
+    with pytest.raises(grpc.RpcError) as gone:
+        call(channel, "ModelInfer", pb.ModelInferRequest(model_name="iris"), metadata=(("fail-with", "CANCELLED"),))
+    assert gone.value.code() == grpc.StatusCode.UNAVAILABLE and gone.value.details() == PORT_GONE_MESSAGE
 
 
 def test_a_compressed_model_call_is_unimplemented_with_the_fix(front):
