@@ -42,10 +42,15 @@ def _registry() -> Optional[dict]:
         "batch_size": metrics.Histogram(
             "modelpool_batch_size", "Requests served by one handler call.",
             boundaries=BATCH_SIZE_BOUNDARIES, tag_keys=("model", "version")),
+        # Ray exports a histogram's _sum from bucket midpoints (a batch of 1 counts 0.5), so the exact
+        # number of requests batched is a counter of its own: over modelpool_batch_size_count it is the
+        # mean batch size, and it divides the summed wait into the mean wait of a request.
+        "batched": metrics.Counter(
+            "modelpool_batched_requests_total", "Requests served by handler calls (exactly; see modelpool_batch_size).",
+            tag_keys=("model", "version")),
         "batch_wait": metrics.Counter(
             "modelpool_batch_wait_ms_total",
-            "Time requests waited in a replica's batcher for their handler call, summed, in ms "
-            "(divided by modelpool_batch_size_sum: the mean wait of a request).",
+            "Time requests waited in a replica's batcher for their handler call, summed, in ms.",
             tag_keys=("model", "version")),
         "queue": metrics.Gauge(
             "modelpool_queue_length", "Most requests waiting in a replica's batcher when a batch started, over the last second.",
@@ -77,6 +82,7 @@ class ModelMetrics:
         self._requests: dict[tuple[str, int], int] = {}
         self._latencies: dict[str, list[float]] = {}
         self._batch_sizes: dict[int, int] = {}
+        self._batched = 0
         self._batch_wait_ms = 0.0
         self._most_waiting: Optional[int] = None
         if self._registry is not None:
@@ -99,6 +105,7 @@ class ModelMetrics:
             return
         with self._lock:
             self._batch_sizes[size] = self._batch_sizes.get(size, 0) + 1
+            self._batched += size
             self._batch_wait_ms += waited_s * 1000
             if self._most_waiting is None or waiting > self._most_waiting:
                 self._most_waiting = waiting
@@ -109,6 +116,7 @@ class ModelMetrics:
             requests, self._requests = self._requests, {}
             latencies, self._latencies = self._latencies, {}
             sizes, self._batch_sizes = self._batch_sizes, {}
+            batched, self._batched = self._batched, 0
             wait_ms, self._batch_wait_ms = self._batch_wait_ms, 0.0
             most_waiting, self._most_waiting = self._most_waiting, None
         registry = self._registry
@@ -121,7 +129,9 @@ class ModelMetrics:
         for size, count in sizes.items():
             for _ in range(count):
                 registry["batch_size"].observe(size, self._model_tags)
-        if wait_ms > 0:  # Ray's counters refuse 0
+        if batched:  # Ray's counters refuse 0
+            registry["batched"].inc(batched, self._model_tags)
+        if wait_ms > 0:
             registry["batch_wait"].inc(wait_ms, self._model_tags)
         # set on every flush (0 = no batch waited on anyone): Ray drops a gauge that is not re-set for a while
         registry["queue"].set(most_waiting or 0, self._queue_tags)

@@ -51,8 +51,9 @@ def make_app(model: LoadedModel, overhead_s: float) -> Callable:
             return
         if scope["path"] == "/stats":
             stats = model.batcher.stats
-            await _send(send, json.dumps({"batches": stats.batches, "items": stats.items,
-                                          "sizes": stats.sizes, "waited_s": getattr(stats, "waited_s", None)}).encode(), {})
+            counts = {"batches": stats.batches, "items": stats.items, "sizes": stats.sizes,
+                      "waited_s": getattr(stats, "waited_s", None)}  # None: a batcher from before waits were counted
+            await _send(send, json.dumps(counts).encode(), {})
             return
         busy(overhead_s)
         headers = {k.decode(): v.decode() for k, v in scope["headers"]}

@@ -22,8 +22,10 @@ import argparse
 import os
 import re
 import statistics
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional
 
 from loadtests.bench_serving import BODY, CONCURRENCY, V2_PATH, wait_http
@@ -74,10 +76,12 @@ class Snapshot:
     batch_sizes: Histogram
     latency_ms: Histogram
     wait_ms: float
+    batched: float  # requests served by handler calls (0 where the counter is missing: an older modelpool)
+    answered: float = 0.0  # requests answered, any status (the stand-in for ``batched`` on an older modelpool)
 
     def minus(self, before: "Snapshot") -> "Snapshot":
         return Snapshot(self.batch_sizes.minus(before.batch_sizes), self.latency_ms.minus(before.latency_ms),
-                        self.wait_ms - before.wait_ms)
+                        self.wait_ms - before.wait_ms, self.batched - before.batched, self.answered - before.answered)
 
 
 def parse_samples(text: str, name_prefix: str, **labels: str) -> dict[str, list[tuple[dict, float]]]:
@@ -116,7 +120,9 @@ def snapshot(text: str, model: str = MODEL) -> Snapshot:
     samples = parse_samples(text, "ray_modelpool_", model=model)
     return Snapshot(histogram(samples, "ray_modelpool_batch_size"),
                     histogram(samples, "ray_modelpool_request_latency_ms"),
-                    sum(v for _, v in samples.get("ray_modelpool_batch_wait_ms_total", [])))
+                    sum(v for _, v in samples.get("ray_modelpool_batch_wait_ms_total", [])),
+                    sum(v for _, v in samples.get("ray_modelpool_batched_requests_total", [])),
+                    sum(v for _, v in samples.get("ray_modelpool_requests_total", [])))
 
 
 def settled_snapshot(metrics_url: str) -> Snapshot:
@@ -129,8 +135,7 @@ def settled_snapshot(metrics_url: str) -> Snapshot:
     while True:
         time.sleep(1.2)
         now = snapshot(requests.get(metrics_url, timeout=10).text)
-        if (now.batch_sizes.count == last.batch_sizes.count and now.latency_ms.count == last.latency_ms.count) \
-                or time.monotonic() > deadline:
+        if now == last or time.monotonic() > deadline:
             return now
         last = now
 
@@ -143,20 +148,28 @@ class Run:
 
     @property
     def mean_batch(self) -> float:
-        return self.seen.batch_sizes.total / max(self.seen.batch_sizes.count, 1)
+        """From the batched-requests counter; on an older modelpool from requests answered (the histogram's
+        sum would do neither: Ray makes it of bucket midpoints, 0.5 for a batch of 1)."""
+        return (self.seen.batched or self.seen.answered) / max(self.seen.batch_sizes.count, 1)
 
     @property
     def mean_wait_ms(self) -> float:
-        return self.seen.wait_ms / max(self.seen.batch_sizes.total, 1)
+        return self.seen.wait_ms / self.seen.batched if self.seen.batched else float("nan")
 
 
 def format_run(run: Run) -> str:
     sizes = run.seen.batch_sizes
     buckets = "  ".join(f"{_bucket_name(lo, hi)}:{n}" for lo, hi, n in sizes.per_bucket())
     return (f"  c={run.connections:<3} {run.load.requests_per_s:>8.1f} req/s  p50 {run.load.p50_ms:7.2f} ms  "
-            f"p99 {run.load.p99_ms:8.2f} ms  errors {run.load.errors}  | replica p50<={run.seen.latency_ms.quantile(0.5):g} "
-            f"p99<={run.seen.latency_ms.quantile(0.99):g} ms  batches {sizes.count:.0f}  mean size {run.mean_batch:.2f}  "
+            f"p99 {run.load.p99_ms:8.2f} ms  errors {run.load.errors}  | {_replica_latency(run.seen.latency_ms)}"
+            f"batches {sizes.count:.0f}  mean size {run.mean_batch:.2f}  "
             f"mean wait {run.mean_wait_ms:.3f} ms\n      batch sizes: {buckets}")
+
+
+def _replica_latency(latency_ms: Histogram) -> str:
+    if latency_ms.count <= 0:
+        return ""
+    return f"replica p50<={latency_ms.quantile(0.5):g} p99<={latency_ms.quantile(0.99):g} ms  "
 
 
 def _bucket_name(lower: float, upper: float) -> str:
@@ -181,9 +194,9 @@ def measure(url: str, metrics_url: str, seconds: int, rounds: int) -> list[Run]:
 
 def report(runs: list[Run], args: argparse.Namespace, label: str) -> str:
     lines = [
-        f"{label}: iris LogisticRegression at {V2_PATH}, one row per request, wrk -t1, {os.cpu_count()} cores; "
-        f"{args.rounds} rounds of {args.seconds}s per concurrency, alternating; medians; batch sizes, wait and replica "
-        "latency from the cluster's metrics over each run",
+        f"{label}: {V2_PATH} (iris v2, the default version, a decision tree), one row per request, wrk -t1, "
+        f"{os.cpu_count()} cores; {args.rounds} runs of {args.seconds}s per concurrency, alternating; medians; batch "
+        "sizes, waits and replica latency from the server's own counts over each run",
         "",
         "| c | req/s | p50 ms | p99 ms | replica p99 <= ms | batches/s | mean batch | mean wait in batcher ms |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
@@ -193,8 +206,8 @@ def report(runs: list[Run], args: argparse.Namespace, label: str) -> str:
         med = lambda f: statistics.median(f(r) for r in mine)  # noqa: E731
         lines.append(f"| {c} | {med(lambda r: r.load.requests_per_s):.0f} | {med(lambda r: r.load.p50_ms):.2f} | "
                      f"{med(lambda r: r.load.p99_ms):.2f} | {med(lambda r: r.seen.latency_ms.quantile(0.99)):g} | "
-                     f"{med(lambda r: r.seen.batch_sizes.count) / args.seconds:.0f} | {med(lambda r: r.mean_batch):.2f} | "
-                     f"{med(lambda r: r.mean_wait_ms):.3f} |")
+                     f"{med(lambda r: r.seen.batch_sizes.count) / args.seconds:.0f} | "
+                     f"{med(lambda r: r.mean_batch):.2f} | {med(lambda r: r.mean_wait_ms):.3f} |")
     lines += ["", "Batch-size histogram (handler calls per bucket of batch sizes, all rounds summed):", "",
               "| c | " + " | ".join(_bucket_name(lo, hi) for lo, hi in _size_buckets()) + " |",
               "| --- |" + " --- |" * len(_size_buckets())]
@@ -215,21 +228,119 @@ def _size_buckets() -> list[tuple[float, float]]:
     return list(zip(bounds, bounds[1:]))
 
 
+def stats_snapshot(base_url: str) -> Snapshot:
+    """A batcher server's own counts (``loadtests.batcher_server``'s ``/stats``): exact sizes, no latency."""
+    import requests
+
+    stats = requests.get(f"{base_url}/stats", timeout=10).json()
+    return Snapshot(histogram_of_sizes({int(k): v for k, v in stats["sizes"].items()}), Histogram(),
+                    (stats["waited_s"] or 0.0) * 1000, stats["items"])
+
+
+def measure_ab(servers: dict[str, str], seconds: int, rounds: int) -> dict[str, list[Run]]:
+    """Batcher servers alternating run by run at every concurrency, so noise hits each alike."""
+    for base in servers.values():
+        wait_http(base + V2_PATH)
+        run_wrk(base + V2_PATH, BODY, 8, 2)
+    runs: dict[str, list[Run]] = {name: [] for name in servers}
+    for _ in range(rounds):
+        for connections in CONCURRENCY:
+            for name, base in servers.items():
+                before = stats_snapshot(base)
+                load = run_wrk(base + V2_PATH, BODY, connections, seconds)
+                runs[name].append(Run(connections, load, stats_snapshot(base).minus(before)))
+                print(f"{name}\n{format_run(runs[name][-1])}", flush=True)
+    return runs
+
+
+def compare_batchers(args: argparse.Namespace) -> str:
+    """The installed batcher against ``--compare-batcher`` in two ``batcher_server`` processes (no Ray)."""
+    from modelpool.cluster.net import free_port
+    from modelpool.deployments.examples import build_examples
+    from loadtests.bench_serving import served
+
+    with tempfile.TemporaryDirectory(prefix="modelpool-bench-batching-") as tmp:
+        build_examples(Path(tmp))
+        archive = str(Path(tmp) / "iris-2.zip")
+        overhead = ["--overhead-us", str(args.overhead_us)]
+        old_port, new_port = free_port(), free_port()
+        baseline = ["--batcher-file", args.compare_batcher]
+        with served("loadtests.batcher_server", archive, str(old_port), *baseline, *overhead), \
+                served("loadtests.batcher_server", archive, str(new_port), *overhead):
+            runs = measure_ab({"baseline": f"http://127.0.0.1:{old_port}", "current": f"http://127.0.0.1:{new_port}"},
+                              args.seconds, args.rounds)
+    return "\n".join([
+        f"Batchers compared in one run, no Ray: `loadtests.batcher_server` (modelpool's LoadedModel, V2 JSON codec, "
+        f"iris v2) with {args.overhead_us:g} us of busy event loop per request standing in for the HTTP path; "
+        f"baseline = `{args.compare_batcher}`, current = the installed deployments/batcher.py",
+        "",
+        report(runs["baseline"], args, "baseline"), "", report(runs["current"], args, "current"), "",
+        ratios(runs["baseline"], runs["current"], "baseline", "current"),
+    ])
+
+
+def ratios(old: list[Run], new: list[Run], old_name: str, new_name: str) -> str:
+    def ratio(c: int, f) -> str:
+        def median(runs: list[Run]) -> float:
+            return statistics.median(f(r) for r in runs if r.connections == c)
+
+        return f"{median(new) / median(old):.2f}x"
+
+    req_s, p50, p99 = (lambda r: r.load.requests_per_s), (lambda r: r.load.p50_ms), (lambda r: r.load.p99_ms)
+    return "\n".join([
+        f"| ratio, {new_name} / {old_name} (medians) | value |",
+        "| --- | --- |",
+        f"| req/s at c=64 | {ratio(64, req_s)} |",
+        f"| p99 at c=64 | {ratio(64, p99)} |",
+        f"| req/s at c=8 | {ratio(8, req_s)} |",
+        f"| p99 at c=8 | {ratio(8, p99)} |",
+        f"| p50 at c=1 | {ratio(1, p50)} |",
+    ])
+
+
+def measure_cluster(extra_env: dict, seconds: int, rounds: int) -> list[Run]:
+    with bench_cluster({"RAY_metrics_report_interval_ms": "1000", **extra_env}) as cluster:
+        url = f"{cluster.url}{V2_PATH}"
+        metrics_url = f"http://127.0.0.1:{cluster.env['MODELPOOL_METRICS_PORT']}/metrics"
+        wait_http(url)
+        run_wrk(url, BODY, 8, 2)  # warm up connections, caches and allocators
+        return measure(url, metrics_url, seconds, rounds)
+
+
+def compare_variants(variants: dict[str, str], args: argparse.Namespace) -> str:
+    """One cluster per variant at a time (one Ray per machine), variants alternating round by round."""
+    runs: dict[str, list[Run]] = {name: [] for name in variants}
+    for _ in range(args.rounds):
+        for name, path in variants.items():
+            print(f"{name} (PYTHONPATH={path})", flush=True)
+            runs[name] += measure_cluster({"PYTHONPATH": path}, args.seconds, 1)
+    names = list(variants)
+    return "\n\n".join([*(report(runs[name], args, name) for name in names),
+                         ratios(runs[names[0]], runs[names[-1]], names[0], names[-1])])
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=2, help="alternating runs per concurrency")
     parser.add_argument("--label", default="modelpool (`make start` defaults)")
+    parser.add_argument("--compare-batcher", metavar="FILE",
+                        help="instead of a cluster: the installed batcher against the AdaptiveBatcher in FILE "
+                             "(e.g. `git show HEAD:deployments/batcher.py > /tmp/b.py`), in-process servers, no Ray")
+    parser.add_argument("--overhead-us", type=float, default=600.0,
+                        help="with --compare-batcher: busy event loop per request, standing in for the HTTP path")
     parser.add_argument("--out", default="results/bench_batching.md")
+    parser.add_argument("--variant", action="append", metavar="NAME=DIR",
+                        help="repeatable: clusters started with PYTHONPATH=DIR (a copy of the package as `modelpool/`, "
+                             "e.g. with another batcher), one after the other, round by round, instead of one cluster")
     args = parser.parse_args(argv)
     require_wrk()
-    with bench_cluster({"RAY_metrics_report_interval_ms": "1000"}) as cluster:
-        url = f"{cluster.url}{V2_PATH}"
-        metrics_url = f"http://127.0.0.1:{cluster.env['MODELPOOL_METRICS_PORT']}/metrics"
-        wait_http(url)
-        run_wrk(url, BODY, 8, 2)  # warm up connections, caches and allocators
-        runs = measure(url, metrics_url, args.seconds, args.rounds)
-    publish(report(runs, args, args.label), args.out)
+    if args.compare_batcher:
+        publish(compare_batchers(args), args.out)
+    elif args.variant:
+        publish(compare_variants(dict(v.split("=", 1) for v in args.variant), args), args.out)
+    else:
+        publish(report(measure_cluster({}, args.seconds, args.rounds), args, args.label), args.out)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from modelpool.deployments.batcher import AdaptiveBatcher
+from modelpool.deployments.batcher import PROBE_EVERY, AdaptiveBatcher
 
 
 def run(coro):
@@ -206,5 +206,136 @@ def test_requests_right_after_a_batch_are_batched_not_run_alone():
 
     results, calls = run(main())
     assert results == list(range(10))
-    assert calls[0] == [0], "the first request found the batcher idle"
-    assert len(calls) == 2 and calls[1] == list(range(1, 10))
+    assert calls == [list(range(10))], "requests the loop handles in one turn share one batch; none runs alone"
+
+
+def test_a_cancelled_leader_leaves_the_requests_that_joined_its_batch_answered():
+    """A caller that leads a batch may go away (client disconnect) while its model call runs on a thread."""
+    async def main():
+        calls = []
+
+        async def batch_fn(items):  # a model on its thread: the batch function suspends
+            calls.append(list(items))
+            await asyncio.sleep(0.02)
+            return [i * 10 for i in items]
+
+        batcher = AdaptiveBatcher(batch_fn, 64, 0.0)
+        leader = asyncio.create_task(batcher.submit(0))
+        joined = [asyncio.create_task(batcher.submit(i)) for i in (1, 2)]  # same loop turn: they join the leader
+        await asyncio.sleep(0.005)
+        leader.cancel()
+        results = await asyncio.wait_for(asyncio.gather(*joined), 1.0)  # a lost batch would hang them
+        return results, leader.cancelled(), calls
+
+    results, cancelled, calls = run(main())
+    assert cancelled
+    assert results == [10, 20]
+    assert calls[0] == [0, 1, 2] and calls[-1] == [1, 2], "the joined items run again, without the cancelled one"
+
+
+def test_a_leader_cancelled_before_its_batch_starts_hands_the_queue_to_the_worker():
+    async def main():
+        batcher, calls = recording_batcher(max_delay_s=0.0)
+        leader = asyncio.create_task(batcher.submit(0))
+        joined = [asyncio.create_task(batcher.submit(i)) for i in (1, 2)]
+        await asyncio.sleep(0)  # the leader yields; the others queue behind it
+        leader.cancel()
+        return await asyncio.wait_for(asyncio.gather(*joined), 1.0), leader, calls
+
+    results, leader, calls = run(main())
+    assert results == [10, 20]
+    assert leader.cancelled()
+    assert calls == [[1, 2]]
+
+
+def test_a_leader_takes_only_items_of_its_key_and_the_worker_serves_the_rest():
+    async def main():
+        batcher, calls = recording_batcher(max_batch_size=3)
+        tasks = [asyncio.create_task(batcher.submit(i, key="a" if i % 2 == 0 else "b")) for i in range(7)]
+        return await asyncio.gather(*tasks), calls
+
+    results, calls = run(main())
+    assert results == [i * 10 for i in range(7)]
+    assert calls[0] == [0, 2, 4], "the leader's batch: its own key, at most max_batch_size, in arrival order"
+    assert sorted(i for batch in calls for i in batch) == list(range(7))
+    assert all(len(batch) <= 3 and len({i % 2 for i in batch}) == 1 for batch in calls)
+
+
+def test_a_leader_waits_for_a_body_still_being_read_in_its_turn():
+    """A request that starts reading its body while the leader yields still joins, within max_delay."""
+    async def main():
+        batcher, calls = recording_batcher(max_delay_s=0.2)
+
+        async def slow_body(value):
+            with batcher.incoming() as token:
+                await asyncio.sleep(0.02)
+                token.release()
+                return await batcher.submit(value)
+
+        leader = asyncio.create_task(batcher.submit(1))
+        reader = asyncio.create_task(slow_body(2))
+        return await asyncio.gather(leader, reader), calls
+
+    results, calls = run(main())
+    assert results == [10, 20]
+    assert calls == [[1, 2]]
+
+
+def test_the_batcher_reports_how_long_requests_waited_for_their_call():
+    async def main():
+        batcher, _ = recording_batcher(work_s=0.02)
+        lone = await batcher.submit(0)
+        alone_wait = batcher.stats.waited_s
+        first = asyncio.create_task(batcher.submit(1))
+        await asyncio.sleep(0.005)  # the first batch is computing: these two wait for it
+        await asyncio.gather(first, batcher.submit(2), batcher.submit(3))
+        return lone, alone_wait, batcher.stats
+
+    lone, alone_wait, stats = run(main())
+    assert lone == 0
+    assert alone_wait < 0.005, "a lone request waits only for one yield"
+    assert stats.items == 4 and stats.batches == 3
+    assert stats.last_wait_s >= 2 * 0.01, "requests 2 and 3 each waited for most of the 20 ms batch ahead"
+    assert stats.waited_s >= stats.last_wait_s
+
+
+def test_after_a_run_of_lone_batches_leaders_yield_only_to_probe_and_a_joiner_restores_the_yield():
+    """c=1 skips the yield most of the time; the first batch someone joins makes every leader yield again."""
+    async def joined_or_not(batcher, calls, value):
+        calls.clear()
+        other = asyncio.create_task(batcher.submit(value + 1))  # runs as soon as the loop gets a turn
+        await batcher.submit(value)
+        await other
+        return [list(c) for c in calls]
+
+    async def main():
+        batcher, calls = recording_batcher()
+        for i in range(PROBE_EVERY + 1):
+            await batcher.submit(i)  # lone batches: the streak is now PROBE_EVERY + 1
+        quiet = await joined_or_not(batcher, calls, 100)  # no yield: both run alone
+        for i in range(PROBE_EVERY - 3):
+            await batcher.submit(i)  # the streak reaches 2 * PROBE_EVERY: the next leader probes
+        probe = await joined_or_not(batcher, calls, 200)
+        after = await joined_or_not(batcher, calls, 300)
+        return quiet, probe, after
+
+    quiet, probe, after = run(main())
+    assert quiet == [[100], [101]]
+    assert probe == [[200, 201]], "the probe's yield found a joiner"
+    assert after == [[300, 301]], "and leaders yield again"
+
+
+def test_a_caller_cancelled_while_queued_behind_a_leader_is_left_out_of_its_batch():
+    async def main():
+        batcher, calls = recording_batcher()
+        leader = asyncio.create_task(batcher.submit(0))
+        gone = asyncio.create_task(batcher.submit(1))
+        stays = asyncio.create_task(batcher.submit(2))
+        await asyncio.sleep(0)  # the leader yields; the other two queue behind it
+        gone.cancel()
+        return await asyncio.gather(leader, stays), gone, calls
+
+    results, gone, calls = run(main())
+    assert results == [0, 20]
+    assert gone.cancelled()
+    assert calls == [[0, 2]]
