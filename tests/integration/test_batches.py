@@ -178,11 +178,14 @@ def test_a_model_unregistered_mid_job_keeps_its_archive_until_the_job_ends(clust
 
     settings = load_settings({}, cluster.env)
     store = object_store_from_settings(settings.object_store_uri, settings.s3_endpoint, settings.s3_region)
-    assert register_handler_model(cluster, admin, tmp_path, "leased", SLOW_HANDLER).status_code == 200
+    # 2 s per partition (4 of them, one at a time): the job must outlast the unregister below, which with 1 s
+    # partitions it did not once in a full suite
+    slower = SLOW_HANDLER.replace("time.sleep(1.0)", "time.sleep(2.0)")
+    assert register_handler_model(cluster, admin, tmp_path, "leased", slower).status_code == 200
     archives = store.list("models/leased/1")
     assert len(archives) == 1, archives
     started = admin.post(f"{cluster.url}/batches", json={"service": "leased", "records": [[1.0, 2.0]] * 4000,
-                                                        "parallel_count": 1})  # 4 partitions, ~1 s each
+                                                        "parallel_count": 1})  # 4 partitions
     url = f"{cluster.url}/batches/{started.json()['executionId']}"
     deadline = time.monotonic() + 120
     while admin.get(url).json()["completedItems"] == 0 and time.monotonic() < deadline:
