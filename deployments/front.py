@@ -25,12 +25,12 @@ prober drops the port from the map within ``PROBE_PERIOD_S``.
 The front runs as a child of a Serve replica (``Front``) on the head node: Serve restarts it with the
 replica, and management pushes the routing table through ``user_config`` like the generic pool's
 catalog; ``reconfigure`` swaps the map atomically over HAProxy's admin socket, so a routing change is
-seen by the next request without a reload.
+seen by the next request without a reload. The configuration and the maps, as text, are
+``front_config``'s.
 """
 from __future__ import annotations
 
 import ctypes
-import json
 import logging
 import os
 import shutil
@@ -40,200 +40,15 @@ import subprocess
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Optional
 
 from modelpool.cluster.front_directories import FRONT_DIRECTORY_PREFIX, remove_stale_front_directories
-from modelpool.deployments.codecs import kserve_v1, torchserve
-from modelpool.deployments.replica_port import MAX_CALLS_PER_CONNECTION
+from modelpool.deployments.front_config import Listeners, port_slots, render_config, render_map
 
 logger = logging.getLogger("ray.serve")
 
-SERVICE_PATH = "/inference.GRPCInferenceService/"
-MODEL_CALLS = ("ModelInfer", "ModelReady", "ModelMetadata")  # their field 1 and 2 name the model and version
-COMPRESSED_MESSAGE = ("compressed requests are not supported: the model name must be readable from the message; "
-                      "send it uncompressed (the default of V2 clients)")
-STARTING_MESSAGE = "the model is loading (its replicas are starting or being replaced); retry shortly"
-PORT_SLOTS = 60  # map entries per app: replicas share them evenly for any count that divides 60 (1-6, 10, 12...)
 PROBE_PERIOD_S = 1.0
-PORT_GONE_MESSAGE = "the replica chosen for this call stopped; retry (the front has dropped it or will within a second)"
-MODEL_PATH_PREFIX = "/v2/models/"
-REST_UNAVAILABLE_MESSAGE = ("no replica of this model could take the request (its replicas are being replaced); "
-                            "retry after the Retry-After seconds")
-REST_TIMEOUT_MESSAGE = ("the model did not answer within the request timeout of the server (--request-timeout-s); "
-                        "retry, or raise the timeout")
-
-
-def route_key(name: str, version: str = "") -> str:
-    """The map key of a call: ``name/`` for the default version, ``name/version`` for one."""
-    return f"{name}/{version}"
-
-
-def render_map(routes: Mapping[str, str]) -> str:
-    """HAProxy map file: one ``key app`` per line (model names and versions hold no whitespace)."""
-    return "".join(f"{key} {app}\n" for key, app in sorted(routes.items()))
-
-
-def port_slots(ports: Mapping[str, Mapping[str, str]]) -> dict[str, str]:
-    """The ports map: ``app@k -> host|port`` for k < PORT_SLOTS, the app's replicas taking turns."""
-    slots: dict[str, str] = {}
-    for app, replicas in ports.items():
-        addresses = sorted(replicas.values())
-        for k in range(PORT_SLOTS if addresses else 0):
-            host, _, port = addresses[k % len(addresses)].rpartition(":")
-            slots[f"{app}@{k}"] = f"{host.strip('[]')}|{port}"
-    return slots
-
-
-@dataclass(frozen=True)
-class Listeners:
-    """Where the front listens, and the Serve ingresses it passes on to what no replica port takes.
-
-    A port of 0 has no listener: ``http_port`` 0 when Serve's HTTP ingress keeps the public port
-    itself (a RayService started by KubeRay), ``grpc_port`` 0 when gRPC is off.
-    """
-
-    host: str
-    http_port: int = 0
-    http_upstream: str = ""
-    grpc_port: int = 0
-    grpc_upstream: str = ""
-    keep_alive_s: int = 90
-    timeout_s: int = 300
-
-    def ports(self) -> list[int]:
-        return [port for port in (self.http_port, self.grpc_port) if port]
-
-
-def _error(status: int, message: str, content_type: str = "application/json") -> str:
-    """An ``http-error`` line answering in modelpool's error shape (single quotes: HAProxy takes the JSON as is)."""
-    body = json.dumps({"error": message, "field": "model_name"})
-    if "'" in body:
-        raise ValueError(f"an http-error body cannot hold a single quote: {body}")
-    return f"http-error status {status} content-type {content_type} hdr Retry-After 1 string '{body}'"
-
-
-def _http_section(listeners: Listeners, bind_host: str, map_path: Path, ports_path: Path) -> str:
-    return f"""
-frontend http
-    bind {bind_host}:{listeners.http_port}
-    # the model a path names, "name/version" finding its app: V2 /v2/models/{{name}}[/versions/{{version}}][/action],
-    # TorchServe /predictions/{{name}}[/{{version}}], KServe V1 /v1/models/{{name}}[/versions/{{version}}][:verb]
-    acl v2_path path_beg {MODEL_PATH_PREFIX}
-    acl torchserve_path path_beg {torchserve.ROUTE_PREFIX}/
-    acl kserve_v1_path path_beg {kserve_v1.ROUTE_PREFIX}/models/
-    http-request set-var(txn.model_name) path,field(4,/) if v2_path
-    http-request set-var(txn.model_version) path,field(6,/) if v2_path {{ path,field(5,/) -m str versions }}
-    http-request set-var(txn.model_name) path,field(3,/) if torchserve_path
-    http-request set-var(txn.model_version) path,field(4,/) if torchserve_path
-    http-request set-var(txn.model_name) path,field(4,/),field(1,:) if kserve_v1_path
-    http-request set-var(txn.model_version) path,field(6,/),field(1,:) if kserve_v1_path {{ path,field(5,/) -m str versions }}
-    http-request set-var(txn.route) var(txn.model_name),concat(/,txn.model_version) if {{ var(txn.model_name) -m found }}
-    http-request set-var(txn.app) var(txn.route),map_str({map_path}) if {{ var(txn.route) -m found }}
-    http-request set-var(txn.slot) rand({PORT_SLOTS}) if {{ var(txn.app) -m found }}
-    http-request set-var(txn.port) var(txn.app),concat(@,txn.slot),map_str({ports_path}) if {{ var(txn.app) -m found }}
-    use_backend replica_rest if {{ var(txn.port) -m found }}
-    default_backend serve_http
-
-backend serve_http
-    http-reuse always
-    server serve {listeners.http_upstream}
-
-backend replica_rest
-    # the chosen port first; one that refuses the connection (its replica died) sends the request to Serve
-    balance first
-    http-reuse always
-    http-request set-dst var(txn.port),field(1,|)
-    http-request set-dst-port var(txn.port),field(2,|)
-    server replica 0.0.0.0:0
-    server serve {listeners.http_upstream}
-    {_error(503, REST_UNAVAILABLE_MESSAGE)}
-    {_error(504, REST_TIMEOUT_MESSAGE)}
-"""
-
-
-def _grpc_section(listeners: Listeners, bind_host: str, map_path: Path, ports_path: Path, management_app: str,
-                  pool_app: str) -> str:
-    calls = " ".join(SERVICE_PATH + call for call in MODEL_CALLS)
-    return f"""
-frontend v2_grpc
-    bind {bind_host}:{listeners.grpc_port} proto h2
-    # the message must be in the buffer to read fields 1 and 2 (the first bytes of it: the rest may follow)
-    option http-buffer-request
-    acl model_call path {calls}
-    # a compressed message (flag byte 1) cannot be read for its model name: say so rather than misroute it
-    acl compressed req.body,bytes(0,1),hex -m str 01
-    http-request return status 200 content-type application/grpc hdr grpc-status 12 hdr grpc-message "{COMPRESSED_MESSAGE}" if model_call compressed
-    http-request set-var(txn.app) str({pool_app}) if model_call
-    http-request set-var(txn.model_name) req.body,bytes(5),protobuf(1) if model_call
-    http-request set-var(txn.model_version) req.body,bytes(5),protobuf(2) if model_call
-    http-request set-var(txn.route) var(txn.model_name),concat(/,txn.model_version) if model_call
-    http-request set-var(txn.app) var(txn.route),map_str({map_path},{pool_app}) if model_call {{ var(txn.route) -m found }}
-    http-request set-var(txn.app) str({management_app}) unless model_call
-    http-request set-header application %[var(txn.app)]
-    # Serve answers NOT_FOUND "Application '...' not found" while an application this front routes to has
-    # no running replica yet (a model loading or being replaced): V2 clients expect UNAVAILABLE, retryable
-    acl app_missing res.hdr(grpc-message) -m beg Application
-    http-response set-var(txn.starting) bool(true) if {{ res.hdr(grpc-status) -m str 5 }} app_missing
-    http-response set-header grpc-message "{STARTING_MESSAGE}" if {{ var(txn.starting) -m bool }}
-    http-response set-header grpc-status 14 if {{ var(txn.starting) -m bool }}
-    # a replica that died under the call (killed: its port refused, and Serve's path still sent the call there):
-    # Serve answers CANCELLED, which a client that did not cancel must read as UNAVAILABLE, retryable
-    http-response set-var(txn.replica_gone) bool(true) if {{ res.hdr(grpc-status) -m str 1 }}
-    http-response set-header grpc-message "{PORT_GONE_MESSAGE}" if {{ var(txn.replica_gone) -m bool }}
-    http-response set-header grpc-status 14 if {{ var(txn.replica_gone) -m bool }}
-    # an app whose replicas registered ports of their own: straight to one of them
-    http-request set-var(txn.slot) rand({PORT_SLOTS}) if model_call
-    http-request set-var(txn.port) var(txn.app),concat(@,txn.slot),map_str({ports_path}) if model_call
-    use_backend replica_grpc if {{ var(txn.port) -m found }}
-    default_backend serve_grpc
-
-backend serve_grpc
-    http-reuse always
-    server serve {listeners.grpc_upstream} proto h2
-
-backend replica_grpc
-    balance first
-    http-reuse always
-    http-request set-dst var(txn.port),field(1,|)
-    http-request set-dst-port var(txn.port),field(2,|)
-    # max-reuse: a connection is retired before the replica's HTTP/2 stack would drop it (replica_port.py)
-    server replica 0.0.0.0:0 proto h2 max-reuse {MAX_CALLS_PER_CONNECTION}
-    server serve {listeners.grpc_upstream} proto h2
-    http-error status 503 content-type application/grpc hdr grpc-status 14 hdr grpc-message "{PORT_GONE_MESSAGE}"
-"""
-
-
-def render_config(listeners: Listeners, *, workers: int, map_path: Path, socket_path: Path, ports_path: Path,
-                  management_app: str, pool_app: str) -> str:
-    """The front's whole configuration (pure: unit-tested against a real HAProxy)."""
-    bind_host = f"[{listeners.host}]" if ":" in listeners.host else listeners.host
-    text = f"""global
-    maxconn 4096
-    nbthread {max(workers, 1)}
-    stats socket {socket_path} mode 600 level admin
-    tune.bufsize 65536
-
-defaults
-    mode http
-    timeout connect 5s
-    timeout client {listeners.timeout_s}s
-    timeout server {listeners.timeout_s}s
-    timeout http-request 60s
-    timeout http-keep-alive {listeners.keep_alive_s}s
-    # send at once: a request or answer split over packets would otherwise wait for the peer's delayed ACK (~40 ms)
-    option http-no-delay
-    # a replica port that refuses the connection: nothing was sent, so the request goes to the next server
-    retry-on conn-failure
-    retries 2
-    option redispatch 1
-"""
-    if listeners.http_port:
-        text += _http_section(listeners, bind_host, map_path, ports_path)
-    if listeners.grpc_port:
-        text += _grpc_section(listeners, bind_host, map_path, ports_path, management_app, pool_app)
-    return text
 
 
 def haproxy_binary() -> str:
@@ -292,7 +107,7 @@ def _busy_hint(error: str, listeners: Listeners) -> str:
         return ""
     flags = {listeners.http_port: "--http-port", listeners.grpc_port: "--grpc-port"}
     named = [f"port {port} is in use: choose another with {flag}" for port, flag in flags.items()
-             if port and f":{port}]" in error or f":{port} " in error]
+             if port and (f":{port}]" in error or f":{port} " in error)]
     return "; " + ("; ".join(named) or f"a port of {listeners.ports()} is in use: choose others with --http-port / --grpc-port")
 
 

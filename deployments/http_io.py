@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Awaitable, Callable, Mapping, Optional
+from typing import Any, Awaitable, Callable, Mapping, Optional
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -16,6 +16,7 @@ from starlette.responses import Response
 from modelpool.cluster.tokens import bearer_matches
 from modelpool.deployments import deadlines
 from modelpool.deployments.codecs import v2_binary
+from modelpool.deployments.codecs.base import BODY_ACTIONS, ProtocolCall
 from modelpool.deployments.errors import RequestError
 from modelpool.deployments.redact import public_message
 from modelpool.deployments.serving_options import ServingOptions
@@ -130,6 +131,17 @@ def error_response(exc: RequestError, headers: Optional[dict] = None, debug: boo
     if exc.status == 503:  # a model still starting, a route moving: early, not wrong; say when to come back
         headers = {**(headers or {}), "Retry-After": RETRY_AFTER_S}
     return Response(error_body(exc, debug), status_code=exc.status, media_type=JSON, headers=headers)
+
+
+async def read_protocol_request(request: Request, codec: Any, options: ServingOptions,
+                                max_body_bytes: int) -> tuple[ProtocolCall, bytes]:
+    """Another server's request (TorchServe's, KServe V1's): the token checked, the path parsed by the protocol's
+    ``codec`` and, for a call that carries one, the body read within the limits; RequestError says what is wrong.
+    The protocol front and a replica's own port read them alike."""
+    check_inference_token(request, options)
+    call = codec.parse_call(sub_path(request), request.method)
+    body = await read_body(request, max_body_bytes, options.body_timeout_s) if call.action in BODY_ACTIONS else b""
+    return call, body
 
 
 def codec_headers(headers: Mapping[str, str]) -> dict[str, str]:

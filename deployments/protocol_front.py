@@ -35,10 +35,10 @@ from modelpool.cluster.settings import DEFAULT_MAX_BODY_BYTES, DEFAULT_RESPONSE_
 from modelpool.deployments import deadlines
 from modelpool.deployments.app_names import GENERIC_POOL_APP, GENERIC_POOL_DEPLOYMENT
 from modelpool.deployments.codecs import PROTOCOLS
-from modelpool.deployments.codecs.base import BODY_ACTIONS, ProtocolCall
+from modelpool.deployments.codecs.base import ProtocolCall
 from modelpool.deployments.errors import RequestError
-from modelpool.deployments.front import route_key
-from modelpool.deployments.http_io import JSON, check_inference_token, codec_headers, read_body, request_headers, sub_path
+from modelpool.deployments.front_config import route_key
+from modelpool.deployments.http_io import JSON, codec_headers, read_protocol_request, request_headers
 from modelpool.deployments.log_flush import start_log_flusher
 from modelpool.deployments.model_calls import ProtocolAnswer, protocol_answer, protocol_error
 from modelpool.deployments.redact import public_message
@@ -93,12 +93,9 @@ class ProtocolFront:
 
     async def __call__(self, request: Request) -> Response:
         try:
-            check_inference_token(request, self.options)
-            call = self.codec.parse_call(sub_path(request), request.method)
+            call, body = await read_protocol_request(request, self.codec, self.options, self.max_body_bytes)
             if call.action == "models":
                 return Response(self.codec.models_body(self.models), media_type=JSON)
-            body = (await read_body(request, self.max_body_bytes, self.options.body_timeout_s)
-                    if call.action in BODY_ACTIONS else b"")
             status, payload, headers = await self.forward(call, body, codec_headers(request_headers(request)))
         except RequestError as exc:
             status, payload, headers = protocol_error(self.protocol, exc, {}, self.options.debug)

@@ -30,9 +30,8 @@ from modelpool.deployments.archive import unpack_archive
 from modelpool.deployments.archive_fetch import local_archive, open_store
 from modelpool.deployments.errors import RequestError
 from modelpool.deployments.codecs import PROTOCOLS
-from modelpool.deployments.codecs.base import BODY_ACTIONS
-from modelpool.deployments.http_io import (body_reader, check_inference_token, codec_headers, error_response, read_body,
-                                          request_headers, sub_path)
+from modelpool.deployments.http_io import (body_reader, check_inference_token, codec_headers, error_response,
+                                          read_protocol_request, request_headers)
 from modelpool.deployments.loaded_model import LoadedModel
 from modelpool.deployments.log_flush import start_log_flusher
 from modelpool.deployments.model_calls import (ModelCall, ProtocolAnswer, answer_model_call, answer_protocol_call,
@@ -147,12 +146,9 @@ class ReplicaBase:
         protocol's route prefix): read as ``ProtocolFront`` reads it, answered by ``protocol_call``."""
         codec = PROTOCOLS[protocol]
         try:
-            check_inference_token(request, self.options)
-            call = codec.parse_call(sub_path(request), request.method)
+            call, body = await read_protocol_request(request, codec, self.options, self.max_body_bytes)
             if call.name is None:  # the front sends only calls that name a model; a list is the protocol front's
                 raise RequestError(f"no model named in '{request.url.path}'", status=404, field="model_name")
-            body = (await read_body(request, self.max_body_bytes, self.options.body_timeout_s)
-                    if call.action in BODY_ACTIONS else b"")
         except RequestError as exc:
             status, payload, headers = protocol_error(protocol, exc, self._headers, self.options.debug)
             return Response(payload, status_code=status, headers=headers)

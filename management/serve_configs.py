@@ -32,7 +32,7 @@ from modelpool.deployments.codecs import PROTOCOLS
 from modelpool.deployments.app_names import (GENERIC_POOL_APP, GENERIC_POOL_DEPLOYMENT, GENERIC_POOL_ROUTE, FRONT_APP,
                                    FRONT_DEPLOYMENT, MANAGEMENT_APP, PROTOCOL_FRONT_APPS,
                                    PROTOCOL_FRONT_DEPLOYMENT, app_name, deployment_name)
-from modelpool.deployments.front import route_key
+from modelpool.deployments.front_config import route_key
 
 # The defaults below are Settings' (modelpool.cluster.settings), so a config built without them is what a cluster
 # started without flags deploys; Serve's own defaults are named here.

@@ -13,7 +13,8 @@ import grpc
 import pytest
 
 from modelpool.cluster.net import free_port
-from modelpool.deployments.front import PORT_GONE_MESSAGE, FrontProcess, Listeners, render_config, render_map, route_key
+from modelpool.deployments.front import FrontProcess
+from modelpool.deployments.front_config import PORT_GONE_MESSAGE, Listeners, render_config, render_map, route_key
 from modelpool.deployments.protos import open_inference_pb2 as pb
 
 PATH = "/inference.GRPCInferenceService/"

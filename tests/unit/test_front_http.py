@@ -20,7 +20,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from modelpool.cluster.net import free_port
-from modelpool.deployments.front import REST_TIMEOUT_MESSAGE, Front, FrontProcess, Listeners
+from modelpool.deployments.front import Front, FrontProcess
+from modelpool.deployments.front_config import REST_TIMEOUT_MESSAGE, Listeners
 from modelpool.deployments.replica_port import ReplicaPort
 from modelpool.deployments.rest_entry import RestApp
 

@@ -15,7 +15,8 @@ import grpc
 import pytest
 
 from modelpool.cluster.net import free_port
-from modelpool.deployments.front import PORT_SLOTS, Front, port_slots
+from modelpool.deployments.front import Front
+from modelpool.deployments.front_config import PORT_SLOTS, port_slots
 from modelpool.deployments.protos import open_inference_pb2 as pb
 from modelpool.deployments.protos.service import InferenceStub
 from tests.unit.running_port import RunningPort
