@@ -11,13 +11,12 @@ What Serve's path adds around a request, and its users see, is kept here:
 
 - the ``x-request-id`` answer header: the caller's, or one made up;
 - the request id on every log line the call writes (Serve's log context, so the replica's log reads
-  the same whichever path a request took) and an access-log line per call in Serve's format;
+  the same whichever path a request took) and an access-log line per call in Serve's format (``access_log``);
 - the count of calls in flight, which the replica reports to the autoscaler (``record_autoscaling_stats``)
   and drains before it stops.
 """
 from __future__ import annotations
 
-import logging
 import time
 import uuid
 from typing import Awaitable, Callable, Mapping, Optional
@@ -25,14 +24,11 @@ from typing import Awaitable, Callable, Mapping, Optional
 from starlette.requests import Request
 from starlette.responses import Response
 
+from modelpool.deployments.access_log import ACCESS_LOG, AccessLog
 from modelpool.deployments.replica_port import InFlight
-
-logger = logging.getLogger("ray.serve")
 
 REQUEST_ID_HEADER = "x-request-id"
 _REQUEST_ID_KEY = REQUEST_ID_HEADER.encode()
-#: what Serve's own access-log records carry so its formatter prints them as access lines
-_ACCESS_LOG_EXTRA = {"serve_access_log": True, "log_to_stderr": False}
 
 
 def request_id_of(headers: list[tuple[bytes, bytes]]) -> str:
@@ -68,13 +64,14 @@ class RestApp:
 
     def __init__(self, answer: Answer, root_path: str, app_name: str = "",
                  log_context: Callable[[str, str, str], None] = set_log_context,
-                 protocols: Optional[Mapping[str, Answer]] = None) -> None:
+                 protocols: Optional[Mapping[str, Answer]] = None, access_log: AccessLog = ACCESS_LOG) -> None:
         self.answer = answer
         self.root_path = root_path
         self.app_name = app_name
         self.log_context = log_context
         self.protocols = {prefix + "/": (prefix, answer) for prefix, answer in (protocols or {}).items()}
         self.in_flight = InFlight()
+        self.access_log = access_log
 
     def _route(self, path: str) -> tuple[str, Answer]:
         for start, route in self.protocols.items():
@@ -98,5 +95,5 @@ class RestApp:
                 status = response.status_code
                 await response(scope, receive, send)
         finally:
-            logger.info("%s %s %s %.1fms", scope["method"], scope["path"], status,
-                        (time.perf_counter() - started) * 1000, extra=_ACCESS_LOG_EXTRA)
+            self.access_log.record(scope["method"], scope["path"], status, (time.perf_counter() - started) * 1000,
+                                   request_id)

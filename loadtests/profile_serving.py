@@ -134,7 +134,7 @@ WAITING_FRAMES = ("main_loop (", "run (threading.py)", "_worker (concurrent")
 #: A sample's stage: the first rule (in this order) that one of its frames matches. Frames are ``func (file)``.
 STAGES = [
     ("the model's predict (sklearn)", ("sklearn/",)),
-    ("logging (Serve's access lines, the flusher)", ("(logging/", "log_flush")),
+    ("logging (access lines, the flusher)", ("(logging/", "log_flush", "access_log")),
     ("metrics (Serve's and modelpool's, reported)", ("metrics", "_report_cached")),
     ("modelpool's answer path (token, route, decode, batcher, encode)", ("(deployments/",)),
     ("Serve's request path in the replica (direct ingress, wrappers, send)", ("ray/serve/",)),
