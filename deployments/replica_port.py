@@ -30,6 +30,8 @@ import grpc
 import uvicorn
 from google.protobuf.message import DecodeError
 
+from modelpool.deployments.coalesced_writes import CoalescingProtocol
+
 logger = logging.getLogger("ray.serve")
 
 SERVICE = "inference.GRPCInferenceService"
@@ -205,6 +207,8 @@ class ReplicaPort:
         config = uvicorn.Config(self._dispatch, http="zttp", http2=True, lifespan="off", access_log=False,
                                 log_config=None, log_level="warning", timeout_keep_alive=KEEP_ALIVE_S,
                                 interface="asgi3", proxy_headers=False)
+        config.load()
+        config.http_protocol_class = CoalescingProtocol  # an answer's parts in one send (coalesced_writes)
         self._server = uvicorn.Server(config)
         self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign] # not the main thread
         self._task = asyncio.get_running_loop().create_task(self._server.serve(sockets=[sock]))

@@ -9,6 +9,7 @@ import asyncio
 import functools
 import json
 import logging
+import socket
 import threading
 import time
 from pathlib import Path
@@ -159,3 +160,15 @@ def test_torchserve_and_kserve_v1_calls_answer_in_their_own_shapes(port: Running
 
 def access_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
     return [r for r in caplog.records if getattr(r, "serve_access_log", False)]
+
+
+def test_an_answer_leaves_in_one_segment(port: RunningPort) -> None:
+    """Head and body in one send (coalesced_writes): the first read has both, on every kept-alive call."""
+    host, number = port.address.rsplit(":", 1)
+    with socket.create_connection((host, int(number))) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for _ in range(30):
+            sock.sendall(b"GET /v2/models/iris/ready HTTP/1.1\r\nhost: x\r\n\r\n")
+            answer = sock.recv(65536)
+            head, _, body = answer.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200") and body, f"the first read holds the head alone: {answer!r}"
