@@ -49,6 +49,22 @@ def write_state(home: Path, state: dict) -> None:
 
 
 # ------------------------------------------------------------------------------------------ token
+def fit_to_machine(settings: Settings, cores: Optional[int] = None) -> Settings:
+    """On a cluster started here (one machine), at most one replica per model version per core beyond the first.
+
+    Why: a replica under load keeps a core busy, and the front, the clients and Ray need the rest. On the
+    2-core machine of BENCHMARKS.md, iris at c=64 answered 1,514 req/s with one replica and 1,065 with two
+    (pinned, same cluster, same hour), and the autoscaler moved between one and two under steady load. TorchServe
+    sizes its default workers by the machine's CPUs too. ``--max-workers`` given (flag or environment), or a
+    joined cluster (``--address``), where replicas can go to other machines: unchanged.
+    """
+    if settings.address or "max_workers" in settings.model_fields_set:
+        return settings
+    cores = cores or int(settings.num_cpus or 0) or len(os.sched_getaffinity(0))
+    cap = max(settings.workers, min(settings.max_workers, cores - 1))
+    return settings if cap == settings.max_workers else settings.model_copy(update={"max_workers": cap})
+
+
 def management_token(settings: Settings) -> str:
     """The configured token, else the one saved in HOME, else a new one saved there (mode 0600)."""
     if settings.management_token:

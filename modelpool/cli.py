@@ -30,7 +30,7 @@ def _complain(line: str) -> None:
 
 
 def cmd_start(args: argparse.Namespace) -> int:
-    settings = settings_from_args(args)
+    settings = local_cluster.fit_to_machine(settings_from_args(args))
     local_cluster.prepare_home(settings)
     if settings.examples:
         from modelpool.deployments.examples import build_examples

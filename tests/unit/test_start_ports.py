@@ -8,7 +8,7 @@ import pytest
 
 from modelpool.cluster import local_cluster, runtime
 from modelpool.cluster.net import free_port
-from modelpool.cluster.settings import load_settings
+from modelpool.cluster.settings import load_settings, settings_from_args
 
 
 def _settings(tmp_path, **changes):
@@ -44,3 +44,25 @@ def test_ports_that_stay_closed_are_not_checked(tmp_path):
         holder.bind(("127.0.0.1", settings.grpc_port))
         holder.listen()
         assert local_cluster.busy_ports(settings) == [], "gRPC off: its port is not modelpool's"
+
+
+def test_a_cluster_started_here_gets_one_replica_per_core_beyond_the_first() -> None:
+    """fit_to_machine: the autoscaler's bound follows the machine unless the user set it or joined a cluster."""
+    defaults = load_settings({}, environ={})
+    assert defaults.max_workers == 2
+    assert local_cluster.fit_to_machine(defaults, cores=2).max_workers == 1
+    assert local_cluster.fit_to_machine(defaults, cores=8).max_workers == 2
+    assert local_cluster.fit_to_machine(load_settings({"workers": 2}, environ={}), cores=2).max_workers == 2
+    assert local_cluster.fit_to_machine(load_settings({"max_workers": 2}, environ={}), cores=2).max_workers == 2
+    assert local_cluster.fit_to_machine(load_settings({}, environ={"MODELPOOL_MAX_WORKERS": "3"}), cores=2).max_workers == 3
+    assert local_cluster.fit_to_machine(load_settings({"address": "10.0.0.5:6379"}, environ={}), cores=2).max_workers == 2
+    assert local_cluster.fit_to_machine(load_settings({"num_cpus": 3}, environ={})).max_workers == 2
+
+
+def test_the_start_command_fits_its_settings_to_the_machine() -> None:
+    from modelpool.cli import build_parser
+
+    args = build_parser().parse_args(["start"])
+    assert "max_workers" not in settings_from_args(args).model_fields_set, "no flag: the machine decides"
+    args = build_parser().parse_args(["start", "--max-workers", "2"])
+    assert local_cluster.fit_to_machine(settings_from_args(args), cores=2).max_workers == 2
