@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from modelpool.deployments.datatypes import V2_DATATYPES
 from modelpool.deployments.errors import RequestError
+from modelpool.deployments.parameters import parse_parameters
 
 MANIFEST_NAME = "MANIFEST.json"
+ServiceType = Literal["MODEL", "TRANSFORMER", "ROUTER", "COMBINER", "OUTLIER_DETECTOR"]
 SKLEARN_HANDLER = "sklearn"
 
 _SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -98,6 +100,10 @@ class Manifest(BaseModel):
     inputs: list[TensorSpec] = Field(default_factory=list)
     outputs: list[TensorSpec] = Field(default_factory=list)
     extra: dict[str, Any] = Field(default_factory=dict)
+    #: Seldon's --service-type: the handler's role in an inference graph (``register`` may override it)
+    service_type: ServiceType = "MODEL"
+    #: Seldon's --parameters: handed, typed, to the handler's constructor (``deployments.parameters``)
+    parameters: list[dict[str, Any]] = Field(default_factory=list)
 
     def __init__(self, **data: Any) -> None:
         """Build and validate; invalid data raises RequestError instead of ValidationError."""
@@ -155,6 +161,24 @@ class Manifest(BaseModel):
         if len(set(value)) != len(value):
             raise ValueError("files lists the same file more than once")
         return value
+
+    @field_validator("service_type", mode="before")
+    @classmethod
+    def _service_type(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value  # Seldon writes "model" too
+
+    @field_validator("parameters")
+    @classmethod
+    def _parameters(cls, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        try:
+            parse_parameters(value)
+        except RequestError as exc:
+            raise ValueError(exc.message) from None
+        return value
+
+    @property
+    def typed_parameters(self) -> dict[str, Any]:
+        return parse_parameters(self.parameters)
 
     @field_validator("inputs", "outputs")
     @classmethod

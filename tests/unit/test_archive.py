@@ -391,3 +391,18 @@ def test_an_over_long_store_reference_is_a_400_not_a_file_system_error(tmp_path)
             find_in_store(tmp_path, reference)
         assert (raised.value.status, raised.value.field) == (400, "url")
         assert "longer than 255 bytes" in raised.value.message
+
+
+def test_a_manifest_declares_its_role_and_typed_parameters() -> None:
+    base = {"name": "scaler", "handler": "scale:Scale"}
+    assert Manifest(**base).service_type == "MODEL" and Manifest(**base).typed_parameters == {}
+    declared = Manifest(**base, service_type="transformer",
+                        parameters=[{"name": "factor", "type": "FLOAT", "value": "2.5"}])
+    assert declared.service_type == "TRANSFORMER" and declared.typed_parameters == {"factor": 2.5}
+    assert Manifest.parse(declared.to_json()) == declared
+    with pytest.raises(RequestError) as caught:
+        Manifest(**base, service_type="SPLITTER")
+    assert caught.value.field == "manifest.service_type"
+    with pytest.raises(RequestError) as caught:
+        Manifest(**base, parameters=[{"name": "factor", "type": "FLOAT", "value": "big"}])
+    assert caught.value.field == "manifest.parameters" and "parameters[0]" in caught.value.message
