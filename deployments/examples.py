@@ -5,6 +5,8 @@ builds are reproducible; archives that already exist in the store are left alone
 """
 from __future__ import annotations
 
+import json
+
 import logging
 import shutil
 import tempfile
@@ -15,6 +17,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 from modelpool.deployments.archive import build_archive
 from modelpool.deployments.manifest import Manifest
+from modelpool.deployments.parameters import parse_parameters
 
 logger = logging.getLogger(__name__)
 
@@ -140,8 +143,13 @@ def archive_command(
     out: Optional[Union[str, Path]] = None,
     model_file: Optional[Union[str, Path]] = None,
     description: str = "",
+    service_type: str = "MODEL",
+    parameters: Optional[Union[str, list]] = None,
 ) -> Path:
     """``modelpool archive``: package files into a model archive (like torch-model-archiver).
+
+    ``service_type`` and ``parameters`` are Seldon's ``--service-type`` and ``--parameters`` (the JSON list,
+    as Seldon's flag takes it), written to the manifest.
 
     ``model_file`` may be a path; it is added to the archive if not already among ``files`` and
     recorded by its base name. ``out`` may be a file, a directory, or None for
@@ -154,6 +162,9 @@ def archive_command(
         model_name = model_path.name
         if model_name not in {p.name for p in paths} and model_path.is_file():
             paths.append(model_path)
+    if isinstance(parameters, str):
+        parse_parameters(parameters)  # bad JSON: an error naming parameters, not a traceback
+        parameters = json.loads(parameters) if parameters.strip() else []
     manifest = Manifest(name=name, version=version, handler=handler, model_file=model_name,
-                        description=description)
+                        description=description, service_type=service_type, parameters=parameters or [])
     return build_archive(paths, manifest, Path.cwd() if out is None else Path(out))

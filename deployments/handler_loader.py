@@ -55,6 +55,9 @@ def load_handler(model_dir: Path, manifest: Manifest, context: Optional[ModelCon
 
 def _make_handler(model_dir: Path, manifest: Manifest) -> Handler:
     if manifest.handler == SKLEARN_HANDLER:
+        if manifest.parameters:
+            raise RequestError("the 'sklearn' handler takes no parameters; drop them or write a class handler",
+                               field="parameters")
         return SklearnHandler()
     module_name, attr = split_handler(manifest.handler)
     module = import_handler_module(model_dir, module_name, manifest)
@@ -62,11 +65,17 @@ def _make_handler(model_dir: Path, manifest: Manifest) -> Handler:
     if target is None:
         raise RequestError(f"{module_name}.py in the archive has no {attr!r}; fix the manifest's "
                            "handler or the module", field="handler")
-    return _wrap(target, manifest.handler)
+    return _wrap(target, manifest.handler, manifest.typed_parameters)
 
 
-def _wrap(target: Any, spec: str) -> Handler:
-    """A Handler subclass is instantiated, a class with predict is adapted, a function wrapped."""
+def _wrap(target: Any, spec: str, parameters: Optional[dict[str, Any]] = None) -> Handler:
+    """A Handler subclass is instantiated (with the manifest's typed parameters as keyword arguments, as
+    Seldon hands them), a class with predict is adapted, a function wrapped (it has no constructor to take
+    parameters: a manifest giving some is refused rather than ignored)."""
+    parameters = parameters or {}
+    if parameters and not isinstance(target, type):
+        raise RequestError(f"the manifest gives parameters ({', '.join(parameters)}) but handler {spec!r} is not a "
+                           "class; make it a class whose constructor takes them, or drop them", field="parameters")
     if isinstance(target, type):
         if not issubclass(target, Handler) and not callable(getattr(target, "predict", None)):
             torchserve = (" It has handle(data, context), TorchServe's and MMS's entry point: modelpool calls "
@@ -75,10 +84,12 @@ def _wrap(target: Any, spec: str) -> Handler:
             raise RequestError(f"class {spec!r} must subclass modelpool.deployments.handlers.Handler or "
                                f"define predict(data).{torchserve}", field="handler")
         try:
-            instance = target()
+            instance = target(**parameters)  # Seldon's --parameters reach the model class's constructor
         except Exception as exc:
-            raise RequestError(f"could not create {spec!r} with no arguments: "
-                               f"{type(exc).__name__}: {exc}", field="handler") from exc
+            given = f"the parameters {', '.join(parameters)}" if parameters else "no arguments"
+            raise RequestError(f"could not create {spec!r} with {given}: {type(exc).__name__}: {exc}; "
+                               "make the constructor take them as keyword arguments (with defaults)",
+                               field="parameters" if parameters else "handler") from exc
         return instance if isinstance(instance, Handler) else _DuckHandler(instance)
     if callable(target):
         _check_one_argument(target, spec)

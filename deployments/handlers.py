@@ -34,6 +34,12 @@ class ModelContext:
     model_dir: Path
     manifest: Manifest
     artifact_root: Optional[Path] = None
+    #: the manifest's typed parameters (Seldon's --parameters); a class handler also gets them as keyword arguments
+    parameters: Optional[dict[str, Any]] = None
+
+    def __post_init__(self) -> None:
+        if self.parameters is None:
+            self.parameters = self.manifest.typed_parameters
     requested_outputs: Optional[tuple[str, ...]] = None
 
     def artifact_dir(self, row: int) -> Optional[Path]:

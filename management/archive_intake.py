@@ -58,7 +58,8 @@ def check_loads(store: ObjectStore, key: str, settings: Settings, handler: Optio
     unless the same archive (``digest``) loaded with the same handler before.
 
     When it does not load, the stored copy is deleted and the answer is a 400 naming ``handler`` when the
-    handler's own code failed (an import of torch, a wrong signature), else ``url``.
+    handler's own code failed (an import of torch, a wrong signature), ``parameters`` when the manifest's
+    parameters do not fit the handler, else ``url``.
     """
     if digest and _loaded_before(digest, handler):
         return
@@ -68,7 +69,7 @@ def check_loads(store: ObjectStore, key: str, settings: Settings, handler: Optio
         store.delete(key)
         message, field = problem
         raise RequestError(f"the archive failed to load: {message}", status=400,
-                           field="handler" if field == "handler" else "url")
+                           field=field if field in ("handler", "parameters") else "url")
     if digest:
         with _LOADED_LOCK:
             _LOADED[(digest, handler)] = None

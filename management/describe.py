@@ -18,6 +18,7 @@ def describe_record(record: ModelRecord, min_workers: int, max_workers: int, rep
     what the READY workers can take at once; Serve does not report a model's pending requests.
     """
     ready = sum(1 for replica in replicas if replica.get("status") == "READY")
+    manifest = record.manifest if isinstance(record.manifest, dict) else {}
     return {
         "modelName": record.name, "modelVersion": record.version, "modelUrl": record.url,
         "engine": engine(record), "runtime": record.runtime,
@@ -34,6 +35,8 @@ def describe_record(record: ModelRecord, min_workers: int, max_workers: int, rep
         "jobQueueStatus": {"remainingCapacity": ready * concurrency, "pendingRequests": None},
         # modelpool's own
         "handler": record.handler, "isDefault": is_default, "pool": "dedicated" if dedicated else "generic",
+        # Seldon's --service-type and --parameters, as the archive's manifest declares them
+        "serviceType": manifest.get("service_type", "MODEL"), "parameters": manifest.get("parameters", []),
     }
 
 

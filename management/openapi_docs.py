@@ -45,7 +45,7 @@ _WORKER = {"type": "object", "properties": {
     "status": {"type": "string", "enum": ["READY", "LOADING", "STOPPING"]}, "gpu": {"type": "boolean"},
     "memoryUsage": {"type": "integer", "nullable": True}, "pid": {"type": "integer", "nullable": True},
     "gpuUsage": {"type": "string"}, "node": {"type": "string", "nullable": True}}}
-#: TorchServe's describe keys, and modelpool's (handler, isDefault, pool).
+#: TorchServe's describe keys, and modelpool's (handler, isDefault, pool, Seldon's serviceType and parameters).
 DESCRIPTION_SCHEMA = {"type": "object", "properties": {
     **{key: {"type": "string"} for key in ("modelName", "modelVersion", "modelUrl", "engine", "runtime",
                                            "parallelType", "deviceType", "handler")},
@@ -57,6 +57,11 @@ DESCRIPTION_SCHEMA = {"type": "object", "properties": {
                                             "loadedAtStartup", "isDefault")},
     "deviceIds": {"type": "array", "items": {"type": "integer"}},
     "pool": {"type": "string", "enum": ["dedicated", "generic"]},
+    "serviceType": {"type": "string", "enum": ["MODEL", "TRANSFORMER", "ROUTER", "COMBINER", "OUTLIER_DETECTOR"],
+                    "description": "the handler's role in an inference graph (Seldon's --service-type)"},
+    "parameters": {"type": "array", "description": "handed to the handler's constructor (Seldon's --parameters)",
+                   "items": {"type": "object", "properties": {"name": {"type": "string"}, "type": {"type": "string"},
+                                                              "value": {}}}},
     "workers": {"type": "array", "items": _WORKER},
     "jobQueueStatus": {"type": "object", "properties": {"remainingCapacity": {"type": "integer"},
                                                         "pendingRequests": {"type": "integer", "nullable": True}}},

@@ -124,7 +124,8 @@ def cmd_archive(args: argparse.Namespace) -> int:
     from modelpool.deployments.examples import archive_command
 
     out = archive_command(name=args.name, version=args.version, handler=args.handler, files=[Path(f) for f in args.file],
-                          out=Path(args.out) if args.out else None, model_file=args.model_file, description=args.description)
+                          out=Path(args.out) if args.out else None, model_file=args.model_file, description=args.description,
+                          service_type=args.service_type, parameters=args.parameters)
     print(out)
     return 0
 
@@ -154,6 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
     archive.add_argument("--model-file", default=None, help="the serialized model (for the sklearn handler)")
     archive.add_argument("--file", action="append", default=[], help="a file to include; repeat for several")
     archive.add_argument("--description", default="")
+    archive.add_argument("--service-type", default="MODEL", help="Seldon's: the handler's role in an inference graph "
+                         "(MODEL, TRANSFORMER, ROUTER, COMBINER, OUTLIER_DETECTOR)")
+    archive.add_argument("--parameters", default=None, help="Seldon's: a JSON list of {name, type, value} handed "
+                         "to the handler class's constructor")
     archive.add_argument("--out", default=None, help="output zip (default: NAME-VERSION.zip in the current directory)")
     archive.set_defaults(func=cmd_archive)
 

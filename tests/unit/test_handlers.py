@@ -313,3 +313,52 @@ def test_module_symlinked_outside_the_model_dir_is_refused(tmp_path):
     with pytest.raises(RequestError) as exc:
         load_handler(directory, manifest)
     assert exc.value.field == "handler"
+
+
+def test_seldons_parameters_reach_the_constructor_typed_and_the_context(tmp_path: Path) -> None:
+    source = """
+        from modelpool.deployments.handlers import Handler
+
+        class Model(Handler):
+            def __init__(self, factor: float = 1.0, label: str = "", classes=None):
+                super().__init__()
+                self.factor, self.label, self.classes = factor, label, classes
+
+            def predict(self, data):
+                return data * self.factor
+        """
+    parameters = [{"name": "factor", "type": "FLOAT", "value": "2.5"}, {"name": "label", "value": "scaled"},
+                  {"name": "classes", "type": "JSON", "value": "[1, 2]"}]
+    directory, manifest = model_dir(tmp_path, "scaled", {"handler.py": source}, handler="handler:Model",
+                                    parameters=parameters)
+    handler = load_handler(directory, manifest)
+    assert (handler.factor, handler.label, handler.classes) == (2.5, "scaled", [1, 2])
+    assert handler.context.parameters == {"factor": 2.5, "label": "scaled", "classes": [1, 2]}
+    assert handler.predict(np.array([1.0, 2.0])).tolist() == [2.5, 5.0]
+
+
+def test_a_parameter_the_constructor_does_not_take_is_a_400_naming_it(tmp_path: Path) -> None:
+    source = """
+        class Model:
+            def predict(self, data):
+                return data["x"]
+        """
+    directory, manifest = model_dir(tmp_path, "strict", {"handler.py": source}, handler="handler:Model",
+                                    parameters=[{"name": "depth", "type": "INT", "value": "3"}])
+    with pytest.raises(RequestError) as caught:
+        load_handler(directory, manifest)
+    assert caught.value.field == "parameters" and "the parameters depth" in caught.value.message
+    assert "keyword arguments" in caught.value.message
+
+
+def test_parameters_for_a_handler_without_a_constructor_are_refused_not_ignored(tmp_path: Path, classifier) -> None:
+    directory, manifest = model_dir(tmp_path, "fn", {"handler.py": "def predict(data):\n    return data\n"},
+                                    handler="handler:predict", parameters=[{"name": "k", "value": "1"}])
+    with pytest.raises(RequestError) as caught:
+        load_handler(directory, manifest)
+    assert caught.value.field == "parameters" and "not a class" in caught.value.message
+    directory, manifest = model_dir(tmp_path, "sk", {"model.joblib": classifier}, handler="sklearn",
+                                    model_file="model.joblib", parameters=[{"name": "k", "value": "1"}])
+    with pytest.raises(RequestError) as caught:
+        load_handler(directory, manifest)
+    assert caught.value.field == "parameters" and "sklearn" in caught.value.message

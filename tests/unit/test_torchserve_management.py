@@ -81,6 +81,14 @@ def test_describe_has_every_key_torchserve_returns_and_true_values():
     assert describe_record(record(number_gpu=1), 1, 1, [], 64, is_default=False, dedicated=True)["deviceType"] == "gpu"
 
 
+def test_describe_shows_the_seldon_role_and_parameters_of_the_manifest():
+    plain = describe_record(record(), 0, 0, [], 1, True, False)
+    assert (plain["serviceType"], plain["parameters"]) == ("MODEL", [])
+    declared = record(manifest={"service_type": "TRANSFORMER", "parameters": [{"name": "k", "type": "INT", "value": "3"}]})
+    described = describe_record(declared, 0, 0, [], 1, True, False)
+    assert (described["serviceType"], described["parameters"]) == ("TRANSFORMER", [{"name": "k", "type": "INT", "value": "3"}])
+
+
 def test_engine_is_the_manifests_word_else_the_handlers_kind():
     assert describe_record(record(handler="score:Model"), 0, 0, [], 1, True, False)["engine"] == "Python"
     named = record(manifest={"extra": {"engine": "Torch"}})
