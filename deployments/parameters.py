@@ -98,8 +98,3 @@ def parse_parameters(raw: Any, where: str = "parameters") -> dict[str, Any]:
                                field=f"{field}.value") from None
     return typed
 
-
-def describe_parameters(typed: dict[str, Any]) -> list[dict[str, Any]]:
-    """Back to Seldon's list shape for describe, with the types the values have now."""
-    names = {bool: "BOOL", int: "INT", float: "DOUBLE", str: "STRING"}
-    return [{"name": name, "type": names.get(type(value), "JSON"), "value": value} for name, value in typed.items()]

@@ -36,8 +36,5 @@ class Split:
 
     def pick(self, key: Optional[str] = None, draw: Callable[[], float] = random.random) -> int:
         """The child's index for this request: the key's when given, else a random draw."""
-        point = key_point(key) if key else draw()
-        index = bisect.bisect_right(self.bounds, point)
-        while self.weights[index] == 0:  # a point exactly on the edge of an empty interval
-            index += 1
-        return index
+        # bisect_right: a point on an edge goes right, so an empty interval (equal edges) is never chosen
+        return bisect.bisect_right(self.bounds, key_point(key) if key else draw())
