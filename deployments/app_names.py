@@ -2,7 +2,8 @@
 
 Management deploys applications under these names and replicas look each other up by them
 (``serve.get_deployment_handle(deployment, app_name=app)``), so both sides import them from here.
-A model version with replicas of its own is the application ``model:{name}:{version}``; everything
+A model version with replicas of its own is the application ``model:{name}:{version}``, an inference graph
+the application ``graph:{name}``; everything
 else is one fixed application: the generic pool, the gRPC front, one front per other server's URL
 scheme and management itself. Pure: no Ray, so naming is unit-tested in milliseconds.
 """
@@ -13,6 +14,8 @@ from typing import Optional
 from modelpool.deployments.codecs import kserve_v1, torchserve
 
 MODEL_APP_PREFIX = "model:"
+GRAPH_APP_PREFIX = "graph:"
+GRAPH_DEPLOYMENT = "Graph"
 MANAGEMENT_APP = "management"  # at route prefix "/"; the gRPC front sends it the calls that name no model
 GENERIC_POOL_APP = "generic-pool"
 GENERIC_POOL_DEPLOYMENT = "GenericPool"
@@ -38,6 +41,15 @@ def parse_app_name(app: str) -> Optional[tuple[str, str]]:
         return None
     name, _, version = app[len(MODEL_APP_PREFIX):].rpartition(":")
     return (name, version) if name else None
+
+
+def graph_app_name(graph: str) -> str:
+    """The application serving an inference graph (``PUT /graphs/{graph}``) at ``/v2/models/{graph}``."""
+    return f"{GRAPH_APP_PREFIX}{graph}"
+
+
+def parse_graph_app_name(app: str) -> Optional[str]:
+    return app[len(GRAPH_APP_PREFIX):] if app.startswith(GRAPH_APP_PREFIX) else None
 
 
 def deployment_name(name: str, version: str) -> str:

@@ -25,6 +25,7 @@ from modelpool.deployments.handler_refs import missing_import_message
 from modelpool.deployments.handlers import CallableHandler, Handler, ModelContext, SklearnHandler, default_postprocess
 from modelpool.deployments.manifest import SKLEARN_HANDLER, Manifest, split_handler
 from modelpool.deployments.mar import EXTRA_KEY as MAR_EXTRA_KEY
+from modelpool.deployments.roles import is_role, make_role_handler, role_module_attr
 
 _IMPORT_LOCK = threading.Lock()
 
@@ -54,6 +55,14 @@ def load_handler(model_dir: Path, manifest: Manifest, context: Optional[ModelCon
 
 
 def _make_handler(model_dir: Path, manifest: Manifest) -> Handler:
+    if is_role(manifest):  # a graph role (TRANSFORMER, ROUTER, ...): its own hooks, no predict
+        module_name, attr = role_module_attr(manifest)
+        module = import_handler_module(model_dir, module_name, manifest)
+        target = getattr(module, attr, None)
+        if target is None:
+            raise RequestError(f"{module_name}.py in the archive has no {attr!r}; fix the manifest's "
+                               "handler or the module", field="handler")
+        return make_role_handler(target, manifest, manifest.typed_parameters)
     if manifest.handler == SKLEARN_HANDLER:
         if manifest.parameters:
             raise RequestError("the 'sklearn' handler takes no parameters; drop them or write a class handler",

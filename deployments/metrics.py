@@ -58,6 +58,13 @@ def _registry() -> Optional[dict]:
         "replicas": metrics.Gauge(
             "modelpool_replicas", "Running replicas per served model version (dedicated apps).",
             tag_keys=("model", "version")),
+        "node_requests": metrics.Counter(
+            "modelpool_graph_node_requests_total",
+            "Calls of inference-graph nodes, by graph, node, traffic (primary or shadow) and status.",
+            tag_keys=("graph", "node", "traffic", "status")),
+        "node_latency": metrics.Histogram(
+            "modelpool_graph_node_latency_ms", "Time a graph node took, its children included, in ms.",
+            boundaries=LATENCY_BOUNDARIES_MS, tag_keys=("graph", "node", "traffic")),
         "batch_rows": metrics.Counter(
             "modelpool_batch_rows_total", "Rows of batch-scoring jobs, by outcome (scored or failed).",
             tag_keys=("model", "version", "outcome")),
@@ -137,14 +144,52 @@ class ModelMetrics:
         registry["queue"].set(most_waiting or 0, self._queue_tags)
 
 
+class GraphMetrics:
+    """The node recorders of one graph in one replica: counted locally, handed to Ray once a second (as
+    :class:`ModelMetrics`). ``traffic`` is ``primary`` for what the client's answer came from, ``shadow`` for
+    the copies a SHADOW router sends, whose errors and latency are seen here and nowhere else."""
+
+    def __init__(self, graph: str) -> None:
+        self._registry = _registry()
+        self.graph = graph
+        self._lock = threading.Lock()
+        self._requests: dict[tuple[str, str, int], int] = {}
+        self._latencies: dict[tuple[str, str], list[float]] = {}
+        self.counts: dict[tuple[str, str, int], int] = {}  # every call since the replica started (tests, status)
+        if self._registry is not None:
+            _flusher().add(self)
+
+    def node(self, node: str, traffic: str, status: int, latency_ms: float) -> None:
+        key = (node, traffic, status)
+        with self._lock:
+            self.counts[key] = self.counts.get(key, 0) + 1
+            if self._registry is None:
+                return
+            self._requests[key] = self._requests.get(key, 0) + 1
+            self._latencies.setdefault((node, traffic), []).append(latency_ms)
+
+    def flush(self) -> None:
+        with self._lock:
+            requests, self._requests = self._requests, {}
+            latencies, self._latencies = self._latencies, {}
+        registry = self._registry
+        for (node, traffic, status), count in requests.items():
+            registry["node_requests"].inc(count, {"graph": self.graph, "node": node, "traffic": traffic,
+                                                  "status": str(status)})
+        for (node, traffic), values in latencies.items():
+            tags = {"graph": self.graph, "node": node, "traffic": traffic}
+            for value in values:
+                registry["node_latency"].observe(value, tags)
+
+
 class _Flusher:
-    """One thread per process flushing every live ModelMetrics once a second."""
+    """One thread per process flushing every live ModelMetrics (and GraphMetrics) once a second."""
 
     def __init__(self) -> None:
-        self._metrics: "weakref.WeakSet[ModelMetrics]" = weakref.WeakSet()
+        self._metrics: "weakref.WeakSet" = weakref.WeakSet()
         threading.Thread(target=self._run, name="modelpool-metrics", daemon=True).start()
 
-    def add(self, metrics: ModelMetrics) -> None:
+    def add(self, metrics: "ModelMetrics | GraphMetrics") -> None:
         self._metrics.add(metrics)
 
     def _run(self) -> None:

@@ -21,6 +21,7 @@ from starlette.responses import Response
 from modelpool.deployments import deadlines
 from modelpool.deployments.codecs import PROTOCOLS, REST_CODECS
 from modelpool.deployments.errors import RequestError
+from modelpool.deployments.graph_runtime import GRAPH_PATH, PATH_HEADER
 from modelpool.deployments.http_io import JSON, RETRY_AFTER_S, error_body, error_response, forwarded_headers, json_response
 from modelpool.deployments.redact import public_message
 from modelpool.deployments.tensors import InferenceRequest
@@ -133,8 +134,10 @@ async def _answer(model, call: ModelCall, read: Callable[[], Awaitable[bytes]],
         return error_response(exc, headers, model.options.debug)
     except Exception as exc:  # noqa: BLE001 - the handler failed: report it, keep serving
         return failure_response(model.name, model.version, exc, headers, model.options.debug)
-    return Response(encoded.payload, media_type=encoded.media_type,
-                    headers={**headers, **encoded.headers, "x-modelpool-batch-size": str(result.batch_size)})
+    answer_headers = {**headers, **encoded.headers, "x-modelpool-batch-size": str(result.batch_size)}
+    if GRAPH_PATH in result.parameters:  # an inference graph's answer says which nodes it went through
+        answer_headers[PATH_HEADER] = result.parameters[GRAPH_PATH]
+    return Response(encoded.payload, media_type=encoded.media_type, headers=answer_headers)
 
 
 # --- calls in other servers' URL schemes (TorchServe, KServe V1), passed on by modelpool.deployments.protocol_front ---

@@ -10,7 +10,6 @@ app by longest-prefix routing; it is forwarded to the generic pool.
 """
 from __future__ import annotations
 
-import functools
 import logging
 from typing import Awaitable, Optional
 
@@ -21,16 +20,12 @@ from starlette.responses import Response
 from modelpool.cluster.settings import DEFAULT_MAX_BODY_BYTES
 from modelpool.deployments import grpc_entry
 from modelpool.deployments.app_names import GENERIC_POOL_APP, GENERIC_POOL_DEPLOYMENT, GENERIC_POOL_ROUTE
-from modelpool.deployments.codecs import PROTOCOLS
 from modelpool.deployments.errors import RequestError
-from modelpool.deployments.replica_port import GrpcMethod
 from modelpool.deployments.http_io import codec_headers, read_body, request_headers, sub_path
 from modelpool.deployments.loaded_model import LoadedModel
 from modelpool.deployments.model_calls import ModelCall, parse_model_call
-from modelpool.deployments.protos import open_inference_pb2 as pb
 from modelpool.deployments.replica_base import HttpTarget, ReplicaBase
-from modelpool.deployments.announced_port import IN_FLIGHT_METRIC, AnnouncedPort
-from modelpool.deployments.rest_entry import RestApp
+from modelpool.deployments.announced_port import IN_FLIGHT_METRIC
 
 logger = logging.getLogger("ray.serve")
 
@@ -51,13 +46,7 @@ class ModelServer(ReplicaBase):
         self.versions = [version]
         self.pool_versions: set[str] = set()
         self.retired = False
-        self.port = AnnouncedPort({
-            "ModelInfer": GrpcMethod(pb.ModelInferRequest, self.ModelInfer),
-            "ModelReady": GrpcMethod(pb.ModelReadyRequest, self.ModelReady),
-            "ModelMetadata": GrpcMethod(pb.ModelMetadataRequest, self.ModelMetadata),
-        }, self._headers, rest=RestApp(self.__call__, f"{GENERIC_POOL_ROUTE}/{name}", protocols={
-            codec.ROUTE_PREFIX: functools.partial(self.protocol_request, protocol)
-            for protocol, codec in PROTOCOLS.items()}))
+        self.port = self._announced_port(f"{GENERIC_POOL_ROUTE}/{name}")
 
     def _apply(self, user_config: dict) -> None:
         """Batch size, delay and the version lists, applied without a restart; the replica's gRPC port opens."""

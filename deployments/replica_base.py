@@ -15,29 +15,57 @@ ones serve as well as the class's own. Subclasses stay undecorated: management w
 """
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Union
 
+import numpy as np
 from ray import serve
 from starlette.requests import Request
 from starlette.responses import Response
 
-from modelpool.deployments import grpc_entry
+from modelpool.deployments import deadlines, grpc_entry
+from modelpool.deployments.announced_port import AnnouncedPort
 from modelpool.deployments.app_names import REPLICA_HEADER
 from modelpool.deployments.archive import unpack_archive
 from modelpool.deployments.archive_fetch import local_archive, open_store
 from modelpool.deployments.errors import RequestError
 from modelpool.deployments.codecs import PROTOCOLS
+from modelpool.deployments.datatypes import datatype_of
+from modelpool.deployments.graph_runtime import NodeAnswer
 from modelpool.deployments.http_io import (body_reader, check_inference_token, codec_headers, error_response,
                                           read_protocol_request, request_headers)
 from modelpool.deployments.loaded_model import LoadedModel
 from modelpool.deployments.log_flush import start_log_flusher
 from modelpool.deployments.model_calls import (ModelCall, ProtocolAnswer, answer_model_call, answer_protocol_call,
-                                     check_not_overdue, failure_response, protocol_answer, protocol_error)
+                                     check_not_overdue, failure_response, overdue_error, protocol_answer,
+                                     protocol_error)
 from modelpool.deployments.protos import open_inference_pb2 as pb
+from modelpool.deployments.replica_port import GrpcMethod
+from modelpool.deployments.rest_entry import RestApp
 from modelpool.deployments.serving_options import RequestBudget, ServingOptions
+from modelpool.deployments.tensors import InferenceRequest, RequestedOutput, Tensor
+
+GRAPH_ROUTE = "graph"  # the ``route`` label of calls from graph nodes in modelpool's request metrics
+
+
+def graph_request(message: dict[str, np.ndarray], outputs: Optional[tuple[str, ...]]) -> InferenceRequest:
+    """A graph node's message as the decoded request a model's batcher takes."""
+    tensors = []
+    for name, data in message.items():
+        array = np.asarray(data)
+        try:
+            datatype = datatype_of(array.dtype, name)
+        except ValueError as exc:
+            raise RequestError(str(exc), status=400, field=f"inputs.{name}") from None
+        tensors.append(Tensor(name=name, datatype=datatype, shape=tuple(array.shape), data=array, parameters={}))
+    wanted = None if outputs is None else tuple(RequestedOutput(name) for name in outputs)
+    return InferenceRequest(id=None, inputs=tuple(tensors), parameters={}, outputs=wanted)
+
 
 #: What ``_http_target`` finds for a request: the model, the call and the versions its metadata lists.
 HttpTarget = tuple[LoadedModel, ModelCall, list[str]]
@@ -185,6 +213,53 @@ class ReplicaBase:
         except LoadFailed as failed:
             grpc_entry.fail(grpc_context, RequestError(str(failed), status=500), self.options.debug)
         return None
+
+    # --- a node of an inference graph (modelpool.deployments.graph_runtime), through a DeploymentHandle ---------
+
+    async def graph_node(self, name: str, version: Optional[str], message: dict[str, np.ndarray],
+                         outputs: Optional[tuple[str, ...]] = None) -> NodeAnswer:
+        """Named arrays in, named arrays out: the model's batcher, timeout, metrics and request budget as for any
+        call; a refusal or failure comes back as the answer's status and message (never a raised exception, which
+        Ray would wrap)."""
+        started = time.perf_counter()
+        status, model = 200, None
+        try:
+            model, _ = await self._protocol_target(name, version)
+            request = graph_request(message, outputs)
+
+            async def decode() -> InferenceRequest:
+                return request
+
+            try:
+                result = await deadlines.within(model.response_timeout_s, model.infer(decode))
+            except asyncio.TimeoutError:
+                raise overdue_error(model) from None
+            return NodeAnswer(result.outputs)
+        except RequestError as exc:
+            status = exc.status
+            return NodeAnswer({}, status=status, error=exc.message)
+        except LoadFailed as failed:
+            status = 500
+            return NodeAnswer({}, status=status, error=str(failed))
+        except Exception as exc:  # noqa: BLE001 - the handler failed: the graph names the node, this replica serves on
+            status = 500
+            return NodeAnswer({}, status=status, error=f"model '{name}' version '{version}' failed: "
+                                                       f"{type(exc).__name__}: {exc}")
+        finally:
+            if model is not None:
+                model.metrics.request(GRAPH_ROUTE, status, (time.perf_counter() - started) * 1000)
+            self.budget.count()
+
+    def _announced_port(self, root_path: str) -> AnnouncedPort:
+        """The replica's own port (gRPC and REST, the front sends calls straight to it), answered by the same entry
+        points as Serve's path; ``root_path`` is the V2 route the REST calls are read below."""
+        return AnnouncedPort({
+            "ModelInfer": GrpcMethod(pb.ModelInferRequest, self.ModelInfer),
+            "ModelReady": GrpcMethod(pb.ModelReadyRequest, self.ModelReady),
+            "ModelMetadata": GrpcMethod(pb.ModelMetadataRequest, self.ModelMetadata),
+        }, self._headers, rest=RestApp(self.__call__, root_path, protocols={
+            codec.ROUTE_PREFIX: functools.partial(self.protocol_request, protocol)
+            for protocol, codec in PROTOCOLS.items()}))
 
     # --- loading -----------------------------------------------------------------------------
 

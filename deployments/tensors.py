@@ -6,7 +6,7 @@ transport never touches the model path.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
@@ -73,6 +73,8 @@ class InferenceResult:
     request: InferenceRequest
     outputs: dict[str, np.ndarray]
     batch_size: int = 1
+    #: V2 response parameters (an inference graph says which path the request took)
+    parameters: dict = field(default_factory=dict)
 
 
 def model_metadata(name: str, versions: list[str], platform: str, inputs: list[dict], outputs: list[dict]) -> dict:

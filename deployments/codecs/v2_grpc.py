@@ -9,6 +9,8 @@ turns their HTTP status into a gRPC status with :func:`grpc_status`.
 """
 from __future__ import annotations
 
+import json
+
 import math
 from typing import Any, Iterable, Mapping, Optional
 
@@ -169,10 +171,24 @@ def parameters_from_proto(parameters: Mapping[str, Any]) -> dict:
     return plain
 
 
+def set_parameter(parameter: pb.InferParameter, value: Any) -> None:
+    """A V2 parameter: bool, int64, double or string (anything else as its JSON text)."""
+    if isinstance(value, bool):
+        parameter.bool_param = value
+    elif isinstance(value, int):
+        parameter.int64_param = value
+    elif isinstance(value, float):
+        parameter.double_param = value
+    else:
+        parameter.string_param = value if isinstance(value, str) else json.dumps(value)
+
+
 def encode(result: InferenceResult) -> pb.ModelInferResponse:
     """Every output's data as raw_output_contents, in the order the outputs are listed."""
     response = pb.ModelInferResponse(model_name=result.model_name, model_version=result.model_version or "",
                                      id=result.request.id or "")
+    for key, value in result.parameters.items():
+        set_parameter(response.parameters[key], value)
     for name, array in result.outputs.items():
         array = np.asarray(array)
         response.outputs.add(name=name, datatype=datatype_of(array.dtype, name), shape=array.shape)

@@ -337,6 +337,8 @@ def response_header(result: InferenceResult, binary_sizes: dict[str, int]) -> di
         body["model_version"] = result.model_version
     if result.request.id is not None:
         body["id"] = result.request.id
+    if result.parameters:
+        body["parameters"] = dict(result.parameters)
     body["outputs"] = [
         _binary_output(name, array, binary_sizes[name]) if name in binary_sizes else tensor_from_array(name, array)
         for name, array in result.outputs.items()
