@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse, Response
 
 from modelpool.deployments.errors import RequestError
 from modelpool.deployments.http_io import error_response
-from modelpool.management import batch_routes, model_routes
+from modelpool.management import batch_routes, graph_routes, model_routes
 from modelpool.management.openapi_docs import OPEN, describe, json_answer
 from modelpool.management.route_support import in_thread, authorized, check_management_token, state
 from modelpool.cluster.version import __version__
@@ -137,3 +137,4 @@ async def openapi_json() -> dict:
 api.include_router(model_routes.router)
 api.include_router(model_routes.explanations)
 api.include_router(batch_routes.router)
+api.include_router(graph_routes.router)

@@ -27,12 +27,14 @@ from ray import serve
 from ray.serve.api import RunTarget
 
 from modelpool.deployments.generic_pool import GenericPool
-from modelpool.deployments.app_names import GENERIC_POOL_DEPLOYMENT, FRONT_DEPLOYMENT, PROTOCOL_FRONT_DEPLOYMENT
+from modelpool.deployments.app_names import (GENERIC_POOL_DEPLOYMENT, FRONT_DEPLOYMENT, GRAPH_DEPLOYMENT,
+                                             PROTOCOL_FRONT_DEPLOYMENT)
 from modelpool.deployments.front import Front
+from modelpool.deployments.graph_deployment import GraphServer
 from modelpool.deployments.model_deployment import ModelServer
 from modelpool.deployments.protocol_front import ProtocolFront
 from modelpool.management import route_probe
-from modelpool.deployments.app_names import MODEL_APP_PREFIX
+from modelpool.deployments.app_names import GRAPH_APP_PREFIX, MODEL_APP_PREFIX
 from modelpool.management.serve_configs import AppConfig
 from modelpool.management.serve_state import CONFIG_ID, LiveApp, applications, live_apps, replica_apps, running_replicas
 from modelpool.cluster.version import __version__
@@ -52,7 +54,7 @@ def _bind(app: AppConfig):
     options = dict(app.deployment_options)
     options["user_config"] = {**(options.get("user_config") or {}), CONFIG_ID: fingerprint(app)}
     version = options.pop("version")
-    target = {GENERIC_POOL_DEPLOYMENT: GenericPool, FRONT_DEPLOYMENT: Front,
+    target = {GENERIC_POOL_DEPLOYMENT: GenericPool, FRONT_DEPLOYMENT: Front, GRAPH_DEPLOYMENT: GraphServer,
               PROTOCOL_FRONT_DEPLOYMENT: ProtocolFront}.get(app.deployment_name, ModelServer)
     for attempt in range(_BIND_ATTEMPTS):
         try:
@@ -193,6 +195,10 @@ def _route_safe_batches(apps: list[AppConfig], routes: dict[str, str]) -> list[l
 
 def model_app_names() -> list[str]:
     return [name for name in applications() if name.startswith(MODEL_APP_PREFIX)]
+
+
+def graph_app_names() -> list[str]:
+    return [name for name in applications() if name.startswith(GRAPH_APP_PREFIX)]
 
 
 def delete_app(app_name: str, wait: bool = True) -> None:

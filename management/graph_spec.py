@@ -59,6 +59,8 @@ class GraphNode(BaseModel):
     implementation: Optional[Literal["SPLIT", "SHADOW"]] = None
     weights: Optional[list[float]] = None
     routing_header: Optional[str] = Field(None, pattern=r"^[A-Za-z0-9-]{1,64}$")
+    #: a model node's outputs to ask for (a scikit-learn model gives predict_proba only when asked)
+    outputs: Optional[list[str]] = Field(None, min_length=1, max_length=64)
     children: list["GraphNode"] = Field(default_factory=list)
 
     @property
@@ -129,7 +131,7 @@ def check_graph(spec: GraphSpec, role_of: RoleOf, graphs: Mapping[str, GraphSpec
         if node.name in seen:
             raise _fail(node.name, "another node has the same name", "give every node a name of its own")
         seen.add(node.name)
-        _check_target(node, role_of, graphs)
+        _check_target(node, role_of, {**graphs, spec.name: spec})  # a graph calling itself is a cycle, found below
         _check_children(node)
     _check_cycles(spec, graphs)
 
@@ -144,6 +146,8 @@ def _check_target(node: GraphNode, role_of: RoleOf, graphs: Mapping[str, GraphSp
         raise _fail(node.name, f"implementation {node.implementation} is a router", "set \"type\": \"ROUTER\"")
     if node.version and not node.model:
         raise _fail(node.name, "'version' goes with 'model'", "name the model, or drop the version")
+    if node.outputs is not None and (not node.model or node.type != "MODEL"):
+        raise _fail(node.name, "'outputs' are asked of a MODEL node's model", "drop them from this node")
     if node.weights is not None and node.implementation != "SPLIT":
         raise _fail(node.name, "'weights' belong to a SPLIT router", "set \"implementation\": \"SPLIT\" or drop them")
     if node.routing_header is not None and node.implementation != "SPLIT":

@@ -32,6 +32,7 @@ from modelpool.management.model_source import resolve_model_url
 from modelpool.management.url_checks import UrlPolicy
 from modelpool.management.url_download import s3_fetcher
 from modelpool.management.params import ListParams, PoolParams, RegisterParams, ScaleParams
+from modelpool.management.graph_calls import GraphCalls
 from modelpool.management.repository_service import RepositoryCalls
 from modelpool.management.rollout_wait import wait_for_rollout
 from modelpool.management.ttl_cache import TtlCache
@@ -40,7 +41,7 @@ from modelpool.management.registry import ModelRecord, PoolRecord, Registry, che
 logger = logging.getLogger(__name__)
 
 
-class ModelManager(RepositoryCalls):
+class ModelManager(RepositoryCalls, GraphCalls):
     """Register, scale, describe, unregister models; session pools; services."""
 
     def __init__(self, settings: Settings, store: Optional[ObjectStore] = None) -> None:
@@ -85,13 +86,23 @@ class ModelManager(RepositoryCalls):
             if app_name not in wanted and (only_model is None or (parsed and parsed[0] == only_model)):
                 deployer.delete_app(app_name, wait=False)
                 deleted.append(app_name)
+        graphs = self._graph_apps({(c.name, c.version) for c in plan.dedicated})  # every graph: they follow models
+        graph_apps = self._graph_app_configs(graphs)
+        wanted_graphs = {app.app_name for app in graph_apps}
+        for app_name in deployer.graph_app_names():
+            if app_name not in wanted_graphs:
+                deployer.delete_app(app_name, wait=False)
+                deleted.append(app_name)
         fronts = [serve_configs.front_app_config(placement.front_config(self.settings),
-                                                      serve_configs.front_routes(plan.dedicated), deployer.code_version())
+                                                 serve_configs.front_routes(plan.dedicated, [g.name for g in graphs]),
+                                                 deployer.code_version())
                   ] if self.settings.grpc_enabled or self.settings.http_front else []
         fronts += serve_configs.protocol_front_app_configs(plan.dedicated, plan.catalog, plan.known_models,
-                                                           placement.pool_config(self.settings), deployer.code_version())
-        deployer.deploy_apps(apps + [pool_app] + fronts, wait=wait, ingress=self.ingress, deleted=deleted)
-        return [app.app_name for app in apps] + [pool_app.app_name] + [front.app_name for front in fronts]
+                                                           placement.pool_config(self.settings), deployer.code_version(),
+                                                           {g.name: g.response_timeout_s for g in graphs})
+        deployer.deploy_apps(apps + [pool_app] + graph_apps + fronts, wait=wait, ingress=self.ingress, deleted=deleted)
+        return ([app.app_name for app in apps] + [pool_app.app_name] + [app.app_name for app in graph_apps]
+                + [front.app_name for front in fronts])
 
     def reconcile(self) -> None:
         """At start: register new store archives if asked, then deploy everything the registry holds."""
@@ -134,6 +145,7 @@ class ModelManager(RepositoryCalls):
         manifest = read_manifest(local, handler=params.handler)  # handler= replaces the manifest's, checked like it
         name = check_model_name(params.model_name or manifest.name)
         version = check_model_version(manifest.version)
+        self._refuse_if_graph(name)
         if self._is_retry(name, version, params.idempotency_key):
             with self._lock:
                 apps = self.apply(only_model=name)
@@ -263,6 +275,7 @@ class ModelManager(RepositoryCalls):
         Called under ``self._lock``.
         """
         gone = {record.version for record in records}
+        self._refuse_if_referenced(name, gone)
         retiring = self._retired_apps(name, gone)  # their replicas drain for a while after Serve deletes them
         for record in records:
             self.registry.mark_unregistered(record.name, record.version)

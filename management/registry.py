@@ -6,6 +6,7 @@ controller and is shared by every node of a cluster without a database:
 * ``registry/models/{name}/{version}.json``  - one :class:`ModelRecord` per version
 * ``registry/defaults/{name}.json``          - ``{"version": ...}``, the version chosen as default
 * ``registry/pools/{name}/{version}.json``   - one :class:`PoolRecord` per version
+* ``registry/graphs/{name}.json``             - one :class:`GraphRecord` per inference graph
 
 One file per record keeps every write a whole-object atomic write (last writer wins, never a
 torn file) and needs no locking. A record that cannot be read is skipped with a warning instead
@@ -126,6 +127,17 @@ class UnregisteredRecord(_Record):
     """A version someone unregistered: start-up must not register its store archive again."""
 
     unregistered_at: float = Field(default_factory=_now)
+
+
+class GraphRecord(BaseModel):
+    """An inference graph as ``PUT /graphs/{name}`` stored it: its root node in Seldon's nested shape."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    name: str
+    graph: dict[str, Any]
+    created_at: float = Field(default_factory=_now)
+    updated_at: float = Field(default_factory=_now)
 
 
 RecordT = TypeVar("RecordT", bound=_Record)
@@ -252,6 +264,38 @@ class Registry:
 
     def unregistered(self) -> set[tuple[str, str]]:
         return {(r.name, r.version) for r in self._list("unregistered", UnregisteredRecord)}
+
+    # --------------------------------------------------------------------------------- graphs
+
+    def _graph_key(self, name: str) -> str:
+        return f"{self.prefix}/graphs/{check_segment(name, 'graph name')}{_SUFFIX}"
+
+    def put_graph(self, record: GraphRecord) -> None:
+        self.store.write_json(self._graph_key(record.name), record.model_dump(mode="json"))
+
+    def get_graph(self, name: str) -> Optional[GraphRecord]:
+        key = self._graph_key(name)
+        try:
+            record = GraphRecord.model_validate(self.store.read_json(key))
+        except ObjectNotFound:
+            return None
+        except (OSError, ValueError, ValidationError) as exc:
+            logger.warning("skipping unreadable graph record %s in %s: %s", key, self.store.uri, exc)
+            return None
+        return record if record.name == name else None
+
+    def delete_graph(self, name: str) -> bool:
+        return self._delete(self._graph_key(name))
+
+    def list_graphs(self) -> list[GraphRecord]:
+        """Every readable graph, by name."""
+        names = []
+        for key in self.store.list(f"{self.prefix}/graphs"):
+            stem = key.rsplit("/", 1)[-1]
+            if stem.endswith(_SUFFIX):
+                names.append(stem[: -len(_SUFFIX)])
+        records = [self.get_graph(name) for name in sorted(names)]
+        return [record for record in records if record is not None]
 
     # ------------------------------------------------------------------------------- plumbing
 

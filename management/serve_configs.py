@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 from modelpool.cluster.settings import (DEFAULT_DOWNSCALE_DELAY_S, DEFAULT_MAX_BATCH_DELAY_MS, DEFAULT_MAX_BATCH_SIZE,
                                         DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_WORKERS, DEFAULT_POOL_MAX_REPLICAS,
@@ -31,7 +31,8 @@ from modelpool.deployments.autoscaling import POLICY as AUTOSCALING_POLICY
 from modelpool.deployments.codecs import PROTOCOLS
 from modelpool.deployments.app_names import (GENERIC_POOL_APP, GENERIC_POOL_DEPLOYMENT, GENERIC_POOL_ROUTE, FRONT_APP,
                                    FRONT_DEPLOYMENT, MANAGEMENT_APP, PROTOCOL_FRONT_APPS,
-                                   PROTOCOL_FRONT_DEPLOYMENT, app_name, deployment_name)
+                                   PROTOCOL_FRONT_DEPLOYMENT, GRAPH_DEPLOYMENT, app_name, deployment_name,
+                                   graph_app_name)
 from modelpool.deployments.front_config import route_key
 
 # The defaults below are Settings' (modelpool.cluster.settings), so a config built without them is what a cluster
@@ -223,13 +224,13 @@ class FrontConfig:
     health_check_period_s: float = 2.0
 
 
-def front_routes(dedicated: list["ModelConfig"]) -> dict[str, str]:
+def front_routes(dedicated: list["ModelConfig"], graphs: Iterable[str] = ()) -> dict[str, str]:
     """The front's routing table: ``name/version`` (and ``name/`` for the default) -> the app serving it.
 
-    Only dedicated versions are listed; every other call goes to the generic pool, which serves the
-    rest and names the served models in its NOT_FOUND.
+    Only dedicated versions and graphs (``name/`` -> ``graph:name``) are listed; every other call goes to the
+    generic pool, which serves the rest and names the served models in its NOT_FOUND.
     """
-    routes: dict[str, str] = {}
+    routes: dict[str, str] = {route_key(graph): graph_app_name(graph) for graph in graphs}
     for model in dedicated:
         routes[route_key(model.name, model.version)] = app_name(model.name, model.version)
         if model.is_default:
@@ -258,10 +259,13 @@ HEAD_NODE_SHARE = 0.001
 PROTOCOL_FRONT_MAX_ONGOING = 1024  # a front only waits on model replicas, which bound the work themselves
 
 
-def protocol_routes(dedicated: list["ModelConfig"]) -> dict[str, dict]:
+def protocol_routes(dedicated: list["ModelConfig"], graphs: Optional[dict[str, float]] = None) -> dict[str, dict]:
     """The protocol fronts' routing table: ``name/version`` (and ``name/`` for the default) -> the app serving it,
-    its deployment and the model's response_timeout. Only dedicated versions: the generic pool takes the rest."""
-    routes: dict[str, dict] = {}
+    its deployment and the model's response_timeout. Only dedicated versions and graphs (``graphs``: name ->
+    its timeout): the generic pool takes the rest."""
+    routes: dict[str, dict] = {route_key(graph): {"app": graph_app_name(graph), "deployment": GRAPH_DEPLOYMENT,
+                                                  "timeout_s": timeout_s}
+                               for graph, timeout_s in (graphs or {}).items()}
     for model in dedicated:
         target = {"app": app_name(model.name, model.version), "deployment": deployment_name(model.name, model.version),
                   "timeout_s": model.request_timeout_s}
@@ -272,13 +276,15 @@ def protocol_routes(dedicated: list["ModelConfig"]) -> dict[str, dict]:
 
 
 def protocol_front_app_configs(dedicated: list["ModelConfig"], catalog: dict, known_models: list[str],
-                               pool: PoolConfig, code_version: str) -> list[AppConfig]:
+                               pool: PoolConfig, code_version: str,
+                               graphs: Optional[dict[str, float]] = None) -> list[AppConfig]:
     """TorchServe's ``/predictions`` and KServe V1's ``/v1``: a small app each that passes calls on to the model's
     replicas. The routing table, the model names and the pool's serving options (inference token, body limits)
     travel in user_config, so a registration reaches the fronts live, without a restart."""
     pool_timeout_s = max([float(spec.get("response_timeout_s") or 0) for entry in catalog.values()
                           for spec in entry["versions"].values()] + [DEFAULT_RESPONSE_TIMEOUT_S])
-    user_config = {"routes": dict(sorted(protocol_routes(dedicated).items())), "models": sorted(known_models),
+    user_config = {"routes": dict(sorted(protocol_routes(dedicated, graphs).items())),
+                   "models": sorted([*known_models, *(graphs or {})]),
                    "pool_timeout_s": pool_timeout_s, "max_body_bytes": pool.max_body_bytes,
                    "serving": dict(pool.serving)}
     apps: list[AppConfig] = []
