@@ -164,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from modelpool.remote_parser import add_remote_commands
 
-    add_remote_commands(commands)  # models, pools, services, batches: the HTTP API through the client
+    add_remote_commands(commands)  # models, graphs, pools, services, batches: the HTTP API through the client
     return parser
 
 

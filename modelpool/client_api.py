@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Any, Callable, Generator, Generic, Optional, TypeVar, Union
 
 from modelpool.batch_results import BatchResults, RowResult
-from modelpool.client_core import (FINAL_STATES, IDEMPOTENCY_HEADER, RESULTS_PAGE, RETRY_FOR_S, Call, Callback,
-                                   ProgressCallback, Rows, Sleep, Step, alias, artifact_path, artifact_targets,
-                                   batch_arguments, batch_path, done_and_total, in_index_order, infer_outputs,
-                                   infer_request, model_path, new_idempotency_key, params, poll_delay, pool_path,
-                                   predict_rows, predictions, resolve_token, server_wait, service_path, start_request)
+from modelpool.client_core import (FINAL_STATES, GRAPH_START_WAIT_S, IDEMPOTENCY_HEADER, RESULTS_PAGE, RETRY_FOR_S,
+                                   Call, Callback, ProgressCallback, Rows, Sleep, Step, alias, artifact_path,
+                                   artifact_targets, batch_arguments, batch_path, done_and_total, graph_body,
+                                   graph_path, in_index_order, infer_outputs, infer_request, model_path,
+                                   new_idempotency_key, params, poll_delay, pool_path, predict_rows, predictions,
+                                   resolve_token, server_wait, service_path, start_request)
 from modelpool.errors import ModelpoolError
 from modelpool.records import Records
 
@@ -157,6 +158,36 @@ class ClientCalls(Endpoint[Pool]):
     @runs
     def set_default(self, name: str, version: str) -> Steps:
         return (yield Call("PUT", f"{model_path(name, version)}/set-default"))
+
+    # -------------------------------------------------------------- inference graphs (Seldon Core's graph shape)
+    @runs
+    def put_graph(self, name: str, graph: dict[str, Any]) -> Steps:
+        """Create or replace graph ``name``, served as a model is at ``/v2/models/{name}/infer``.
+
+        ``graph``: the root node (Seldon Core's nested shape: ``name``, ``type``, ``model``/``version`` or
+        ``graph`` or a built-in ``implementation``, ``children``, ...), or ``{"graph": root}``. The server checks
+        the whole tree before writing anything (a BadRequest names the node: ``field`` is ``node:<name>``) and
+        answers once the graph serves, so the call may take as long as a new graph's replicas take to start;
+        a name a model holds is a Conflict. Replacing a graph with the same tree is harmless, so a lost answer
+        is retried (the repeat answers "updated").
+        """
+        return (yield Call("PUT", graph_path(name), body=graph_body(graph), retry=True,
+                           timeout=server_wait(True, GRAPH_START_WAIT_S, self.timeout)))
+
+    @runs
+    def get_graph(self, name: str) -> Steps:
+        """One graph as stored, with its ``endpoint`` and its application's ``status``; NotFound when absent."""
+        return (yield Call("GET", graph_path(name), retry=True))
+
+    @runs
+    def list_graphs(self) -> Steps:
+        """Every graph (as :meth:`get_graph` answers each), in name order."""
+        return (yield Call("GET", "/graphs", retry=True)).get("graphs", [])
+
+    @runs
+    def delete_graph(self, name: str) -> Steps:
+        """Stop serving graph ``name``; a Conflict while another graph calls it. Not retried: a repeat is NotFound."""
+        return (yield Call("DELETE", graph_path(name)))
 
     # -------------------------------------------------------------- services and pools (ML Server)
     @runs

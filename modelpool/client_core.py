@@ -36,6 +36,7 @@ SERVER_WAIT_DEFAULT_S = DEFAULT_STARTUP_TIMEOUT_S  # the server's default startu
 SERVER_WAIT_MARGIN_S = 10.0
 RETRY_FOR_S = 60.0  # how long a retryable call keeps trying while the management replica restarts (~5-20 s)
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+GRAPH_START_WAIT_S = 120.0  # how long the server's PUT /graphs/{name} waits for a new graph (GRAPH_START_TIMEOUT_S)
 
 ProgressCallback = Callable[[int, Optional[int]], Any]
 Rows = Union[list, np.ndarray, Any]  # a list of rows, an array, or a pandas DataFrame
@@ -199,6 +200,22 @@ def model_path(name: str, version: Optional[str]) -> str:
 
 def pool_path(name: str, version: str) -> str:
     return f"/pools/{segment(name)}/{segment(version)}"
+
+
+def graph_path(name: str) -> str:
+    return f"/graphs/{segment(name)}"
+
+
+def graph_body(graph: dict) -> dict:
+    """The body of ``PUT /graphs/{name}``: ``{"graph": root}``, given the root node or a body that already wraps it.
+
+    Read as the server reads a body: a dict with a ``name`` is a node (a node's own ``graph`` key names a graph it
+    calls), else its ``graph`` is the root. Anything else is wrapped too, for the server to refuse with its
+    message and field.
+    """
+    if isinstance(graph, dict) and "name" not in graph and "graph" in graph:
+        return graph
+    return {"graph": graph}
 
 
 def service_path(name: str, version: str) -> str:

@@ -1,4 +1,4 @@
-"""The ``modelpool`` commands that talk to a running cluster over HTTP: models, pools, services, batches.
+"""The ``modelpool`` commands that talk to a running cluster over HTTP: models, graphs, pools, services, batches.
 
 Each command opens one :class:`~modelpool.client.Client` session (``with Client(...)``), so all the
 calls of one command ride one keep-alive connection. Output is an aligned plain-text table for
@@ -123,12 +123,33 @@ def _parse_rows(text: str, source: str) -> list:
     return rows
 
 
-def _read_json_file(path: str) -> list:
+def _read_text(path: str) -> str:
+    """A file's text; ``-`` is stdin."""
+    if path == "-":
+        return sys.stdin.read()
     try:
-        text = Path(path).read_text()
+        return Path(path).read_text()
     except OSError as exc:
         raise CommandError(f"cannot read {path}: {exc.strerror or exc}") from None
-    return _parse_rows(text, path)
+    except UnicodeDecodeError as exc:
+        raise CommandError(f"cannot read {path}: not UTF-8 text ({exc.reason})") from None
+
+
+def _read_json_file(path: str) -> list:
+    return _parse_rows(_read_text(path), path)
+
+
+def read_graph(path: str) -> dict:
+    """A graph file's JSON object (the root node or ``{"graph": ...}``), checked to be one before anything is sent."""
+    source = "stdin" if path == "-" else path
+    try:
+        graph = json.loads(_read_text(path))
+    except (ValueError, RecursionError) as exc:
+        raise CommandError(f"{source} is not JSON: {exc}") from None
+    if not isinstance(graph, dict):
+        raise CommandError(f'{source} must be a JSON object: the root node, or {{"graph": {{"name": ..., '
+                           f'"type": ..., "children": [...]}}}}')
+    return graph
 
 
 # ------------------------------------------------------------------------------------------ models
@@ -219,6 +240,52 @@ def models_unregister(c: Client, args: argparse.Namespace) -> Outcome:
 
 def models_set_default(c: Client, args: argparse.Namespace) -> Outcome:
     return _status(c.set_default(args.name, args.version))
+
+
+# ------------------------------------------------------------------------------------------ graphs
+def _runs(node: dict) -> str:
+    """What a graph node runs: a model version, another graph, or a built-in router with its weights."""
+    if node.get("model"):
+        return f"{node['model']} {node.get('version') or '(default)'}"
+    if node.get("graph"):
+        return f"graph {node['graph']}"
+    if node.get("implementation"):
+        weights = "/".join(f"{w:g}" for w in node.get("weights") or [])
+        key = f" by {node['routing_header']}" if node.get("routing_header") else ""
+        return f"{node['implementation']} {weights}".rstrip() + key
+    return "-"
+
+
+def _graph_nodes(node: dict, depth: int = 0) -> list[tuple[str, str, str]]:
+    rows = [("  " * depth + str(node.get("name")), str(node.get("type") or "MODEL"), _runs(node))]
+    for child in node.get("children") or []:
+        rows.extend(_graph_nodes(child, depth + 1))
+    return rows
+
+
+def _graphs_text(graphs: list[dict]) -> str:
+    return table(("NAME", "STATUS", "NODES", "ENDPOINT"),
+                 [(g.get("name"), g.get("status"), len(_graph_nodes(g.get("graph") or {})), g.get("endpoint"))
+                  for g in graphs])
+
+
+def graphs_put(c: Client, args: argparse.Namespace) -> Outcome:
+    return _status(c.put_graph(args.name, read_graph(args.file)))
+
+
+def graphs_list(c: Client, _: argparse.Namespace) -> Outcome:
+    graphs = c.list_graphs()
+    return Outcome(graphs, _graphs_text(graphs))
+
+
+def graphs_get(c: Client, args: argparse.Namespace) -> Outcome:
+    graph = c.get_graph(args.name)
+    return Outcome(graph, _graphs_text([graph]) + "\n\n" + table(("NODE", "TYPE", "RUNS"),
+                                                                  _graph_nodes(graph.get("graph") or {})))
+
+
+def graphs_delete(c: Client, args: argparse.Namespace) -> Outcome:
+    return _status(c.delete_graph(args.name))
 
 
 # ------------------------------------------------------------------------------------------ services and pools

@@ -1,4 +1,4 @@
-"""The command line of the remote ``modelpool`` commands: ``models``, ``pools``, ``services``, ``batches``.
+"""The command line of the remote ``modelpool`` commands: ``models``, ``graphs``, ``pools``, ``services``, ``batches``.
 
 Only argparse: which actions there are, their arguments, defaults and help. What each action does
 is :mod:`modelpool.remote`'s; every action runs through :func:`modelpool.remote.run` on one client
@@ -13,10 +13,10 @@ from modelpool.cluster.paths import HOME_ENV, TOKEN_FILE
 from modelpool.cluster.settings import DEFAULT_RESPONSE_TIMEOUT_S, DEFAULT_STARTUP_TIMEOUT_S, env_name
 from modelpool.client import DEFAULT_URL
 from modelpool.remote import (URL_ENV, batches_artifacts, batches_cancel, batches_download, batches_list,
-                              batches_results, batches_start, batches_status, batches_wait, models_describe,
-                              models_list, models_register, models_scale, models_set_default, models_unregister,
-                              pools_delete, pools_list, pools_set, pools_status, run, services_list,
-                              services_predict)
+                              batches_results, batches_start, batches_status, batches_wait, graphs_delete, graphs_get,
+                              graphs_list, graphs_put, models_describe, models_list, models_register, models_scale,
+                              models_set_default, models_unregister, pools_delete, pools_list, pools_set, pools_status,
+                              run, services_list, services_predict)
 
 
 def _common() -> argparse.ArgumentParser:
@@ -45,7 +45,7 @@ def _batch_labels(parser: argparse.ArgumentParser, help_text: str) -> None:
 
 
 def add_remote_commands(commands: argparse._SubParsersAction) -> None:
-    """Register ``models``, ``pools``, ``services`` and ``batches`` on the ``modelpool`` parser."""
+    """Register ``models``, ``graphs``, ``pools``, ``services`` and ``batches`` on the ``modelpool`` parser."""
     common = _common()
 
     def group(name: str, help_text: str) -> argparse._SubParsersAction:
@@ -92,6 +92,16 @@ def add_remote_commands(commands: argparse._SubParsersAction) -> None:
     p = leaf(models, "set-default", models_set_default, "make a version the one /v2/models/NAME serves")
     p.add_argument("name")
     p.add_argument("version")
+
+    graphs = group("graphs", "inference graphs in Seldon Core's shape, served at /v2/models/NAME (management API)")
+    p = leaf(graphs, "put", graphs_put, "create or replace a graph; answers once it serves")
+    p.add_argument("name")
+    p.add_argument("file", metavar="FILE", help='JSON: the root node, or {"graph": root}; - reads stdin')
+    leaf(graphs, "list", graphs_list, "every graph: status, node count, endpoint")
+    for name, command, help_text in (("get", graphs_get, "one graph: its status, endpoint and nodes"),
+                                     ("delete", graphs_delete, "stop serving a graph (refused while another calls it)")):
+        p = leaf(graphs, name, command, help_text)
+        p.add_argument("name")
 
     pools = group("pools", "dedicated session pools of services")
     leaf(pools, "list", pools_list, "services that have a dedicated pool")

@@ -18,6 +18,7 @@ from modelpool.deployments.archive import unpack_archive
 from modelpool.deployments.archive_fetch import local_archive
 from modelpool.deployments.handler_loader import load_handler
 from modelpool.deployments.handlers import Handler, ModelContext
+from modelpool.management.batch.graph_scoring import graph_handler, graph_of
 
 logger = logging.getLogger(__name__)
 
@@ -62,10 +63,14 @@ def cached_model(store: ObjectStore, source: str, digest: str, cache_dir: Path,
         if model is not None:
             return model  # loaded by the caller this one waited for
         try:
-            cache_dir = Path(cache_dir)
-            archive = unpack_archive(local_archive(source, cache_dir, store), cache_dir, handler=handler)
-            context = ModelContext(model_dir=archive.model_dir, manifest=archive.manifest)
-            model = CachedModel(load_handler(archive.model_dir, archive.manifest, context), context)
+            graph = graph_of(source)
+            if graph is not None:  # a job through a graph: its chunks go to the graph's replicas
+                model = CachedModel(*graph_handler(graph))
+            else:
+                cache_dir = Path(cache_dir)
+                archive = unpack_archive(local_archive(source, cache_dir, store), cache_dir, handler=handler)
+                context = ModelContext(model_dir=archive.model_dir, manifest=archive.manifest)
+                model = CachedModel(load_handler(archive.model_dir, archive.manifest, context), context)
         except BaseException:
             _done_loading(key, loading)
             raise

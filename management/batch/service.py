@@ -18,6 +18,7 @@ from modelpool.deployments.errors import RequestError
 from modelpool.deployments.redact import public_message
 from modelpool.management import archive_leases
 from modelpool.management.batch import inputs, jobs, layout, results, scheduler
+from modelpool.management.batch.graph_scoring import graph_source
 from modelpool.management.batch.jobs import JobRecord
 from modelpool.management.batch.params import BatchParams
 from modelpool.management.params import check_idempotency_key
@@ -73,12 +74,19 @@ class BatchService:
 
     def _submit(self, body: Any) -> dict:
         params = BatchParams.parse(body)
-        record = self._service(params.service, params.version)
+        graph = self.registry.get_graph(params.service) if params.version is None else None
+        record = None if graph is not None else self._service(params.service, params.version)
         execution_id = uuid.uuid4().hex
         now = time.time()
-        job = JobRecord(execution_id=execution_id, service=record.name, version=record.version, source=record.source,
-                        digest=record.digest, handler=record.handler, model_inputs=record.manifest.get("inputs", []),
-                        parallel_count=params.parallel_count, state="Pending", created_at=now, updated_at=now)
+        if record is None:  # a graph: its replicas score the chunks (graph_scoring), no archive to hold
+            job = JobRecord(execution_id=execution_id, service=params.service, version="", source=graph_source(
+                params.service), digest="", parallel_count=params.parallel_count, state="Pending", created_at=now,
+                updated_at=now)
+        else:
+            job = JobRecord(execution_id=execution_id, service=record.name, version=record.version,
+                            source=record.source, digest=record.digest, handler=record.handler,
+                            model_inputs=record.manifest.get("inputs", []), parallel_count=params.parallel_count,
+                            state="Pending", created_at=now, updated_at=now)
         if params.records is not None:
             table = inputs.records_to_table(params.records)
             rows = inputs.partition_rows_for(table.num_rows, params.parallel_count)
@@ -87,7 +95,8 @@ class BatchService:
         else:
             self._check_readable(params.input_uri)
             job = job.changed(input_uri=params.input_uri)
-        self._hold_archive(record, execution_id)
+        if record is not None:
+            self._hold_archive(record, execution_id)
         jobs.write_job(self.store, job)
         self._start(execution_id)
         return {"executionId": execution_id, "state": "Pending"}
@@ -207,6 +216,7 @@ class BatchService:
         version = version or self.registry.get_default(name)
         record = self.registry.get_model(name, version) if version else None
         if record is None:
-            raise RequestError(f"unknown service '{name}'" + (f" version '{version}'" if version else ""), status=404,
+            raise RequestError(f"unknown service '{name}'" + (f" version '{version}'" if version else "") +
+                               "; name a registered model, or a graph (without a version)", status=404,
                                field="service")
         return record

@@ -168,6 +168,22 @@ def test_transformer_model_transformer_over_rest_and_grpc(cluster, admin, http, 
     assert "flow" in [g["name"] for g in admin.get(f"{cluster.url}/graphs").json()["graphs"]]
 
 
+def test_a_batch_job_scores_through_a_graph_as_through_a_model(cluster, admin, http, roles):
+    from tests.integration.test_batches import COLUMNS, IRIS, wait_state
+
+    chain = {"name": "mm", "type": "TRANSFORMER", "model": "mm_to_cm", "children": [
+        iris("1", "classify", children=[{"name": "label", "type": "TRANSFORMER", "model": "labels"}])]}
+    put_graph(admin, cluster, "flow", chain)
+    records = [dict(zip(COLUMNS, map(float, row * 10))) for row in IRIS.data[:40]]
+    started = admin.post(f"{cluster.url}/batches", json={"service": "flow", "records": records, "parallel_count": 2})
+    assert started.status_code == 202, started.text
+    done = wait_state(admin, f"{cluster.url}/batches/{started.json()['executionId']}")
+    assert (done["state"], done["completedItems"], done["failedItems"]) == ("Complete", 40, 0), done["results"][:1]
+    direct = output(http.post(f"{cluster.url}/v2/models/iris/versions/1/infer", json=v2(IRIS.data[:40].tolist())))
+    names = np.asarray(["setosa", "versicolor", "virginica"])[direct].tolist()
+    assert [row["outputs"]["predict"] for row in done["results"]] == names
+
+
 def test_a_router_over_two_versions_and_a_combiner_of_their_probabilities(cluster, admin, http, roles):
     put_graph(admin, cluster, "flow", {"name": "router", "type": "ROUTER", "model": "by_petal",
                                        "children": [iris("1", "v1"), iris("2", "v2")]}, expected=(200,))

@@ -21,6 +21,10 @@ What would need Ray is faked at the narrowest seam, honestly:
   real handler into the local object store while the client polls it.
 - A deployment can be made to fail (``InProcessServe.deploy_failure``): Serve then reports its
   application DEPLOY_FAILED, as it does when a replica's constructor raises.
+- A graph's application gets a stand-in replica (:class:`GraphReplicaStandIn`): a graph calls its nodes through
+  Serve's handles, which this process has not, so it answers only what management asks of it (the ingress probe
+  a ``PUT /graphs/{name}`` waits on, ``GET {route}/-``, naming its replica as Serve's details do). The graph
+  calls (put, get, list, delete) run as on the cluster; graph inference is tested on the cluster.
 """
 from __future__ import annotations
 
@@ -43,11 +47,11 @@ from starlette.responses import JSONResponse, PlainTextResponse
 from modelpool.cluster.object_store import ObjectStore
 from modelpool.cluster.settings import load_settings
 from modelpool.deployments import log_flush
-from modelpool.deployments.app_names import GENERIC_POOL_DEPLOYMENT
+from modelpool.deployments.app_names import GENERIC_POOL_DEPLOYMENT, GRAPH_APP_PREFIX, REPLICA_HEADER
 from modelpool.deployments.generic_pool import GenericPool
 from modelpool.deployments.model_deployment import ModelServer
 from modelpool.management import api as management_api
-from modelpool.management import archive_intake, deployer, model_manager, workers
+from modelpool.management import archive_intake, deployer, model_manager, route_probe, serve_state, workers
 from modelpool.management.batch.service import BatchService
 from modelpool.management.model_manager import ModelManager
 from modelpool.management.params import RegisterParams
@@ -79,6 +83,28 @@ def _in_process_pool(init_kwargs: dict) -> GenericPool:
 
     pool.get_model = get_model  # type: ignore[method-assign]
     return pool
+
+
+def replica_name(app_name: str, index: int) -> str:
+    """A replica's id, as Serve's details list it and as the replica names itself in ``x-modelpool-replica``."""
+    return f"{app_name}-{index}"
+
+
+class GraphReplicaStandIn:
+    """A graph's replica, for what management asks of it: ``GET {route}/-`` (the ingress probe) answers 404
+    naming this replica, as every replica answers it; anything else is a 503 saying graphs do not run here."""
+
+    def __init__(self, app_name: str) -> None:
+        self.headers = {REPLICA_HEADER: replica_name(app_name, 0)}
+
+    def reconfigure(self, user_config: dict) -> None:
+        pass
+
+    async def __call__(self, request: Request) -> JSONResponse:
+        if request.url.path.endswith(route_probe.PROBE_SUFFIX):
+            return JSONResponse({"error": "no model '-'", "field": "model_name"}, 404, self.headers)
+        return JSONResponse({"error": "graphs are not run in the unit tests' process (their nodes are Serve "
+                                      "handle calls); tests/integration runs them", "field": None}, 503, self.headers)
 
 
 @dataclass
@@ -114,6 +140,8 @@ class InProcessServe:
             return _in_process_pool(app.init_kwargs)
         if app.app_name.startswith(MODEL_APP_PREFIX):
             return ModelServer(**app.init_kwargs)
+        if app.app_name.startswith(GRAPH_APP_PREFIX):
+            return GraphReplicaStandIn(app.app_name)
         return None  # the gRPC and protocol fronts: not served here
 
     def delete_app(self, app_name: str, wait: bool = True) -> None:
@@ -154,7 +182,7 @@ class InProcessServe:
         """The controller's instance details, in Serve's shape: every app RUNNING with its replicas."""
         applications = {}
         for name, app in self.apps.items():
-            replicas = [{"replica_id": f"{name}-{i}", "state": "RUNNING", "node_id": "local", "node_ip": NODE_IP,
+            replicas = [{"replica_id": replica_name(name, i), "state": "RUNNING", "node_id": "local", "node_ip": NODE_IP,
                          "pid": os.getpid(), "start_time_s": self.started} for i in range(self.running(name))]
             deployment = {"replicas": replicas, "target_num_replicas": wanted_replicas(app),
                           "deployment_config": {"user_config": app.deployment_options.get("user_config")}}
@@ -164,6 +192,10 @@ class InProcessServe:
         if self.gradual_start:
             self._start_one_more()
         return {"applications": applications}
+
+    def replica_apps(self) -> dict[str, str]:
+        """``serve_state.replica_apps``: replica id -> its application."""
+        return {replica_name(name, i): name for name in self.apps for i in range(self.running(name))}
 
     def replica_for(self, path: str) -> tuple[Optional[str], Any]:
         """(route prefix, replica) of the app whose prefix is the longest that ``path`` lies under."""
@@ -346,6 +378,8 @@ def management_fixture(tmp_path: Path, model_store: Path, monkeypatch: pytest.Mo
     for name in ("deploy_apps", "delete_app", "model_app_names", "has_replicas", "wait_for_replicas"):
         monkeypatch.setattr(deployer, name, getattr(serve, name))
     monkeypatch.setattr(deployer, "applications", serve.application_statuses)
+    monkeypatch.setattr(serve_state, "applications", serve.application_statuses)  # what the graph calls read
+    monkeypatch.setattr(serve_state, "replica_apps", serve.replica_apps)
     monkeypatch.setattr(workers, "ray", LocalRay)
     monkeypatch.setattr(model_manager, "ray", LocalRay)
     monkeypatch.setattr(archive_intake, "ray", LocalRay)
@@ -364,6 +398,8 @@ def management_fixture(tmp_path: Path, model_store: Path, monkeypatch: pytest.Mo
     ingress = Proxy(serve)
     server, thread, port = serve_in_thread(ingress)
     ingress.url = f"http://127.0.0.1:{port}"
+    # this node's ingress, which a graph's PUT probes until it routes to the graph (never a cluster on this machine)
+    manager.ingress = route_probe.Ingress(ingress.url, {"Authorization": f"Bearer {TOKEN}"})
     try:
         yield RunningManagement(f"http://127.0.0.1:{port}", TOKEN, manager, serve, ingress, actors, port, batches)
     finally:
