@@ -10,6 +10,8 @@ and the model store are :mod:`modelpool.deployments.archive`'s.
 """
 from __future__ import annotations
 
+import json
+
 import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
@@ -104,10 +106,34 @@ def _manifest_of(files: ArchiveFiles, label: str, handler: Optional[str]) -> Man
             "build an archive with `modelpool archive` or torch-model-archiver",
             field="url",
         )
+    if files.exists(REGISTERED_NAME):  # what register set over the manifest (service_type, parameters)
+        manifest = with_registered(manifest, files.read(REGISTERED_NAME, MAX_MANIFEST_BYTES))
     if handler is not None:
         manifest = with_handler(manifest, handler, files)
     check_required_files(manifest, (n for n in required_files(manifest) if files.exists(n)))
     return manifest
+
+
+#: The entry register writes into the stored copy of an archive when it overrides the manifest (Seldon's
+#: --service-type and --parameters given at register): every reader of the archive (replicas, the generic pool,
+#: batch workers, the load check) sees the same manifest without being told.
+REGISTERED_NAME = "MODELPOOL-REGISTERED.json"
+REGISTERED_KEYS = ("service_type", "parameters")
+
+
+def with_registered(manifest: Manifest, overrides: bytes | dict) -> Manifest:
+    """The manifest with register's ``service_type`` and ``parameters`` over its own; 400s name the field."""
+    try:
+        values = json.loads(overrides) if isinstance(overrides, (bytes, str)) else dict(overrides)
+    except ValueError:
+        raise RequestError(f"{REGISTERED_NAME} is not JSON; rebuild the archive", field="url") from None
+    if not isinstance(values, dict) or set(values) - set(REGISTERED_KEYS):
+        raise RequestError(f"{REGISTERED_NAME} holds only {', '.join(REGISTERED_KEYS)}", field="url")
+    try:
+        return Manifest(**{**manifest.model_dump(), **values})
+    except RequestError as exc:  # "manifest.service_type: ..." -> the register parameter at fault
+        field = exc.field.split(".", 1)[1].split(".")[0] if exc.field and "." in exc.field else exc.field
+        raise RequestError(exc.message.replace("invalid manifest: manifest.", "invalid "), field=field) from None
 
 
 def directory_manifest(directory: Path, handler: Optional[str] = None) -> Manifest:

@@ -10,6 +10,7 @@ so they live here and ``modelpool.management.model_manager`` keeps the MMS and p
 """
 from __future__ import annotations
 
+import json
 import tempfile
 import threading
 import zipfile
@@ -23,18 +24,36 @@ from modelpool.cluster.object_store import ObjectStore
 from modelpool.cluster.settings import Settings
 from modelpool.deployments.archive import file_sha256
 from modelpool.deployments.archive_fetch import store_source
+from modelpool.deployments.archive_formats import REGISTERED_NAME
 from modelpool.deployments.errors import RequestError
 
 
-def copy_to_store(store: ObjectStore, local: Path, name: str, version: str) -> tuple[str, str]:
-    """Put the archive in object storage (zipping a directory), content-addressed: (key, digest[:16])."""
+def copy_to_store(store: ObjectStore, local: Path, name: str, version: str,
+                  registered: Optional[dict] = None) -> tuple[str, str]:
+    """Put the archive in object storage (zipping a directory), content-addressed: (key, digest[:16]).
+
+    ``registered``: register's service_type and parameters, written into the stored copy
+    (``archive_formats.REGISTERED_NAME``), so every reader of the archive sees the manifest register made."""
     with tempfile.TemporaryDirectory() as tmp:
         archive = local if local.is_file() else zip_directory(local, Path(tmp) / f"{name}-{version}.zip")
+        if registered:
+            (Path(tmp) / "registered").mkdir()
+            archive = with_registered_entry(archive, registered, Path(tmp) / "registered" / archive.name)
         digest = file_sha256(archive)
         key = f"models/{name}/{version}/{digest[:16]}-{archive.name}"
         if not store.exists(key):
             store.upload_file(archive, key)
     return key, digest[:16]
+
+
+def with_registered_entry(archive: Path, registered: dict, out: Path) -> Path:
+    """A copy of the zip ``archive`` whose ``REGISTERED_NAME`` entry holds ``registered`` (any earlier one dropped)."""
+    with zipfile.ZipFile(archive) as source, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as copy:
+        for info in source.infolist():
+            if info.filename != REGISTERED_NAME:
+                copy.writestr(info, source.read(info))
+        copy.writestr(REGISTERED_NAME, json.dumps(registered, sort_keys=True))
+    return out
 
 
 def zip_directory(directory: Path, out: Path) -> Path:

@@ -21,7 +21,7 @@ import ray
 from modelpool.cluster.object_store import ObjectStore, object_store_from_settings
 from modelpool.cluster.settings import Settings
 from modelpool.deployments.archive import list_store
-from modelpool.deployments.archive_formats import read_manifest
+from modelpool.deployments.archive_formats import read_manifest, with_registered
 from modelpool.deployments.archive_fetch import store_source
 from modelpool.deployments.errors import RequestError
 from modelpool.cluster.url_patterns import parse_allowed_urls
@@ -143,6 +143,9 @@ class ModelManager(RepositoryCalls, GraphCalls):
                                   download_dir=self.settings.cache_path / "url-downloads", policy=self.policy,
                                   fetch_s3=s3_fetcher(self.settings))
         manifest = read_manifest(local, handler=params.handler)  # handler= replaces the manifest's, checked like it
+        registered = params.manifest_overrides()  # service_type=, parameters=: written into the stored copy
+        if registered:
+            manifest = with_registered(manifest, registered)
         name = check_model_name(params.model_name or manifest.name)
         version = check_model_version(manifest.version)
         self._refuse_if_graph(name)
@@ -151,7 +154,7 @@ class ModelManager(RepositoryCalls, GraphCalls):
                 apps = self.apply(only_model=name)
             return self._registered(name, version, params, apps)
         self._refuse_duplicate(name, version)
-        key, digest = archive_intake.copy_to_store(self.store, local, name, version)
+        key, digest = archive_intake.copy_to_store(self.store, local, name, version, registered)
         archive_intake.check_loads(self.store, key, self.settings, manifest.handler, digest)  # 400 (copy deleted) if not
         workers_wanted = params.initial_workers
         record = ModelRecord(

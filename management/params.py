@@ -10,13 +10,18 @@ TorchServe silently takes the default.
 """
 from __future__ import annotations
 
+import json
 import re
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar, Optional, Union, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from modelpool.cluster.settings import DEFAULT_RESPONSE_TIMEOUT_S, DEFAULT_STARTUP_TIMEOUT_S
 from modelpool.deployments.errors import RequestError
+from modelpool.deployments.manifest import ServiceType
+from modelpool.deployments.parameters import parse_parameters
+
+SERVICE_TYPES = get_args(ServiceType)
 
 IDEMPOTENCY_KEY_PATTERN = r"^[A-Za-z0-9._:-]+$"
 
@@ -81,6 +86,41 @@ class RegisterParams(_Params):
     idempotency_key: Optional[str] = Field(None, min_length=1, max_length=128, pattern=IDEMPOTENCY_KEY_PATTERN,
                                            description="the Idempotency-Key header: a retry with the same key "
                                                        "gets the first answer again instead of a 409")
+    service_type: Optional[str] = Field(None, max_length=32, description=(
+        "Seldon's --service-type, over the manifest's: MODEL, TRANSFORMER, ROUTER, COMBINER or OUTLIER_DETECTOR "
+        "(the handler's role in inference graphs)"))
+    parameters: Optional[Union[str, list]] = Field(None, description=(
+        "Seldon's --parameters, over the manifest's: a JSON list of {name, type, value} handed, typed, to the "
+        "handler class's constructor"))
+
+    @field_validator("service_type")
+    @classmethod
+    def _service_type(cls, value: Optional[str]) -> Optional[str]:
+        if value is None:
+            return None
+        if value.upper() not in SERVICE_TYPES:
+            raise ValueError(f"service_type {value!r} is not one of {', '.join(SERVICE_TYPES)}")
+        return value.upper()
+
+    @field_validator("parameters")
+    @classmethod
+    def _parameters(cls, value: Optional[Union[str, list]]) -> Optional[list]:
+        if value is None:
+            return None
+        try:
+            parse_parameters(value)
+        except RequestError as exc:
+            raise ValueError(exc.message) from None
+        return json.loads(value) if isinstance(value, str) else value
+
+    def manifest_overrides(self) -> dict:
+        """What register writes over the archive's manifest (``archive_formats.REGISTERED_NAME``)."""
+        overrides: dict = {}
+        if self.service_type is not None:
+            overrides["service_type"] = self.service_type
+        if self.parameters is not None:
+            overrides["parameters"] = self.parameters
+        return overrides
 
     @model_validator(mode="after")
     def _runtime(self) -> "RegisterParams":

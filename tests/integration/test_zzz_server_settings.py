@@ -127,6 +127,8 @@ def test_restart_with_every_setting_turned_restores_models_defaults_and_pools(cl
     assert admin.delete(f"{models}/gone/1").status_code == 200  # its archive stays in the model store
     assert admin.put(f"{cluster.url}/pools/durable/2", params={"initial_pool_size": 1, "max_pool_size": 2}).status_code == 200
     assert admin.put(f"{models}/iris/1/set-default").status_code == 200
+    graph = admin.put(f"{cluster.url}/graphs/durable_graph", json={"graph": {"name": "only", "model": "durable"}})
+    assert graph.status_code == 201, graph.text
     before = sorted((s["name"], s["version"], s["pool"], s["isDefault"]) for s in admin.get(f"{cluster.url}/services").json())
 
     if ray.is_initialized():
@@ -150,6 +152,9 @@ def test_restart_with_every_setting_turned_restores_models_defaults_and_pools(cl
     generic = http.post(f"{cluster.url}/v2/models/durable_generic/infer", json=v2_body(ROW))
     assert generic.status_code == 200 and generic.headers.get("x-modelpool-pool") == "generic"
     assert http.post(f"{cluster.url}/v2/models/iris/infer", json=v2_body(ROW)).json()["model_version"] == "1"
+    through_graph = http.post(f"{cluster.url}/v2/models/durable_graph/infer", json=v2_body(ROW))
+    assert through_graph.status_code == 200 and through_graph.headers["x-modelpool-graph-path"] == "only", \
+        "graphs come back after a restart, like models"
 
 
 @pytest.fixture()
