@@ -14,6 +14,7 @@ requests in flight finish on the tree they started with.
 from __future__ import annotations
 
 import contextvars
+import json
 import logging
 from typing import Any, Awaitable, Mapping, Optional
 
@@ -28,7 +29,8 @@ from modelpool.deployments.app_names import GENERIC_POOL_ROUTE
 from modelpool.deployments.errors import RequestError
 from modelpool.deployments.graph_plan import PlanNode
 from modelpool.deployments.graph_runtime import GraphExecutor, Message, NodeAnswer
-from modelpool.deployments.http_io import request_headers, sub_path
+from modelpool.deployments.codecs import v2_json
+from modelpool.deployments.http_io import json_response, read_body, request_headers, sub_path
 from modelpool.deployments.loaded_model import LoadedModel
 from modelpool.deployments.metrics import GraphMetrics, ModelMetrics
 from modelpool.deployments.model_calls import parse_model_call
@@ -43,6 +45,18 @@ logger = logging.getLogger("ray.serve")
 #: the headers of the request being answered (a SPLIT's routing key is one): each call runs in a task of its own
 _HEADERS: contextvars.ContextVar[Mapping[str, str]] = contextvars.ContextVar("graph_request_headers", default={})
 GRAPH_PLATFORM = "modelpool_graph"
+FEEDBACK_PATH = "/feedback"  # Seldon's feedback API, below the graph's route: /v2/models/{graph}/feedback
+
+
+def parse_json_object(body: bytes, example: str) -> dict:
+    """A JSON object body, or a 400 showing one."""
+    try:
+        parsed = json.loads(body) if body.strip() else None
+    except (ValueError, RecursionError):
+        parsed = None
+    if not isinstance(parsed, dict):
+        raise RequestError(f"the body must be a JSON object, e.g. {example}", field="body")
+    return parsed
 
 
 class GraphModel:
@@ -129,6 +143,8 @@ class GraphServer(ReplicaBase):
 
     async def _http_target(self, request: Request) -> Response | HttpTarget:
         _HEADERS.set(request_headers(request))
+        if sub_path(request) == FEEDBACK_PATH:
+            return await self._feedback(request)
         call = parse_model_call(sub_path(request), request.method)
         self._check_version(call.version)
         return self.model, call, []
@@ -152,6 +168,42 @@ class GraphServer(ReplicaBase):
     async def protocol_request(self, protocol: str, request: Request) -> Response:
         _HEADERS.set(request_headers(request))
         return await super().protocol_request(protocol, request)
+
+    async def _feedback(self, request: Request) -> Response:
+        """Seldon's feedback: ``{"reward": r, "routing": <the answer's routing>, "request": <V2 request>,
+        "truth": <V2 request>}`` to the routers the routing names (request and truth are optional)."""
+        if request.method != "POST":
+            raise RequestError(f"method {request.method} not allowed here; use POST", status=405, field="method")
+        body = parse_json_object(await read_body(request, self.max_body_bytes, self.options.body_timeout_s),
+                                 '{"reward": 1.0, "routing": {"router": 0}}')
+        reward = body.get("reward")
+        if isinstance(reward, bool) or not isinstance(reward, (int, float)):
+            raise RequestError("reward must be a number (Seldon's reward, e.g. 1.0 for a good answer)", field="reward")
+        routing = body.get("routing")
+        if isinstance(routing, str):  # as the answer's parameters carry it: JSON text
+            try:
+                routing = json.loads(routing)
+            except ValueError:
+                routing = None
+        if not isinstance(routing, dict) or not routing:
+            raise RequestError("routing must be the answer's routing: an object of router -> child index, or its "
+                               "JSON text", field="routing")
+        message, truth = (self._tensors(body.get(key), key) for key in ("request", "truth"))
+        told = await self.model.executor.feedback(routing, float(reward), message, truth)
+        return json_response({"status": f"feedback sent to {', '.join(told) or 'no router'}", "routers": told},
+                             headers=self._headers)
+
+    @staticmethod
+    def _tensors(value: Any, field: str) -> Optional[Message]:
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            raise RequestError(f"{field} must be a V2 inference request (an object with inputs)", field=field)
+        try:
+            decoded = v2_json.parse_infer_request(value)
+        except RequestError as exc:
+            raise RequestError(f"{field}: {exc.message}", field=f"{field}.{exc.field}" if exc.field else field) from None
+        return {tensor.name: tensor.data for tensor in decoded.inputs}
 
     def _check_name(self, name: str) -> None:
         if name != self.name:

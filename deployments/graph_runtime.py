@@ -198,6 +198,30 @@ class GraphExecutor:
         self._hook_seconds[node.name] = elapsed if previous is None else 0.8 * previous + 0.2 * elapsed
         return result
 
+    # --- Seldon's feedback ------------------------------------------------------------------------
+
+    async def feedback(self, routing: Mapping[str, int], reward: float, message: Optional[Message],
+                       truth: Optional[Message]) -> list[str]:
+        """A reward for the choices an answer's ``routing`` lists, to each of those routers' ``send_feedback``
+        (Seldon's: features, names, reward, truth, the child the router picked); the routers told."""
+        routers = {node.name: node for node in self.root.walk() if node.kind == "role" and node.role == "ROUTER"}
+        told = []
+        for name, index in routing.items():
+            node = routers.get(name)
+            if node is None:
+                known = ", ".join(routers) or "none"
+                raise RequestError(f"routing names '{name}', which is not a ROUTER of graph '{self.graph}' (its "
+                                   f"routers: {known}); send the routing an answer carried", field="routing")
+            if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(node.children):
+                raise RequestError(f"routing.{name} is {index!r}; router '{name}' has children 0 to "
+                                   f"{len(node.children) - 1}", field=f"routing.{name}")
+            handler = self.roles.get(name)
+            if handler is None or not handler.has("send_feedback"):
+                continue  # a router without send_feedback takes no reward: not the caller's error
+            await asyncio.to_thread(handler.send_feedback, message, reward, truth, index)
+            told.append(name)
+        return told
+
     # --- shadow traffic ------------------------------------------------------------------------
 
     def _shadow(self, node: PlanNode, message: Message, headers: Mapping[str, str]) -> None:

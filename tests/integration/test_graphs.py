@@ -49,6 +49,19 @@ class Nowhere:
         return 5
 
 
+class Learner:
+    '''ROUTER that learns from Seldon's feedback: a negative reward for a child sends traffic to the other.'''
+    def __init__(self):
+        self.bad = set()
+
+    def route(self, X, features_names):
+        return 1 if 0 in self.bad else 0
+
+    def send_feedback(self, features, feature_names, reward, truth, routing=None):
+        if reward < 0:
+            self.bad.add(routing)
+
+
 class MeanProba:
     '''COMBINER: the mean of the children's probabilities.'''
     def aggregate(self, Xs, features_names_list):
@@ -77,6 +90,7 @@ def predict(data):
 """
 ROLE_ARCHIVES = [("mm_to_cm", "Millimetres", "TRANSFORMER", None), ("labels", "Labels", "TRANSFORMER", None),
                  ("by_petal", "ByPetal", "ROUTER", None), ("nowhere", "Nowhere", "ROUTER", None),
+                 ("learner", "Learner", "ROUTER", None),
                  ("mean_proba", "MeanProba", "COMBINER", None),
                  ("distance", "Distance", "OUTLIER_DETECTOR", [{"name": "limit", "type": "FLOAT", "value": "10"}])]
 SHORT, LONG = [5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]
@@ -192,6 +206,18 @@ def test_a_router_over_two_versions_and_a_combiner_of_their_probabilities(cluste
     assert short.headers["x-modelpool-graph-path"] == "router,v1"
     assert long.headers["x-modelpool-graph-path"] == "router,v2"
     assert json.loads(long.json()["parameters"]["routing"]) == {"router": 1}
+
+    put_graph(admin, cluster, "flow", {"name": "learner", "type": "ROUTER", "model": "learner",
+                                       "children": [iris("1", "v1"), iris("2", "v2")]}, expected=(200,))
+    first = http.post(f"{cluster.url}/v2/models/flow/infer", json=v2([SHORT]))
+    assert first.headers["x-modelpool-graph-path"] == "learner,v1"
+    told = http.post(f"{cluster.url}/v2/models/flow/feedback", json={
+        "reward": -1, "routing": first.json()["parameters"]["routing"], "request": v2([SHORT])})
+    assert told.status_code == 200 and told.json()["routers"] == ["learner"], told.text
+    after = http.post(f"{cluster.url}/v2/models/flow/infer", json=v2([SHORT]))
+    assert after.headers["x-modelpool-graph-path"] == "learner,v2", "the router took the reward"
+    wrong = http.post(f"{cluster.url}/v2/models/flow/feedback", json={"reward": 1, "routing": {"nobody": 0}})
+    assert wrong.status_code == 400 and wrong.json()["field"] == "routing", wrong.text
 
     proba = ["predict_proba"]
     put_graph(admin, cluster, "flow", {"name": "mean", "type": "COMBINER", "model": "mean_proba", "children": [

@@ -188,3 +188,25 @@ def test_the_plan_travels_as_plain_json_and_back():
     tree = rolenode("in", "TRANSFORMER", PlanNode(name="s", kind="split", weights=(1.0, 2.0),
                                                   children=(model("a", "a", outputs=("predict_proba",)), model("b", "b"))))
     assert PlanNode.from_dict(json.loads(json.dumps(tree.to_dict()))) == tree
+
+
+def test_feedback_reaches_the_routers_an_answer_names_and_refuses_others():
+    class Learner:
+        def __init__(self):
+            self.rewards = []
+
+        def route(self, X, names):
+            return 0
+
+        def send_feedback(self, features, feature_names, reward, truth, routing=None):
+            self.rewards.append((features.tolist(), feature_names, reward, routing))
+
+    learner = Learner()
+    tree = rolenode("r", "ROUTER", model("v1", "a"), model("v2", "b"))
+    executor = GraphExecutor("g", tree, {"r": role(learner, "ROUTER")}, Models({"a": 1, "b": 3}))
+    told = asyncio.run(executor.feedback({"r": 1}, 0.5, {"x": np.array([[1.0, 2.0]])}, None))
+    assert told == ["r"] and learner.rewards == [([[1.0, 2.0]], ["x"], 0.5, 1)]
+    for routing, field in (({"nobody": 0}, "routing"), ({"r": 2}, "routing.r"), ({"r": True}, "routing.r")):
+        with pytest.raises(RequestError) as refused:
+            asyncio.run(executor.feedback(routing, 1.0, None, None))
+        assert refused.value.field == field
