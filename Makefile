@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install start stop status test unit bench loadtest clean
+.PHONY: install start stop status test unit bench bench-graph loadtest clean
 
 $(BIN)/.installed: pyproject.toml cluster/version.py  # the version is read from cluster/version.py at install
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ unit: install
 bench: install ## serving benchmark: modelpool vs hand-tuned Ray Serve, FastAPI and a lean ceiling (needs wrk)
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python -m loadtests.bench_serving
+
+bench-graph: install ## graph benchmark: transformer -> iris -> transformer against iris alone, c=1 and c=64 (needs wrk)
+	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	$(BIN)/python -m loadtests.bench_graph
 
 loadtest: install ## locust load test (inference, management, batch) on a throwaway local cluster; reports under results/
 	$(BIN)/python -m loadtests.run_load_test

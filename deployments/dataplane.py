@@ -16,9 +16,10 @@ import numpy as np
 
 from modelpool.deployments.codecs.json_values import describe
 from modelpool.deployments.errors import RequestError
-from modelpool.deployments.tensors import InferenceRequest
+from modelpool.deployments.datatypes import datatype_of
+from modelpool.deployments.tensors import InferenceRequest, RequestedOutput, Tensor
 
-__all__ = ["ModelRequest", "model_request", "check_declared_shape", "batch_key", "concatenate", "split_outputs",
+__all__ = ["ModelRequest", "model_request", "message_request", "check_declared_shape", "batch_key", "concatenate", "split_outputs",
            "select_outputs"]
 
 
@@ -99,3 +100,17 @@ def select_outputs(outputs: dict[str, np.ndarray], request: InferenceRequest, mo
                                f"available outputs: {available}. Ask for one of those or leave \"outputs\" out to get "
                                "all", field=f"outputs[{i}].name")
     return {name: outputs[name] for name in wanted}
+
+
+def message_request(message: dict[str, np.ndarray], outputs: Optional[tuple[str, ...]]) -> InferenceRequest:
+    """A graph node's message (named arrays) as the decoded request a model's batcher takes."""
+    tensors = []
+    for name, data in message.items():
+        array = np.asarray(data)
+        try:
+            datatype = datatype_of(array.dtype, name)
+        except ValueError as exc:
+            raise RequestError(str(exc), status=400, field=f"inputs.{name}") from None
+        tensors.append(Tensor(name=name, datatype=datatype, shape=tuple(array.shape), data=array, parameters={}))
+    wanted = None if outputs is None else tuple(RequestedOutput(name) for name in outputs)
+    return InferenceRequest(id=None, inputs=tuple(tensors), parameters={}, outputs=wanted)

@@ -34,6 +34,7 @@ from modelpool.deployments.http_io import json_response, read_body, request_head
 from modelpool.deployments.loaded_model import LoadedModel
 from modelpool.deployments.metrics import GraphMetrics, ModelMetrics
 from modelpool.deployments.model_calls import parse_model_call
+from modelpool.deployments.node_ports import NodePorts
 from modelpool.deployments.protos import open_inference_pb2 as pb
 from modelpool.deployments.replica_base import HttpTarget, ReplicaBase
 from modelpool.deployments.roles import RoleHandler
@@ -102,6 +103,7 @@ class GraphServer(ReplicaBase):
         self.metrics = GraphMetrics(name)
         self._loaded: dict[str, LoadedModel] = {}  # role archives by load key
         self._handles: dict[tuple[str, str], Any] = {}
+        self.node_ports = NodePorts()
         self.model = GraphModel(name, GraphExecutor(name, PlanNode(name=name, kind="shadow"), {}, self._call,
                                                     self.metrics), self.replica_id)
         self.port = self._announced_port(f"{GENERIC_POOL_ROUTE}/{name}")
@@ -216,7 +218,14 @@ class GraphServer(ReplicaBase):
                                "versions of its models are chosen in the graph)", status=404, field="version")
 
     async def _call(self, node: PlanNode, message: Message) -> NodeAnswer:
-        """A model or graph node: ``graph_node`` on its replicas, through a DeploymentHandle (no HTTP hop)."""
+        """A model node on its replicas' own ports (``node_ports``: binary V2 REST, what a client's call costs), else, and
+        for graph nodes, ``graph_node`` on its replicas through a DeploymentHandle."""
+        if node.kind == "model":
+            authorization = _HEADERS.get().get("authorization")
+            if authorization or not self.options.inference_token_sha256:  # the caller's token, passed on
+                answer = await self.node_ports.call(node, message, authorization)
+                if answer is not None:
+                    return answer
         key = (node.app or "", node.deployment or "")
         handle = self._handles.get(key)
         if handle is None:
@@ -243,5 +252,14 @@ class GraphServer(ReplicaBase):
         return {IN_FLIGHT_METRIC: float(self.port.in_flight)}
 
     def __del__(self) -> Optional[Awaitable[None]]:
-        port = getattr(self, "port", None)
-        return port.close() if port is not None and port.opened else None
+        """Serve's shutdown hook (see ``ModelServer.__del__``): the port withdrawn and drained, the connections closed."""
+        port, ports = getattr(self, "port", None), getattr(self, "node_ports", None)
+        if port is None or not port.opened:
+            return None
+
+        async def close() -> None:
+            await port.close()
+            if ports is not None:
+                ports.close()
+
+        return close()

@@ -28,14 +28,13 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import Response
 
-from modelpool.deployments import deadlines, grpc_entry
+from modelpool.deployments import dataplane, deadlines, grpc_entry
 from modelpool.deployments.announced_port import AnnouncedPort
 from modelpool.deployments.app_names import REPLICA_HEADER
 from modelpool.deployments.archive import unpack_archive
 from modelpool.deployments.archive_fetch import local_archive, open_store
 from modelpool.deployments.errors import RequestError
 from modelpool.deployments.codecs import PROTOCOLS
-from modelpool.deployments.datatypes import datatype_of
 from modelpool.deployments.graph_runtime import NodeAnswer
 from modelpool.deployments.http_io import (body_reader, check_inference_token, codec_headers, error_response,
                                           read_protocol_request, request_headers)
@@ -48,23 +47,9 @@ from modelpool.deployments.protos import open_inference_pb2 as pb
 from modelpool.deployments.replica_port import GrpcMethod
 from modelpool.deployments.rest_entry import RestApp
 from modelpool.deployments.serving_options import RequestBudget, ServingOptions
-from modelpool.deployments.tensors import InferenceRequest, RequestedOutput, Tensor
+from modelpool.deployments.tensors import InferenceRequest
 
 GRAPH_ROUTE = "graph"  # the ``route`` label of calls from graph nodes in modelpool's request metrics
-
-
-def graph_request(message: dict[str, np.ndarray], outputs: Optional[tuple[str, ...]]) -> InferenceRequest:
-    """A graph node's message as the decoded request a model's batcher takes."""
-    tensors = []
-    for name, data in message.items():
-        array = np.asarray(data)
-        try:
-            datatype = datatype_of(array.dtype, name)
-        except ValueError as exc:
-            raise RequestError(str(exc), status=400, field=f"inputs.{name}") from None
-        tensors.append(Tensor(name=name, datatype=datatype, shape=tuple(array.shape), data=array, parameters={}))
-    wanted = None if outputs is None else tuple(RequestedOutput(name) for name in outputs)
-    return InferenceRequest(id=None, inputs=tuple(tensors), parameters={}, outputs=wanted)
 
 
 #: What ``_http_target`` finds for a request: the model, the call and the versions its metadata lists.
@@ -225,7 +210,7 @@ class ReplicaBase:
         status, model = 200, None
         try:
             model, _ = await self._protocol_target(name, version)
-            request = graph_request(message, outputs)
+            request = dataplane.message_request(message, outputs)
 
             async def decode() -> InferenceRequest:
                 return request

@@ -11,6 +11,7 @@ output, is plain V2 JSON and takes ``v2_json``'s path unchanged.
 """
 from __future__ import annotations
 
+import json
 from typing import Any, Mapping
 
 import numpy as np
@@ -19,10 +20,11 @@ from modelpool.deployments.codecs import v2_json
 from modelpool.deployments.codecs.base import JSON, Encoded
 from modelpool.deployments.codecs.json_values import describe, json_bytes
 from modelpool.deployments.codecs.raw_tensors import array_from_bytes, array_to_bytes
+from modelpool.deployments.datatypes import V2_DATATYPES, datatype_of
 from modelpool.deployments.errors import RequestError
 from modelpool.deployments.tensors import InferenceRequest, InferenceResult
 
-__all__ = ["HEADER", "MEDIA_TYPE", "decode", "encode", "wants_binary_output"]
+__all__ = ["HEADER", "MEDIA_TYPE", "decode", "encode", "wants_binary_output", "client_request", "client_response"]
 
 HEADER = "inference-header-content-length"
 MEDIA_TYPE = "application/octet-stream"
@@ -105,3 +107,40 @@ def encode(result: InferenceResult) -> Encoded:
     header = json_bytes(v2_json.response_header(result, sizes))
     return Encoded(header + b"".join(parts), MEDIA_TYPE, {_FIELD: str(len(header))})
 
+
+
+# --- the client side, for a graph calling a model replica's own port (modelpool.deployments.node_ports) ---------
+
+
+def client_request(arrays: Mapping[str, np.ndarray], outputs: Any = None) -> tuple[bytes, int]:
+    """Named arrays as a binary V2 request asking for binary outputs: (body, length of its JSON part)."""
+    inputs, parts = [], []
+    for name, array in arrays.items():
+        array = np.asarray(array)
+        data = array_to_bytes(array, name)
+        inputs.append({"name": name, "shape": list(array.shape), "datatype": datatype_of(array.dtype, name),
+                       "parameters": {"binary_data_size": len(data)}})
+        parts.append(data)
+    request: dict[str, Any] = {"inputs": inputs, "parameters": {"binary_data_output": True}}
+    if outputs:
+        request["outputs"] = [{"name": name} for name in outputs]
+    header = json_bytes(request)
+    return header + b"".join(parts), len(header)
+
+
+def client_response(body: bytes, json_length: Any) -> dict[str, np.ndarray]:
+    """The outputs of a V2 answer (binary, or plain JSON when ``json_length`` is None) as named arrays."""
+    length = int(json_length) if json_length is not None else len(body)
+    answer = json.loads(body[:length])
+    arrays: dict[str, np.ndarray] = {}
+    offset = length
+    for i, output in enumerate(answer.get("outputs", [])):
+        shape, datatype = tuple(output["shape"]), output["datatype"]
+        size = (output.get("parameters") or {}).get("binary_data_size")
+        if size is None:
+            arrays[output["name"]] = np.asarray(output["data"], dtype=V2_DATATYPES[datatype]).reshape(shape)
+            continue
+        arrays[output["name"]] = array_from_bytes(memoryview(body)[offset:offset + size], datatype, shape,
+                                                  f"outputs[{i}]")
+        offset += size
+    return arrays
