@@ -151,12 +151,14 @@ def test_archive_command_refuses_bad_input(tmp_path):
 def test_the_archive_command_writes_seldons_role_and_parameters(tmp_path: Path, cache) -> None:
     source = tmp_path / "scale.py"
     source.write_text("class Scale:\n    def __init__(self, factor=1.0):\n        self.factor = factor\n"
-                      "    def predict(self, data):\n        return data * self.factor\n")
+                      "    def transform_input(self, X, names):\n        return X * self.factor\n")
     out = archive_command("scaled", "1", "scale:Scale", [source], out=tmp_path, service_type="transformer",
                           parameters='[{"name": "factor", "type": "FLOAT", "value": "2.5"}]')
     loaded = unpack_archive(out, cache)
     assert loaded.manifest.service_type == "TRANSFORMER"
-    assert load_handler(loaded.model_dir, loaded.manifest).target.factor == 2.5
+    handler = load_handler(loaded.model_dir, loaded.manifest)
+    assert handler.target.factor == 2.5 and handler.role == "TRANSFORMER"
+    assert handler.transform_input({"x": np.array([[2.0]])})["x"].tolist() == [[5.0]]
     with pytest.raises(RequestError) as caught:
         archive_command("scaled", "2", "scale:Scale", [source], out=tmp_path, parameters="[{")
     assert caught.value.field == "parameters"
