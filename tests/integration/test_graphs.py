@@ -180,6 +180,19 @@ def test_transformer_model_transformer_over_rest_and_grpc(cluster, admin, http, 
     assert "flow" in [g["name"] for g in admin.get(f"{cluster.url}/graphs").json()["graphs"]]
 
 
+def test_a_graph_answers_torchserves_and_kserve_v1s_routes_as_a_model_does(cluster, admin, http, roles):
+    chain = {"name": "mm", "type": "TRANSFORMER", "model": "mm_to_cm", "children": [
+        iris("1", "classify", children=[{"name": "label", "type": "TRANSFORMER", "model": "labels"}])]}
+    put_graph(admin, cluster, "flow", chain)
+    rows = [[x * 10 for x in SHORT], [x * 10 for x in LONG]]
+    torchserve = http.post(f"{cluster.url}/predictions/flow", json=rows)
+    assert torchserve.status_code == 200 and torchserve.json() == ["setosa", "virginica"], torchserve.text
+    assert torchserve.headers["x-modelpool-graph-path"] == "mm,classify,label"
+    kserve = http.post(f"{cluster.url}/v1/models/flow:predict", json={"instances": rows})
+    assert kserve.status_code == 200 and kserve.json() == {"predictions": ["setosa", "virginica"]}, kserve.text
+    assert http.get(f"{cluster.url}/v1/models/flow").json() == {"name": "flow", "ready": True}
+
+
 def test_a_batch_job_scores_through_a_graph_as_through_a_model(cluster, admin, http, roles):
     from tests.integration.test_batches import COLUMNS, IRIS, wait_state
 
