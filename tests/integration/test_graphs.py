@@ -342,3 +342,32 @@ def test_what_graphs_refuse_and_pass_through_at_serving_time(cluster, admin, htt
     lost = http.post(f"{cluster.url}/v2/models/flow/infer", json=v2([SHORT]))
     assert lost.status_code == 500 and lost.json()["field"] == "node:lost", lost.text
     assert "route returned 5" in lost.json()["error"]
+
+
+def test_a_killed_model_replica_costs_graph_callers_only_retryable_503s(ray_client, admin, http, roles):
+    """SIGKILL the replica a graph's model node calls: answers are 200 or 503 (with the node named) until its new
+    replica answers, never a 500 or a hang."""
+    import ray
+
+    from modelpool.management.serve_state import serve_details
+
+    cluster = ray_client
+    put_graph(admin, cluster, "flow", iris("1", "classify"))
+    before = http.post(f"{cluster.url}/v2/models/flow/infer", json=v2([SHORT]))
+    assert before.status_code == 200, before.text
+    replica = serve_details()["applications"]["model:iris:1"]["deployments"]["iris_v1"]["replicas"][0]
+    ray.kill(ray.get_actor(replica["actor_name"], namespace="serve"), no_restart=True)
+    statuses: dict[int, int] = {}
+    deadline = time.monotonic() + 90
+    in_a_row = 0
+    while time.monotonic() < deadline and in_a_row < 20:
+        answer = http.post(f"{cluster.url}/v2/models/flow/infer", json=v2([SHORT]), timeout=60)
+        statuses[answer.status_code] = statuses.get(answer.status_code, 0) + 1
+        if answer.status_code == 200:
+            in_a_row += 1
+            continue
+        in_a_row = 0
+        assert answer.status_code == 503 and answer.json()["field"] == "node:classify", answer.text
+        time.sleep(0.1)
+    assert in_a_row >= 20, f"the graph did not recover within 90 s: {statuses}"
+    assert set(statuses) <= {200, 503}, statuses
