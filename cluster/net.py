@@ -2,14 +2,46 @@
 from __future__ import annotations
 
 import ipaddress
+import random
 import socket
 
 
+#: Ports handed out by this process: two calls never return the same one.
+_HANDED_OUT: set[int] = set()
+_LOW_PORT = 20000
+
+
+def ephemeral_range(path: str = "/proc/sys/net/ipv4/ip_local_port_range") -> tuple[int, int]:
+    """The kernel's range for ports it picks itself (Linux; the IANA range elsewhere)."""
+    try:
+        low, high = (int(part) for part in open(path).read().split())
+        return low, high
+    except (OSError, ValueError):
+        return 49152, 65535
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port the OS says is free right now (tests and benchmarks use it to avoid clashes)."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+    """A port free right now and outside the kernel's ephemeral range (tests and benchmarks use it to avoid clashes).
+
+    Why not ``bind(0)``: that hands out an ephemeral port, and between choosing it and the server binding it any
+    process opening a connection or an unnamed listener (Ray starts dozens) may be given the same one by the
+    kernel; a start then failed with "Address already in use" (seen once in a full test run). The kernel never
+    picks a port below its ephemeral range on its own, so a free one there stays free for whoever was told it.
+    """
+    low, _ = ephemeral_range()
+    for _ in range(200):
+        port = random.randrange(_LOW_PORT, low) if low > _LOW_PORT + 100 else 0
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            chosen = sock.getsockname()[1]
+        _HANDED_OUT.add(chosen)
+        return chosen
+    raise OSError(f"no free port between {_LOW_PORT} and {low} on {host}")
 
 
 def is_loopback_host(host: str) -> bool:

@@ -66,3 +66,18 @@ def test_the_start_command_fits_its_settings_to_the_machine() -> None:
     assert "max_workers" not in settings_from_args(args).model_fields_set, "no flag: the machine decides"
     args = build_parser().parse_args(["start", "--max-workers", "2"])
     assert local_cluster.fit_to_machine(settings_from_args(args), cores=2).max_workers == 2
+
+
+def test_free_ports_are_outside_the_kernels_ephemeral_range_and_never_repeat():
+    """A port handed to a server that binds it later must not be one the kernel gives out meanwhile."""
+    import socket
+
+    from modelpool.cluster.net import ephemeral_range, free_port
+
+    low, _ = ephemeral_range()
+    ports = [free_port() for _ in range(50)]
+    assert len(set(ports)) == 50
+    assert all(20000 <= port < low for port in ports)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", ports[-1]))  # and free when handed out
+    assert ephemeral_range("/nonexistent") == (49152, 65535)
