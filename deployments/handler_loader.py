@@ -56,25 +56,25 @@ def load_handler(model_dir: Path, manifest: Manifest, context: Optional[ModelCon
 
 def _make_handler(model_dir: Path, manifest: Manifest) -> Handler:
     if is_role(manifest):  # a graph role (TRANSFORMER, ROUTER, ...): its own hooks, no predict
-        module_name, attr = role_module_attr(manifest)
-        module = import_handler_module(model_dir, module_name, manifest)
-        target = getattr(module, attr, None)
-        if target is None:
-            raise RequestError(f"{module_name}.py in the archive has no {attr!r}; fix the manifest's "
-                               "handler or the module", field="handler")
+        target = _handler_target(model_dir, manifest, *role_module_attr(manifest))
         return make_role_handler(target, manifest, manifest.typed_parameters)
     if manifest.handler == SKLEARN_HANDLER:
         if manifest.parameters:
             raise RequestError("the 'sklearn' handler takes no parameters; drop them or write a class handler",
                                field="parameters")
         return SklearnHandler()
-    module_name, attr = split_handler(manifest.handler)
+    target = _handler_target(model_dir, manifest, *split_handler(manifest.handler))
+    return _wrap(target, manifest.handler, manifest.typed_parameters)
+
+
+def _handler_target(model_dir: Path, manifest: Manifest, module_name: str, attr: str) -> Any:
+    """``attr`` of the archive's ``module_name.py``; a 400 on ``handler`` when the module lacks it."""
     module = import_handler_module(model_dir, module_name, manifest)
     target = getattr(module, attr, None)
     if target is None:
         raise RequestError(f"{module_name}.py in the archive has no {attr!r}; fix the manifest's "
                            "handler or the module", field="handler")
-    return _wrap(target, manifest.handler, manifest.typed_parameters)
+    return target
 
 
 def _wrap(target: Any, spec: str, parameters: Optional[dict[str, Any]] = None) -> Handler:

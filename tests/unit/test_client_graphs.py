@@ -16,9 +16,9 @@ import pytest
 from modelpool.client_core import graph_body
 from modelpool.errors import BadRequest, Conflict, ModelpoolError, NotFound
 from modelpool.management.params import RegisterParams
-from tests.unit.both_clients import Flavour, flavour_fixture  # noqa: F401 (a fixture)
-from tests.unit.management_app import (TOKEN, Proxy, RunningManagement, management_fixture,  # noqa: F401
-                                       model_store)  # (fixtures)
+from tests.unit.both_clients import flavour_fixture  # noqa: F401 (a fixture)
+from tests.unit.management_app import Proxy, RunningManagement, management_fixture, model_store  # noqa: F401
+from tests.unit.test_clients import client, ingress  # noqa: F401 (fixtures: the ingress and a client per flavour)
 
 #: Seldon Core's nested shape: a 90/10 canary of iris 2 beside iris 1, sticky by a header
 CANARY = {"name": "split", "type": "ROUTER", "implementation": "SPLIT", "weights": [90, 10],
@@ -33,16 +33,6 @@ def iris(management: RunningManagement) -> None:
     """iris versions 1 and 2, registered in process (so the ingress has seen nothing yet)."""
     for url in ("iris-1.zip", "iris-2.zip"):
         management.manager.register(RegisterParams(url=url))
-
-
-@pytest.fixture()
-def ingress(management: RunningManagement) -> Proxy:
-    return management.ingress
-
-
-@pytest.fixture()
-def client(management: RunningManagement, flavour: Flavour) -> Any:
-    return flavour.connect(management.url, token=TOKEN, timeout=30)
 
 
 def calls(ingress: Proxy) -> list[tuple[str, str, Any]]:
