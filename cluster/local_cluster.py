@@ -14,13 +14,14 @@ import os
 import secrets
 import signal
 import socket
+import threading
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from modelpool.cluster import paths, runtime
+from modelpool.cluster import paths, pidfile, runtime
 from modelpool.cluster.settings import Settings, check_exposure
 
 #: Lines for the person starting the cluster (progress) and for what went wrong (trouble).
@@ -81,10 +82,11 @@ def management_token(settings: Settings) -> str:
 
 
 # ------------------------------------------------------------------------------------------ start and stop
-def prepare_home(settings: Settings) -> None:
-    """Refuse an unsafe exposure before anything exists (a refused start leaves nothing behind), then
-    make the home folder and the model store."""
+def prepare_home(settings: Settings, block: bool = False) -> None:
+    """Refuse an unsafe exposure or an unusable ``--pidfile`` before anything exists (a refused start leaves
+    nothing behind), then make the home folder and the model store. ``block``: ``start --block``."""
     check_exposure(settings)
+    pidfile.check_pidfile(settings.pidfile, block=block, joined=bool(settings.address))
     settings.home_path.mkdir(parents=True, exist_ok=True)
     settings.model_store_path.mkdir(parents=True, exist_ok=True)
 
@@ -137,13 +139,18 @@ def check_ports_free(settings: Settings) -> None:
 
 
 def start(settings: Settings, deploy: Callable[[str], None], grpc_servicer_functions: Sequence[str] = (),
-          progress: Say = _quiet, trouble: Say = _quiet) -> None:
-    """Start a local Ray head (or join ``settings.address``) and Serve, ``deploy(token)``, wait until served.
+          progress: Say = _quiet, trouble: Say = _quiet, block: bool = False) -> None:
+    """Start a local Ray head (or join ``settings.address``) and Serve, ``deploy(token)``, wait until served,
+    then write ``--pidfile``.
 
     ``grpc_servicer_functions`` are import paths for Serve's gRPC ingress (the caller's, like ``deploy``).
+    ``block``: the caller stays in the foreground and stops the cluster on SIGTERM (``start --block``), so the
+    pidfile names the caller's process; otherwise the local head's GCS server.
     On any failure, what was started is stopped again and the error raised.
     """
     started_here = not settings.address
+    # again here for callers that skip prepare_home: a refused pidfile must stop the start before Ray does
+    pidfile.check_pidfile(settings.pidfile, block=block, joined=not started_here)
     if started_here:
         check_ports_free(settings)
         progress(f"starting a local Ray head on 127.0.0.1:{settings.ray_port} ...")
@@ -157,6 +164,14 @@ def start(settings: Settings, deploy: Callable[[str], None], grpc_servicer_funct
         runtime.start_serve(settings, grpc_servicer_functions)
         deploy(token)
         wait_until_ready(settings.http_url, settings.start_timeout_s)
+        if block:
+            catch_stop_signals()
+        if settings.pidfile:
+            holder = os.getpid() if block else runtime.gcs_server_pid(settings.ray_port)
+            written = pidfile.write_pidfile(settings.pidfile, holder)
+            # recorded, so `stop` removes it without being given --pidfile again
+            write_state(settings.home_path, {**(read_state(settings.home_path) or {}), "pidfile": str(written),
+                                             "pid": holder})
     except BaseException:
         trouble("start failed; stopping what was started")
         stop(settings)
@@ -165,7 +180,8 @@ def start(settings: Settings, deploy: Callable[[str], None], grpc_servicer_funct
 
 def stop(settings: Settings) -> None:
     """End what ``start`` started from this home: the local Ray head (haproxy included), or Serve alone
-    on a joined cluster. Without a state file, ``--address`` says which it was."""
+    on a joined cluster, and remove its pidfile. Without a state file, ``--address`` says which it was, and
+    ``--pidfile`` which file to remove (once the process it names is gone)."""
     state = read_state(settings.home_path) or {"started_here": not settings.address, "address": settings.address}
     if state.get("started_here", True):
         try:
@@ -181,17 +197,30 @@ def stop(settings: Settings) -> None:
         from ray import serve
 
         serve.shutdown()
+    recorded = state.get("pidfile") or settings.pidfile
+    if recorded:
+        pidfile.remove_pidfile(recorded, state.get("pid"))
     paths.state_path(settings.home_path).unlink(missing_ok=True)
+
+
+_stop_requested = threading.Event()
+
+
+def catch_stop_signals() -> None:
+    """From now on SIGINT and SIGTERM ask this process to stop the cluster rather than kill it.
+
+    ``start --block`` installs this before it writes the pidfile: a supervisor that reads the file and
+    sends SIGTERM at once must get a clean stop, not a dead process and a cluster left running.
+    """
+    def handler(*_: object) -> None:
+        _stop_requested.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
 
 
 def wait_for_signal() -> None:
     """Block until SIGINT or SIGTERM (``start --block``: a container's foreground process)."""
-    received = {"now": False}
-
-    def handler(*_: object) -> None:
-        received["now"] = True
-
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
-    while not received["now"]:
-        time.sleep(0.5)
+    catch_stop_signals()
+    while not _stop_requested.wait(0.5):
+        pass

@@ -20,6 +20,7 @@ from typing import Sequence
 
 import psutil
 
+from modelpool.cluster import tracing
 from modelpool.cluster.front_directories import FRONT_DIRECTORY_PREFIX, remove_stale_front_directories
 
 from modelpool.cluster.settings import Settings
@@ -126,8 +127,10 @@ def start_serve(settings: Settings, grpc_servicer_functions: Sequence[str] = ())
         # package (deployments/protos), so reflection could list it but not describe it
         grpc_options = {"port": settings.grpc_ingress_port, "grpc_servicer_functions": list(grpc_servicer_functions),
                         "enable_reflection": False}
+    export = tracing.export_of(settings)
+    tracing.publish(export)  # before any replica starts: each reads it when Serve sets up its tracing
     serve.start(proxy_location=settings.proxy_location, http_options=http_options, grpc_options=grpc_options,
-                logging_config=settings.logging_config())
+                logging_config=settings.logging_config(), tracing_config=tracing.serve_tracing_config(export))
 
 
 def haproxy_processes() -> list[psutil.Process]:
@@ -151,6 +154,19 @@ def ray_processes() -> list[psutil.Process]:
         if process.info.get("name") in ("raylet", "gcs_server"):
             found.append(process)
     return found
+
+
+def gcs_server_pid(ray_port: int) -> int:
+    """PID of the GCS server of the local head listening on ``ray_port`` (``--pidfile`` names it without --block).
+
+    Matched by its port flag, not just its name: another Ray cluster on this machine has a GCS server too.
+    """
+    flag = f"--gcs_server_port={ray_port}"
+    for process in psutil.process_iter(["name", "cmdline"]):
+        if process.info.get("name") == "gcs_server" and flag in (process.info.get("cmdline") or []):
+            return process.pid
+    raise RuntimeError(f"no GCS server with {flag} on this machine: the local Ray head did not start or has "
+                       "stopped (see /tmp/ray/session_latest/logs/gcs_server.err)")
 
 
 def kill_haproxy(timeout_s: float = 5.0, rounds: int = 3) -> int:

@@ -25,11 +25,17 @@ from modelpool.cluster.defaults import (  # noqa: F401
 from modelpool.cluster.net import is_loopback_host
 from modelpool.cluster.tokens import token_digest
 from modelpool.cluster.url_patterns import parse_allowed_urls
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 #: Shortest inference token accepted: replicas hold its SHA-256 where Serve's status shows it, so a
 #: short token could be found from its digest by guessing.
 MIN_TOKEN_LENGTH = 16  # a shorter secret can be guessed; the generated management token has 43 characters
+
+#: Paths of the HTTP port that --metrics-path must not take or go below: management's routes (its app has the
+#: route prefix "/"), the model and protocol apps' prefixes (V2, KServe V1, TorchServe), the status page and
+#: Serve's own "/-/" routes. A metrics route there would hide an API route or never be reached.
+RESERVED_PATHS = ("/models", "/pools", "/batches", "/graphs", "/services", "/v2", "/v1", "/predictions",
+                  "/explanations", "/ui", "/ping", "/openapi.json", "/-")
 
 
 def _default_home() -> str:
@@ -89,8 +95,27 @@ class Settings(BaseModel):
     single_threaded: bool = Field(False, description="One request at a time per replica and no batching, for models that are not thread-safe.")
     debug: bool = Field(False, description="Verbose (DEBUG) logs, and error answers carry the handler's traceback.")
     payload_passthrough: bool = Field(False, description="Hand request bodies undecoded to handlers that define predict_raw, and their answer back unencoded.")
+    tracing: bool = Field(False, description="OpenTelemetry spans for every request (ingress, replica, batch, handler; graph nodes; batch-job partitions), sent over OTLP/HTTP to --otlp-endpoint (Seldon's TRACING).")
+    otlp_endpoint: str = Field("http://127.0.0.1:4318/v1/traces", description="OTLP/HTTP (protobuf) traces endpoint of a collector (the OpenTelemetry Collector, Jaeger, Tempo) that --tracing exports to.")
+    trace_sample_ratio: float = Field(1.0, ge=0, le=1, description="Share of requests without a sampled traceparent that are traced (0..1); an incoming W3C traceparent's own decision is always honoured.")
+    pidfile: Optional[str] = Field(None, description="Write the PID of the process that holds the cluster (the `start --block` process, else the Ray head's GCS server) to this file; removed at stop (Seldon/gunicorn's --pidfile).")
+    metrics_path: str = Field("/metrics", pattern=r"^/[A-Za-z0-9._~/-]*$", description="Path on the HTTP port where the cluster's Prometheus metrics are answered (Seldon's PREDICTIVE_UNIT_METRICS_ENDPOINT); its scrapes write no access line unless --debug.")
     log_level: str = Field("INFO", pattern="^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$", description="Log level of replicas and the CLI.")
     start_timeout_s: float = Field(180.0, gt=0, description="How long `modelpool start` waits for everything to serve.")
+
+    @field_validator("metrics_path")
+    @classmethod
+    def _check_metrics_path(cls, path: str) -> str:
+        """One clean path, not "/" and not on an API route; a trailing slash is dropped (management's routes ignore it)."""
+        path = path.rstrip("/") or "/"
+        segments = path.split("/")[1:]
+        if path == "/" or any(segment in ("", ".", "..") for segment in segments):
+            raise ValueError(f"{path!r} is not a path of its own; give one like /metrics or /prometheus")
+        taken = next((reserved for reserved in RESERVED_PATHS if path == reserved or path.startswith(reserved + "/")), None)
+        if taken:
+            raise ValueError(f"{path} would shadow the API route {taken}; choose a path outside "
+                             f"{', '.join(RESERVED_PATHS)}, e.g. /metrics or /prometheus")
+        return path
 
     @model_validator(mode="after")
     def _check_bounds(self) -> "Settings":

@@ -34,7 +34,14 @@ ACCESS_LOG_EXTRA = {"serve_access_log": True, "log_to_stderr": False}
 _FIELDS = {"levelname", "asctime", "request_id", "message"}
 _FIELD = re.compile(r"%\((\w+)\)s")
 
-Entry = tuple[float, str, str, int, float, str]  # created, method, path, status, elapsed ms, request id
+Entry = tuple[float, str, str, int, float, str, str]  # created, method, path, status, elapsed ms, request id, trace id
+
+
+def access_message(method: str, path: str, status: int, elapsed_ms: float, trace_id: str = "") -> str:
+    """Serve's access message (``POST /path 200 1.2ms``), then ``trace_id=...`` when the request was traced, so a
+    line found in the log leads to its trace in the collector."""
+    message = f"{method} {path} {status} {elapsed_ms:.1f}ms"
+    return f"{message} trace_id={trace_id}" if trace_id else message
 
 
 class _ServeFile:
@@ -72,7 +79,7 @@ class _ServeFile:
         out = []
         second, stamp = -1, ""
         time_format = self.time_format
-        for created, method, path, status, elapsed_ms, request_id in entries:
+        for created, method, path, status, elapsed_ms, request_id, trace_id in entries:
             whole = int(created)
             if whole != second:  # strftime once per second of records, as the batch is in time order
                 second = whole
@@ -80,7 +87,7 @@ class _ServeFile:
             asctime = time_format.default_msec_format % (stamp, int((created - whole) * 1000))
             out.append(self.line_format % {
                 "levelname": "INFO", "asctime": asctime, "request_id": request_id,
-                "message": f"{method} {path} {status} {elapsed_ms:.1f}ms"})
+                "message": access_message(method, path, status, elapsed_ms, trace_id)})
         out.append("")
         return "\n".join(out)
 
@@ -119,12 +126,13 @@ class AccessLog:
             self._wanted, self._file = _ServeFile.find(self.serve_logger)
         return self._wanted, self._file
 
-    def record(self, method: str, path: str, status: int, elapsed_ms: float, request_id: str) -> None:
+    def record(self, method: str, path: str, status: int, elapsed_ms: float, request_id: str,
+               trace_id: str = "") -> None:
         wanted, serve_file = self._shape()
         if serve_file is not None:
-            self._entries.append((self.clock(), method, path, status, elapsed_ms, request_id))
+            self._entries.append((self.clock(), method, path, status, elapsed_ms, request_id, trace_id))
         elif wanted:
-            self.serve_logger.info("%s %s %s %.1fms", method, path, status, elapsed_ms, extra=ACCESS_LOG_EXTRA)
+            self.serve_logger.info(access_message(method, path, status, elapsed_ms, trace_id), extra=ACCESS_LOG_EXTRA)
 
     def flush(self) -> None:
         """Write what was recorded before this call; ``record`` never waits for it."""
@@ -139,9 +147,10 @@ class AccessLog:
             elif wanted:  # Serve's logging changed shape since these were recorded: its own path
                 from ray.serve import context
 
-                for _, method, path, status, elapsed_ms, request_id in entries:
+                for _, method, path, status, elapsed_ms, request_id, trace_id in entries:
                     context._set_request_context(request_id=request_id)  # this thread's context only
-                    self.serve_logger.info("%s %s %s %.1fms", method, path, status, elapsed_ms, extra=ACCESS_LOG_EXTRA)
+                    self.serve_logger.info(access_message(method, path, status, elapsed_ms, trace_id),
+                                           extra=ACCESS_LOG_EXTRA)
 
 
 ACCESS_LOG = AccessLog()

@@ -30,6 +30,7 @@ class ModelRequest:
     inputs: dict[str, np.ndarray]
     rows: int
     requested_outputs: Optional[tuple[str, ...]] = None
+    trace: Any = None  # the traced request's span context (``tracing``): the batch's span links it
 
 
 def model_request(request: InferenceRequest, manifest_inputs: list) -> ModelRequest:

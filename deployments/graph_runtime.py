@@ -29,6 +29,7 @@ from typing import Awaitable, Callable, Mapping, Optional
 
 import numpy as np
 
+from modelpool.deployments import tracing
 from modelpool.deployments.errors import RequestError
 from modelpool.deployments.graph_plan import PlanNode
 from modelpool.deployments.metrics import GraphMetrics
@@ -106,16 +107,20 @@ class GraphExecutor:
                     traffic: str) -> Message:
         started = time.perf_counter()
         status = 200
-        try:
-            return await self._run_node(node, message, headers, trace, traffic)
-        except RequestError as exc:
-            status = exc.status
-            raise
-        except Exception as exc:  # noqa: BLE001 - a role hook raised: the node is named, the graph keeps serving
-            status = 500
-            raise node_error(self.graph, node.name, f"{type(exc).__name__}: {exc}") from exc
-        finally:
-            self.metrics.node(node.name, traffic, status, (time.perf_counter() - started) * 1000)
+        with tracing.span(f"graph {self.graph} node {node.name}", {
+                "modelpool.graph": self.graph, "modelpool.graph.node": node.name, "modelpool.graph.kind": node.kind,
+                "modelpool.graph.traffic": traffic}) as traced:
+            try:
+                return await self._run_node(node, message, headers, trace, traffic)
+            except RequestError as exc:
+                status = exc.status
+                raise
+            except Exception as exc:  # noqa: BLE001 - a role hook raised: the node is named, the graph keeps serving
+                status = 500
+                raise node_error(self.graph, node.name, f"{type(exc).__name__}: {exc}") from exc
+            finally:
+                tracing.mark_error(traced, status)
+                self.metrics.node(node.name, traffic, status, (time.perf_counter() - started) * 1000)
 
     async def _run_node(self, node: PlanNode, message: Message, headers: Mapping[str, str], trace: Trace,
                         traffic: str) -> Message:

@@ -13,11 +13,11 @@ import logging
 import time
 from typing import Any
 
-from modelpool.deployments import deadlines
+from modelpool.deployments import deadlines, tracing
 from modelpool.deployments.codecs import v2_grpc
 from modelpool.deployments.errors import RequestError
 from modelpool.deployments.http_io import check_authorization
-from modelpool.deployments.model_calls import overdue_error
+from modelpool.deployments.model_calls import overdue_error, span_attributes
 from modelpool.deployments.protos import open_inference_pb2 as pb
 from modelpool.deployments.redact import public_message
 from modelpool.deployments.serving_options import ServingOptions
@@ -53,27 +53,29 @@ async def model_infer(model, message: pb.ModelInferRequest, context: Any) -> pb.
     """Decode, batch with every other request of the model (REST ones too), encode; count it in the metrics."""
     started = time.perf_counter()
     status = 200
-    try:
-        async def decode() -> InferenceRequest:
-            return v2_grpc.decode(message)
-
+    with tracing.span(f"model {model.name}:{model.version} infer", span_attributes(model, GRPC_ROUTE)) as traced:
         try:
-            result = await deadlines.within(model.response_timeout_s, model.infer(decode))
-        except asyncio.TimeoutError:
-            raise overdue_error(model) from None
-        return v2_grpc.encode(result)
-    except RequestError as exc:
-        status = exc.status
-        fail(context, exc, model.options.debug)
-    except Exception as exc:  # noqa: BLE001 - the handler failed: report it, keep serving
-        status = 500
-        text = f"model '{model.name}' version '{model.version}' failed: {type(exc).__name__}: {exc}"
-        logger.error(text, exc_info=exc if model.options.debug else None)
-        if context is not None:
-            context.set_code(v2_grpc.grpc_status(500))
-            context.set_details(text if model.options.debug else public_message(text))
-    finally:
-        model.metrics.request(GRPC_ROUTE, status, (time.perf_counter() - started) * 1000)
+            async def decode() -> InferenceRequest:
+                return v2_grpc.decode(message)
+
+            try:
+                result = await deadlines.within(model.response_timeout_s, model.infer(decode))
+            except asyncio.TimeoutError:
+                raise overdue_error(model) from None
+            return v2_grpc.encode(result)
+        except RequestError as exc:
+            status = exc.status
+            fail(context, exc, model.options.debug)
+        except Exception as exc:  # noqa: BLE001 - the handler failed: report it, keep serving
+            status = 500
+            text = f"model '{model.name}' version '{model.version}' failed: {type(exc).__name__}: {exc}"
+            logger.error(text, exc_info=exc if model.options.debug else None)
+            if context is not None:
+                context.set_code(v2_grpc.grpc_status(500))
+                context.set_details(text if model.options.debug else public_message(text))
+        finally:
+            tracing.mark_error(traced, status)
+            model.metrics.request(GRPC_ROUTE, status, (time.perf_counter() - started) * 1000)
     return pb.ModelInferResponse()
 
 

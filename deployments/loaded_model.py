@@ -8,6 +8,7 @@ worth run inline.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from typing import Any, Awaitable, Callable, Optional
 import numpy as np
 
 from modelpool.cluster.settings import DEFAULT_MAX_BATCH_DELAY_MS, DEFAULT_MAX_BATCH_SIZE, DEFAULT_RESPONSE_TIMEOUT_S
-from modelpool.deployments import dataplane
+from modelpool.deployments import dataplane, tracing
 from modelpool.deployments.archive import LoadedArchive
 from modelpool.deployments.batcher import AdaptiveBatcher
 from modelpool.deployments.codecs.json_values import json_bytes
@@ -57,6 +58,7 @@ class LoadedModel:
                  max_batch_delay_s: float = DEFAULT_MAX_BATCH_DELAY_MS / 1000, replica: str = "") -> None:
         self.name = name
         self.version = version
+        self.replica = replica
         self.manifest = archive.manifest
         self.context = ModelContext(model_dir=archive.model_dir, manifest=archive.manifest, artifact_root=None)
         self.handler: Handler = load_handler(archive.model_dir, archive.manifest, self.context)
@@ -98,6 +100,8 @@ class LoadedModel:
         with self.batcher.incoming() as incoming:
             request = await decode()
             queued = dataplane.model_request(request, self.manifest.inputs)
+            if tracing.active():
+                queued = dataclasses.replace(queued, trace=tracing.current_context())
             incoming.release()
             outputs, batch_size = await self.batcher.submit(queued, dataplane.batch_key(queued))
         return InferenceResult(self.name, self.version, request,
@@ -134,6 +138,25 @@ class LoadedModel:
         self.metrics.batch(len(requests), self.batcher.waiting, self.batcher.stats.last_wait_s)
         if isinstance(requests[0], RawRequest):
             return [(await self._run_raw(request), 1) for request in requests]
+        spans = tracing.start_batch(f"{self.name}:{self.version}", (r.trace for r in requests), len(requests), {
+            "modelpool.model": self.name, "modelpool.version": self.version, "modelpool.replica": self.replica,
+            "modelpool.batch.rows": sum(r.rows for r in requests)}) if tracing.active() else None
+        if spans is not None:
+            return await self._traced_batch(requests, spans)
+        return await self._run_batch(requests)
+
+    async def _traced_batch(self, requests: list[dataplane.ModelRequest], spans: tracing.BatchSpans) -> list[Any]:
+        error: Optional[BaseException] = None
+        try:
+            with spans.handler():
+                return await self._run_batch(requests)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            spans.end(error)
+
+    async def _run_batch(self, requests: list[dataplane.ModelRequest]) -> list[Any]:
         wanted = requests[0].requested_outputs
         try:
             outputs = await self._run_model(dataplane.concatenate(requests), wanted)

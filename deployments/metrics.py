@@ -6,6 +6,9 @@ beside Serve's own ``ray_serve_*`` series, with no second exporter to run or sec
 
 Outside a Ray worker (unit tests, a handler run by hand) there is nowhere to export to; the
 recorders then do nothing, which keeps the serving code free of "if metrics" branches.
+
+The same once-a-second flush sends each model version's second to the status board (``board_report``,
+``status_board``): the page's req/s, p50, p99 and recent errors, with no Prometheus needed.
 """
 from __future__ import annotations
 
@@ -13,6 +16,8 @@ import threading
 import time
 import weakref
 from typing import Optional
+
+from modelpool.deployments.board_report import ERRORS_PER_SECOND, BoardPusher, VersionReport, error_entry
 
 FLUSH_EVERY_S = 1.0
 LATENCY_BOUNDARIES_MS = [0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000]
@@ -92,6 +97,8 @@ class ModelMetrics:
         self._batched = 0
         self._batch_wait_ms = 0.0
         self._most_waiting: Optional[int] = None
+        self._errors: list[dict] = []
+        self._report = VersionReport(model, version, replica)
         if self._registry is not None:
             _flusher().add(self)
 
@@ -106,6 +113,16 @@ class ModelMetrics:
                 latencies = self._latencies[route] = []
             latencies.append(latency_ms)
 
+    def error(self, status: int, body: bytes) -> None:
+        """An answer of ``status`` >= 400 and its body, for the status page's recent errors. A 404 is not listed
+        there (any scan of wrong URLs would push the real errors out); it still counts in the statuses."""
+        if self._registry is None or status == 404:
+            return
+        entry = error_entry(status, body)
+        with self._lock:
+            if len(self._errors) < ERRORS_PER_SECOND:
+                self._errors.append(entry)
+
     def batch(self, size: int, waiting: int, waited_s: float = 0.0) -> None:
         """One handler call of ``size`` requests, which waited ``waited_s`` in the batcher in all."""
         if self._registry is None:
@@ -117,8 +134,9 @@ class ModelMetrics:
             if self._most_waiting is None or waiting > self._most_waiting:
                 self._most_waiting = waiting
 
-    def flush(self) -> None:
-        """Hand what was counted since the last flush to Ray (the queue gauge: the longest queue seen)."""
+    def flush(self) -> Optional[dict]:
+        """Hand what was counted since the last flush to Ray (the queue gauge: the longest queue seen); return the
+        second's summary for the status board (None: nothing to tell it)."""
         with self._lock:
             requests, self._requests = self._requests, {}
             latencies, self._latencies = self._latencies, {}
@@ -126,6 +144,8 @@ class ModelMetrics:
             batched, self._batched = self._batched, 0
             wait_ms, self._batch_wait_ms = self._batch_wait_ms, 0.0
             most_waiting, self._most_waiting = self._most_waiting, None
+            errors, self._errors = self._errors, []
+        summary = self._report.summary(requests, latencies, errors)
         registry = self._registry
         for (route, status), count in requests.items():
             registry["requests"].inc(count, {**self._model_tags, "route": route, "status": str(status)})
@@ -142,6 +162,7 @@ class ModelMetrics:
             registry["batch_wait"].inc(wait_ms, self._model_tags)
         # set on every flush (0 = no batch waited on anyone): Ray drops a gauge that is not re-set for a while
         registry["queue"].set(most_waiting or 0, self._queue_tags)
+        return summary
 
 
 class GraphMetrics:
@@ -183,10 +204,12 @@ class GraphMetrics:
 
 
 class _Flusher:
-    """One thread per process flushing every live ModelMetrics (and GraphMetrics) once a second."""
+    """One thread per process flushing every live ModelMetrics (and GraphMetrics) once a second, and sending the
+    model versions' summaries to the status board in one call."""
 
     def __init__(self) -> None:
         self._metrics: "weakref.WeakSet" = weakref.WeakSet()
+        self._board = BoardPusher()
         threading.Thread(target=self._run, name="modelpool-metrics", daemon=True).start()
 
     def add(self, metrics: "ModelMetrics | GraphMetrics") -> None:
@@ -195,11 +218,15 @@ class _Flusher:
     def _run(self) -> None:
         while True:
             time.sleep(FLUSH_EVERY_S)
+            summaries = []
             for metrics in list(self._metrics):
                 try:
-                    metrics.flush()
+                    summary = metrics.flush()
                 except Exception:  # noqa: BLE001 - metrics must never take a replica down
-                    pass
+                    continue
+                if summary is not None:
+                    summaries.append(summary)
+            self._board.push(summaries)  # never raises
 
 
 _FLUSHER: Optional[_Flusher] = None

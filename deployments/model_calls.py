@@ -18,7 +18,7 @@ from typing import Awaitable, Callable, Mapping, Optional
 
 from starlette.responses import Response
 
-from modelpool.deployments import deadlines
+from modelpool.deployments import deadlines, tracing
 from modelpool.deployments.codecs import PROTOCOLS, REST_CODECS
 from modelpool.deployments.errors import RequestError
 from modelpool.deployments.graph_runtime import GRAPH_PATH, PATH_HEADER
@@ -84,13 +84,23 @@ async def answer_model_call(model, call: ModelCall, read: Callable[[], Awaitable
                             versions: list[str], headers: dict, request_headers: Mapping[str, str]) -> Response:
     """Run one call on a loaded model, turn the outcome into a response and count it in the metrics."""
     started = time.perf_counter()
-    try:
-        response = await deadlines.within(model.response_timeout_s,
-                                          _answer(model, call, read, versions, headers, request_headers))
-    except asyncio.TimeoutError:
-        response = error_response(overdue_error(model), headers, model.options.debug)
+    with tracing.span(f"model {model.name}:{model.version} {call.action}", span_attributes(model, call.action)) as traced:
+        try:
+            response = await deadlines.within(model.response_timeout_s,
+                                              _answer(model, call, read, versions, headers, request_headers))
+        except asyncio.TimeoutError:
+            response = error_response(overdue_error(model), headers, model.options.debug)
+        tracing.mark_error(traced, response.status_code)
     model.metrics.request(call.action, response.status_code, (time.perf_counter() - started) * 1000)
+    if response.status_code >= 400:  # the status page's recent errors
+        model.metrics.error(response.status_code, getattr(response, "body", b""))
     return response
+
+
+def span_attributes(model, action: str) -> dict:
+    """What a replica's span of a model call says (``tracing``): which model, version and replica, and the action."""
+    return {"modelpool.model": model.name, "modelpool.version": model.version, "modelpool.action": action,
+            "modelpool.replica": getattr(model, "replica", "")}  # a graph has no replica id of its own
 
 
 def check_not_overdue(model) -> None:

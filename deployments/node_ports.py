@@ -19,6 +19,7 @@ the fallback, never the only way.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import json
 import logging
@@ -28,7 +29,7 @@ from typing import Mapping, Optional
 
 import httptools
 
-from modelpool.deployments import dataplane
+from modelpool.deployments import dataplane, tracing
 from modelpool.deployments.batcher import AdaptiveBatcher
 from modelpool.deployments.codecs import v2_binary
 from modelpool.deployments.errors import RequestError
@@ -136,6 +137,8 @@ class NodePorts:
             request = dataplane.model_request(dataplane.message_request(message, node.outputs), [])
         except RequestError as exc:
             return NodeAnswer({}, status=exc.status, error=exc.message)
+        if tracing.active():  # the model replica's span is a child of this node's
+            request = dataclasses.replace(request, trace=tracing.current_context())
         batcher = self._batchers.get((address, node))
         if batcher is None:
             batcher = self._batchers[(address, node)] = AdaptiveBatcher(
@@ -147,18 +150,21 @@ class NodePorts:
         it is refused, each request again alone, so one bad request fails alone."""
         requests = [request for request, _ in items]
         merged = dataplane.concatenate(requests)
-        answer = await self._call_one(node, address, merged, items[0][1])
+        # one call for several graph requests: it continues the first traced one's trace
+        parent = tracing.traceparent(next((r.trace for r in requests if r.trace is not None), None))
+        answer = await self._call_one(node, address, merged, items[0][1], parent)
         if answer is None or len(requests) == 1:
             return [answer] * len(requests)
         if answer.status == 200:
             return [NodeAnswer(outputs) for outputs in dataplane.split_outputs(answer.outputs, requests)]
-        return list(await asyncio.gather(*(self._call_one(node, address, request.inputs, authorization)
+        return list(await asyncio.gather(*(self._call_one(node, address, request.inputs, authorization,
+                                                          tracing.traceparent(request.trace))
                                            for request, authorization in items)))
 
     async def _call_one(self, node: PlanNode, address: str, message: Message,
-                        authorization: Optional[str]) -> Optional[NodeAnswer]:
+                        authorization: Optional[str], traceparent: Optional[str] = None) -> Optional[NodeAnswer]:
         try:
-            data = http_request(node, address, message, authorization)
+            data = http_request(node, address, message, authorization, traceparent)
         except ValueError as exc:  # a dtype V2 cannot carry: the handle path takes any array
             logger.debug("graph node %s: %s; calling through its handle", node.name, exc)
             return None
@@ -248,7 +254,8 @@ class NodePorts:
         self._idle.clear()
 
 
-def http_request(node: PlanNode, address: str, message: Message, authorization: Optional[str]) -> bytes:
+def http_request(node: PlanNode, address: str, message: Message, authorization: Optional[str],
+                 traceparent: Optional[str] = None) -> bytes:
     """The bytes of one binary V2 call of ``node``'s version on a replica port."""
     body, json_length = v2_binary.client_request(message, node.outputs)
     head = (f"POST /v2/models/{node.model}/versions/{node.version}/infer HTTP/1.1\r\nHost: {address}\r\n"
@@ -256,6 +263,8 @@ def http_request(node: PlanNode, address: str, message: Message, authorization: 
             f"Content-Length: {len(body)}\r\n")
     if authorization:
         head += f"Authorization: {authorization}\r\n"
+    if traceparent:
+        head += f"traceparent: {traceparent}\r\n"
     return head.encode("latin-1") + b"\r\n" + body
 
 

@@ -28,7 +28,7 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import Response
 
-from modelpool.deployments import dataplane, deadlines, grpc_entry
+from modelpool.deployments import dataplane, deadlines, grpc_entry, tracing
 from modelpool.deployments.announced_port import AnnouncedPort
 from modelpool.deployments.app_names import REPLICA_HEADER
 from modelpool.deployments.archive import unpack_archive
@@ -79,6 +79,7 @@ class ReplicaBase:
         self._headers = {REPLICA_HEADER: self.replica_id, **dict(headers)}
         self.options = ServingOptions()
         self.budget = RequestBudget()
+        tracing.configure()  # --tracing: this replica's spans go where the cluster's do
         start_log_flusher()
 
     # --- what subclasses say: where a call's model is ----------------------------------------

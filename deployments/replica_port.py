@@ -30,6 +30,7 @@ import grpc
 import uvicorn
 from google.protobuf.message import DecodeError
 
+from modelpool.deployments import tracing
 from modelpool.deployments.coalesced_writes import CoalescingProtocol
 
 logger = logging.getLogger("ray.serve")
@@ -131,8 +132,18 @@ class GrpcApp:
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
             return
-        with self.in_flight:
-            code, details, reply = await self._answer(scope, receive)
+        traced = tracing.start_ingress(scope["path"].lstrip("/"), scope["headers"], {
+            "rpc.system": "grpc", "rpc.service": SERVICE, "rpc.method": scope["path"].rpartition("/")[2],
+        }) if tracing.active() else None
+        code, details = grpc.StatusCode.INTERNAL, "the call failed"
+        try:
+            with self.in_flight:
+                code, details, reply = await self._answer(scope, receive)
+        finally:
+            if traced is not None:
+                if traced.span.is_recording():
+                    traced.span.set_attribute("rpc.grpc.status_code", code.value[0])
+                traced.end(200, None if code == grpc.StatusCode.OK else (details or code.name))
         await send({"type": "http.response.start", "status": 200, "trailers": True, "headers": self.headers})
         await send({"type": "http.response.body", "body": frame(reply) if reply is not None else b"",
                     "more_body": False})

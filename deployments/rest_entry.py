@@ -13,7 +13,9 @@ What Serve's path adds around a request, and its users see, is kept here:
 - the request id on every log line the call writes (Serve's log context, so the replica's log reads
   the same whichever path a request took) and an access-log line per call in Serve's format (``access_log``);
 - the count of calls in flight, which the replica reports to the autoscaler (``record_autoscaling_stats``)
-  and drains before it stops.
+  and drains before it stops;
+- with ``--tracing``, the request's server span (``tracing``: an incoming ``traceparent`` honoured) and its
+  trace id in the access line.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from typing import Awaitable, Callable, Mapping, Optional
 from starlette.requests import Request
 from starlette.responses import Response
 
+from modelpool.deployments import tracing
 from modelpool.deployments.access_log import ACCESS_LOG, AccessLog
 from modelpool.deployments.replica_port import InFlight
 
@@ -87,6 +90,9 @@ class RestApp:
         root_path, answer = self._route(scope["path"])
         scope["root_path"] = root_path
         self.log_context(request_id, root_path, self.app_name)
+        traced = tracing.start_ingress(f"{scope['method']} {scope['path']}", scope["headers"], {
+            "http.request.method": scope["method"], "url.path": scope["path"], "modelpool.request_id": request_id,
+        }) if tracing.active() else None
         status = 500
         try:
             with self.in_flight:
@@ -95,5 +101,9 @@ class RestApp:
                 status = response.status_code
                 await response(scope, receive, send)
         finally:
+            trace_id = ""
+            if traced is not None:
+                trace_id = traced.trace_id
+                traced.end(status)
             self.access_log.record(scope["method"], scope["path"], status, (time.perf_counter() - started) * 1000,
-                                   request_id)
+                                   request_id, trace_id)

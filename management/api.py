@@ -2,7 +2,9 @@
 
 This module holds the application: its error answers, the trailing-slash rule, health and the OpenAPI
 description; the routes come from routers (``modelpool.management.model_routes``, ``modelpool.management.batch_routes``) that
-share ``modelpool.management.route_support``. Everything but health needs ``Authorization: Bearer <token>``. Bodies
+share ``modelpool.management.route_support``. Everything but health and --metrics-path
+(``modelpool.management.metrics_route``) needs ``Authorization: Bearer <token>``, or the status page's session
+cookie with its CSRF header (``modelpool.management.ui_routes``: the page's login form and static files are open). Bodies
 are read with the replicas' limits (--max-body-bytes, --body-timeout-s), and error messages lose server
 paths and tracebacks unless --debug.
 """
@@ -16,7 +18,7 @@ from fastapi.responses import JSONResponse, Response
 
 from modelpool.deployments.errors import RequestError
 from modelpool.deployments.http_io import error_response
-from modelpool.management import batch_routes, graph_routes, model_routes
+from modelpool.management import batch_routes, graph_routes, metrics_route, model_routes, ui_routes
 from modelpool.management.openapi_docs import OPEN, describe, json_answer
 from modelpool.management.route_support import in_thread, authorized, check_management_token, state
 from modelpool.cluster.version import __version__
@@ -138,3 +140,5 @@ api.include_router(model_routes.router)
 api.include_router(model_routes.explanations)
 api.include_router(batch_routes.router)
 api.include_router(graph_routes.router)
+api.include_router(ui_routes.router)  # the status page: /ui, /ui/state, /ui/static/...
+api.routes.append(metrics_route.route)  # GET --metrics-path: a path known only in the replica (not a router's)

@@ -13,12 +13,15 @@ from typing import Any
 from ray import serve
 
 from modelpool.cluster.settings import Settings
+from modelpool.deployments.log_flush import start_log_flusher
 from modelpool.deployments.serving_options import ServingOptions
 from modelpool.management import grpc_api
 from modelpool.management.api import api
 from modelpool.management.batch.service import BatchService
 from modelpool.management.model_manager import ModelManager
+from modelpool.management.scrape_logs import filter_scrape_logs
 from modelpool.management.serve_state import applications, status_name
+from modelpool.management.status_sources import StatusSources
 from modelpool.management.ttl_cache import TtlCache
 
 REPLICA_METRICS_PERIOD_S = 5.0
@@ -46,6 +49,12 @@ class Management:
         routes.state.body_timeout_s = self.manager.settings.body_timeout_s
         routes.state.readiness = self.readiness
         routes.state.serving = ServingOptions.from_config(self.manager.settings.serving_options())
+        routes.state.status = StatusSources(self.manager)  # GET /ui/state
+        # the status board the replicas report to (deployments/status_board.py), started off the constructor
+        threading.Thread(target=routes.state.status.board.start, name="status-board", daemon=True).start()
+        routes.state.metrics_path = self.manager.settings.metrics_path
+        filter_scrape_logs(self.manager.settings.metrics_path, debug=self.manager.settings.debug)
+        start_log_flusher()  # access lines on disk within 0.25 s, as the model replicas' (Serve buffers 1,000)
         threading.Thread(target=self._reconcile, name="reconcile", daemon=True).start()
         threading.Thread(target=self._publish_replicas, name="replica-metrics", daemon=True).start()
 

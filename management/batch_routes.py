@@ -38,7 +38,8 @@ async def start_batch(request: Request) -> JSONResponse:
 
     An ``Idempotency-Key`` header makes the request safe to retry: the same key gets the job it
     started the first time, not a second job."""
-    answer = await in_thread(state.batches.submit, await _json_body(request), request.headers.get(IDEMPOTENCY_HEADER))
+    answer = await in_thread(state.batches.submit, await _json_body(request), request.headers.get(IDEMPOTENCY_HEADER),
+                             request.headers.get("traceparent"))
     return JSONResponse(answer, status_code=202)
 
 

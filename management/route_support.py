@@ -8,14 +8,16 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import time
 from typing import Any, Callable
 
 from fastapi import Depends, Request
 
-from modelpool.cluster.settings import DEFAULT_BODY_TIMEOUT_S, DEFAULT_MAX_BODY_BYTES
+from modelpool.cluster.settings import DEFAULT_BODY_TIMEOUT_S, DEFAULT_MAX_BODY_BYTES, Settings
 from modelpool.deployments.errors import RequestError
 from modelpool.deployments.http_io import read_body
 from modelpool.deployments.serving_options import ServingOptions
+from modelpool.management import ui_session
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 
@@ -32,6 +34,8 @@ class _State:
     body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
     readiness: Callable[[], dict] = staticmethod(lambda: {"ready": False})
     serving: ServingOptions = ServingOptions()  # the inference token, for the inference routes served here
+    status: Any = None  # what GET /ui/state shows (management/status_sources.py); made on first use if unset
+    metrics_path: str = Settings.model_fields["metrics_path"].default  # --metrics-path (management/metrics_route.py)
 
 
 state = _State()
@@ -44,10 +48,20 @@ def manager_of(_: Request):
 async def require_token(request: Request) -> None:
     """Constant-time bearer token check; the token never appears in an error or a log.
 
+    Without an ``Authorization`` header, the status page's session cookie is taken instead, with its
+    CSRF header on anything but GET/HEAD/OPTIONS (``modelpool.management.ui_session``).
+
     ``async`` although it never awaits: FastAPI runs a plain ``def`` dependency on its thread
     pool, a hop that cost more than the check itself on every management call.
     """
-    check_management_token(request.headers.get("authorization", ""))
+    header = request.headers.get("authorization")
+    if header is None:
+        session = request.cookies.get(ui_session.SESSION_COOKIE)
+        if session is not None:
+            ui_session.check_session(request.method, session, request.headers.get(ui_session.CSRF_HEADER),
+                                     state.token, time.time())
+            return
+    check_management_token(header or "")
 
 
 def check_management_token(header: str) -> None:

@@ -13,6 +13,7 @@ from typing import Optional, Sequence
 from modelpool.cluster import local_cluster, runtime
 from modelpool.cluster.net import is_loopback_host
 from modelpool.cluster.paths import state_path
+from modelpool.cluster.pidfile import PidfileError
 from modelpool.cluster.settings import Settings, SettingsError, add_settings_arguments, settings_from_args
 
 EXAMPLE_REQUEST = '{"inputs":[{"name":"input-0","shape":[1,4],"datatype":"FP64","data":[5.1,3.5,1.4,0.2]}]}'
@@ -31,7 +32,7 @@ def _complain(line: str) -> None:
 
 def cmd_start(args: argparse.Namespace) -> int:
     settings = local_cluster.fit_to_machine(settings_from_args(args))
-    local_cluster.prepare_home(settings)
+    local_cluster.prepare_home(settings, block=args.block)
     if settings.examples:
         from modelpool.deployments.examples import build_examples
 
@@ -40,7 +41,7 @@ def cmd_start(args: argparse.Namespace) -> int:
 
     started = time.monotonic()
     local_cluster.start(settings, partial(deploy_management, settings), [GRPC_SERVICER_FUNCTION],
-                        progress=_say, trouble=_complain)
+                        progress=_say, trouble=_complain, block=args.block)
     _print_banner(settings, time.monotonic() - started)
     if args.block:
         local_cluster.wait_for_signal()
@@ -177,6 +178,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except SettingsError as exc:
         print(f"modelpool: bad setting: {exc}", file=sys.stderr)
         return 2
+    except PidfileError as exc:  # a cluster still holds the pidfile: the message says which and what to do
+        print(f"modelpool: {exc}", file=sys.stderr)
+        return 1
     except Exception as exc:  # noqa: BLE001 - a CLI reports, it does not dump tracebacks
         from modelpool.deployments.errors import RequestError
 

@@ -56,6 +56,8 @@ class JobRecord(BaseModel):
     input_ready_at: Optional[float] = None
     first_part_at: Optional[float] = None
     finished_at: Optional[float] = None
+    # the submitting request's W3C trace context (--tracing): each partition's span joins that trace
+    traceparent: Optional[str] = None
 
     def to_json(self) -> dict[str, Any]:
         """job.json's content (camelCase keys), also what a scoring worker is handed."""

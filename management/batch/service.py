@@ -7,6 +7,7 @@ the answers survive restarts of the management replica, the scheduler, or the wh
 from __future__ import annotations
 
 import hashlib
+import re
 import threading
 import time
 import uuid
@@ -38,6 +39,10 @@ def _request_key(idempotency_key: str) -> str:
     return f"batch-requests/{hashlib.sha256(idempotency_key.encode()).hexdigest()[:32]}"
 
 
+#: W3C trace context's ``traceparent`` (version 00): the only shape a job keeps to hand its partitions
+TRACEPARENT = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
+
+
 class BatchService:
     def __init__(self, settings: Settings, store: ObjectStore, registry: Registry) -> None:
         self.settings = settings
@@ -48,7 +53,7 @@ class BatchService:
         self._key_locks = [threading.Lock() for _ in range(KEY_LOCK_STRIPES)]
 
     # ------------------------------------------------------------------ submit
-    def submit(self, body: Any, idempotency_key: Optional[str] = None) -> dict:
+    def submit(self, body: Any, idempotency_key: Optional[str] = None, traceparent: Optional[str] = None) -> dict:
         """Accept a job; with an ``Idempotency-Key`` already used, answer with that job instead of a second one.
 
         A submit whose answer is lost (a dropped connection, a management replica killed after the
@@ -56,13 +61,13 @@ class BatchService:
         """
         check_idempotency_key(idempotency_key)
         if idempotency_key is None:
-            return self._submit(body)
+            return self._submit(body, traceparent)
         request_key = _request_key(idempotency_key)
         with self._key_locks[int(request_key[-8:], 16) % KEY_LOCK_STRIPES]:
             earlier = self._accepted_with(request_key)
             if earlier is not None:
                 return {"executionId": earlier, "state": self._job(earlier).state}
-            answer = self._submit(body)
+            answer = self._submit(body, traceparent)
             self.store.write_bytes(request_key, answer["executionId"].encode())
             return answer
 
@@ -72,7 +77,7 @@ class BatchService:
         except ObjectNotFound:
             return None
 
-    def _submit(self, body: Any) -> dict:
+    def _submit(self, body: Any, traceparent: Optional[str] = None) -> dict:
         params = BatchParams.parse(body)
         graph = self.registry.get_graph(params.service) if params.version is None else None
         record = None if graph is not None else self._service(params.service, params.version)
@@ -87,6 +92,8 @@ class BatchService:
                             source=record.source, digest=record.digest, handler=record.handler,
                             model_inputs=record.manifest.get("inputs", []), parallel_count=params.parallel_count,
                             state="Pending", created_at=now, updated_at=now)
+        if traceparent is not None and TRACEPARENT.fullmatch(traceparent):  # W3C: an invalid one is ignored
+            job = job.changed(traceparent=traceparent)
         if params.records is not None:
             table = inputs.records_to_table(params.records)
             rows = inputs.partition_rows_for(table.num_rows, params.parallel_count)

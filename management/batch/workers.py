@@ -20,6 +20,7 @@ from typing import Any, Optional
 import ray
 from ray.exceptions import ActorUnschedulableError, RayActorError, RayError
 
+from modelpool.deployments import tracing
 from modelpool.deployments.metrics import record_batch_rows
 from modelpool.management.batch.jobs import input_location, open_job_store
 
@@ -46,6 +47,7 @@ class BatchWorker:
         self._scoring = scoring
         self._model_cache = model_cache
         record_batch_rows("", "", 0, 0)  # counts nothing; creates this process's metrics now, not after a first partition
+        tracing.configure()  # --tracing: each partition is a span of the job's trace
 
     def node_id(self) -> str:
         return ray.get_runtime_context().get_node_id()
@@ -57,8 +59,14 @@ class BatchWorker:
 
     def score(self, store_config: dict, execution_id: str, partition: int, job: dict, cache_dir: str) -> dict:
         store = open_job_store(store_config)
-        result = self._scoring.score_partition(store, execution_id, partition, job, Path(cache_dir),
-                                               locate=lambda uri: input_location(store_config, store, uri))
+        with tracing.root_span(f"batch job {execution_id} partition {partition}", job.get("traceparent"), {
+                "modelpool.batch.execution_id": execution_id, "modelpool.batch.partition": partition,
+                "modelpool.model": job.get("service", ""), "modelpool.version": job.get("version", "")}) as span:
+            result = self._scoring.score_partition(store, execution_id, partition, job, Path(cache_dir),
+                                                   locate=lambda uri: input_location(store_config, store, uri))
+            if span is not None:
+                span.set_attributes({"modelpool.batch.rows": result["rows"], "modelpool.batch.completed": result["completed"],
+                                     "modelpool.batch.failed": result["failed"]})
         record_batch_rows(job.get("service", ""), job.get("version", ""), result["completed"], result["failed"])
         return result
 

@@ -14,12 +14,14 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import pytest
 import requests
 
 from modelpool.cluster.net import free_port
 from tests.cluster_home import ManagementAccess
+from tests.otlp_receiver import OtlpReceiver
 from tests.s3server import S3_ENV
 
 pytestmark = pytest.mark.integration
@@ -35,13 +37,22 @@ class RunningCluster(ManagementAccess):
     env: dict
     metrics_url: str = ""
     grpc_target: str = ""
+    traces: Optional[OtlpReceiver] = None  # the OTLP receiver the cluster's spans go to (it runs with --tracing)
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         return subprocess.run([*MODELPOOL, *args], env=self.env, capture_output=True, text=True, check=check, timeout=300)
 
 
 @pytest.fixture(scope="package")
-def cluster(tmp_path_factory) -> RunningCluster:
+def traces() -> OtlpReceiver:
+    """A real OTLP/HTTP receiver, up before the cluster and down after it: the package's cluster traces every
+    request to it (--tracing at ratio 1), so the tracing tests read what a collector would get."""
+    with OtlpReceiver() as receiver:
+        yield receiver
+
+
+@pytest.fixture(scope="package")
+def cluster(tmp_path_factory, traces) -> RunningCluster:
     home = tmp_path_factory.mktemp("modelpool-home")
     http_port, ray_port, metrics_port = free_port(), free_port(), free_port()
     grpc_port, grpc_ingress_port, serve_http_port = free_port(), free_port(), free_port()
@@ -56,6 +67,9 @@ def cluster(tmp_path_factory) -> RunningCluster:
         "MODELPOOL_GRPC_PORT": str(grpc_port),
         "MODELPOOL_GRPC_INGRESS_PORT": str(grpc_ingress_port),
         "MODELPOOL_SERVE_HTTP_PORT": str(serve_http_port),
+        "MODELPOOL_TRACING": "true",
+        "MODELPOOL_OTLP_ENDPOINT": traces.endpoint,
+        "MODELPOOL_TRACE_SAMPLE_RATIO": "1",
         "RAY_metrics_report_interval_ms": "1000",  # Ray exports metrics every 10 s by default: too slow to wait for
         # A stopping replica stays reachable this long so load balancers can drop it (Serve's default: 30 s). Here
         # the only one is Serve's own HAProxy, which drops it within a second or two of the reload (and retries a
@@ -68,7 +82,7 @@ def cluster(tmp_path_factory) -> RunningCluster:
     started = subprocess.run([*MODELPOOL, "start"], env=env, capture_output=True, text=True, timeout=400)
     running = RunningCluster(url=f"http://127.0.0.1:{http_port}", home=home, address=f"127.0.0.1:{ray_port}", env=env,
                              metrics_url=f"http://127.0.0.1:{metrics_port}/metrics",
-                             grpc_target=f"127.0.0.1:{grpc_port}")
+                             grpc_target=f"127.0.0.1:{grpc_port}", traces=traces)
     if started.returncode != 0:
         running.cli("stop", check=False)
         pytest.fail(f"modelpool start failed:\n{started.stdout}\n{started.stderr}")

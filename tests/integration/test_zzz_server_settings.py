@@ -11,6 +11,7 @@ import concurrent.futures
 import socket
 import time
 import uuid
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
@@ -28,7 +29,7 @@ CSV = b"sepal_length,sepal_width,petal_length,petal_width\n5.1,3.5,1.4,0.2\n6.7,
 INFERENCE_TOKEN = f"inference-{uuid.uuid4().hex}"
 TURNED = ["--keep-alive-s", "1", "--no-access-log", "--single-threaded", "--debug", "--payload-passthrough",
           "--max-requests", "25", "--max-requests-jitter", "5", "--inference-token", INFERENCE_TOKEN,
-          "--body-timeout-s", "2"]
+          "--body-timeout-s", "2", "--metrics-path", "/custom-metrics"]  # and --pidfile (pidfile_of: a per-run path)
 AUTHORIZATION = f"Authorization: Bearer {INFERENCE_TOKEN}"
 # A handler whose error names a file in its own (server-side) directory.
 WEIGHTLESS_HANDLER = """
@@ -37,6 +38,11 @@ from pathlib import Path
 def predict(data):
     return Path(__file__).with_name("weights.bin").read_bytes()
 """
+
+
+def pidfile_of(cluster) -> Path:
+    """The restart's --pidfile: beside the cluster's home, in a folder of pytest's that it removes."""
+    return cluster.home.parent / f"{cluster.home.name}.pid"
 
 
 @pytest.fixture()
@@ -134,7 +140,7 @@ def test_restart_with_every_setting_turned_restores_models_defaults_and_pools(cl
     if ray.is_initialized():
         ray.shutdown()
     assert cluster.cli("stop", check=False).returncode == 0
-    started = cluster.cli("start", *TURNED, check=False)
+    started = cluster.cli("start", *TURNED, "--pidfile", str(pidfile_of(cluster)), check=False)
     assert started.returncode == 0, started.stdout + started.stderr
     from ray.serve.context import _set_global_client
 
@@ -209,6 +215,32 @@ def test_health_routes_stay_open_with_an_inference_token(cluster, turned):
     with requests.Session() as anonymous:
         for path in ("/v2/health/live", "/v2/health/ready", "/v2"):
             assert anonymous.get(cluster.url + path).status_code == 200, path
+
+
+def test_the_metrics_path_moves_and_takes_the_inference_token(cluster, http, turned):
+    """--metrics-path /custom-metrics; with --inference-token set, scrapes need a token like model calls."""
+    scraped = http.get(f"{cluster.url}/custom-metrics")
+    assert scraped.status_code == 200 and "ray_modelpool_requests_total" in scraped.text
+    assert scraped.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+    with requests.Session() as anonymous:
+        refused = anonymous.get(f"{cluster.url}/custom-metrics")
+        assert refused.status_code == 401 and "ray_modelpool" not in refused.text
+        assert anonymous.get(f"{cluster.url}/metrics").status_code == 404, "the default path is free again"
+
+
+def test_the_pidfile_names_the_running_gcs_server(cluster, turned):
+    import os
+    import stat
+
+    import psutil
+
+    path = pidfile_of(cluster)
+    pid = int(path.read_text())
+    assert psutil.Process(pid).name() == "gcs_server", "without --block: the Ray head's GCS server"
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o644
+    again = cluster.cli("start", "--pidfile", str(path), check=False)
+    assert again.returncode == 1 and again.stderr.strip() == again.stderr.strip().splitlines()[0]
+    assert f"{path} names process {pid}, which is running" in again.stderr
 
 
 def test_a_trickling_body_gets_408_while_other_requests_are_answered(cluster, http, turned):
@@ -299,3 +331,15 @@ def test_max_requests_recycles_the_replica(cluster, http, turned):
     first = next(iter(served_by.values()))
     assert first >= 25, f"recycled after {first} requests, before its budget of 25..30"
     assert statuses <= {200, 502, 503}, f"only the swap may refuse requests: {statuses}"
+
+
+def test_stop_removes_the_pidfile(cluster, turned):
+    """Last (it stops the package's cluster; the fixture's own stop then finds nothing to do). `stop` is not
+    given --pidfile: the cluster state recorded it."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    assert pidfile_of(cluster).exists()
+    assert cluster.cli("stop", check=False).returncode == 0
+    assert not pidfile_of(cluster).exists()

@@ -210,3 +210,41 @@ def test_feedback_reaches_the_routers_an_answer_names_and_refuses_others():
         with pytest.raises(RequestError) as refused:
             asyncio.run(executor.feedback(routing, 1.0, None, None))
         assert refused.value.field == field
+
+
+def test_with_tracing_every_node_is_a_span_nested_as_the_graph_and_a_failing_node_is_marked():
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from modelpool.deployments import tracing
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing.enable_for_tests(provider.get_tracer("test"), 1.0)
+    try:
+        tree = rolenode("prep", "TRANSFORMER", model("m", "iris"))
+
+        async def traced(executor):
+            ingress = tracing.start_ingress("POST /v2/models/g/infer", [], {})
+            try:
+                return await executor.run(ROWS, {})
+            finally:
+                ingress.end(200)
+
+        asyncio.run(traced(GraphExecutor("g", tree, {"prep": role(Doubler(), "TRANSFORMER")}, Models({"iris": 1}))))
+        spans = {s.name: s for s in exporter.get_finished_spans()}
+        assert set(spans) == {"POST /v2/models/g/infer", "graph g node prep", "graph g node m"}
+        assert spans["graph g node prep"].parent.span_id == spans["POST /v2/models/g/infer"].context.span_id
+        assert spans["graph g node m"].parent.span_id == spans["graph g node prep"].context.span_id
+        assert spans["graph g node m"].attributes["modelpool.graph.kind"] == "model"
+        exporter.clear()
+        broken = GraphExecutor("g", tree, {"prep": role(Doubler(), "TRANSFORMER")}, Models({"iris": 1}, fail={"iris"}))
+        with pytest.raises(RequestError):
+            asyncio.run(traced(broken))
+        failed = {s.name: s for s in exporter.get_finished_spans()}["graph g node m"]
+        assert failed.attributes["http.response.status_code"] == 422
+        assert failed.status.status_code.name == "UNSET", "a refusal passed through is not the graph's fault"
+    finally:
+        tracing.disable()

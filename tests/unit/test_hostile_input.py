@@ -90,7 +90,7 @@ class FakeBatches:
     def __init__(self) -> None:
         self.calls: list[str] = []
 
-    def submit(self, body: Any, idempotency_key: Optional[str] = None) -> dict:
+    def submit(self, body: Any, idempotency_key: Optional[str] = None, traceparent: Optional[str] = None) -> dict:
         self.calls.append("submit")
         return {"executionId": EXECUTION_ID, "state": "Pending"}
 
