@@ -107,9 +107,10 @@ class GraphExecutor:
                     traffic: str) -> Message:
         started = time.perf_counter()
         status = 200
-        with tracing.span(f"graph {self.graph} node {node.name}", {
-                "modelpool.graph": self.graph, "modelpool.graph.node": node.name, "modelpool.graph.kind": node.kind,
-                "modelpool.graph.traffic": traffic}) as traced:
+        scope = tracing.span(f"graph {self.graph} node {node.name}", {
+            "modelpool.graph": self.graph, "modelpool.graph.node": node.name, "modelpool.graph.kind": node.kind,
+            "modelpool.graph.traffic": traffic}) if tracing.active() else tracing.NO_SCOPE
+        with scope as traced:
             try:
                 return await self._run_node(node, message, headers, trace, traffic)
             except RequestError as exc:

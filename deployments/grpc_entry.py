@@ -53,7 +53,9 @@ async def model_infer(model, message: pb.ModelInferRequest, context: Any) -> pb.
     """Decode, batch with every other request of the model (REST ones too), encode; count it in the metrics."""
     started = time.perf_counter()
     status = 200
-    with tracing.span(f"model {model.name}:{model.version} infer", span_attributes(model, GRPC_ROUTE)) as traced:
+    scope = tracing.span(f"model {model.name}:{model.version} infer",
+                         span_attributes(model, GRPC_ROUTE)) if tracing.active() else tracing.NO_SCOPE
+    with scope as traced:
         try:
             async def decode() -> InferenceRequest:
                 return v2_grpc.decode(message)

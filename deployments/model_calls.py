@@ -84,7 +84,10 @@ async def answer_model_call(model, call: ModelCall, read: Callable[[], Awaitable
                             versions: list[str], headers: dict, request_headers: Mapping[str, str]) -> Response:
     """Run one call on a loaded model, turn the outcome into a response and count it in the metrics."""
     started = time.perf_counter()
-    with tracing.span(f"model {model.name}:{model.version} {call.action}", span_attributes(model, call.action)) as traced:
+    # the span's name and attributes are built only while tracing: this is every request's path
+    scope = tracing.span(f"model {model.name}:{model.version} {call.action}",
+                         span_attributes(model, call.action)) if tracing.active() else tracing.NO_SCOPE
+    with scope as traced:
         try:
             response = await deadlines.within(model.response_timeout_s,
                                               _answer(model, call, read, versions, headers, request_headers))

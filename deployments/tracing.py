@@ -130,7 +130,8 @@ class _NoScope:
         return None
 
 
-_NO_SCOPE = _NoScope()
+NO_SCOPE = _NoScope()  # what ``span`` gives when nothing is traced; callers on the request path use it directly
+_NO_SCOPE = NO_SCOPE
 
 
 class _SpanScope:

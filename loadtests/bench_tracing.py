@@ -276,7 +276,7 @@ def status_page(cluster: BenchCluster, errors: list[str]) -> Iterator[object]:
     own fetches (``STATE_FETCHES_JS``)."""
     from playwright.sync_api import sync_playwright
 
-    from tests.browser import CHROMIUM, CHROMIUM_ARGS, _chromium_processes
+    from tests.browser import CHROMIUM, CHROMIUM_ARGS, kill_leftover_chromium
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
@@ -291,11 +291,9 @@ def status_page(cluster: BenchCluster, errors: list[str]) -> Iterator[object]:
             yield page
         finally:
             browser.close()
-    left = _chromium_processes()
-    for process in left:
-        process.kill()
+    left = kill_leftover_chromium()
     if left:
-        raise RuntimeError(f"chromium processes outlived the browser: {[p.pid for p in left]}")
+        raise RuntimeError(f"chromium processes outlived the browser: {left}")
 
 
 def client_cpu_s() -> float:

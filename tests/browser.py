@@ -66,10 +66,16 @@ def browser_fixture() -> Iterator:
             yield launched
         finally:
             launched.close()
+    left = kill_leftover_chromium()
+    assert not left, f"chromium processes outlived the browser: {left}"
+
+
+def kill_leftover_chromium() -> list[int]:
+    """Kill chromium processes that outlived their browser; their PIDs (none: the browser closed cleanly)."""
     left = _chromium_processes()
     for process in left:
         process.kill()
-    assert not left, f"chromium processes outlived the browser: {[p.pid for p in left]}"
+    return [process.pid for process in left]
 
 
 @pytest.fixture(name="page")
