@@ -26,7 +26,7 @@ status:
 
 test: install ## install with the test extras, then run the whole suite (unit + real local Ray + ray up over SSH)
 	bash tests/ensure_system_packages.sh
-	$(BIN)/pytest -q
+	$(BIN)/python -m tests.run_suite
 
 unit: install
 	$(BIN)/pytest -q tests/unit

@@ -9,6 +9,9 @@ import socket
 #: Ports handed out by this process: two calls never return the same one.
 _HANDED_OUT: set[int] = set()
 _LOW_PORT = 20000
+#: (index, count): this process hands out ports only from its own slice of the range, so processes that pick ports
+#: side by side (the test suite's parallel workers, tests/conftest.py) never choose the same one.
+PORT_SHARD: tuple[int, int] = (0, 1)
 
 
 def ephemeral_range(path: str = "/proc/sys/net/ipv4/ip_local_port_range") -> tuple[int, int]:
@@ -28,9 +31,9 @@ def free_port(host: str = "127.0.0.1") -> int:
     kernel; a start then failed with "Address already in use" (seen once in a full test run). The kernel never
     picks a port below its ephemeral range on its own, so a free one there stays free for whoever was told it.
     """
-    low, _ = ephemeral_range()
+    low, high = _shard_range(_LOW_PORT, ephemeral_range()[0])
     for _ in range(200):
-        port = random.randrange(_LOW_PORT, low) if low > _LOW_PORT + 100 else 0
+        port = random.randrange(low, high) if high > low + 100 else 0
         if port in _HANDED_OUT:
             continue
         with socket.socket() as sock:
@@ -41,7 +44,14 @@ def free_port(host: str = "127.0.0.1") -> int:
             chosen = sock.getsockname()[1]
         _HANDED_OUT.add(chosen)
         return chosen
-    raise OSError(f"no free port between {_LOW_PORT} and {low} on {host}")
+    raise OSError(f"no free port between {low} and {high} on {host}")
+
+
+def _shard_range(low: int, high: int) -> tuple[int, int]:
+    """This process's slice (``PORT_SHARD``) of the ports from ``low`` up to ``high``."""
+    index, count = PORT_SHARD
+    width = (high - low) // max(count, 1)
+    return low + index * width, low + (index + 1) * width
 
 
 def is_loopback_host(host: str) -> bool:

@@ -1,4 +1,8 @@
-"""Fixtures shared by unit and integration tests: a real S3-compatible server on 127.0.0.1."""
+"""Fixtures shared by unit and integration tests: a real S3-compatible server on 127.0.0.1.
+
+``make test`` runs the unit tests in a pytest process of their own beside the cluster tests (tests/run_suite.py);
+each process picks free ports from its own slice of the range, named by ``MODELPOOL_TEST_PORT_SHARD`` ("k/n").
+"""
 from __future__ import annotations
 
 import os
@@ -6,7 +10,16 @@ from typing import Iterator
 
 import pytest
 
+from modelpool.cluster import net
 from tests.s3server import S3Server, running_s3_server
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """This process's slice of the free ports, when the suite runs in parallel processes."""
+    shard = os.environ.get("MODELPOOL_TEST_PORT_SHARD", "")
+    if shard:
+        index, count = (int(part) for part in shard.split("/"))
+        net.PORT_SHARD = (index, count)
 
 
 @pytest.fixture(scope="session")

@@ -81,3 +81,16 @@ def test_free_ports_are_outside_the_kernels_ephemeral_range_and_never_repeat():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", ports[-1]))  # and free when handed out
     assert ephemeral_range("/nonexistent") == (49152, 65535)
+
+
+def test_parallel_test_workers_hand_out_ports_from_disjoint_slices(monkeypatch):
+    """Two processes picking ports side by side (the suite's two workers) never choose the same one."""
+    from modelpool.cluster import net
+
+    picked = {}
+    for index in (0, 1):
+        monkeypatch.setattr(net, "PORT_SHARD", (index, 2))
+        picked[index] = {net.free_port() for _ in range(40)}
+    low, _ = net.ephemeral_range()
+    middle = 20000 + (low - 20000) // 2
+    assert all(port < middle for port in picked[0]) and all(port >= middle for port in picked[1])
