@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install start stop status test unit bench bench-graph bench-tracing loadtest clean
+.PHONY: install start stop status test unit bench bench-graph bench-tracing bench-overload loadtest clean
 
 $(BIN)/.installed: pyproject.toml cluster/version.py  # the version is read from cluster/version.py at install
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,10 @@ bench-graph: install ## graph benchmark: transformer -> iris -> transformer agai
 bench-tracing: install ## tracing off vs the build without it, tracing at 1% vs off, the status page open vs not; c=64 (needs wrk, chromium; ~20 min)
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python -m loadtests.bench_tracing
+
+bench-overload: install ## overload: 4x the saturating concurrency against saturation, refusals, recovery (needs wrk; ~6 min)
+	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	$(BIN)/python -m loadtests.bench_overload
 
 loadtest: install ## locust load test (inference, management, batch) on a throwaway local cluster; reports under results/
 	$(BIN)/python -m loadtests.run_load_test

@@ -29,6 +29,9 @@ DEFAULT_REPLICA_NUM_CPUS = 0.25
 DEFAULT_MAX_BATCH_SIZE = 64
 DEFAULT_MAX_BATCH_DELAY_MS = 5.0
 DEFAULT_TARGET_ONGOING_REQUESTS = 32.0
+#: Requests that may wait for a model replica beyond the ones it runs; past them a call gets 429 with Retry-After at
+#: once (load shedding). TorchServe's job_queue_size default; -1 is no limit (Serve's default), 0 lets none wait.
+DEFAULT_MAX_QUEUED_REQUESTS = 100
 DEFAULT_UPSCALE_DELAY_S = 5.0
 DEFAULT_DOWNSCALE_DELAY_S = 30.0
 DEFAULT_POOL_MODELS_PER_REPLICA = 8

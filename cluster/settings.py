@@ -17,8 +17,9 @@ from modelpool.cluster import paths
 # the shared defaults, re-exported: every layer imports them from here or from modelpool.cluster.defaults
 from modelpool.cluster.defaults import (  # noqa: F401
     DEFAULT_BODY_TIMEOUT_S, DEFAULT_DOWNSCALE_DELAY_S, DEFAULT_HTTP_HOST, DEFAULT_HTTP_PORT, DEFAULT_HTTP_URL,
-    DEFAULT_MAX_BATCH_DELAY_MS, DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_WORKERS,
-    DEFAULT_POOL_MAX_REPLICAS, DEFAULT_POOL_MIN_REPLICAS, DEFAULT_POOL_MODELS_PER_REPLICA, DEFAULT_REPLICA_NUM_CPUS,
+    DEFAULT_MAX_BATCH_DELAY_MS, DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_QUEUED_REQUESTS,
+    DEFAULT_MAX_WORKERS, DEFAULT_POOL_MAX_REPLICAS, DEFAULT_POOL_MIN_REPLICAS, DEFAULT_POOL_MODELS_PER_REPLICA,
+    DEFAULT_REPLICA_NUM_CPUS,
     DEFAULT_RESPONSE_TIMEOUT_S, DEFAULT_STARTUP_TIMEOUT_S, DEFAULT_TARGET_ONGOING_REQUESTS, DEFAULT_THREADS,
     DEFAULT_UPSCALE_DELAY_S, DEFAULT_WORKERS, ENV_PREFIX,
 )
@@ -79,6 +80,7 @@ class Settings(BaseModel):
     workers: int = Field(DEFAULT_WORKERS, ge=0, le=1024, description="Initial replicas per model version.")
     max_workers: int = Field(DEFAULT_MAX_WORKERS, ge=1, le=1024, description="Upper bound of autoscaling per model version.")
     threads: int = Field(DEFAULT_THREADS, ge=1, le=100_000, description="Max ongoing requests per replica; must cover the batch size or the batcher starves.")
+    max_queued_requests: int = Field(DEFAULT_MAX_QUEUED_REQUESTS, ge=-1, le=1_000_000, description="Requests that may wait at a model replica beyond the --threads it runs; past them a call gets 429 with Retry-After at once (load shedding; TorchServe's job_queue_size). -1: no limit, 0: none wait; register and scale set it per version.")
     max_batch_size: int = Field(DEFAULT_MAX_BATCH_SIZE, ge=1, le=100_000, description="Largest batch the handler is given.")
     max_batch_delay_ms: float = Field(DEFAULT_MAX_BATCH_DELAY_MS, ge=0, le=60_000, description="Longest a request waits for others to join its batch, only while more are arriving.")
     target_ongoing_requests: float = Field(DEFAULT_TARGET_ONGOING_REQUESTS, gt=0, description="Autoscaling target of ongoing requests per replica.")

@@ -28,8 +28,9 @@ class AnnouncedPort:
     port must serve there too: the model's batcher lives on that loop); a no-op without one (unit
     tests). ``open`` may be called from any thread (Serve may run ``reconfigure`` in a pool)."""
 
-    def __init__(self, methods: Mapping[str, GrpcMethod], headers: Mapping[str, str] = (), rest: Any = None) -> None:
-        self.port = ReplicaPort(methods, headers, rest)
+    def __init__(self, methods: Mapping[str, GrpcMethod], headers: Mapping[str, str] = (), rest: Any = None,
+                 admission: Any = None) -> None:
+        self.port = ReplicaPort(methods, headers, rest, admission)
         self._task: Optional[asyncio.Task] = None
         self._registered = False
         self._opened = False

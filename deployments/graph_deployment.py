@@ -32,6 +32,7 @@ from modelpool.deployments.graph_runtime import GraphExecutor, Message, NodeAnsw
 from modelpool.deployments.codecs import v2_json
 from modelpool.deployments.http_io import json_response, read_body, request_headers, sub_path
 from modelpool.deployments.loaded_model import LoadedModel
+from modelpool.deployments.admission import refusal_message
 from modelpool.deployments.metrics import GraphMetrics, ModelMetrics
 from modelpool.deployments.model_calls import parse_model_call
 from modelpool.deployments.node_ports import NodePorts
@@ -140,6 +141,12 @@ class GraphServer(ReplicaBase):
 
     def _loaded_models(self) -> tuple:
         return (self.model,)
+
+    def _refusal_message(self, max_ongoing: int, max_queued: int) -> str:
+        return refusal_message(self.name, "graph", max_ongoing, max_queued)
+
+    def _shed(self, route: str) -> None:
+        self.model.metrics.shed(route)  # the graph's own model metrics (version "graph"), as its requests count
 
     # --- where calls go ---------------------------------------------------------------------------
 

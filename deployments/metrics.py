@@ -23,6 +23,9 @@ FLUSH_EVERY_S = 1.0
 LATENCY_BOUNDARIES_MS = [0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000]
 BATCH_SIZE_BOUNDARIES = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
 
+#: where a shed call counts in modelpool_requests_total: route "shed" (it never reached a route), status 429
+SHED_KEY = ("shed", 429)
+
 _metrics: Optional[dict] = None
 
 
@@ -70,6 +73,12 @@ def _registry() -> Optional[dict]:
         "node_latency": metrics.Histogram(
             "modelpool_graph_node_latency_ms", "Time a graph node took, its children included, in ms.",
             boundaries=LATENCY_BOUNDARIES_MS, tag_keys=("graph", "node", "traffic")),
+        "shed": metrics.Counter(
+            "modelpool_shed_requests_total",
+            "Requests a replica's port refused at once because its queue was full (429, or RESOURCE_EXHAUSTED "
+            "over gRPC), by model, version and protocol (rest or grpc); they count in modelpool_requests_total "
+            "too, as route \"shed\", status 429.",
+            tag_keys=("model", "version", "protocol")),
         "batch_rows": metrics.Counter(
             "modelpool_batch_rows_total", "Rows of batch-scoring jobs, by outcome (scored or failed).",
             tag_keys=("model", "version", "outcome")),
@@ -98,6 +107,7 @@ class ModelMetrics:
         self._batch_wait_ms = 0.0
         self._most_waiting: Optional[int] = None
         self._errors: list[dict] = []
+        self._shed: dict[str, int] = {}
         self._report = VersionReport(model, version, replica)
         if self._registry is not None:
             _flusher().add(self)
@@ -112,6 +122,14 @@ class ModelMetrics:
             if latencies is None:
                 latencies = self._latencies[route] = []
             latencies.append(latency_ms)
+
+    def shed(self, protocol: str) -> None:
+        """One call refused by the port's load shedding (``protocol``: rest or grpc): no latency, it took none."""
+        if self._registry is None:
+            return
+        with self._lock:
+            self._shed[protocol] = self._shed.get(protocol, 0) + 1
+            self._requests[SHED_KEY] = self._requests.get(SHED_KEY, 0) + 1
 
     def error(self, status: int, body: bytes) -> None:
         """An answer of ``status`` >= 400 and its body, for the status page's recent errors. A 404 is not listed
@@ -145,6 +163,7 @@ class ModelMetrics:
             wait_ms, self._batch_wait_ms = self._batch_wait_ms, 0.0
             most_waiting, self._most_waiting = self._most_waiting, None
             errors, self._errors = self._errors, []
+            shed, self._shed = self._shed, {}
         summary = self._report.summary(requests, latencies, errors)
         registry = self._registry
         for (route, status), count in requests.items():
@@ -156,6 +175,8 @@ class ModelMetrics:
         for size, count in sizes.items():
             for _ in range(count):
                 registry["batch_size"].observe(size, self._model_tags)
+        for protocol, count in shed.items():
+            registry["shed"].inc(count, {**self._model_tags, "protocol": protocol})
         if batched:  # Ray's counters refuse 0
             registry["batched"].inc(batched, self._model_tags)
         if wait_ms > 0:

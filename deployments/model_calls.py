@@ -189,8 +189,8 @@ def protocol_error(protocol: str, exc: RequestError, headers: dict, debug: bool 
 
 
 def protocol_answer(protocol: str, status: int, error: dict, headers: dict) -> ProtocolAnswer:
-    """modelpool's ``{"error", "field"}`` reshaped by the codec; a 503 says when to retry."""
+    """modelpool's ``{"error", "field"}`` reshaped by the codec; a 503 or 429 says when to retry."""
     headers = {**headers, "content-type": JSON}
-    if status == 503:
+    if status in (429, 503):
         headers["Retry-After"] = RETRY_AFTER_S
     return status, PROTOCOLS[protocol].error_body(status, error), headers

@@ -19,6 +19,7 @@ from starlette.responses import Response
 
 from modelpool.cluster.settings import DEFAULT_MAX_BODY_BYTES
 from modelpool.deployments import grpc_entry
+from modelpool.deployments.admission import refusal_message
 from modelpool.deployments.app_names import GENERIC_POOL_APP, GENERIC_POOL_DEPLOYMENT, GENERIC_POOL_ROUTE
 from modelpool.deployments.errors import RequestError
 from modelpool.deployments.http_io import codec_headers, read_body, request_headers, sub_path
@@ -64,6 +65,12 @@ class ModelServer(ReplicaBase):
 
     def _loaded_models(self) -> tuple[LoadedModel, ...]:
         return (self.model,)
+
+    def _refusal_message(self, max_ongoing: int, max_queued: int) -> str:
+        return refusal_message(self.name, self.version, max_ongoing, max_queued)
+
+    def _shed(self, route: str) -> None:
+        self.model.metrics.shed(route)
 
     async def _http_target(self, request: Request) -> Response | HttpTarget:
         call = parse_model_call(sub_path(request), request.method)

@@ -27,7 +27,7 @@ from typing import Any, Mapping
 
 from ray import serve
 from ray.exceptions import RayActorError
-from ray.serve.exceptions import RayServeException
+from ray.serve.exceptions import BackPressureError, RayServeException
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -114,6 +114,11 @@ class ProtocolFront:
             raise RequestError(f"model '{call.name}' is not ready: no replica answered within {timeout_s:g} s "
                                "(its replicas may be starting or loading it); retry", status=503,
                                field="model_name") from None
+        except BackPressureError as exc:  # Serve's router found the model's queue full (max_queued_requests)
+            return protocol_answer(self.protocol, 429, {
+                "error": f"model '{call.name}' is at its limit: {exc.args[1]} requests already wait for its replicas "
+                         "(max_queued_requests); retry after the Retry-After seconds, or add workers (scale "
+                         "max_worker) or raise max_queued_requests", "field": "max_queued_requests"}, {})
         except (RayServeException, RayActorError) as exc:  # the app went away or its replica died under the call
             logger.warning("%s call for %s went to %s and failed: %r", self.protocol, call.name, target.app, exc)
             raise RequestError(f"the replicas of model '{call.name}' are being replaced or its routes updated; retry",

@@ -28,7 +28,9 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import Response
 
+from modelpool.cluster.defaults import DEFAULT_MAX_QUEUED_REQUESTS, DEFAULT_THREADS
 from modelpool.deployments import dataplane, deadlines, grpc_entry, tracing
+from modelpool.deployments.admission import Admission, Refusal
 from modelpool.deployments.announced_port import AnnouncedPort
 from modelpool.deployments.app_names import REPLICA_HEADER
 from modelpool.deployments.archive import unpack_archive
@@ -79,6 +81,8 @@ class ReplicaBase:
         self._headers = {REPLICA_HEADER: self.replica_id, **dict(headers)}
         self.options = ServingOptions()
         self.budget = RequestBudget()
+        # the port's load shedding (Serve's router does it on Serve's path): limits from user_config
+        self.admission = Admission(DEFAULT_THREADS, DEFAULT_MAX_QUEUED_REQUESTS, on_refuse=self._shed)
         tracing.configure()  # --tracing: this replica's spans go where the cluster's do
         start_log_flusher()
 
@@ -103,6 +107,13 @@ class ReplicaBase:
         """The models whose handler calls the health check watches."""
         return ()
 
+    def _refusal_message(self, max_ongoing: int, max_queued: int) -> str:
+        """What a call refused by the port's load shedding reads (``admission``)."""
+        return f"this replica is at its limit: {max_ongoing} requests running, {max_queued} waiting; retry later"
+
+    def _shed(self, route: str) -> None:
+        """One call refused by the port's load shedding (``route``: "rest" or "grpc"), for the metrics."""
+
     # --- Serve's hooks ---------------------------------------------------------------------
 
     def reconfigure(self, user_config: dict) -> None:
@@ -110,6 +121,10 @@ class ReplicaBase:
         self.options, self.max_body_bytes = ServingOptions.live(user_config, self.max_body_bytes)
         self.budget.configure(self.options)
         self._apply(user_config)
+        max_ongoing = int(user_config.get("max_ongoing_requests", self.admission.max_ongoing))
+        max_queued = int(user_config.get("max_queued_requests", self.admission.max_queued))
+        self.admission.configure(max_ongoing, max_queued, Refusal.of(
+            self._refusal_message(max_ongoing, max_queued), self._headers))
 
     def check_health(self) -> None:
         """Serve calls this periodically; failing it recycles the replica: once the request budget (--max-requests)
@@ -245,7 +260,7 @@ class ReplicaBase:
             "ModelMetadata": GrpcMethod(pb.ModelMetadataRequest, self.ModelMetadata),
         }, self._headers, rest=RestApp(self.__call__, root_path, protocols={
             codec.ROUTE_PREFIX: functools.partial(self.protocol_request, protocol)
-            for protocol, codec in PROTOCOLS.items()}))
+            for protocol, codec in PROTOCOLS.items()}, admission=self.admission), admission=self.admission)
 
     # --- loading -----------------------------------------------------------------------------
 

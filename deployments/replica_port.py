@@ -121,13 +121,19 @@ class InFlight:
             self.idle.set()
 
 
+#: the one gRPC call a full replica refuses (readiness and metadata are always answered)
+SHED_CALL = "/ModelInfer"
+
+
 class GrpcApp:
     """The ASGI app of the port: ``POST /inference.GRPCInferenceService/<Call>`` answered as gRPC."""
 
-    def __init__(self, methods: Mapping[str, GrpcMethod], headers: Mapping[str, str] = ()) -> None:
+    def __init__(self, methods: Mapping[str, GrpcMethod], headers: Mapping[str, str] = (),
+                 admission: Any = None) -> None:
         self.methods = dict(methods)
         self.headers = [(b"content-type", GRPC_CONTENT_TYPE)] + [(k.encode(), v.encode()) for k, v in dict(headers).items()]
         self.in_flight = InFlight()
+        self.admission = admission  # ``admission.Admission``, shared with the port's REST calls: ModelInfer is shed
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
@@ -135,10 +141,19 @@ class GrpcApp:
         traced = tracing.start_ingress(scope["path"].lstrip("/"), scope["headers"], {
             "rpc.system": "grpc", "rpc.service": SERVICE, "rpc.method": scope["path"].rpartition("/")[2],
         }) if tracing.active() else None
-        code, details = grpc.StatusCode.INTERNAL, "the call failed"
+        code, details, reply = grpc.StatusCode.INTERNAL, "the call failed", None
+        gate = self.admission if scope["path"].endswith(SHED_CALL) else None
         try:
             with self.in_flight:
-                code, details, reply = await self._answer(scope, receive)
+                if gate is not None and not await gate.enter():
+                    # Serve's gRPC path answers a full queue so too: a client may retry after backing off
+                    code, details = grpc.StatusCode.RESOURCE_EXHAUSTED, gate.refused("grpc").message
+                else:
+                    try:
+                        code, details, reply = await self._answer(scope, receive)
+                    finally:
+                        if gate is not None:
+                            gate.leave()
         finally:
             if traced is not None:
                 if traced.span.is_recording():
@@ -188,8 +203,9 @@ class ReplicaPort:
     ``headers`` go out as every call's initial metadata (the replica's id, as REST answers carry it).
     """
 
-    def __init__(self, methods: Mapping[str, GrpcMethod], headers: Mapping[str, str] = (), rest: Any = None) -> None:
-        self.app = GrpcApp(methods, headers)
+    def __init__(self, methods: Mapping[str, GrpcMethod], headers: Mapping[str, str] = (), rest: Any = None,
+                 admission: Any = None) -> None:
+        self.app = GrpcApp(methods, headers, admission)
         self.rest = rest
         self.address = ""
         self._server: Optional[uvicorn.Server] = None

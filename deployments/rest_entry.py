@@ -14,6 +14,9 @@ What Serve's path adds around a request, and its users see, is kept here:
   the same whichever path a request took) and an access-log line per call in Serve's format (``access_log``);
 - the count of calls in flight, which the replica reports to the autoscaler (``record_autoscaling_stats``)
   and drains before it stops;
+- the replica's load shedding (``admission``): an inference call (POST) past ``max_ongoing_requests`` waits, and
+  past ``max_queued_requests`` more is answered 429 with ``Retry-After`` before its body is read, as Serve's
+  router answers on its path;
 - with ``--tracing``, the request's server span (``tracing``: an incoming ``traceparent`` honoured) and its
   trace id in the access line.
 """
@@ -28,6 +31,7 @@ from starlette.responses import Response
 
 from modelpool.deployments import tracing
 from modelpool.deployments.access_log import ACCESS_LOG, AccessLog
+from modelpool.deployments.admission import Admission
 from modelpool.deployments.replica_port import InFlight
 
 REQUEST_ID_HEADER = "x-request-id"
@@ -67,7 +71,8 @@ class RestApp:
 
     def __init__(self, answer: Answer, root_path: str, app_name: str = "",
                  log_context: Callable[[str, str, str], None] = set_log_context,
-                 protocols: Optional[Mapping[str, Answer]] = None, access_log: AccessLog = ACCESS_LOG) -> None:
+                 protocols: Optional[Mapping[str, Answer]] = None, access_log: AccessLog = ACCESS_LOG,
+                 admission: Optional[Admission] = None) -> None:
         self.answer = answer
         self.root_path = root_path
         self.app_name = app_name
@@ -75,6 +80,7 @@ class RestApp:
         self.protocols = {prefix + "/": (prefix, answer) for prefix, answer in (protocols or {}).items()}
         self.in_flight = InFlight()
         self.access_log = access_log
+        self.admission = admission  # shared with the port's gRPC calls
 
     def _route(self, path: str) -> tuple[str, Answer]:
         for start, route in self.protocols.items():
@@ -94,12 +100,21 @@ class RestApp:
             "http.request.method": scope["method"], "url.path": scope["path"], "modelpool.request_id": request_id,
         }) if tracing.active() else None
         status = 500
+        gate = self.admission if scope["method"] == "POST" else None  # reads (ready, metadata) are never shed
         try:
-            with self.in_flight:
-                response = await answer(Request(scope, receive))
-                response.headers.append(REQUEST_ID_HEADER, request_id)
-                status = response.status_code
-                await response(scope, receive, send)
+            with self.in_flight:  # a waiting call counts too: the autoscaler must see the queue
+                if gate is not None and not await gate.enter():
+                    status = 429
+                    await _refuse(send, gate.refused("rest").headers, gate.refusal.body, request_id)
+                    return
+                try:
+                    response = await answer(Request(scope, receive))
+                    response.headers.append(REQUEST_ID_HEADER, request_id)
+                    status = response.status_code
+                    await response(scope, receive, send)
+                finally:
+                    if gate is not None:
+                        gate.leave()
         finally:
             trace_id = ""
             if traced is not None:
@@ -107,3 +122,10 @@ class RestApp:
                 traced.end(status)
             self.access_log.record(scope["method"], scope["path"], status, (time.perf_counter() - started) * 1000,
                                    request_id, trace_id)
+
+
+async def _refuse(send: Callable, headers: tuple, body: bytes, request_id: str) -> None:
+    """A 429 sent as it was made (``admission.Refusal``), with the call's request id; the body stays unread."""
+    await send({"type": "http.response.start", "status": 429,
+                "headers": [*headers, (_REQUEST_ID_KEY, request_id.encode("latin-1"))]})
+    await send({"type": "http.response.body", "body": body, "more_body": False})

@@ -5,13 +5,19 @@ is true of modelpool for the ones that have no counterpart here, and modelpool's
 """
 from __future__ import annotations
 
+from typing import Optional
+
+from modelpool.cluster.defaults import DEFAULT_MAX_QUEUED_REQUESTS
 from modelpool.deployments.manifest import SKLEARN_HANDLER
 from modelpool.management.registry import ModelRecord
 
 
 def describe_record(record: ModelRecord, min_workers: int, max_workers: int, replicas: list[dict],
-                    concurrency: int, is_default: bool, dedicated: bool) -> dict:
+                    concurrency: int, is_default: bool, dedicated: bool, max_queued: Optional[int] = None) -> dict:
     """One version as TorchServe's describe answers it (every key it returns), and modelpool's own keys.
+
+    ``max_queued``: the queue limit in effect for the version (``maxQueuedRequests``), which the caller knows from
+    the server's settings; None: the record's own, else the default.
 
     TorchServe's keys for what has no counterpart here hold what is true of modelpool: no sequence
     batching, no job tickets, no virtual environments, no model parallelism. ``jobQueueStatus`` counts
@@ -19,6 +25,8 @@ def describe_record(record: ModelRecord, min_workers: int, max_workers: int, rep
     """
     ready = sum(1 for replica in replicas if replica.get("status") == "READY")
     manifest = record.manifest if isinstance(record.manifest, dict) else {}
+    if max_queued is None:
+        max_queued = DEFAULT_MAX_QUEUED_REQUESTS if record.max_queued_requests is None else record.max_queued_requests
     return {
         "modelName": record.name, "modelVersion": record.version, "modelUrl": record.url,
         "engine": engine(record), "runtime": record.runtime,
@@ -35,6 +43,7 @@ def describe_record(record: ModelRecord, min_workers: int, max_workers: int, rep
         "jobQueueStatus": {"remainingCapacity": ready * concurrency, "pendingRequests": None},
         # modelpool's own
         "handler": record.handler, "isDefault": is_default, "pool": "dedicated" if dedicated else "generic",
+        "maxQueuedRequests": max_queued,  # past it a call gets 429 at once (-1: no limit, 0: none wait)
         # Seldon's --service-type and --parameters, as the archive's manifest declares them
         "serviceType": manifest.get("service_type", "MODEL"), "parameters": manifest.get("parameters", []),
     }

@@ -126,6 +126,7 @@ class GraphCalls:
 
         pool = placement.pool_config(self.settings)
         return {"num_cpus": pool.num_cpus, "max_ongoing_requests": pool.max_ongoing_requests,
+                "max_queued_requests": pool.max_queued_requests,
                 "target_ongoing_requests": pool.target_ongoing_requests, "max_body_bytes": pool.max_body_bytes,
                 "object_store": pool.object_store, "serving": pool.serving, "logging": pool.logging,
                 "health_check_period_s": pool.health_check_period_s}

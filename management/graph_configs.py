@@ -21,7 +21,8 @@ from modelpool.deployments.autoscaling import POLICY as AUTOSCALING_POLICY
 from modelpool.deployments.graph_plan import PlanNode
 from modelpool.management.graph_spec import GraphNode, GraphSpec
 from modelpool.management.registry import ModelRecord
-from modelpool.management.serve_configs import AppConfig, ReplicaOptions, _fingerprint
+from modelpool.management.serve_configs import (AppConfig, ReplicaOptions, _fingerprint, admission_limits,
+                                                load_shedding)
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,7 @@ def graph_app_config(graph: GraphConfig, cache_dir: str, code_version: str) -> A
         "version": _fingerprint({"init": init_kwargs, "actor": ray_actor_options, "code": code_version}),
         "ray_actor_options": ray_actor_options,
         "max_ongoing_requests": graph.max_ongoing_requests,
+        **load_shedding(graph),  # Serve's router, for calls through Serve's ingress
         "autoscaling_config": {
             "min_replicas": graph.min_replicas,
             "initial_replicas": graph.min_replicas,
@@ -113,6 +115,7 @@ def graph_app_config(graph: GraphConfig, cache_dir: str, code_version: str) -> A
             "metadata": graph.metadata,
             "response_timeout_s": graph.response_timeout_s,
             "max_body_bytes": graph.max_body_bytes,
+            **admission_limits(graph),  # the graph replica's own port, which the front's calls reach
             "serving": dict(graph.serving),
         },
         "health_check_period_s": graph.health_check_period_s,

@@ -165,6 +165,7 @@ class ModelManager(RepositoryCalls, GraphCalls):
             initial_workers=workers_wanted, min_workers=workers_wanted,
             max_workers=max(workers_wanted, self.settings.max_workers) if workers_wanted else 0,
             response_timeout_s=params.response_timeout, startup_timeout_s=params.startup_timeout,
+            max_queued_requests=params.max_queued_requests,  # None: the server's setting, whatever it is then
             loaded_at_startup=at_startup, manifest=manifest.model_dump(), idempotency_key=params.idempotency_key,
         )
         with self._lock:  # the load check ran unlocked (seconds); look again before writing
@@ -223,6 +224,8 @@ class ModelManager(RepositoryCalls, GraphCalls):
                 "number_gpu": params.number_gpu if params.number_gpu is not None else record.number_gpu,
                 "batch_size": params.batch_size or record.batch_size,
                 "max_batch_delay_ms": params.max_batch_delay if params.max_batch_delay is not None else record.max_batch_delay_ms,
+                "max_queued_requests": params.max_queued_requests if params.max_queued_requests is not None
+                else record.max_queued_requests,
                 "drain_timeout_s": params.timeout, "updated_at": time.time(),
             })
             self.registry.put_model(updated)
@@ -262,8 +265,11 @@ class ModelManager(RepositoryCalls, GraphCalls):
             app = app_names.app_name(record.name, record.version)
             replicas = workers.workers(details, app, bool(record.number_gpu)) if dedicated else []
             concurrency = placement.replica_concurrency(self.settings, record.batch_size)
+            # the queue its calls meet: its own replicas' (its value or the server's), else the generic pool's
+            queued = placement.max_queued(record, self.settings) if dedicated else self.settings.max_queued_requests
             result.append(describe_record(record, low if dedicated else 0, high if dedicated else 0, replicas,
-                                          concurrency, is_default=record.version == default, dedicated=dedicated))
+                                          concurrency, is_default=record.version == default, dedicated=dedicated,
+                                          max_queued=queued))
         return result
 
     def unregister(self, name: str, version: Optional[str]) -> dict:

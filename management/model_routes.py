@@ -40,7 +40,7 @@ UNREGISTERED = answers(404, ok={200: status('"Model \"...\" unregistered"')})
 async def register_model(request: Request) -> JSONResponse:
     """Register a model archive: url, model_name, handler, runtime, batch_size, max_batch_delay (ms),
     initial_workers, synchronous, response_timeout (s: each inference call), startup_timeout (s: the
-    synchronous wait).
+    synchronous wait), max_queued_requests (calls that may wait at a replica; past them 429).
 
     Parameters come as a query string or, as TorchServe also takes them, as a JSON object body
     (``Content-Type: application/json``). An ``Idempotency-Key`` header makes the request safe to retry
@@ -86,7 +86,8 @@ async def _scale(request: Request, name: str, version: Optional[str]) -> JSONRes
 @router.put("/models/{model_name}", tags=["models"], response_model=None,
             responses=SCALE_ANSWERS, openapi_extra=query_of(ScaleParams))
 async def scale_model(request: Request, model_name: str) -> JSONResponse:
-    """Scale workers: min_worker, max_worker, number_gpu, synchronous, timeout (and batch_size, max_batch_delay)."""
+    """Scale workers: min_worker, max_worker, number_gpu, synchronous, timeout (and batch_size, max_batch_delay,
+    max_queued_requests: applied to running replicas, no restart)."""
     return await _scale(request, model_name, None)
 
 

@@ -45,7 +45,8 @@ _WORKER = {"type": "object", "properties": {
     "status": {"type": "string", "enum": ["READY", "LOADING", "STOPPING"]}, "gpu": {"type": "boolean"},
     "memoryUsage": {"type": "integer", "nullable": True}, "pid": {"type": "integer", "nullable": True},
     "gpuUsage": {"type": "string"}, "node": {"type": "string", "nullable": True}}}
-#: TorchServe's describe keys, and modelpool's (handler, isDefault, pool, Seldon's serviceType and parameters).
+#: TorchServe's describe keys, and modelpool's (handler, isDefault, pool, maxQueuedRequests, Seldon's serviceType and
+#: parameters).
 DESCRIPTION_SCHEMA = {"type": "object", "properties": {
     **{key: {"type": "string"} for key in ("modelName", "modelVersion", "modelUrl", "engine", "runtime",
                                            "parallelType", "deviceType", "handler")},
@@ -57,6 +58,9 @@ DESCRIPTION_SCHEMA = {"type": "object", "properties": {
                                             "loadedAtStartup", "isDefault")},
     "deviceIds": {"type": "array", "items": {"type": "integer"}},
     "pool": {"type": "string", "enum": ["dedicated", "generic"]},
+    "maxQueuedRequests": {"type": "integer", "minimum": -1, "description": (
+        "requests that may wait at a replica beyond those it runs, as served now (the version's own, else the "
+        "server's --max-queued-requests); past them a call gets 429 with Retry-After. -1: no limit, 0: none wait")},
     "serviceType": {"type": "string", "enum": ["MODEL", "TRANSFORMER", "ROUTER", "COMBINER", "OUTLIER_DETECTOR"],
                     "description": "the handler's role in an inference graph (Seldon's --service-type)"},
     "parameters": {"type": "array", "description": "handed to the handler's constructor (Seldon's --parameters)",

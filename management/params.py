@@ -66,6 +66,9 @@ class _Params(BaseModel):
 PYTHON_RUNTIMES = ("python", "python3")
 #: A scale's ``timeout``: no limit of its own (MMS and TorchServe's default).
 NO_TIMEOUT = -1
+MAX_QUEUED_DESCRIPTION = ("requests that may wait at a replica beyond those it runs; past them a call gets 429 with "
+                          "Retry-After at once (TorchServe's job_queue_size). -1: no limit, 0: none wait; default: "
+                          "the server's --max-queued-requests; a scale changes it live, without a restart")
 
 
 class RegisterParams(_Params):
@@ -83,6 +86,7 @@ class RegisterParams(_Params):
                                     "caller gets 504 and a replica whose handler still runs is replaced")
     startup_timeout: float = Field(DEFAULT_STARTUP_TIMEOUT_S, gt=0, le=3600, description="seconds a synchronous registration waits for "
                                    "its workers to start (TorchServe's startup_timeout)")
+    max_queued_requests: Optional[int] = Field(None, ge=-1, le=1_000_000, description=MAX_QUEUED_DESCRIPTION)
     idempotency_key: Optional[str] = Field(None, min_length=1, max_length=128, pattern=IDEMPOTENCY_KEY_PATTERN,
                                            description="the Idempotency-Key header: a retry with the same key "
                                                        "gets the first answer again instead of a 409")
@@ -137,6 +141,7 @@ class ScaleParams(_Params):
     number_gpu: Optional[int] = Field(None, ge=0, le=1024)
     batch_size: Optional[int] = Field(None, ge=1, le=100_000)
     max_batch_delay: Optional[float] = Field(None, ge=0, le=60_000)
+    max_queued_requests: Optional[int] = Field(None, ge=-1, le=1_000_000, description=MAX_QUEUED_DESCRIPTION)
     synchronous: bool = False
     timeout: float = Field(NO_TIMEOUT, ge=NO_TIMEOUT, le=3600, description=(
         "seconds the change may take (MMS): workers being stopped finish their pending requests within it and a "

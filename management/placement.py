@@ -85,6 +85,7 @@ def model_config(record: ModelRecord, pool: Optional[PoolRecord], settings: Sett
         max_batch_size=record.batch_size,
         max_batch_delay_ms=record.max_batch_delay_ms,
         max_ongoing_requests=max_ongoing,
+        max_queued_requests=max_queued(record, settings),
         num_cpus=settings.replica_num_cpus,
         num_gpus=1 if record.number_gpu else 0,
         target_ongoing_requests=min(settings.target_ongoing_requests, max_ongoing),
@@ -99,6 +100,12 @@ def model_config(record: ModelRecord, pool: Optional[PoolRecord], settings: Sett
         serving=settings.serving_options(),
         logging=settings.logging_config(),
     )
+
+
+def max_queued(record: ModelRecord, settings: Settings) -> int:
+    """The version's own queue limit (register's or scale's max_queued_requests), else --max-queued-requests now:
+    a record that names none follows the server's setting from one start to the next."""
+    return settings.max_queued_requests if record.max_queued_requests is None else record.max_queued_requests
 
 
 def replica_concurrency(settings: Settings, batch_size: int) -> int:
@@ -125,6 +132,7 @@ def pool_config(settings: Settings) -> PoolConfig:
         models_per_replica=settings.pool_models_per_replica,
         num_cpus=settings.replica_num_cpus,
         max_ongoing_requests=replica_concurrency(settings, 1),
+        max_queued_requests=settings.max_queued_requests,
         target_ongoing_requests=min(settings.target_ongoing_requests, replica_concurrency(settings, 1)),
         max_body_bytes=settings.max_body_bytes,
         object_store=settings.object_store_config,

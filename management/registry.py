@@ -107,6 +107,9 @@ class ModelRecord(_Record):
     response_timeout_s: float
     startup_timeout_s: float = DEFAULT_STARTUP_TIMEOUT_S  # how long its workers may take to start (TorchServe's startup_timeout)
     drain_timeout_s: float = -1.0  # the last scale's timeout: how long stopped workers may drain (-1: no limit)
+    #: requests that may wait at a replica beyond those it runs (register's or scale's max_queued_requests); None:
+    #: --max-queued-requests of the server at the time it is served (and what records written before it had)
+    max_queued_requests: Optional[int] = None
     loaded_at_startup: bool = False  # registered from the model store by `modelpool start` (TorchServe's loadedAtStartup)
     manifest: dict[str, Any] = Field(default_factory=dict)
     idempotency_key: Optional[str] = None  # of the register request that created it: a retry is answered, not refused

@@ -6,6 +6,8 @@ The mapping follows ARCHITECTURE.md:
 - workers (initial/min/max) -> ``autoscaling_config`` initial/min/max replicas
 - batch size and delay      -> ``user_config`` (applied live by ``reconfigure``)
 - threads                   -> ``max_ongoing_requests`` (1 when single-threaded)
+- max queued requests       -> ``max_queued_requests`` and a 429 ``backpressure_config`` (Serve's router), and
+                               both limits in ``user_config`` too (a replica's own port enforces them; live)
 - num_cpus / num_gpus       -> ``ray_actor_options``
 - log level, access log     -> ``logging_config``
 - single-threaded, debug, payload passthrough, max requests -> ``user_config["serving"]`` (live)
@@ -22,8 +24,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Optional
 
 from modelpool.cluster.settings import (DEFAULT_DOWNSCALE_DELAY_S, DEFAULT_MAX_BATCH_DELAY_MS, DEFAULT_MAX_BATCH_SIZE,
-                                        DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_WORKERS, DEFAULT_POOL_MAX_REPLICAS,
-                                        DEFAULT_POOL_MIN_REPLICAS, DEFAULT_POOL_MODELS_PER_REPLICA,
+                                        DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_QUEUED_REQUESTS, DEFAULT_MAX_WORKERS,
+                                        DEFAULT_POOL_MAX_REPLICAS, DEFAULT_POOL_MIN_REPLICAS,
+                                        DEFAULT_POOL_MODELS_PER_REPLICA,
                                         DEFAULT_REPLICA_NUM_CPUS, DEFAULT_RESPONSE_TIMEOUT_S,
                                         DEFAULT_TARGET_ONGOING_REQUESTS, DEFAULT_THREADS, DEFAULT_UPSCALE_DELAY_S,
                                         DEFAULT_WORKERS, POOL_MODELS_PER_REPLICA_ENV)
@@ -40,6 +43,9 @@ from modelpool.deployments.front_config import route_key
 SERVE_HEALTH_CHECK_PERIOD_S = 10.0
 SERVE_HEALTH_CHECK_TIMEOUT_S = 30.0
 SERVE_LOOK_BACK_PERIOD_S = 30.0  # Serve's window for averaging ongoing requests
+#: A call refused because the queue is full: 429 Too Many Requests with Retry-After, as the replica ports answer it
+#: (deployments/admission.py), not Serve's default 503, which says "unavailable" where "come back soon" is meant.
+BACKPRESSURE_CONFIG = {"status_code": 429, "retry_after_s": 1}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -49,6 +55,7 @@ class ReplicaOptions:
 
     num_cpus: float = DEFAULT_REPLICA_NUM_CPUS
     max_ongoing_requests: int = DEFAULT_THREADS
+    max_queued_requests: int = DEFAULT_MAX_QUEUED_REQUESTS  # waiting beyond those; -1: no limit, 0: none wait
     target_ongoing_requests: float = DEFAULT_TARGET_ONGOING_REQUESTS
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     health_check_period_s: float = SERVE_HEALTH_CHECK_PERIOD_S
@@ -108,6 +115,26 @@ def _fingerprint(payload: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def serve_max_queued(max_queued_requests: int) -> int:
+    """Our queue limit as Serve's ``max_queued_requests``: Serve refuses 0 (its values are -1 or at least 1), so
+    "none wait" becomes its smallest queue, one request per caller; the replica ports still let none wait."""
+    return 1 if max_queued_requests == 0 else max_queued_requests
+
+
+def load_shedding(options: ReplicaOptions) -> dict[str, Any]:
+    """The deployment options that bound the queue at Serve's router and refuse the rest with 429 + Retry-After.
+
+    Neither is in the version fingerprint: Serve applies both to running replicas (no restart)."""
+    return {"max_queued_requests": serve_max_queued(options.max_queued_requests),
+            "backpressure_config": dict(BACKPRESSURE_CONFIG)}
+
+
+def admission_limits(options: ReplicaOptions) -> dict[str, int]:
+    """The same limits in ``user_config``, for the gate of a replica's own port, which the front's calls reach past
+    Serve's router (deployments/admission.py): live, through ``reconfigure``."""
+    return {"max_ongoing_requests": options.max_ongoing_requests, "max_queued_requests": options.max_queued_requests}
+
+
 def model_app_config(model: ModelConfig, cache_dir: str, code_version: str) -> AppConfig:
     """Serve options for one model version (pure)."""
     if model.min_replicas > model.max_replicas:
@@ -138,6 +165,7 @@ def model_app_config(model: ModelConfig, cache_dir: str, code_version: str) -> A
         "version": version,
         "ray_actor_options": ray_actor_options,
         "max_ongoing_requests": model.max_ongoing_requests,
+        **load_shedding(model),
         "autoscaling_config": {
             "min_replicas": model.min_replicas,
             "initial_replicas": initial,
@@ -155,6 +183,7 @@ def model_app_config(model: ModelConfig, cache_dir: str, code_version: str) -> A
             "versions": list(model.versions or (model.version,)),
             "pool_versions": list(model.pool_versions),
             "max_body_bytes": model.max_body_bytes,
+            **admission_limits(model),
             "serving": dict(model.serving),
         },
         "health_check_period_s": model.health_check_period_s,
@@ -198,6 +227,7 @@ def generic_pool_app_config(pool: PoolConfig, catalog: dict, known_models: list[
         "version": _fingerprint({"init": init_kwargs, "actor": ray_actor_options, "code": code_version}),
         "ray_actor_options": ray_actor_options,
         "max_ongoing_requests": pool.max_ongoing_requests,
+        **load_shedding(pool),  # the pool has no port of its own: Serve's router is its only queue
         "autoscaling_config": {
             "min_replicas": pool.min_replicas,
             "initial_replicas": pool.min_replicas,

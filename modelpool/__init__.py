@@ -13,9 +13,9 @@ from __future__ import annotations
 from typing import Any
 
 from modelpool.cluster.version import __version__
-from modelpool.errors import BadRequest, Conflict, ModelpoolError, NotFound, Unauthorized
+from modelpool.errors import BadRequest, Conflict, ModelpoolError, NotFound, Overloaded, Unauthorized
 
-__all__ = ["AsyncClient", "BadRequest", "Client", "Conflict", "ModelpoolError", "NotFound", "Unauthorized",
+__all__ = ["AsyncClient", "BadRequest", "Client", "Conflict", "ModelpoolError", "NotFound", "Overloaded", "Unauthorized",
            "__version__"]
 
 _LAZY = {"Client": "modelpool.client", "AsyncClient": "modelpool.async_client"}

@@ -38,10 +38,10 @@ from modelpool.batch_results import BatchResults, RowResult
 from modelpool.client_api import BatchCalls, ClientCalls, ServiceCalls, Steps, one_call
 from modelpool.client_core import (DEFAULT_URL, RETRY_FOR_S, Call, Callback, Retries, Sleep, Stepper,
                                    default_headers, encode, request_headers, resolve_token)
-from modelpool.errors import BadRequest, Conflict, ModelpoolError, NotFound, Unauthorized, error_from
+from modelpool.errors import BadRequest, Conflict, ModelpoolError, NotFound, Overloaded, Unauthorized, error_from
 
 __all__ = ["AsyncBatch", "AsyncClient", "AsyncService", "BadRequest", "BatchResults", "Conflict", "ModelpoolError",
-           "NotFound", "RowResult", "Unauthorized", "resolve_token"]  # the errors too: one import for asyncio callers
+           "NotFound", "Overloaded", "RowResult", "Unauthorized", "resolve_token"]  # the errors too: one import for asyncio callers
 
 # progress(done, total) may be a plain function or a coroutine function (awaited before the next poll)
 AsyncProgressCallback = Callable[[int, Optional[int]], Union[None, Awaitable[None]]]
@@ -146,7 +146,8 @@ class AsyncClient(ClientCalls[httpx.AsyncClient]):
             else:
                 if response.is_success:
                     return response
-                if not retries.after_answer(response.status_code, response.text):
+                if not retries.after_answer(response.status_code, response.text,
+                                            response.headers.get("Retry-After")):
                     raise error_from(response.status_code, response.text, response.reason_phrase)
             await asyncio.sleep(retries.delay())
 

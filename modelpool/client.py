@@ -41,10 +41,10 @@ from modelpool.client_api import BatchCalls, ClientCalls, ServiceCalls, Steps, o
 from modelpool.client_core import (DEFAULT_URL, FINAL_STATES, RETRY_FOR_S, Call, Callback, ProgressCallback, Retries,
                                    Rows, Sleep, Stepper, default_headers, encode, request_headers, resolve_token,
                                    retry_delay)
-from modelpool.errors import BadRequest, Conflict, ModelpoolError, NotFound, Unauthorized, error_from, is_transient
+from modelpool.errors import BadRequest, Conflict, ModelpoolError, NotFound, Overloaded, Unauthorized, error_from, is_transient
 
 __all__ = ["DEFAULT_URL", "FINAL_STATES", "BadRequest", "Batch", "BatchResponse", "BatchResults", "Client", "Conflict",
-           "ModelpoolError", "NotFound", "ProgressCallback", "RowResult", "Rows", "Service", "Unauthorized",
+           "ModelpoolError", "NotFound", "Overloaded", "ProgressCallback", "RowResult", "Rows", "Service", "Unauthorized",
            "error_for", "error_from", "is_transient", "resolve_token", "retry_delay"]  # one import for sync callers
 
 
@@ -91,9 +91,10 @@ class Client(ClientCalls[requests.Session]):
                  retry_for: float = RETRY_FOR_S) -> None:
         """``verify``: for https URLs, True (system CAs), a CA bundle path (a cluster's own CA), or False.
 
-        ``retry_for``: seconds a management call that is safe to repeat (reads, scale, pools, a register
+        ``retry_for``: seconds a call that is safe to repeat (scoring, reads, scale, pools, a register
         carrying its Idempotency-Key) keeps retrying when the ingress answers for a missing or restarting
-        management replica, or the connection drops; 0 turns retries off.
+        management replica, the connection drops, or a model's full queue answers 429 with ``Retry-After``
+        (waited out as asked, plus up to half again at random); 0 turns retries off.
         """
         super().__init__(url, token, timeout, session, retry_for)
         self.verify = verify
@@ -178,7 +179,7 @@ class Client(ClientCalls[requests.Session]):
             else:
                 if 200 <= response.status_code < 300:
                     return response
-                if not retries.after_answer(response.status_code, response.text):
+                if not retries.after_answer(response.status_code, response.text, response.headers.get("Retry-After")):
                     raise error_for(response)
             time.sleep(retries.delay())
 

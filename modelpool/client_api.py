@@ -105,19 +105,21 @@ class ClientCalls(Endpoint[Pool]):
                        batch_size: Optional[int] = None, max_batch_delay: Optional[float] = None,
                        synchronous: bool = False, response_timeout: Optional[float] = None,
                        handler: Optional[str] = None, idempotency_key: Optional[str] = None,
-                       startup_timeout: Optional[float] = None) -> Steps:
+                       startup_timeout: Optional[float] = None, max_queued_requests: Optional[int] = None) -> Steps:
         """Register an archive of the model store (or an allowed URL); ``max_batch_delay`` in ms.
 
         ``response_timeout`` (s) bounds each inference call; ``startup_timeout`` (s) bounds how long a
         ``synchronous`` registration waits for the workers to start (the HTTP call waits as long as
-        the server may).
+        the server may). ``max_queued_requests``: calls that may wait at a replica beyond those it runs, past
+        which a call gets 429 at once (-1: no limit, 0: none wait; None: the server's --max-queued-requests).
 
         The call carries an Idempotency-Key (a new one unless given), so it is retried safely when
         its answer is lost: the server answers a repeat as it answered the first.
         """
         query = params(url=url, model_name=model_name, initial_workers=initial_workers, batch_size=batch_size,
                        max_batch_delay=max_batch_delay, synchronous=synchronous,
-                       response_timeout=response_timeout, startup_timeout=startup_timeout, handler=handler)
+                       response_timeout=response_timeout, startup_timeout=startup_timeout, handler=handler,
+                       max_queued_requests=max_queued_requests)
         return (yield Call("POST", "/models", params=query, retry=True,
                            headers={IDEMPOTENCY_HEADER: idempotency_key or new_idempotency_key()},
                            timeout=server_wait(synchronous, startup_timeout, self.timeout)))
@@ -126,11 +128,12 @@ class ClientCalls(Endpoint[Pool]):
     def scale_model(self, name: str, version: Optional[str] = None, min_worker: Optional[int] = None,
                     max_worker: Optional[int] = None, number_gpu: Optional[int] = None, synchronous: bool = False,
                     timeout: Optional[float] = None, batch_size: Optional[int] = None,
-                    max_batch_delay: Optional[float] = None) -> Steps:
-        """Change workers or batching of a version (the default version when ``version`` is None)."""
+                    max_batch_delay: Optional[float] = None, max_queued_requests: Optional[int] = None) -> Steps:
+        """Change workers, batching or the queue limit of a version (the default version when ``version`` is None);
+        batching and ``max_queued_requests`` reach the running replicas without a restart."""
         query = params(min_worker=min_worker, max_worker=max_worker, number_gpu=number_gpu,
                        synchronous=synchronous, timeout=timeout, batch_size=batch_size,
-                       max_batch_delay=max_batch_delay)
+                       max_batch_delay=max_batch_delay, max_queued_requests=max_queued_requests)
         return (yield Call("PUT", model_path(name, version), params=query, retry=True,
                            timeout=server_wait(synchronous, timeout, self.timeout)))
 
@@ -244,12 +247,14 @@ class ServiceCalls:
     def predict(self, data: Rows) -> Steps:
         """Plain-JSON scoring; arrays and DataFrames get an array back, lists get a list."""
         rows = predict_rows(data)
-        return predictions(rows, (yield Call("POST", f"{self._path}/predict", body={"instances": rows})))
+        # scoring changes nothing: safe to send again after a refusal (429 Retry-After) or a dropped connection
+        return predictions(rows, (yield Call("POST", f"{self._path}/predict", body={"instances": rows}, retry=True)))
 
     @runs
     def infer(self, rows: Rows, outputs: Optional[list[str]] = None) -> Steps:
         """V2 inference over rows as one FP64 matrix; ``outputs`` picks outputs and their order."""
-        return infer_outputs((yield Call("POST", f"{self._path}/infer", body=infer_request(rows, outputs))))
+        return infer_outputs((yield Call("POST", f"{self._path}/infer", body=infer_request(rows, outputs),
+                                         retry=True)))
 
     def batch(self, records: Records, parallel_count: int = 10, *, parallelCount: Optional[int] = None):  # noqa: N803
         """A batch job over ``records``, not started: call ``.start()`` (``await`` it on the asyncio client).

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import time
 import uuid
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from modelpool.cluster.paths import token_path
 from modelpool.cluster.version import __version__
 from modelpool.deployments.datatypes import V2_DATATYPES
 from modelpool.batch_results import BatchResults
-from modelpool.errors import is_transient
+from modelpool.errors import is_transient, retry_after
 from modelpool.records import Records, batch_records, is_frame
 
 DEFAULT_URL = DEFAULT_HTTP_URL
@@ -92,27 +93,44 @@ class Stepper:
             return None
 
 
+_JITTER = random.Random()
+
+
 class Retries:
     """When a failed call is sent again: only a call safe to repeat, and only for ``retry_for`` seconds."""
 
-    def __init__(self, enabled: bool, retry_for: float) -> None:
+    def __init__(self, enabled: bool, retry_for: float, jitter: Optional[random.Random] = None) -> None:
         self.enabled = enabled
         self.deadline = time.monotonic() + retry_for
         self.attempt = 0
+        self.wanted_wait: Optional[float] = None  # the last answer's Retry-After, in seconds
+        self.jitter = jitter or _JITTER
 
     def after_drop(self) -> bool:
         """Again after a dropped connection (a refused one is the caller's to judge: see each client)."""
         return self.enabled and time.monotonic() < self.deadline
 
-    def after_answer(self, status: int, body: Union[bytes, str]) -> bool:
-        """Again after an answer from the ingress that nobody behind it took (never after modelpool's own)."""
-        return self.enabled and is_transient(status, body) and time.monotonic() < self.deadline
+    def after_answer(self, status: int, body: Union[bytes, str], retry_after_header: Optional[str] = None) -> bool:
+        """Again after an answer from the ingress that nobody behind it took (never after modelpool's own), or
+        after a refusal that says when to come back (429 or 503 with ``Retry-After``: a full queue)."""
+        if not self.enabled or time.monotonic() >= self.deadline:
+            return False
+        self.wanted_wait = retry_after(status, retry_after_header)
+        return self.wanted_wait is not None or is_transient(status, body)
 
     def delay(self) -> float:
-        """0.25 s, 0.5 s, 1 s, then 2 s between tries: quick for a blip, gentle on a restarting replica."""
+        """0.25 s, 0.5 s, 1 s, then 2 s between tries: quick for a blip, gentle on a restarting replica.
+
+        After a ``Retry-After``, at least what it asked, plus up to half again at random: every client refused
+        in the same second would otherwise come back in the same second, and be refused together again.
+        """
         delay = retry_delay(self.attempt)
         self.attempt += 1
-        return delay
+        if self.wanted_wait is not None:
+            base = max(self.wanted_wait, delay)
+            delay = base + self.jitter.uniform(0, base / 2)
+            self.wanted_wait = None
+        return min(delay, max(0.0, self.deadline - time.monotonic()))
 
 
 # ------------------------------------------------------------------------------------------ token

@@ -6,6 +6,8 @@ sync and the asyncio client map answers to errors alike.
 from __future__ import annotations
 
 import json
+import time
+from email.utils import parsedate_to_datetime
 from typing import Optional, Union
 
 
@@ -36,8 +38,33 @@ class Conflict(ModelpoolError):
     """409: the model version is already registered."""
 
 
+class Overloaded(ModelpoolError):
+    """429: the model's replicas are at their queue limit (``max_queued_requests``); retry after a while.
+
+    The client has already retried calls that are safe to repeat for as long as its ``retry_for`` allows,
+    each after the ``Retry-After`` the server asked for; this is raised only when that ran out.
+    """
+
+
 _ERRORS: dict[int, type[ModelpoolError]] = {400: BadRequest, 413: BadRequest, 422: BadRequest,
-                                             401: Unauthorized, 404: NotFound, 409: Conflict}
+                                             401: Unauthorized, 404: NotFound, 409: Conflict, 429: Overloaded}
+
+
+def retry_after(status: int, value: Optional[str]) -> Optional[float]:
+    """Seconds a 429 or 503 asks the client to wait (``Retry-After``: delay-seconds or an HTTP date), else None.
+
+    Both Serve's router and a replica's port answer a full queue with 429 and ``Retry-After``; Serve answers
+    503 with it too when configured so, and HAProxy when no replica could take the call.
+    """
+    if status not in (429, 503) or not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
 
 
 def _project_error(text: str) -> Optional[dict]:

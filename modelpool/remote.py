@@ -170,10 +170,12 @@ def models_list(c: Client, args: argparse.Namespace) -> Outcome:
 
 
 def _describe_text(described: list[dict]) -> str:
-    versions = table(("NAME", "VERSION", "DEFAULT", "POOL", "WORKERS(min/max)", "BATCH", "DELAY(ms)", "HANDLER", "URL"),
+    versions = table(("NAME", "VERSION", "DEFAULT", "POOL", "WORKERS(min/max)", "BATCH", "DELAY(ms)", "QUEUE",
+                      "HANDLER", "URL"),
                      [(d["modelName"], d["modelVersion"], _yes(d.get("isDefault")), d.get("pool"),
                        f"{d.get('minWorkers', 0)}/{d.get('maxWorkers', 0)}", d.get("batchSize"),
-                       d.get("maxBatchDelay"), d.get("handler"), d.get("modelUrl")) for d in described])
+                       d.get("maxBatchDelay"), d.get("maxQueuedRequests"), d.get("handler"), d.get("modelUrl"))
+                      for d in described])
     workers = [(d["modelVersion"], w.get("id"), w.get("status"), w.get("node"), _yes(w.get("gpu")),
                 w.get("memoryUsage"), w.get("startTime")) for d in described for w in d.get("workers") or []]
     if not workers:
@@ -194,7 +196,8 @@ def models_register(c: Client, args: argparse.Namespace) -> Outcome:
     return _status(c.register_model(args.model_url, model_name=args.model_name, handler=args.handler,
                                     initial_workers=args.initial_workers, batch_size=args.batch_size,
                                     max_batch_delay=args.max_batch_delay, synchronous=args.synchronous,
-                                    response_timeout=args.response_timeout, startup_timeout=args.startup_timeout))
+                                    response_timeout=args.response_timeout, startup_timeout=args.startup_timeout,
+                                    max_queued_requests=args.max_queued_requests))
 
 
 def _running(described: dict) -> int:
@@ -226,7 +229,8 @@ def wait_for_workers(c: Client, name: str, version: Optional[str], target: Optio
 def models_scale(c: Client, args: argparse.Namespace) -> Outcome:
     answer = c.scale_model(args.name, args.version, min_worker=args.min_worker, max_worker=args.max_worker,
                            number_gpu=args.number_gpu, batch_size=args.batch_size,
-                           max_batch_delay=args.max_batch_delay, synchronous=False)
+                           max_batch_delay=args.max_batch_delay, max_queued_requests=args.max_queued_requests,
+                           synchronous=False)
     if not args.wait:
         return _status(answer)
     described = wait_for_workers(c, args.name, args.version, args.min_worker, args.wait_timeout, args.poll)

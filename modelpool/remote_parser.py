@@ -39,6 +39,12 @@ def _waiting(parser: argparse.ArgumentParser, default_timeout: float, flag: bool
     parser.add_argument("--poll", type=float, default=0.5, help="seconds between polls (0.5)")
 
 
+def _max_queued(parser: argparse.ArgumentParser, default_text: str) -> None:
+    parser.add_argument("--max-queued-requests", type=int, default=None, metavar="N",
+                        help="calls that may wait at a worker beyond those it runs; past them a call gets 429 with "
+                             f"Retry-After at once (-1: no limit, 0: none wait; {default_text})")
+
+
 def _batch_labels(parser: argparse.ArgumentParser, help_text: str) -> None:
     parser.add_argument("--service", default=None, help=help_text)
     parser.add_argument("--version", default=None, help=help_text)
@@ -77,7 +83,9 @@ def add_remote_commands(commands: argparse._SubParsersAction) -> None:
                    help=f"seconds an inference may take (default {DEFAULT_RESPONSE_TIMEOUT_S:g}): past it, 504 and the "
                         "replica is replaced")
     p.add_argument("--startup-timeout", type=float, default=None, help="seconds the server waits when --synchronous")
-    p = leaf(models, "scale", models_scale, "change workers or batching of a version (the default when omitted)")
+    _max_queued(p, "default: the server's --max-queued-requests")
+    p = leaf(models, "scale", models_scale,
+             "change workers, batching or the queue limit of a version (the default when omitted)")
     p.add_argument("name")
     p.add_argument("version", nargs="?", default=None)
     p.add_argument("--min-worker", type=int, default=None)
@@ -85,6 +93,7 @@ def add_remote_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--number-gpu", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--max-batch-delay", type=float, default=None, help="milliseconds")
+    _max_queued(p, "applied to the running workers, no restart; default: unchanged")
     _waiting(p, DEFAULT_STARTUP_TIMEOUT_S)  # a scale's workers start within the model's startup_timeout
     p = leaf(models, "unregister", models_unregister, "remove a version (the default when omitted)")
     p.add_argument("name")

@@ -261,7 +261,8 @@ class Proxy:
     """The cluster's ingress in one ASGI app: a model's route to its replica, the rest to the management API.
 
     It records every request (``seen``) and every connection (``connections``), and, like HAProxy with
-    no management replica behind it, answers the next ``ingress_failures`` requests with its plain-text 500.
+    no management replica behind it, answers the next ``ingress_failures`` requests with its plain-text 500;
+    like a model whose queue is full, the next ``overloaded`` requests get a 429 with ``Retry-After: retry_after``.
     ``forged`` (path -> JSON) plays a hostile or broken server: a GET of that path is answered with it,
     for the client defences the real server never puts to the test.
     """
@@ -271,6 +272,8 @@ class Proxy:
         self.seen: list[Seen] = []
         self.connections: list[int] = []
         self.ingress_failures = 0
+        self.overloaded = 0
+        self.retry_after = "1"
         self.forged: dict[str, Any] = {}
         self.url = ""  # where it listens, once it does
 
@@ -285,6 +288,11 @@ class Proxy:
         if self.ingress_failures > 0:
             self.ingress_failures -= 1
             await PlainTextResponse("Internal Server Error", status_code=500)(scope, receive, send)
+            return
+        if self.overloaded > 0:
+            self.overloaded -= 1
+            await JSONResponse({"error": "model 'iris' version '1' is at its limit", "field": "max_queued_requests"},
+                               status_code=429, headers={"Retry-After": self.retry_after})(scope, receive, send)
             return
         if scope["method"] == "GET" and scope["path"] in self.forged:
             await JSONResponse(self.forged[scope["path"]])(scope, receive, send)

@@ -117,9 +117,9 @@ def test_models_describe_json_and_table_with_workers(management, server, capsys)
     assert server.seen[-1].path == "/models/x"
     versions, workers = capsys.readouterr().out.split("\n\n")
     assert versions.splitlines()[0].split() == ["NAME", "VERSION", "DEFAULT", "POOL", "WORKERS(min/max)", "BATCH",
-                                                "DELAY(ms)", "HANDLER", "URL"]
-    assert versions.splitlines()[1].split() == ["x", "1", "yes", "dedicated", "1/2", "64", "5.0", "row_report:RowReport",
-                                                "iris_report-1.zip"]
+                                                "DELAY(ms)", "QUEUE", "HANDLER", "URL"]
+    assert versions.splitlines()[1].split() == ["x", "1", "yes", "dedicated", "1/2", "64", "5.0", "100",
+                                                "row_report:RowReport", "iris_report-1.zip"]
     assert workers.splitlines()[0].split() == ["VERSION", "WORKER", "STATUS", "NODE", "GPU", "MEMORY", "STARTED"]
     worker = management.manager.describe("x", "1")[0]["workers"][0]
     assert workers.splitlines()[1].split()[:5] == ["1", worker["id"], "READY", "127.0.0.1", "no"]

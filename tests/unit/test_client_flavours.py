@@ -156,4 +156,4 @@ def test_the_package_is_the_public_face_and_stays_light():
             "print(heavy, c.Client is Client, c.NotFound is NotFound, 'ray' in sys.modules, sorted(__all__))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == ("[] True True False ['AsyncClient', 'BadRequest', 'Client', 'Conflict', 'ModelpoolError', "
-                   "'NotFound', 'Unauthorized', '__version__']")
+                   "'NotFound', 'Overloaded', 'Unauthorized', '__version__']")

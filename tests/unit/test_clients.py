@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from modelpool.client import resolve_token
-from modelpool.errors import BadRequest, Conflict, ModelpoolError, NotFound, Unauthorized
+from modelpool.errors import BadRequest, Conflict, ModelpoolError, NotFound, Overloaded, Unauthorized, retry_after
 from tests.unit.both_clients import Flavour, flavour_fixture  # noqa: F401 (a fixture)
 from tests.unit.management_app import (TOKEN, Proxy, RunningManagement, management_fixture,  # noqa: F401
                                        model_store)  # (fixtures)
@@ -286,6 +286,40 @@ def test_calls_that_are_not_safe_to_repeat_are_not_retried(iris, ingress, manage
             client.unregister_model("iris", "1")
         assert client.describe_model("iris")[0]["modelVersion"] == "1"  # still registered
     assert len(ingress.requests_to("/models/iris/1", "DELETE")) == 1
+
+
+def test_a_full_queue_is_waited_out_as_retry_after_asks_with_jitter(iris, ingress, management, flavour):
+    """429 + Retry-After: scoring (safe to repeat) comes back after at least the asked second, each client a
+    little later than the next, and succeeds; a call not safe to repeat raises Overloaded at once."""
+    with flavour.connect(management.url, token=TOKEN) as client:
+        svc = client.get_service("iris", "1")
+        ingress.overloaded = 2
+        started = time.monotonic()
+        assert svc.predict(IRIS) == [0, 2]
+        waited = time.monotonic() - started
+        assert 2.0 <= waited <= 3.5, "two refusals: at least 1 s each, plus at most half again of jitter"
+        assert len(ingress.requests_to("/v2/models/iris/versions/1/predict", "POST")) == 3
+        ingress.overloaded = 1
+        with pytest.raises(Overloaded) as raised:
+            client.unregister_model("iris", "1")
+        assert raised.value.status == 429 and raised.value.field == "max_queued_requests"
+
+
+def test_an_overload_that_outlasts_retry_for_surfaces_as_overloaded(iris, ingress, management, flavour):
+    ingress.overloaded, ingress.retry_after = 1000, "30"
+    started = time.monotonic()
+    with flavour.connect(management.url, token=TOKEN, retry_for=1.5) as client:
+        with pytest.raises(Overloaded):
+            client.get_service("iris", "1").infer(IRIS)
+    assert time.monotonic() - started < 4, "a Retry-After beyond retry_for does not hold the caller past it"
+
+
+def test_retry_after_reads_seconds_and_http_dates():
+    from email.utils import formatdate
+
+    assert retry_after(429, "2") == 2.0 and retry_after(503, " 5 ") == 5.0
+    assert retry_after(500, "2") is None and retry_after(429, None) is None and retry_after(429, "soon") is None
+    assert 8 <= retry_after(429, formatdate(time.time() + 10, usegmt=True)) <= 10
 
 
 def test_a_refused_connection_is_not_retried(flavour):

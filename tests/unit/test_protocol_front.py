@@ -295,6 +295,29 @@ def test_a_call_no_replica_takes_is_a_503_in_time(cluster, http, monkeypatch):
     assert "not ready" in answer.json()["error"]
 
 
+def test_a_full_queue_behind_a_handle_is_a_429_with_retry_after_in_the_protocols_shape(cluster, http, monkeypatch):
+    """Serve's router refuses past max_queued_requests (BackPressureError): TorchServe's client reads a 429."""
+    from ray.serve.exceptions import BackPressureError
+
+    front = cluster.replicas["/predictions"]
+
+    class Full:
+        def __init__(self) -> None:
+            self.protocol_call = self
+
+        async def _refuse(self):
+            raise BackPressureError(num_queued_requests=100, max_queued_requests=100, status_code=429,
+                                    retry_after_s=1)
+
+        def remote(self, *args):
+            return asyncio.ensure_future(self._refuse())
+
+    monkeypatch.setattr(front, "_handle", lambda target: Full())
+    answer = http.post("/predictions/iris", json=[5.1, 3.5, 1.4, 0.2])
+    assert answer.status_code == 429 and answer.headers["Retry-After"] == "1"
+    assert "max_queued_requests" in answer.json()["message"] and "iris" in answer.json()["message"]
+
+
 # ------------------------------------------------------------------------------------------ routing table
 
 def test_the_table_sends_dedicated_versions_to_their_apps_and_the_rest_to_the_pool():
