@@ -20,7 +20,7 @@ from modelpool.management.api import api
 from modelpool.management.batch.service import BatchService
 from modelpool.management.model_manager import ModelManager
 from modelpool.management.scrape_logs import filter_scrape_logs
-from modelpool.management.serve_state import applications, status_name
+from modelpool.management.serve_state import applications, not_serving
 from modelpool.management.status_sources import StatusSources
 from modelpool.management.ttl_cache import TtlCache
 
@@ -113,8 +113,7 @@ class Management:
     def readiness(self) -> dict:
         if not self.manager.reconciled.is_set():
             return {"ready": False, "notReady": {"management": "restoring models from the registry"}}
-        not_running = {name: status_name(app.status) for name, app in self._applications.get().items()
-                       if app.status != "RUNNING"}
+        not_running = not_serving(self._applications.get())
         body: dict = {"ready": not not_running}
         if not_running:
             body["notReady"] = not_running

@@ -27,6 +27,15 @@ def status_name(value: object) -> str:
     return str(getattr(value, "value", value))
 
 
+def not_serving(apps: dict[str, Any]) -> dict[str, str]:
+    """Applications that keep the server from being ready, with their status: starting, failed or unhealthy.
+
+    One being deleted does not count: it is a model being unregistered, which nothing registered waits on
+    (a readiness probe right after an unregister must not read as the server going down)."""
+    return {name: status_name(app.status) for name, app in apps.items()
+            if status_name(app.status) not in ("RUNNING", "DELETING")}
+
+
 def applications() -> dict[str, Any]:
     """App name -> Serve's status overview (``.status``, ``.message``, ``.deployments``), current at once."""
     return serve.status().applications

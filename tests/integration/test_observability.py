@@ -21,10 +21,15 @@ SERVE_LOGS = "/tmp/ray/session_latest/logs/serve"
 
 def replica_log_text(replica_id: str, wait_for: Optional[str] = None, timeout_s: float = 15, since: int = 0) -> str:
     """The log of one replica (file names carry the replica id) from character ``since`` on (a length read
-    before, to see only what came after); optionally wait for a line to be flushed."""
+    before, to see only what came after); optionally wait for a line to be flushed.
+
+    Several files match once a replica was replaced (a management replica killed by an earlier test): they
+    are read in the order they were last written, so the live one, the only one still growing, is last and
+    ``since`` cuts before its new lines. In glob's order a dead file could come last (seen once)."""
     deadline = time.monotonic() + timeout_s
     while True:
-        text = "".join(Path(f).read_text(errors="replace") for f in glob.glob(f"{SERVE_LOGS}/replica_*{replica_id}*.log"))
+        files = sorted(glob.glob(f"{SERVE_LOGS}/replica_*{replica_id}*.log"), key=lambda f: Path(f).stat().st_mtime)
+        text = "".join(Path(f).read_text(errors="replace") for f in files)
         text = text[since:]
         if wait_for is None or wait_for in text or time.monotonic() > deadline:
             return text
