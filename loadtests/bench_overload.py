@@ -242,7 +242,7 @@ def measure(args: argparse.Namespace) -> tuple[list[WrkRun], int, list[Round]]:
                       f"{taken.overload_p99_ms:.1f} ms, refused {overloaded.shed:,} of "
                       f"{overloaded.ok + overloaded.shed:,}, refusal p99 {percentile(taken.refusals_ms, 99):.1f} ms,"
                       f" socket errors {overloaded.socket_errors}, timeouts {overloaded.timeouts}, recovery "
-                      f"{taken.recovery_s} s", flush=True)
+                      f"{taken.recovery_s if taken.recovery_s is None else round(taken.recovery_s, 1)} s", flush=True)
     return sweep, c_sat, rounds
 
 
@@ -269,7 +269,8 @@ def report(sweep: Sequence[WrkRun], c_sat: int, rounds: Sequence[Round], args: a
                      f"{r.overloaded.ok_per_s:,.0f} | {r.overloaded.shed:,} | {r.overload_p99_ms:.1f} | "
                      f"{r.overload_p99_ms / r.saturation_p99_ms:.2f}x | {percentile(r.refusals_ms, 99):.1f} / "
                      f"{max(r.refusals_ms, default=float('nan')):.1f} | "
-                     f"{r.overloaded.socket_errors + r.overloaded.timeouts} | {r.recovery_s} |")
+                     f"{r.overloaded.socket_errors + r.overloaded.timeouts} | "
+                     f"{'not back' if r.recovery_s is None else f'{r.recovery_s:.1f}'} |")
     lines += ["", "| figure | measured | target |", "| --- | --- | --- |",
               f"| accepted p99 at 4x / p99 at saturation (median of rounds) | {statistics.median(ratios):.2f}x | "
               f"<= {TARGETS['accepted_p99_ratio']}x |",
