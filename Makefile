@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install start stop status test unit bench bench-graph bench-tracing bench-overload loadtest clean
+.PHONY: install start stop status test unit bench bench-graph bench-tracing bench-overload loadtest soak clean
 
 $(BIN)/.installed: pyproject.toml cluster/version.py  # the version is read from cluster/version.py at install
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,9 @@ bench-overload: install ## overload: 4x the saturating concurrency against satur
 
 loadtest: install ## locust load test (inference, management, batch) on a throwaway local cluster; reports under results/
 	$(BIN)/python -m loadtests.run_load_test
+
+soak: install ## soak run: 10 min of mixed load with scaling, batch jobs and SIGKILLed replicas on a throwaway cluster; leaks and failures judged, report under results/ (DURATION=60s for a short one)
+	$(BIN)/python -m loadtests.soak --duration $(or $(DURATION),10m)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

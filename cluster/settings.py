@@ -102,6 +102,7 @@ class Settings(BaseModel):
     trace_sample_ratio: float = Field(1.0, ge=0, le=1, description="Share of requests without a sampled traceparent that are traced (0..1); an incoming W3C traceparent's own decision is always honoured.")
     pidfile: Optional[str] = Field(None, description="Write the PID of the process that holds the cluster (the `start --block` process, else the Ray head's GCS server) to this file; removed at stop (Seldon/gunicorn's --pidfile).")
     metrics_path: str = Field("/metrics", pattern=r"^/[A-Za-z0-9._~/-]*$", description="Path on the HTTP port where the cluster's Prometheus metrics are answered (Seldon's PREDICTIVE_UNIT_METRICS_ENDPOINT); its scrapes write no access line unless --debug.")
+    management_replicas: Optional[int] = Field(None, ge=1, le=16, description="Replicas of the management app, each serving (Serve balances between them; registry changes go through one writer actor, so they stay consistent). Default: 2 on a Ray cluster of several nodes or one joined with --address, 1 on one machine.")
     log_level: str = Field("INFO", pattern="^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$", description="Log level of replicas and the CLI.")
     start_timeout_s: float = Field(180.0, gt=0, description="How long `modelpool start` waits for everything to serve.")
 

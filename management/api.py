@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
+from modelpool.deployments.app_names import REPLICA_HEADER
 from modelpool.deployments.errors import RequestError
 from modelpool.deployments.http_io import error_response
 from modelpool.management import batch_routes, graph_routes, metrics_route, model_routes, ui_routes
@@ -72,6 +73,30 @@ class TrailingSlashAsNone:
 
 
 api.add_middleware(TrailingSlashAsNone)
+
+
+class NameReplica:
+    """Every answer names the management replica that gave it (``x-modelpool-replica``, as model replicas'
+    answers do): with several management replicas, which one answered is what a log line or a test needs."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        replica = state.replica_id
+        if scope["type"] != "http" or not replica:
+            await self.app(scope, receive, send)
+            return
+        header = (REPLICA_HEADER.encode(), replica.encode("latin-1"))
+
+        async def named(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), header]}
+            await send(message)
+        await self.app(scope, receive, named)
+
+
+api.add_middleware(NameReplica)
 
 
 

@@ -31,19 +31,27 @@ REPLICA_METRICS_PERIOD_S = 5.0
                   health_check_period_s=2.0)  # a dead replica is noticed by the next check: 2 s, not 10
 @serve.ingress(api)
 class Management:
-    """Owns no state but the registry in object storage; any replica can answer any request."""
+    """Owns no state but the registry in object storage; any replica can answer any request (there are
+    ``--management-replicas``; their registry writes meet in one writer actor, their applies take turns)."""
 
     def __init__(self, settings: dict, token: str) -> None:
         # Imported here, not at module level: Serve pickles this class by value, which would give
         # it a private copy of a module-level ``state`` instead of the one the routes read.
         from modelpool.management import api as routes
 
+        from modelpool.deployments.replica_base import replica_id
+        from modelpool.management.registry_writer import WriterClient, create_writer
+
         # The token in effect (generated ones too): with --inference-token, model routes accept it as well
-        self.manager = ModelManager(Settings(**{**settings, "management_token": token}))
+        settings_in_effect = Settings(**{**settings, "management_token": token})
+        # every registry change, from every management replica, goes through the cluster's one writer
+        writer = WriterClient.actor(create_writer(settings_in_effect.object_store_config))
+        self.manager = ModelManager(settings_in_effect, writer=writer)
         self._applications = TtlCache(applications, ttl_s=1.0)  # health probes may come many times a second
         routes.state.manager = self.manager
         routes.state.batches = BatchService(self.manager.settings, self.manager.store, self.manager.registry)
         routes.state.token = token
+        routes.state.replica_id = replica_id()  # answers name this replica (there may be several)
         routes.state.debug = self.manager.settings.debug
         routes.state.max_body_bytes = self.manager.settings.max_body_bytes
         routes.state.body_timeout_s = self.manager.settings.body_timeout_s

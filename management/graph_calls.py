@@ -19,6 +19,7 @@ from modelpool.deployments.errors import RequestError
 from modelpool.management import deployer, graph_configs, graph_spec, route_probe, serve_state
 from modelpool.management.graph_spec import GraphSpec
 from modelpool.management.registry import GraphRecord, ModelRecord
+from modelpool.management.registry_cas import TAKEN
 from modelpool.management.rollout_wait import wait_for_rollout
 from modelpool.management.serve_configs import AppConfig
 
@@ -29,7 +30,7 @@ GRAPH_START_TIMEOUT_S = 120.0
 
 
 class GraphCalls:
-    """Graphs over the manager's registry, lock and ``apply``."""
+    """Graphs over the manager's registry, writer, lock and ``apply``."""
 
     # --- the API ------------------------------------------------------------------------------
 
@@ -43,9 +44,11 @@ class GraphCalls:
             graph_spec.check_graph(spec, self._role_of, others)
             existing = self.registry.get_graph(name)
             now = time.time()
-            self.registry.put_graph(GraphRecord(name=name, graph=spec.root.model_dump(exclude_none=True,
-                                                                                       exclude_defaults=True),
-                                                created_at=existing.created_at if existing else now, updated_at=now))
+            record = GraphRecord(name=name, graph=spec.root.model_dump(exclude_none=True, exclude_defaults=True),
+                                 created_at=existing.created_at if existing else now, updated_at=now)
+            if self.writer.put_graph(record.model_dump(mode="json")).status == TAKEN:  # a model registered meanwhile
+                raise RequestError(f"a model is registered as '{name}', and graphs and models share the route "
+                                   f"/v2/models/{name}; choose another name for the graph", status=409, field="name")
             self.apply()
         app = app_names.graph_app_name(name)
         wait_for_rollout([app], GRAPH_START_TIMEOUT_S, f"graph '{name}'")
@@ -71,7 +74,7 @@ class GraphCalls:
             if callers:
                 raise RequestError(f"graph '{name}' is called by graph(s) {', '.join(callers)}; change or delete "
                                    "those first", status=409, field="name")
-            self.registry.delete_graph(name)
+            self.writer.delete("graphs", name)
             self.apply()
         return {"status": f'Graph "{name}" deleted'}
 

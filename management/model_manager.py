@@ -3,18 +3,30 @@
 Every mutation writes the registry first (durable before it is answered), then makes Serve match
 the registry for the model it touched. ``reconcile`` makes all of Serve match all of the registry,
 which is how a restarted management replica or a restarted cluster gets every model and pool
-back with no request from anyone. A register's archive comes in through ``modelpool.management.archive_intake``
+back with no request from anyone.
+
+Several management replicas: every registry change is a compare-and-set made by the cluster's single
+writer (``modelpool.management.registry_writer``): a register creates only where nothing is (the loser of a
+race gets 409, or the winner's answer when it carries the same Idempotency-Key), a scale re-reads and
+re-applies the fields it names until its write lands on the revision it read (two scales of different
+fields both persist). ``apply`` holds the cluster-wide Serve lease while it reads the registry and deploys,
+so applies from different replicas run one after another and each deploys the registry as it is then.
+``self._lock`` still orders this process's own mutations (it is cheaper than a lease round trip). A register's archive comes in through ``modelpool.management.archive_intake``
 (fetch, copy to object storage, load check); synchronous calls wait through ``modelpool.management.rollout_wait``.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import os
+import socket
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import ray
 
@@ -37,17 +49,47 @@ from modelpool.management.repository_service import RepositoryCalls
 from modelpool.management.rollout_wait import wait_for_rollout
 from modelpool.management.ttl_cache import TtlCache
 from modelpool.management.registry import ModelRecord, PoolRecord, Registry, check_model_name, check_model_version
+from modelpool.management.registry_cas import MISSING, TAKEN
+from modelpool.management.registry_writer import SERVE_LEASE, STORE_SCAN_LEASE, LeaseHolder, WriterClient
 
 logger = logging.getLogger(__name__)
+
+#: compare-and-set attempts of one read-modify-write before answering 503 (each conflict means another write landed)
+CAS_ATTEMPTS = 50
+
+
+def scaled_record(record: ModelRecord, params: ScaleParams) -> tuple[ModelRecord, int, int]:
+    """``record`` with the fields a scale names changed (the others as they are), and its (min, max) workers.
+
+    Pure, so a scale that lost a compare-and-set runs it again over the record that won."""
+    low = params.min_worker if params.min_worker is not None else record.min_workers
+    high = params.max_worker if params.max_worker is not None else max(record.max_workers, low)
+    if low > high:
+        raise RequestError(f"min_worker ({low}) would exceed max_worker ({high}); pass both", field="min_worker")
+    updated = record.model_copy(update={
+        "min_workers": low, "max_workers": high, "initial_workers": low,
+        "number_gpu": params.number_gpu if params.number_gpu is not None else record.number_gpu,
+        "batch_size": params.batch_size or record.batch_size,
+        "max_batch_delay_ms": params.max_batch_delay if params.max_batch_delay is not None else record.max_batch_delay_ms,
+        "max_queued_requests": params.max_queued_requests if params.max_queued_requests is not None
+        else record.max_queued_requests,
+        "drain_timeout_s": params.timeout, "updated_at": time.time(),
+    })
+    return updated, low, high
 
 
 class ModelManager(RepositoryCalls, GraphCalls):
     """Register, scale, describe, unregister models; session pools; services."""
 
-    def __init__(self, settings: Settings, store: Optional[ObjectStore] = None) -> None:
+    def __init__(self, settings: Settings, store: Optional[ObjectStore] = None,
+                 writer: Optional[WriterClient] = None) -> None:
         self.settings = settings
         self.store = store or object_store_from_settings(settings.object_store_uri, settings.s3_endpoint, settings.s3_region)
         self.registry = Registry(self.store)
+        # every registry change goes through it; in one process a local one (the management app passes the actor's)
+        self.writer = writer or WriterClient.local(self.registry)
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"  # this replica, as leases name it
+        self._lease_depth = 0  # nested apply calls (under self._lock) take the Serve lease once
         self.policy = UrlPolicy(allowed_urls=parse_allowed_urls(settings.allowed_urls),
                                 allow_private_networks=settings.allow_private_networks,
                                 max_bytes=settings.max_download_bytes)
@@ -66,8 +108,29 @@ class ModelManager(RepositoryCalls, GraphCalls):
         pools = {(p.name, p.version): p for p in self.registry.list_pools()}
         return placement.plan(records, {k: v for k, v in defaults.items() if v}, pools, self.settings)
 
+    @contextlib.contextmanager
+    def serve_lease(self) -> Iterator[None]:
+        """This process's lock and the cluster's Serve lease (re-entrant: nested calls take it once)."""
+        with self._lock:
+            holder = LeaseHolder(self.writer, SERVE_LEASE, self.owner) if self._lease_depth == 0 else None
+            if holder is not None:
+                holder.__enter__()
+            self._lease_depth += 1
+            try:
+                yield
+            finally:
+                self._lease_depth -= 1
+                if holder is not None:
+                    holder.__exit__(None, None, None)
+
     def apply(self, only_model: Optional[str] = None, wait: bool = False) -> list[str]:
-        """Make Serve match the registry (for one model, or all); returns the app names deployed."""
+        """Make Serve match the registry (for one model, or all); returns the app names deployed.
+
+        Under the Serve lease: the registry is read once it is held, so the last apply deploys the newest state."""
+        with self.serve_lease():
+            return self._apply(only_model, wait)
+
+    def _apply(self, only_model: Optional[str], wait: bool) -> list[str]:
         self._details.invalidate()
         plan = self._plan()
         cache = str(self.settings.cache_path)
@@ -108,7 +171,9 @@ class ModelManager(RepositoryCalls, GraphCalls):
         """At start: register new store archives if asked, then deploy everything the registry holds."""
         try:
             if self.settings.register_store:
-                self._register_store_archives()
+                # one replica registers the store's new archives, the other finds them registered once it may look
+                with LeaseHolder(self.writer, STORE_SCAN_LEASE, self.owner, wait_s=3600.0):
+                    self._register_store_archives()
             with self._lock:
                 self.apply()
         finally:
@@ -154,7 +219,7 @@ class ModelManager(RepositoryCalls, GraphCalls):
                 apps = self.apply(only_model=name)
             return self._registered(name, version, params, apps)
         self._refuse_duplicate(name, version)
-        key, digest = archive_intake.copy_to_store(self.store, local, name, version, registered)
+        key, digest = archive_intake.copy_to_store(self.store, local, name, version, registered)  # content-addressed
         archive_intake.check_loads(self.store, key, self.settings, manifest.handler, digest)  # 400 (copy deleted) if not
         workers_wanted = params.initial_workers
         record = ModelRecord(
@@ -168,11 +233,20 @@ class ModelManager(RepositoryCalls, GraphCalls):
             max_queued_requests=params.max_queued_requests,  # None: the server's setting, whatever it is then
             loaded_at_startup=at_startup, manifest=manifest.model_dump(), idempotency_key=params.idempotency_key,
         )
-        with self._lock:  # the load check ran unlocked (seconds); look again before writing
-            if not self._is_retry(name, version, params.idempotency_key):  # else a retry overtook this request
-                self._refuse_duplicate(name, version)
-                self.registry.put_model(record)  # the commit point: from here on the request has happened
-                self.registry.clear_unregistered(name, version)
+        with self._lock:  # the load check ran unlocked (seconds); the writer looks again as it writes
+            # the commit point: from here on the request has happened (and an earlier unregister is forgotten)
+            outcome = self.writer.register_model(record.model_dump(mode="json"))
+            if outcome.status == TAKEN:
+                self._refuse_if_graph(name)
+                raise RequestError(f"a graph is named '{name}'", status=409, field="model_name")
+            if not outcome.ok:  # another request registered this version first (on this replica or another)
+                winner = ModelRecord.model_validate(outcome.record)
+                if not (params.idempotency_key and winner.idempotency_key == params.idempotency_key):
+                    if winner.source != record.source:  # a different archive lost: its copy is nobody's
+                        archive_leases.delete_archive_unless_held(self.store, record.source)
+                    self._refuse_duplicate(name, version)
+                    raise RequestError(f"model '{name}' version '{version}' is already registered", status=409,
+                                       field="model_name")
             apps = self.apply(only_model=name) if apply else None
         return self._registered(name, version, params, apps)
 
@@ -215,22 +289,9 @@ class ModelManager(RepositoryCalls, GraphCalls):
                 if params.number_gpu > available:
                     raise RequestError(f"number_gpu={params.number_gpu} but the cluster has {available:g} GPUs; "
                                        "add GPU nodes or ask for fewer", field="number_gpu")
-            low = params.min_worker if params.min_worker is not None else record.min_workers
-            high = params.max_worker if params.max_worker is not None else max(record.max_workers, low)
-            if low > high:
-                raise RequestError(f"min_worker ({low}) would exceed max_worker ({high}); pass both", field="min_worker")
-            updated = record.model_copy(update={
-                "min_workers": low, "max_workers": high, "initial_workers": low,
-                "number_gpu": params.number_gpu if params.number_gpu is not None else record.number_gpu,
-                "batch_size": params.batch_size or record.batch_size,
-                "max_batch_delay_ms": params.max_batch_delay if params.max_batch_delay is not None else record.max_batch_delay_ms,
-                "max_queued_requests": params.max_queued_requests if params.max_queued_requests is not None
-                else record.max_queued_requests,
-                "drain_timeout_s": params.timeout, "updated_at": time.time(),
-            })
-            self.registry.put_model(updated)
+            record, low, high = self._update_model(record, lambda current: scaled_record(current, params))
             if high == 0:
-                self.registry.delete_pool(record.name, record.version)
+                self.writer.delete("pools", record.name, record.version)
             apps = self.apply(only_model=record.name)
         scaled = answers.scaled(record.name, low, version)
         if not params.synchronous:
@@ -243,6 +304,25 @@ class ModelManager(RepositoryCalls, GraphCalls):
         wait_for_rollout(apps, wait_s, f"model '{name}'", min_running=target,
                          field="timeout" if params.timeout > 0 else "startup_timeout")
         return 200, {"status": scaled}
+
+    def _update_model(self, record: ModelRecord, change) -> tuple:
+        """Read-modify-write of one model version by compare-and-set: ``change(current)`` returns the updated record
+        first (then anything else, handed back); a conflict runs it again over the record that won. 404 when the
+        version went meanwhile (an unregister won), 503 after :data:`CAS_ATTEMPTS` conflicts in a row."""
+        for _ in range(CAS_ATTEMPTS):
+            result = change(record)
+            updated = result[0] if isinstance(result, tuple) else result
+            outcome = self.writer.replace("models", record.name, record.version, record.revision,
+                                          updated.model_dump(mode="json"))
+            if outcome.ok:
+                written = ModelRecord.model_validate(outcome.record)
+                return (written, *result[1:]) if isinstance(result, tuple) else (written,)
+            if outcome.status == MISSING:
+                raise RequestError(f"model '{record.name}' version '{record.version}' was unregistered meanwhile",
+                                   status=404, field="model_version")
+            record = ModelRecord.model_validate(outcome.record)
+        raise RequestError(f"model '{record.name}' version '{record.version}' changed {CAS_ATTEMPTS} times while "
+                           "this change was being written; try again", status=503)
 
     def describe(self, name: str, version: Optional[str]) -> list[dict]:
         check_model_name(name)
@@ -281,17 +361,21 @@ class ModelManager(RepositoryCalls, GraphCalls):
     def _unregister_all(self, name: str, records: list[ModelRecord]) -> None:
         """Forget these versions of one model (remembered as unregistered), redeploy it once, drop the archives.
 
-        Called under ``self._lock``.
+        Called under ``self._lock``; takes the Serve lease for the retired apps' plan, the deletes and the apply.
+        A version another replica unregistered first is not one this call removed: 404 when that is all of them.
         """
         gone = {record.version for record in records}
         self._refuse_if_referenced(name, gone)
-        retiring = self._retired_apps(name, gone)  # their replicas drain for a while after Serve deletes them
-        for record in records:
-            self.registry.mark_unregistered(record.name, record.version)
-            self.registry.delete_model(record.name, record.version)
-            self.registry.delete_pool(record.name, record.version)
-        deployer.deploy_apps(retiring)  # in place: answered once every replica knows (read your writes)
-        self.apply(only_model=name)
+        with self.serve_lease():
+            retiring = self._retired_apps(name, gone)  # their replicas drain for a while after Serve deletes them
+            removed = [record for record in records
+                       if self.writer.unregister_model(record.name, record.version).ok]
+            if records and not removed:
+                raise RequestError(f"model '{name}' is not registered (it was unregistered meanwhile)", status=404,
+                                   field="model_name")
+            deployer.deploy_apps(retiring)  # in place: answered once every replica knows (read your writes)
+            self.apply(only_model=name)
+        records = removed
         for record in records:
             held_by = archive_leases.delete_archive_unless_held(self.store, record.source)
             if held_by:
@@ -327,7 +411,8 @@ class ModelManager(RepositoryCalls, GraphCalls):
     def set_default(self, name: str, version: str) -> dict:
         with self._lock:
             self.record(name, version)
-            self.registry.set_default(name, version)
+            if self.writer.set_default(name, version).status == MISSING:  # unregistered meanwhile
+                self.record(name, version)  # the 404 naming the versions there are
             self.apply(only_model=name)
         return {"status": answers.default_set(name, version)}
 
@@ -335,9 +420,10 @@ class ModelManager(RepositoryCalls, GraphCalls):
     def put_pool(self, name: str, version: str, params: PoolParams) -> dict:
         with self._lock:
             record = self.record(name, version)
-            self.registry.put_pool(PoolRecord(name=record.name, version=record.version,
-                                              initial_pool_size=params.initial_pool_size,
-                                              max_pool_size=params.max_pool_size))
+            pool = PoolRecord(name=record.name, version=record.version, initial_pool_size=params.initial_pool_size,
+                              max_pool_size=params.max_pool_size)
+            if self.writer.put_pool(pool.model_dump(mode="json")).status == MISSING:  # unregistered meanwhile
+                self.record(record.name, record.version)
             self.apply(only_model=record.name)
         return {"status": f'Pool for "{record.name}" version "{record.version}" set to '
                           f"{params.initial_pool_size}..{params.max_pool_size} replicas"}
@@ -352,10 +438,10 @@ class ModelManager(RepositoryCalls, GraphCalls):
         """The dedicated replicas go; the service returns to the generic pool. Repeating it is harmless."""
         with self._lock:
             record = self.record(name, version)
-            self.registry.delete_pool(record.name, record.version)
+            self.writer.delete("pools", record.name, record.version)
             if record.max_workers:
-                self.registry.put_model(record.model_copy(update={"min_workers": 0, "max_workers": 0,
-                                                                   "initial_workers": 0, "updated_at": time.time()}))
+                self._update_model(record, lambda current: current.model_copy(update={
+                    "min_workers": 0, "max_workers": 0, "initial_workers": 0, "updated_at": time.time()}))
             self.apply(only_model=record.name)
         return {"status": f'Pool for "{record.name}" version "{record.version}" deleted; served by the generic pool'}
 

@@ -8,9 +8,13 @@ controller and is shared by every node of a cluster without a database:
 * ``registry/pools/{name}/{version}.json``   - one :class:`PoolRecord` per version
 * ``registry/graphs/{name}.json``             - one :class:`GraphRecord` per inference graph
 
-One file per record keeps every write a whole-object atomic write (last writer wins, never a
-torn file) and needs no locking. A record that cannot be read is skipped with a warning instead
-of breaking every listing, because one bad file must not take the whole registry down.
+One file per record keeps every write a whole-object atomic write (never a torn file). Every record
+carries a ``revision`` (0 for files written before revisions existed); the management replicas change
+records only through :mod:`modelpool.management.registry_writer`, whose compare-and-set on that revision
+means two replicas racing on one record never both succeed over the same revision (no lost update).
+This class reads for everyone and does the raw writes the writer decides. A record that cannot be read
+is skipped with a warning instead of breaking every listing, because one bad file must not take the
+whole registry down.
 """
 from __future__ import annotations
 
@@ -81,6 +85,7 @@ class _Record(BaseModel):
 
     name: str
     version: str
+    revision: int = 0  # bumped by every compare-and-set write (registry_cas); files from before it read as 0
 
     @field_validator("version", mode="before")
     @classmethod
@@ -139,6 +144,7 @@ class GraphRecord(BaseModel):
 
     name: str
     graph: dict[str, Any]
+    revision: int = 0
     created_at: float = Field(default_factory=_now)
     updated_at: float = Field(default_factory=_now)
 
@@ -163,6 +169,38 @@ class Registry:
 
     def _default_key(self, name: str) -> str:
         return f"{self.prefix}/defaults/{check_model_name(name)}{_SUFFIX}"
+
+    def key_of(self, kind: str, name: str, version: Optional[str] = None) -> str:
+        """Where a record lives: ``models``/``pools``/``unregistered`` by name and version, ``defaults`` and
+        ``graphs`` by name."""
+        if kind == "defaults":
+            return self._default_key(name)
+        if kind == "graphs":
+            return self._graph_key(name)
+        if kind not in ("models", "pools", "unregistered") or version is None:
+            raise ValueError(f"no registry record of kind {kind!r} with version {version!r}")
+        return self._record_key(kind, name, version)
+
+    def read_raw(self, key: str) -> Optional[dict]:
+        """The stored JSON object at ``key``; None when missing or unreadable (as the typed reads skip it)."""
+        try:
+            value = self.store.read_json(key)
+        except ObjectNotFound:
+            return None
+        except (OSError, ValueError) as exc:
+            logger.warning("treating unreadable registry record %s in %s as absent: %s", key, self.store.uri, exc)
+            return None
+        return value if isinstance(value, dict) else None
+
+    def write_raw(self, key: str, value: Optional[dict]) -> None:
+        """Store ``value`` at ``key`` (whole-object), or delete it when None: the writer's only way in."""
+        if value is None:
+            self.store.delete(key)
+        else:
+            self.store.write_json(key, value)
+
+    def has_versions(self, name: str) -> bool:
+        return bool(self.store.list(f"{self.prefix}/models/{check_model_name(name)}"))
 
     # --------------------------------------------------------------------------------- models
 

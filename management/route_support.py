@@ -36,6 +36,7 @@ class _State:
     serving: ServingOptions = ServingOptions()  # the inference token, for the inference routes served here
     status: Any = None  # what GET /ui/state shows (management/status_sources.py); made on first use if unset
     metrics_path: str = Settings.model_fields["metrics_path"].default  # --metrics-path (management/metrics_route.py)
+    replica_id: str = ""  # Serve's id of this management replica: answers name it (x-modelpool-replica), unless empty
 
 
 state = _State()

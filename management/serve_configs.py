@@ -284,6 +284,16 @@ def front_app_config(front: FrontConfig, routes: dict[str, str], code_version: s
     return AppConfig(FRONT_APP, None, FRONT_DEPLOYMENT, options, init_kwargs)
 
 
+def management_replica_count(setting: Optional[int], joined: bool, alive_nodes: int) -> int:
+    """Replicas of the management app: ``--management-replicas`` when given; else 2 on a cluster (a joined one,
+    ``--address``/KubeRay, whose workers may join after management starts, as ``ray up`` starts it on the head
+    first; or one with several nodes now), so a lost node or a killed replica leaves one answering; 1 on one
+    machine, where a second replica would only cost memory and a core's share of health checks."""
+    if setting is not None:
+        return setting
+    return 2 if joined or alive_nodes > 1 else 1
+
+
 HEAD_NODE_RESOURCE = "node:__internal_head__"  # every Ray head has 1 of it
 HEAD_NODE_SHARE = 0.001
 PROTOCOL_FRONT_MAX_ONGOING = 1024  # a front only waits on model replicas, which bound the work themselves

@@ -28,11 +28,27 @@ from modelpool.deployments.app_names import MANAGEMENT_APP
 TOKEN_ENV = MANAGEMENT_TOKEN_ENV  # fed by a Kubernetes Secret
 
 
-def build_management(settings: Settings, token: str) -> Application:
-    """The management application at ``/``, bound exactly as ``modelpool start`` binds it."""
-    from modelpool.management.app import Management
+def alive_nodes() -> int:
+    """Alive Ray nodes now (1 without Ray in this process)."""
+    import ray
 
-    return Management.options(logging_config=settings.logging_config()).bind(settings.model_dump(), token)
+    if not ray.is_initialized():
+        return 1
+    return sum(1 for node in ray.nodes() if node.get("Alive"))
+
+
+def build_management(settings: Settings, token: str, joined: Optional[bool] = None) -> Application:
+    """The management application at ``/``, bound exactly as ``modelpool start`` binds it, with
+    :func:`~modelpool.management.serve_configs.management_replica_count` replicas (``joined``: a cluster this
+    start did not make; default: ``--address`` given)."""
+    from modelpool.management.app import Management
+    from modelpool.management.serve_configs import management_replica_count
+
+    joined = bool(settings.address) if joined is None else joined
+    replicas = management_replica_count(settings.management_replicas, joined,
+                                        alive_nodes() if settings.management_replicas is None else 1)
+    return Management.options(logging_config=settings.logging_config(), num_replicas=replicas).bind(
+        settings.model_dump(), token)
 
 
 def deploy_management(settings: Settings, token: str) -> None:
@@ -69,4 +85,5 @@ def settings_from_args(args: Optional[Mapping[str, Any]], environ: Optional[Mapp
 def app(args: dict) -> Application:
     """Serve's entry point (``modelpool.management.serve_entrypoint:app``); ``args`` are Settings field names."""
     settings = settings_from_args(args)
-    return build_management(settings, cast(str, settings.management_token))  # set: checked above
+    # a RayService is a cluster by nature (its worker groups scale after the build): joined
+    return build_management(settings, cast(str, settings.management_token), joined=True)  # token: checked above
