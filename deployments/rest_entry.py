@@ -31,7 +31,7 @@ from starlette.responses import Response
 
 from modelpool.deployments import tracing
 from modelpool.deployments.access_log import ACCESS_LOG, AccessLog
-from modelpool.deployments.admission import Admission
+from modelpool.deployments.admission import Admission, Refusal
 from modelpool.deployments.replica_port import InFlight
 
 REQUEST_ID_HEADER = "x-request-id"
@@ -105,7 +105,7 @@ class RestApp:
             with self.in_flight:  # a waiting call counts too: the autoscaler must see the queue
                 if gate is not None and not await gate.enter():
                     status = 429
-                    await _refuse(send, gate.refused("rest").headers, gate.refusal.body, request_id)
+                    await _refuse(send, gate.refused("rest"), request_id)
                     return
                 try:
                     response = await answer(Request(scope, receive))
@@ -124,8 +124,8 @@ class RestApp:
                                    request_id, trace_id)
 
 
-async def _refuse(send: Callable, headers: tuple, body: bytes, request_id: str) -> None:
+async def _refuse(send: Callable, refusal: Refusal, request_id: str) -> None:
     """A 429 sent as it was made (``admission.Refusal``), with the call's request id; the body stays unread."""
     await send({"type": "http.response.start", "status": 429,
-                "headers": [*headers, (_REQUEST_ID_KEY, request_id.encode("latin-1"))]})
-    await send({"type": "http.response.body", "body": body, "more_body": False})
+                "headers": [*refusal.headers, (_REQUEST_ID_KEY, request_id.encode("latin-1"))]})
+    await send({"type": "http.response.body", "body": refusal.body, "more_body": False})
