@@ -214,11 +214,15 @@ class ModelManager(RepositoryCalls, GraphCalls):
         name = check_model_name(params.model_name or manifest.name)
         version = check_model_version(manifest.version)
         self._refuse_if_graph(name)
-        if self._is_retry(name, version, params.idempotency_key):
+        # One read tells a retry from a duplicate: two reads (retry? then duplicate?) let a racing request with the
+        # same Idempotency-Key see nothing at the first and the winner's record at the second, a 409 for its own key.
+        stored = self.registry.get_model(name, version)
+        if self._is_retry(stored, params.idempotency_key):
             with self._lock:
                 apps = self.apply(only_model=name)
             return self._registered(name, version, params, apps)
-        self._refuse_duplicate(name, version)
+        if stored is not None:
+            self._refuse_duplicate(name, version)
         key, digest = archive_intake.copy_to_store(self.store, local, name, version, registered)  # content-addressed
         archive_intake.check_loads(self.store, key, self.settings, manifest.handler, digest)  # 400 (copy deleted) if not
         workers_wanted = params.initial_workers
@@ -250,12 +254,10 @@ class ModelManager(RepositoryCalls, GraphCalls):
             apps = self.apply(only_model=name) if apply else None
         return self._registered(name, version, params, apps)
 
-    def _is_retry(self, name: str, version: str, idempotency_key: Optional[str]) -> bool:
-        """True when this version was registered by a request with the same Idempotency-Key."""
-        if not idempotency_key:
-            return False
-        record = self.registry.get_model(name, version)
-        return record is not None and record.idempotency_key == idempotency_key
+    @staticmethod
+    def _is_retry(stored: Optional[ModelRecord], idempotency_key: Optional[str]) -> bool:
+        """True when the stored version was registered by a request with the same Idempotency-Key."""
+        return bool(idempotency_key) and stored is not None and stored.idempotency_key == idempotency_key
 
     def _registered(self, name: str, version: str, params: RegisterParams, apps: Optional[list]) -> tuple[int, dict]:
         """The answer to a register request, first time or retried: the same for both, in TorchServe's words.

@@ -99,6 +99,23 @@ def test_racing_registrations_with_one_idempotency_key_all_get_the_first_answer(
     assert statuses(other) == [409] * 4, "another key is another request: the version is taken"
 
 
+def test_a_request_whose_key_won_meanwhile_gets_the_first_answer_not_409(replicas: list[ModelManager],
+                                                                         monkeypatch: pytest.MonkeyPatch):
+    """The window the cluster benchmark hit (loadtests.bench_management_race, 1 of 6 racers with one key got 409):
+    a request that read the registry before the winner wrote, and looked again after it."""
+    params = RegisterParams(url="iris-1.zip", model_name="late", idempotency_key="key-late")
+    first = replicas[0].register(params)
+    late = replicas[1]
+    reads = {"n": 0}
+    real = late.registry.get_model
+
+    def before_the_winner_wrote_then_real(name: str, version: str):
+        reads["n"] += 1
+        return None if reads["n"] == 1 else real(name, version)
+    monkeypatch.setattr(late.registry, "get_model", before_the_winner_wrote_then_real)
+    assert late.register(params) == first
+
+
 def test_sixteen_racing_scales_of_different_fields_lose_no_update(replicas: list[ModelManager]):
     replicas[0].register(RegisterParams(url="iris-1.zip", model_name="scaled"))
     before = replicas[0].registry.get_model("scaled", "1")
