@@ -322,6 +322,9 @@ class ModelManager(RepositoryCalls, GraphCalls):
             if outcome.status == MISSING:
                 raise RequestError(f"model '{record.name}' version '{record.version}' was unregistered meanwhile",
                                    status=404, field="model_version")
+            logger.info("registry: model '%s' version '%s' changed meanwhile (revision %s, now %s); the change is "
+                        "applied again over the record that won", record.name, record.version, record.revision,
+                        outcome.record.get("revision"))
             record = ModelRecord.model_validate(outcome.record)
         raise RequestError(f"model '{record.name}' version '{record.version}' changed {CAS_ATTEMPTS} times while "
                            "this change was being written; try again", status=503)
