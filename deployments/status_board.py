@@ -135,9 +135,13 @@ class StatusBoard:
     def __init__(self) -> None:
         self.state = BoardState()
 
+    # Every replica pushes once a second and the page polls: Ray would keep an event of each call in the GCS (up to
+    # 100,000 tasks), whose memory grew 12% in a 10-minute soak. Serve keeps its own replicas' calls out the same way.
+    @ray.method(enable_task_events=False)
     def push(self, node: str, summaries: list[dict]) -> None:
         self.state.push(node, summaries)
 
+    @ray.method(enable_task_events=False)
     def snapshot(self) -> dict[str, Any]:
         return self.state.snapshot()
 
