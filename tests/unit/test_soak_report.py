@@ -121,6 +121,18 @@ def test_a_few_descriptors_past_the_warm_ups_highest_are_churn_not_a_leak():
     assert rows["r#1"].fds_ok
 
 
+def test_rays_log_monitor_is_judged_against_its_open_files_bound_and_others_are_not():
+    """It keeps a new replica's log files open until it holds 200, then closes them all: growth up to the bound is its
+    design; past it, or the same climb in any other process, fails."""
+    climbs = [69] * 15 + list(range(69, 115))
+    runaway = [69] * 15 + list(range(69, 109)) + [300] * 6
+    rows = {g.key: g for g in growth(series("log_monitor#1", flat(61, 80), climbs)
+                                     + series("log_monitor#2", flat(61, 80), runaway)
+                                     + series("ServeController#1", flat(61, 80), climbs), PLAN)}
+    assert rows["log_monitor#1"].fds_ok
+    assert not rows["log_monitor#2"].fds_ok and not rows["ServeController#1"].fds_ok
+
+
 def test_processes_gone_or_too_young_are_reported_not_judged():
     everyone = series("keeper#1", flat(61, 100), [10] * 61)
     killed = series("ServeReplica:model:iris:1:iris_v1#1", flat(20, 300), [40] * 20, pid=2)
