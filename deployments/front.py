@@ -18,6 +18,11 @@ register it here (a map ``app@slot -> host|port``, replicas taking turns over ``
   ``application`` header; then a registered port, else Serve's gRPC ingress. Calls that name no model go
   to management. Statuses, details and trailers pass through untouched.
 
+Load shedding: a model call past what the app's replicas may hold between them (each its
+``max_ongoing_requests`` plus ``max_queued_requests``) is answered 429 with ``Retry-After`` (RESOURCE_EXHAUSTED
+over gRPC) by HAProxy itself; management sends the per-replica limits with the routes, the front multiplies
+them by the ports registered, and reads HAProxy's refusal counts into the metrics every ``PROBE_PERIOD_S``.
+
 A port that refuses the connection (its replica was killed) costs no call: HAProxy retries the
 request on Serve's ingress (``option redispatch``, the second server of the backend), and the
 prober drops the port from the map within ``PROBE_PERIOD_S``.
@@ -44,7 +49,10 @@ from pathlib import Path
 from typing import Mapping, Optional
 
 from modelpool.cluster.front_directories import FRONT_DIRECTORY_PREFIX, remove_stale_front_directories
-from modelpool.deployments.front_config import Listeners, port_slots, render_config, render_map
+from modelpool.deployments.app_names import parse_app_name
+from modelpool.deployments.front_config import (SHED_TABLES, Listeners, app_limits, port_slots, read_shed_counts,
+                                                render_config, render_map)
+from modelpool.deployments.metrics import record_front_shed
 
 logger = logging.getLogger("ray.serve")
 
@@ -120,13 +128,16 @@ class FrontProcess:
         self.directory = Path(tempfile.mkdtemp(prefix=FRONT_DIRECTORY_PREFIX))
         self.map_path = self.directory / "routes.map"
         self.ports_path = self.directory / "ports.map"
+        self.limits_path = self.directory / "limits.map"
         self.socket_path = self.directory / "admin.sock"
         self.map_path.write_text(render_map(routes or {}))
         self.ports_path.write_text("")
+        self.limits_path.write_text("")
         config = self.directory / "haproxy.cfg"
         config.write_text(render_config(listeners, workers=workers, map_path=self.map_path,
                                         socket_path=self.socket_path, management_app=management_app,
-                                        pool_app=pool_app, ports_path=self.ports_path))
+                                        pool_app=pool_app, ports_path=self.ports_path,
+                                        limits_path=self.limits_path))
         self.process = _spawn_kept([haproxy_binary(), "-db", "-f", str(config)])
         self._wait_listening(listeners, start_timeout_s)
 
@@ -151,6 +162,15 @@ class FrontProcess:
     def set_ports(self, ports: Mapping[str, Mapping[str, str]]) -> None:
         """``{app: {replica: host:port}}``: the replica gRPC ports calls go to, swapped in one step."""
         replace_map(self.socket_path, self.ports_path, port_slots(ports))
+
+    def set_limits(self, limits: Mapping[str, str]) -> None:
+        """``{app: calls in flight}``: load shedding's limits (``front_config.app_limits``), swapped in one step."""
+        replace_map(self.socket_path, self.limits_path, limits)
+
+    def shed_counts(self) -> dict[str, dict[str, int]]:
+        """``{protocol: {app: refusals since HAProxy started}}``, read from its tables."""
+        return {protocol: read_shed_counts(admin_command(self.socket_path, f"show table {table}"))
+                for protocol, table in SHED_TABLES.items()}
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -211,6 +231,8 @@ class Front:
         self.front = FrontProcess(Listeners(**listeners), workers=workers, management_app=management_app,
                                   pool_app=pool_app)
         self.ports: dict[str, dict[str, str]] = {}  # app -> replica -> host:port
+        self.per_replica_limits: dict[str, int] = {}  # app -> calls in flight one replica may hold (load shedding)
+        self._shed_seen: dict[tuple[str, str], int] = {}  # (protocol, app) -> refusals already counted
         self._ports_lock = threading.Lock()
         self._stop = threading.Event()
         threading.Thread(target=self._probe_forever, name="front-prober", daemon=True).start()
@@ -222,6 +244,7 @@ class Front:
                 return
             self.ports.setdefault(app, {})[replica] = address
             self.front.set_ports(self.ports)
+            self._set_limits()
         logger.info("front: %s serves %s", address, app)
 
     def unregister(self, app: str, replica: str) -> None:
@@ -232,6 +255,11 @@ class Front:
             if not self.ports[app]:
                 del self.ports[app]
             self.front.set_ports(self.ports)
+            self._set_limits()
+
+    def _set_limits(self) -> None:
+        """The apps' limits over their ports now (under ``_ports_lock``): more replicas take more calls."""
+        self.front.set_limits(app_limits(self.ports, self.per_replica_limits))
 
     def ports_table(self) -> dict[str, dict[str, str]]:
         """``{app: {replica: host:port}}``: where calls go now (for benchmarks and status pages)."""
@@ -249,10 +277,28 @@ class Front:
                     self.unregister(app, replica)
                 except Exception:  # noqa: BLE001 - HAProxy restarting: the health check replaces us
                     logger.exception("front: dropping a port failed")
+            try:
+                self._count_shed()
+            except Exception:  # noqa: BLE001 - HAProxy restarting: the next period reads the tables again
+                logger.debug("front: reading the refusal counts failed", exc_info=True)
+
+    def _count_shed(self) -> None:
+        """The calls HAProxy refused since the last look, into the metrics (model and version from the app)."""
+        for protocol, counts in self.front.shed_counts().items():
+            for app, total in counts.items():
+                seen = self._shed_seen.get((protocol, app), 0)
+                self._shed_seen[(protocol, app)] = total
+                model = parse_app_name(app)
+                if model is not None and total > seen:
+                    record_front_shed(model[0], model[1], protocol, total - seen)
 
     def reconfigure(self, user_config: dict) -> None:
-        """``routes``: {"name/" or "name/version": app}; every other call goes to the generic pool."""
+        """``routes``: {"name/" or "name/version": app}; every other call goes to the generic pool. ``limits``:
+        {app: calls in flight per replica} for the apps that shed load (``serve_configs.front_limits``)."""
         self.front.set_routes(user_config.get("routes", {}))
+        with self._ports_lock:
+            self.per_replica_limits = {app: int(limit) for app, limit in user_config.get("limits", {}).items()}
+            self._set_limits()
         logger.debug("front routes: %s", user_config.get("routes"))
 
     def check_health(self) -> None:

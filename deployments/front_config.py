@@ -4,6 +4,14 @@ What the front does with them (listening, swapping maps, probing ports) is ``mod
 Two maps drive the routing: ``name/version -> app`` (``render_map``; ``name/`` is the default version)
 and ``app@slot -> host|port`` (``port_slots``), the replica ports registered for an app, which take
 turns over ``PORT_SLOTS`` slots so a random slot picks a replica.
+
+A third map sheds load (``app_limits``): ``app -> calls in flight`` that the app's registered replicas may hold
+between them (each its ``max_ongoing_requests`` running plus ``max_queued_requests`` waiting). HAProxy counts
+a model's calls in flight to its replica ports (a stick table's trackers, keyed by app) and answers the one past
+the limit itself: 429 with ``Retry-After`` (RESOURCE_EXHAUSTED over gRPC), in microseconds and before any
+replica reads it. The replica's own gate (``admission``) refused too late under a flood: the backlog formed
+in socket buffers before its event loop could count it (BENCHMARKS.md, "Overload"). Each refusal is counted
+in a second table (``SHED_TABLES``), which the front reads into the metrics.
 """
 from __future__ import annotations
 
@@ -25,6 +33,14 @@ PORT_GONE_MESSAGE = "the replica chosen for this call stopped; retry (the front 
 MODEL_PATH_PREFIX = "/v2/models/"
 REST_UNAVAILABLE_MESSAGE = ("no replica of this model could take the request (its replicas are being replaced); "
                             "retry after the Retry-After seconds")
+LOAD_TABLE = "app_load"  # calls in flight to replica ports, by app: its trackers are the count
+SHED_TABLES = {"rest": "shed_rest", "grpc": "shed_grpc"}  # refusals by app (gpc0), per protocol
+LIMIT_FIELD = "max_queued_requests"
+#: A refusal, in HAProxy's log-format (the model's name and the app's limit filled in per call). Names and
+#: versions are checked at register (letters, digits, ``_.-``), and only a routed (registered) name is refused.
+FRONT_REFUSAL = ("model '%[var(txn.model_name)]' is at its limit: %[var(txn.limit)] calls in flight on its replicas "
+                 f"(max_ongoing_requests running and {LIMIT_FIELD} waiting on each); retry after the Retry-After "
+                 f"seconds, or add workers (scale max_worker) or raise {LIMIT_FIELD}")
 REST_TIMEOUT_MESSAGE = ("the model did not answer within the request timeout of the server (--request-timeout-s); "
                         "retry, or raise the timeout")
 
@@ -48,6 +64,26 @@ def port_slots(ports: Mapping[str, Mapping[str, str]]) -> dict[str, str]:
             host, _, port = addresses[k % len(addresses)].rpartition(":")
             slots[f"{app}@{k}"] = f"{host.strip('[]')}|{port}"
     return slots
+
+
+def app_limits(ports: Mapping[str, Mapping[str, str]], per_replica: Mapping[str, int]) -> dict[str, str]:
+    """The limits map: ``app -> calls in flight`` over the app's registered ports, for apps with a limit (> 0).
+
+    Only calls the front sends to a replica port are counted, so only apps with ports get a limit; a call that
+    goes through Serve's path meets Serve's own queue limit there.
+    """
+    return {app: str(per_replica[app] * len(replicas)) for app, replicas in ports.items()
+            if replicas and per_replica.get(app, 0) > 0}
+
+
+def read_shed_counts(table_dump: str) -> dict[str, int]:
+    """``app -> refusals so far`` from HAProxy's ``show table`` answer (a line per key: ``key=... gpc0=N``)."""
+    counts: dict[str, int] = {}
+    for line in table_dump.splitlines():
+        fields = dict(part.split("=", 1) for part in line.split() if "=" in part)
+        if "key" in fields and "gpc0" in fields:
+            counts[fields["key"]] = int(fields["gpc0"])
+    return counts
 
 
 @dataclass(frozen=True)
@@ -78,7 +114,36 @@ def _error(status: int, message: str) -> str:
     return f"http-error status {status} content-type application/json hdr Retry-After 1 string '{body}'"
 
 
-def _http_section(listeners: Listeners, bind_host: str, map_path: Path, ports_path: Path) -> str:
+def _shed_rules(limits_path: Path, protocol: str, refusal: str, condition: str) -> str:
+    """Count a routed call in flight to its app's replicas; past the app's limit, count and answer ``refusal``."""
+    return f"""
+    # load shedding: the app's calls in flight (this one included) against its replicas' limit
+    http-request set-var(txn.limit) var(txn.app),map_str_int({limits_path}) if {condition}
+    http-request track-sc0 var(txn.app) table {LOAD_TABLE} if {{ var(txn.limit) -m found }}
+    acl over_limit sc0_trackers({LOAD_TABLE}),sub(txn.limit) gt 0
+    http-request track-sc1 var(txn.app) table {SHED_TABLES[protocol]} if {{ var(txn.limit) -m found }} over_limit
+    http-request sc-inc-gpc0(1) if {{ var(txn.limit) -m found }} over_limit
+    {refusal} if {{ var(txn.limit) -m found }} over_limit"""
+
+
+def _tables() -> str:
+    """The stick tables of load shedding (a backend holds a table; no server, no traffic)."""
+    text = f"""
+backend {LOAD_TABLE}
+    stick-table type string len 160 size 10k
+"""
+    for table in SHED_TABLES.values():
+        text += f"""
+backend {table}
+    stick-table type string len 160 size 10k store gpc0
+"""
+    return text
+
+
+def _http_section(listeners: Listeners, bind_host: str, map_path: Path, ports_path: Path, limits_path: Path) -> str:
+    refusal_body = json.dumps({"error": FRONT_REFUSAL, "field": LIMIT_FIELD}).replace('"', '\\"')
+    refusal = (f"http-request return status 429 content-type application/json hdr Retry-After 1 "
+               f'lf-string "{refusal_body}"')
     return f"""
 frontend http
     bind {bind_host}:{listeners.http_port}
@@ -97,6 +162,7 @@ frontend http
     http-request set-var(txn.app) var(txn.route),map_str({map_path}) if {{ var(txn.route) -m found }}
     http-request set-var(txn.slot) rand({PORT_SLOTS}) if {{ var(txn.app) -m found }}
     http-request set-var(txn.port) var(txn.app),concat(@,txn.slot),map_str({ports_path}) if {{ var(txn.app) -m found }}
+    {_shed_rules(limits_path, "rest", refusal, "METH_POST { var(txn.port) -m found }").strip()}
     use_backend replica_rest if {{ var(txn.port) -m found }}
     default_backend serve_http
 
@@ -117,15 +183,18 @@ backend replica_rest
 """
 
 
-def _grpc_section(listeners: Listeners, bind_host: str, map_path: Path, ports_path: Path, management_app: str,
-                  pool_app: str) -> str:
+def _grpc_section(listeners: Listeners, bind_host: str, map_path: Path, ports_path: Path, limits_path: Path,
+                  management_app: str, pool_app: str) -> str:
     calls = " ".join(SERVICE_PATH + call for call in MODEL_CALLS)
+    refusal = (f'http-request return status 200 content-type application/grpc hdr grpc-status 8 '
+               f'hdr grpc-message "{FRONT_REFUSAL}"')
     return f"""
 frontend v2_grpc
     bind {bind_host}:{listeners.grpc_port} proto h2
     # the message must be in the buffer to read fields 1 and 2 (the first bytes of it: the rest may follow)
     option http-buffer-request
     acl model_call path {calls}
+    acl infer_call path {SERVICE_PATH}ModelInfer
     # a compressed message (flag byte 1) cannot be read for its model name: say so rather than misroute it
     acl compressed req.body,bytes(0,1),hex -m str 01
     http-request return status 200 content-type application/grpc hdr grpc-status 12 hdr grpc-message "{COMPRESSED_MESSAGE}" if model_call compressed
@@ -150,6 +219,7 @@ frontend v2_grpc
     # an app whose replicas registered ports of their own: straight to one of them
     http-request set-var(txn.slot) rand({PORT_SLOTS}) if model_call
     http-request set-var(txn.port) var(txn.app),concat(@,txn.slot),map_str({ports_path}) if model_call
+    {_shed_rules(limits_path, "grpc", refusal, "infer_call { var(txn.port) -m found }").strip()}
     use_backend replica_grpc if {{ var(txn.port) -m found }}
     default_backend serve_grpc
 
@@ -170,7 +240,7 @@ backend replica_grpc
 
 
 def render_config(listeners: Listeners, *, workers: int, map_path: Path, socket_path: Path, ports_path: Path,
-                  management_app: str, pool_app: str) -> str:
+                  limits_path: Path, management_app: str, pool_app: str) -> str:
     """The front's whole configuration (pure: unit-tested against a real HAProxy)."""
     bind_host = f"[{listeners.host}]" if ":" in listeners.host else listeners.host
     text = f"""global
@@ -194,7 +264,7 @@ defaults
     option redispatch 1
 """
     if listeners.http_port:
-        text += _http_section(listeners, bind_host, map_path, ports_path)
+        text += _http_section(listeners, bind_host, map_path, ports_path, limits_path)
     if listeners.grpc_port:
-        text += _grpc_section(listeners, bind_host, map_path, ports_path, management_app, pool_app)
-    return text
+        text += _grpc_section(listeners, bind_host, map_path, ports_path, limits_path, management_app, pool_app)
+    return text + _tables()

@@ -75,9 +75,9 @@ def _registry() -> Optional[dict]:
             boundaries=LATENCY_BOUNDARIES_MS, tag_keys=("graph", "node", "traffic")),
         "shed": metrics.Counter(
             "modelpool_shed_requests_total",
-            "Requests a replica's port refused at once because its queue was full (429, or RESOURCE_EXHAUSTED "
-            "over gRPC), by model, version and protocol (rest or grpc); they count in modelpool_requests_total "
-            "too, as route \"shed\", status 429.",
+            "Requests refused at once because a model's replicas were full (429, or RESOURCE_EXHAUSTED over gRPC), "
+            "by the front or a replica's port, by model, version and protocol (rest or grpc); they count in "
+            "modelpool_requests_total too, as route \"shed\", status 429.",
             tag_keys=("model", "version", "protocol")),
         "batch_rows": metrics.Counter(
             "modelpool_batch_rows_total", "Rows of batch-scoring jobs, by outcome (scored or failed).",
@@ -269,6 +269,17 @@ def record_replicas(counts: dict[tuple[str, str], int]) -> None:
         return
     for (model, version), count in counts.items():
         registry["replicas"].set(count, {"model": model, "version": version})
+
+
+def record_front_shed(model: str, version: str, protocol: str, count: int) -> None:
+    """Calls the front refused for a model version (its replicas full), as a replica counts its own refusals."""
+    registry = _registry()
+    if registry is None or count <= 0:
+        return
+    tags = {"model": model, "version": version}
+    registry["shed"].inc(count, {**tags, "protocol": protocol})
+    route, status = SHED_KEY
+    registry["requests"].inc(count, {**tags, "route": route, "status": str(status)})
 
 
 def record_batch_rows(model: str, version: str, scored: int, failed: int) -> None:

@@ -5,8 +5,10 @@ One fresh local cluster (``make start``'s settings), the iris V2 REST path, one 
 
 1. **Saturation, measured first.** wrk at c = 4, 8, ... 256 (``--sweep-s`` each); the saturating concurrency
    ``c_sat`` is the smallest whose req/s is within 5% of the best.
-2. **Rounds**, alternating: wrk at ``c_sat``, then at ``4 x c_sat``, ``--seconds`` each. wrk does not honour
-   ``Retry-After``: a refused connection sends again at once, the harshest client there is. Beside it, a
+2. **Rounds**, alternating: wrk at ``c_sat``, then at ``4 x c_sat``, ``--seconds`` each. Each wrk connection is a
+   client that honours ``Retry-After`` as modelpool's SDK does (the time asked plus up to half again at random,
+   ``client_core.Retries``); ``--harsh`` makes a refused connection send again at once instead, the harshest
+   client there is, whose refusals then cost the machine's cores as much as answers do. Beside wrk, a
    *probe* (two keep-alive connections, a request every 20 ms each) records every answer's status and the
    latency its client saw, so accepted and refused calls are timed apart (wrk only has one histogram).
 3. **Recovery**: after each overload run the probe goes on alone; the time from wrk's end until ten
@@ -14,12 +16,14 @@ One fresh local cluster (``make start``'s settings), the iris V2 REST path, one 
 
 Reported (each a ratio or figure from the same run): accepted p99 at 4x over p99 at saturation (target
 <= 2x), refusals' p99 and max latency (target <= 10 ms), wrk's connection errors and timeouts (target 0),
-recovery time (target <= 15 s), and the share refused. ``--max-queued-requests`` scales the model's queue
-limit before measuring (default: the server's default, as ``make start`` leaves it).
+recovery time (target <= 15 s), and the share refused. ``--max-queued-requests`` scales the model before
+measuring; ``--threads`` and ``--batch-size`` start the cluster with those settings (``--threads`` may not be
+below the batch size; default: as ``make start`` leaves them). The front refuses a call past replicas x (running + waiting), so these size what
+a model holds: the defaults (128 + 100 per replica) accept far more than saturates a replica on this machine.
 
 Needs wrk. Run under ``flock /tmp/modelpool-ray.lock`` where other clusters run.
 ``python -m loadtests.bench_overload [--seconds 20] [--rounds 3] [--sweep-s 8] [--max-queued-requests N]
-[--out results/bench_overload.md]``
+[--threads N] [--batch-size N] [--harsh] [--out results/bench_overload.md]``
 """
 from __future__ import annotations
 
@@ -56,10 +60,27 @@ _SCRIPT = """wrk.method = "POST"
 wrk.body = [[%s]]
 wrk.headers["Content-Type"] = "application/json"
 local threads = {}
+local honour = %s
+-- wrk asks delay() before each request of a connection, but neither hook says which connection: every answer
+-- queues the wait its client owes (0, or Retry-After plus up to half again), every request takes the oldest one
+local waits, first, last = {}, 1, 0
 function setup(thread) table.insert(threads, thread) end
 function init(args) ok = 0; shed = 0; other = 0 end
 function response(status, headers, body)
-  if status == 429 then shed = shed + 1 elseif status < 300 then ok = ok + 1 else other = other + 1 end
+  local wait_ms = 0
+  if status == 429 then
+    shed = shed + 1
+    if honour then
+      local asked = (tonumber(headers["Retry-After"]) or 1) * 1000
+      wait_ms = asked + math.random() * asked / 2
+    end
+  elseif status < 300 then ok = ok + 1 else other = other + 1 end
+  last = last + 1; waits[last] = wait_ms
+end
+function delay()
+  if first > last then return 0 end
+  local wait_ms = waits[first]; waits[first] = nil; first = first + 1
+  return wait_ms
 end
 function done(summary, latency, requests)
   local o, s, x = 0, 0, 0
@@ -100,10 +121,10 @@ def parse_wrk(out: str, connections: int) -> WrkRun:
                   p99_us / 1000)
 
 
-def run_wrk(url: str, connections: int, seconds: int) -> WrkRun:
+def run_wrk(url: str, connections: int, seconds: int, honour_retry_after: bool = True) -> WrkRun:
     with tempfile.TemporaryDirectory() as tmp:
         lua = Path(tmp) / "overload.lua"
-        lua.write_text(_SCRIPT % BODY)
+        lua.write_text(_SCRIPT % (BODY, "true" if honour_retry_after else "false"))
         out = subprocess.run([require_wrk(), "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s",
                               "-s", str(lua), url], capture_output=True, text=True, check=True).stdout
     return parse_wrk(out, connections)
@@ -209,8 +230,14 @@ def scale_queue(cluster: BenchCluster, max_queued: int) -> None:
     answer.raise_for_status()
 
 
+def server_settings(args: argparse.Namespace) -> dict[str, str]:
+    """``--threads`` and ``--batch-size`` as the server settings a cluster starts with (threads >= batch size)."""
+    return {variable: str(value) for variable, value in (("MODELPOOL_THREADS", args.threads),
+                                                         ("MODELPOOL_MAX_BATCH_SIZE", args.batch_size)) if value}
+
+
 def measure(args: argparse.Namespace) -> tuple[list[WrkRun], int, list[Round]]:
-    with bench_cluster() as cluster:
+    with bench_cluster(server_settings(args)) as cluster:
         url = cluster.url + V2_PATH
         wait_http(url)
         if args.max_queued_requests is not None:
@@ -218,7 +245,7 @@ def measure(args: argparse.Namespace) -> tuple[list[WrkRun], int, list[Round]]:
         run_wrk(url, 64, 5)  # warm
         sweep = []
         for connections in SWEEP:
-            sweep.append(run_wrk(url, connections, args.sweep_s))
+            sweep.append(run_wrk(url, connections, args.sweep_s, not args.harsh))
             print(f"sweep c={connections}: {sweep[-1].ok_per_s:,.0f} req/s p99 {sweep[-1].p99_ms:.1f} ms", flush=True)
         c_sat = saturating(sweep)
         print(f"saturating concurrency: {c_sat}; overload at {OVERLOAD_FACTOR * c_sat}", flush=True)
@@ -227,11 +254,11 @@ def measure(args: argparse.Namespace) -> tuple[list[WrkRun], int, list[Round]]:
             for number in range(args.rounds):
                 time.sleep(3)
                 start = time.monotonic()
-                saturated = run_wrk(url, c_sat, args.seconds)
+                saturated = run_wrk(url, c_sat, args.seconds, not args.harsh)
                 saturated_probe = probe.between(start, time.monotonic())
                 time.sleep(3)
                 start = time.monotonic()
-                overloaded = run_wrk(url, OVERLOAD_FACTOR * c_sat, args.seconds)
+                overloaded = run_wrk(url, OVERLOAD_FACTOR * c_sat, args.seconds, not args.harsh)
                 load_end = time.monotonic()
                 time.sleep(RECOVERY_LIMIT_S if number == args.rounds - 1 else 15)
                 taken = Round(saturated, overloaded, saturated_probe, probe.between(start, load_end), None)
@@ -246,6 +273,15 @@ def measure(args: argparse.Namespace) -> tuple[list[WrkRun], int, list[Round]]:
     return sweep, c_sat, rounds
 
 
+def settings_line(args: argparse.Namespace) -> str:
+    """The limits the run used, as the flags that set them ("default": as ``make start`` leaves it)."""
+    def shown(value: Optional[int]) -> str:
+        return "default" if value is None else str(value)
+
+    return (f"--threads {shown(args.threads)}, batch_size {shown(args.batch_size)}, "
+            f"max_queued_requests {shown(args.max_queued_requests)}")
+
+
 def report(sweep: Sequence[WrkRun], c_sat: int, rounds: Sequence[Round], args: argparse.Namespace) -> str:
     ratios = [r.overload_p99_ms / r.saturation_p99_ms for r in rounds]
     refusals = [ms for r in rounds for ms in r.refusals_ms]
@@ -256,8 +292,8 @@ def report(sweep: Sequence[WrkRun], c_sat: int, rounds: Sequence[Round], args: a
     shed_share = sum(r.overloaded.shed for r in rounds) / max(1, sum(r.overloaded.ok + r.overloaded.shed
                                                                       for r in rounds))
     lines = ["# Overload: 4x the saturating concurrency", "",
-             f"iris V2 REST, one row per request, wrk -t1 (no Retry-After honoured); {args.rounds} rounds of "
-             f"{args.seconds} s; queue limit: {args.max_queued_requests if args.max_queued_requests is not None else 'server default'}.",
+             f"iris V2 REST, one row per request, wrk -t1 ({'no Retry-After honoured' if args.harsh else 'each connection honours Retry-After with jitter'}); {args.rounds} rounds of "
+             f"{args.seconds} s; {settings_line(args)}.",
              "", "| c | req/s answered | p99 ms |", "| --- | --- | --- |"]
     lines += [f"| {run.connections} | {run.ok_per_s:,.0f} | {run.p99_ms:.1f} |" for run in sweep]
     lines += ["", f"Saturating concurrency: **{c_sat}** (smallest within 5% of the best); overload at "
@@ -291,6 +327,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--sweep-s", type=int, default=8)
     parser.add_argument("--max-queued-requests", type=int, default=None)
+    parser.add_argument("--harsh", action="store_true", help="wrk sends again at once after a 429 (no Retry-After)")
+    parser.add_argument("--threads", type=int, default=None, help="calls running per replica (server setting)")
+    parser.add_argument("--batch-size", type=int, default=None, help="--max-batch-size (server setting)")
     parser.add_argument("--out", default="results/bench_overload.md")
     args = parser.parse_args()
     require_wrk()

@@ -158,7 +158,7 @@ class ModelManager(RepositoryCalls, GraphCalls):
                 deleted.append(app_name)
         fronts = [serve_configs.front_app_config(placement.front_config(self.settings),
                                                  serve_configs.front_routes(plan.dedicated, [g.name for g in graphs]),
-                                                 deployer.code_version())
+                                                 deployer.code_version(), serve_configs.front_limits(plan.dedicated))
                   ] if self.settings.grpc_enabled or self.settings.http_front else []
         fronts += serve_configs.protocol_front_app_configs(plan.dedicated, plan.catalog, plan.known_models,
                                                            placement.pool_config(self.settings), deployer.code_version(),

@@ -268,8 +268,18 @@ def front_routes(dedicated: list["ModelConfig"], graphs: Iterable[str] = ()) -> 
     return routes
 
 
-def front_app_config(front: FrontConfig, routes: dict[str, str], code_version: str) -> AppConfig:
-    """One front replica on the head node with no HTTP route; the routing table travels in user_config (live)."""
+def front_limits(dedicated: list["ModelConfig"]) -> dict[str, int]:
+    """Load shedding in the front: ``app -> calls in flight one replica may hold`` (running plus waiting), for each
+    dedicated version with a queue limit (``max_queued_requests`` -1, no limit, sends none). The front multiplies
+    it by the replicas whose ports it knows and answers 429 past the total, before any replica reads the call."""
+    return {app_name(model.name, model.version): model.max_ongoing_requests + model.max_queued_requests
+            for model in dedicated if model.max_queued_requests >= 0}
+
+
+def front_app_config(front: FrontConfig, routes: dict[str, str], code_version: str,
+                     limits: Optional[dict[str, int]] = None) -> AppConfig:
+    """One front replica on the head node with no HTTP route; the routing table and the load-shedding limits
+    travel in user_config (live: a scale that changes a limit reaches the front without restarting it)."""
     init_kwargs = {"listeners": dict(sorted(front.listeners.items())), "workers": front.workers,
                    "management_app": front.management_app, "pool_app": GENERIC_POOL_APP}
     options: dict[str, Any] = {
@@ -278,7 +288,7 @@ def front_app_config(front: FrontConfig, routes: dict[str, str], code_version: s
         "num_replicas": 1,
         # on the head: the public ports are the head's (clients and `modelpool start` find them there)
         "ray_actor_options": {"num_cpus": 0, "resources": {HEAD_NODE_RESOURCE: HEAD_NODE_SHARE}},
-        "user_config": {"routes": dict(sorted(routes.items()))},
+        "user_config": {"routes": dict(sorted(routes.items())), "limits": dict(sorted((limits or {}).items()))},
         "health_check_period_s": front.health_check_period_s,
     }
     return AppConfig(FRONT_APP, None, FRONT_DEPLOYMENT, options, init_kwargs)

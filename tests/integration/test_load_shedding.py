@@ -69,6 +69,7 @@ def test_a_burst_past_the_queue_limit_is_refused_at_once_and_everything_taken_is
     for status, took, headers, body in refused:
         assert headers["retry-after"] == "1" and body["field"] == "max_queued_requests"
         assert "slowpoke" in body["error"] and "add workers" in body["error"]
+        assert f"at its limit: {128 + QUEUED} calls in flight" in body["error"], "counted and refused in the front"
         assert took < 0.9, f"a refusal comes back before the first batch (1 s) is done, not after: {took:.2f} s"
     slowest = max(took for status, took, *_ in answers if status == 200)
     assert slowest >= 1.0, "the accepted calls waited for the model, as they should"

@@ -169,5 +169,5 @@ def test_the_config_binds_the_given_host_and_threads():
 
     text = render_config(Listeners("::1", grpc_port=8001, grpc_upstream="127.0.0.1:9001"), workers=3, map_path=Path("/m"),
                          socket_path=Path("/s"), management_app="management", pool_app="generic-pool",
-                         ports_path=Path("/p"))
+                         ports_path=Path("/p"), limits_path=Path("/l"))
     assert "bind [::1]:8001 proto h2" in text and "nbthread 3" in text and "server serve 127.0.0.1:9001 proto h2" in text

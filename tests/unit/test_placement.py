@@ -85,8 +85,11 @@ def test_the_front_runs_once_on_the_head_node_and_takes_no_cpu():
     options = app.deployment_options
     assert options["num_replicas"] == 1 and options["ray_actor_options"]["num_cpus"] == 0
     assert options["ray_actor_options"]["resources"] == {"node:__internal_head__": 0.001}
-    assert options["user_config"] == {"routes": {"iris/": "model:iris:1"}}
+    assert options["user_config"] == {"routes": {"iris/": "model:iris:1"}, "limits": {}}
     moved = front_app_config(_front(http_port=8200), {}, "code-1")
     assert moved.deployment_options["version"] != options["version"], "a new port is a new front (Serve restarts it)"
     rerouted = front_app_config(_front(), {"iris/": "model:iris:2"}, "code-1")
     assert rerouted.deployment_options["version"] == options["version"], "a new table is applied live, no restart"
+    limited = front_app_config(_front(), {"iris/": "model:iris:1"}, "code-1", {"model:iris:1": 228})
+    assert limited.deployment_options["user_config"]["limits"] == {"model:iris:1": 228}
+    assert limited.deployment_options["version"] == options["version"], "a new limit is applied live, no restart"

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from modelpool.cli import build_parser
-from modelpool.cluster.defaults import DEFAULT_MAX_QUEUED_REQUESTS
+from modelpool.cluster.defaults import DEFAULT_MAX_QUEUED_REQUESTS, DEFAULT_THREADS
 from modelpool.cluster.settings import SettingsError, load_settings
 from modelpool.deployments.app_names import GENERIC_POOL_APP, app_name
 from modelpool.deployments.errors import RequestError
@@ -271,3 +271,12 @@ def test_the_cli_takes_the_limit_on_register_and_scale(management, capsys, monke
     assert main(["models", "describe", "iris", "1", *common]) == 0
     header, row = capsys.readouterr().out.splitlines()[:2]
     assert row.split()[header.split().index("QUEUE")] == "-1"
+
+
+# ------------------------------------------------------------------------------------------ the front's limit
+def test_the_front_limits_each_dedicated_version_to_its_running_plus_waiting_calls_per_replica():
+    from modelpool.management.serve_configs import front_limits
+
+    assert front_limits([config(), config(name="wine", max_queued_requests=-1),
+                         config(name="digits", max_queued_requests=0, max_ongoing_requests=64)]) == {
+        "model:iris:1": DEFAULT_THREADS + DEFAULT_MAX_QUEUED_REQUESTS, "model:digits:1": 64}
