@@ -6,7 +6,7 @@ import json
 import logging
 import sys
 import time
-from functools import partial
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -33,15 +33,22 @@ def _complain(line: str) -> None:
 def cmd_start(args: argparse.Namespace) -> int:
     settings = local_cluster.fit_to_machine(settings_from_args(args))
     local_cluster.prepare_home(settings, block=args.block)
+    examples: Optional[Future] = None
     if settings.examples:
         from modelpool.deployments.examples import build_examples
 
-        build_examples(settings.model_store_path)
+        # trained while `ray start` and Serve come up (seconds of CPU each, the one mostly waiting on the other's
+        # subprocesses); management registers the store's archives, so they are all there before it is deployed
+        examples = ThreadPoolExecutor(1, thread_name_prefix="examples").submit(build_examples, settings.model_store_path)
     from modelpool.management.serve_entrypoint import deploy_management  # imports Ray: only when starting
 
+    def deploy(token: str) -> None:
+        if examples is not None:
+            examples.result()  # a failed build fails the start (which then stops what it started)
+        deploy_management(settings, token)
+
     started = time.monotonic()
-    local_cluster.start(settings, partial(deploy_management, settings), [GRPC_SERVICER_FUNCTION],
-                        progress=_say, trouble=_complain, block=args.block)
+    local_cluster.start(settings, deploy, [GRPC_SERVICER_FUNCTION], progress=_say, trouble=_complain, block=args.block)
     _print_banner(settings, time.monotonic() - started)
     if args.block:
         local_cluster.wait_for_signal()

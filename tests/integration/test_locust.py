@@ -48,7 +48,7 @@ def model_names(admin, url: str) -> set:
 
 
 def test_locustfile_runs_headless_without_failures(cluster, tmp_path):
-    rows = run_locust(cluster, tmp_path, "locustfile.py", users=8, seconds=6)
+    rows = run_locust(cluster, tmp_path, "locustfile.py", users=8, seconds=3)
     assert int(rows["Aggregated"]["Request Count"]) > 50
     for name in ("/v2/models/iris/infer", "/v2/models/iris/versions/1/infer", "/v2/models/iris_report/infer",
                  "/v2/models/diabetes/infer", "/v2/models/diabetes/predict"):
@@ -57,7 +57,7 @@ def test_locustfile_runs_headless_without_failures(cluster, tmp_path):
 
 def test_management_locustfile_mixes_calls_and_leaves_no_model_behind(cluster, admin, tmp_path):
     before = model_names(admin, cluster.url)
-    rows = run_locust(cluster, tmp_path, "locust_management.py", users=2, seconds=8, stop_timeout=30,
+    rows = run_locust(cluster, tmp_path, "locust_management.py", users=2, seconds=4, stop_timeout=30,
                       extra_env={"MODELPOOL_LOCUST_WAIT_S": "0.1"})
     for name in ("/models [register]", "/models/{name} [describe]", "/models?limit [list]",
                  "/models?next_page_token [list next page]", "/models/{name} [scale]",
@@ -70,7 +70,7 @@ def test_management_locustfile_mixes_calls_and_leaves_no_model_behind(cluster, a
 
 
 def test_batch_locustfile_runs_jobs_to_the_end(cluster, tmp_path):
-    rows = run_locust(cluster, tmp_path, "locust_batch.py", users=1, seconds=10, stop_timeout=60,
+    rows = run_locust(cluster, tmp_path, "locust_batch.py", users=1, seconds=5, stop_timeout=60,
                       extra_env={"MODELPOOL_LOCUST_BATCH_ROWS": "50"})
     for name in ("/batches [submit]", "/batches/{id} [state]", "/batches/{id}?show_partial_results [results page]",
                  "/batches/{id}/results/{index} [one row]"):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -97,14 +98,17 @@ def test_an_archive_that_fails_to_load_is_refused_and_leaves_nothing(cluster, ad
     settings = load_settings({}, cluster.env)
     broken = tmp_path / "broken.py"
     broken.write_text("import a_module_that_does_not_exist\n\ndef predict(data):\n    return data\n")
-    archive_command(name="broken", version="1", handler="broken:predict", files=[broken],
-                    out=settings.model_store_path / "broken-1.zip")
-    response = admin.post(f"{cluster.url}/models", params={"url": "broken-1.zip", "synchronous": "true"})
-    assert response.status_code == 400, response.text
-    assert "a_module_that_does_not_exist" in response.json()["error"]
-    assert admin.get(f"{cluster.url}/models/broken").status_code == 404
-    names = [m["modelName"] for m in admin.get(f"{cluster.url}/models").json()["models"]]
-    assert "broken" not in names
+    archive = archive_command(name="broken", version="1", handler="broken:predict", files=[broken],
+                              out=settings.model_store_path / "broken-1.zip")
+    try:
+        response = admin.post(f"{cluster.url}/models", params={"url": "broken-1.zip", "synchronous": "true"})
+        assert response.status_code == 400, response.text
+        assert "a_module_that_does_not_exist" in response.json()["error"]
+        assert admin.get(f"{cluster.url}/models/broken").status_code == 404
+        names = [m["modelName"] for m in admin.get(f"{cluster.url}/models").json()["models"]]
+        assert "broken" not in names
+    finally:  # out of the store: test_zzz_server_settings' restart would load it again (and fail) before it deploys
+        Path(archive).unlink(missing_ok=True)
 
 
 def test_scale_synchronously_adds_workers_without_restarting_the_first(cluster, admin, http):

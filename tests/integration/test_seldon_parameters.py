@@ -44,10 +44,13 @@ def test_parameters_reach_the_handler_on_every_replica_and_describe_shows_them(c
 def test_a_parameter_the_handler_cannot_take_is_refused_at_register(cluster, admin, tmp_path: Path):
     source = tmp_path / "scale.py"
     source.write_text(SCALE_HANDLER)
-    archive_command("scaled_bad", "1", "scale:Scale", [source],
-                    parameters='[{"name": "colour", "type": "STRING", "value": "red"}]',
-                    out=load_settings({}, cluster.env).model_store_path / "scaled_bad-1.zip")
-    refused = admin.post(f"{cluster.url}/models", params={"url": "scaled_bad-1.zip", "synchronous": "true"})
-    assert refused.status_code == 400 and refused.json()["field"] == "parameters", refused.text
-    assert "colour" in refused.json()["error"]
-    assert admin.get(f"{cluster.url}/models/scaled_bad").status_code == 404, "nothing half-registered"
+    archive = archive_command("scaled_bad", "1", "scale:Scale", [source],
+                              parameters='[{"name": "colour", "type": "STRING", "value": "red"}]',
+                              out=load_settings({}, cluster.env).model_store_path / "scaled_bad-1.zip")
+    try:
+        refused = admin.post(f"{cluster.url}/models", params={"url": "scaled_bad-1.zip", "synchronous": "true"})
+        assert refused.status_code == 400 and refused.json()["field"] == "parameters", refused.text
+        assert "colour" in refused.json()["error"]
+        assert admin.get(f"{cluster.url}/models/scaled_bad").status_code == 404, "nothing half-registered"
+    finally:  # out of the store: test_zzz_server_settings' restart would load it again (and fail) before it deploys
+        Path(archive).unlink(missing_ok=True)

@@ -18,6 +18,7 @@ from playwright.sync_api import Page, expect
 from tests.browser import browser_fixture, page_fixture  # noqa: F401 (fixtures)
 from tests.integration.handler_models import store_handler_archive
 from tests.integration.test_batches import SLOW_HANDLER
+from tests.integration.test_management import register_together
 
 pytestmark = pytest.mark.integration
 
@@ -187,9 +188,8 @@ def test_a_scale_from_the_page_takes_effect(page, cluster, admin):
 
 
 def test_set_default_asks_for_confirmation_first(page, cluster, admin):
-    registered = [admin.post(f"{cluster.url}/models", params={"url": f"iris-{v}.zip", "model_name": FLOWER,
-                                                              "initial_workers": 0, "synchronous": "true"})
-                  for v in ("1", "2")]
+    registered = register_together(cluster, [{"url": f"iris-{v}.zip", "model_name": FLOWER, "initial_workers": 0,
+                                              "synchronous": "true"} for v in ("1", "2")])  # either may be the default
     assert [r.status_code for r in registered] == [200, 200], [r.text for r in registered]
     try:
         default = next(d["modelVersion"] for d in admin.get(f"{cluster.url}/models/{FLOWER}/all").json()

@@ -23,8 +23,8 @@ import psutil
 import requests
 
 from modelpool.cluster.net import free_port
-from modelpool.cluster.runtime import (SERVE_ENV, ensure_ray_token, haproxy_processes, kill_haproxy, ray_executable,
-                             ray_processes)
+from modelpool.cluster.runtime import (SERVE_ENV, ensure_ray_token, haproxy_processes, ray_executable, ray_processes,
+                                       stop_local_head)
 from tests.cluster_home import ManagementAccess
 
 MODELPOOL = [sys.executable, "-m", "modelpool.cli"]
@@ -118,8 +118,7 @@ def two_node_cluster(home: Path, extra_env: Optional[dict] = None) -> Iterator[T
         context._set_global_client(None)
         # Not `modelpool stop`: on a joined cluster it shuts Serve down first, which after a node loss takes ~40 s
         # (seen in every CI run); the whole cluster is ours and goes anyway, as `modelpool stop` ends a local head.
-        subprocess.run([ray_executable(), "stop", "--force"], env=env, capture_output=True, timeout=120)
-        kill_haproxy()
+        stop_local_head()  # `ray stop --force` and the haproxys, as `modelpool stop` ends a local head
         leftovers = wait_until(lambda: not ray_processes() and not haproxy_processes(), timeout_s=20)
         assert leftovers, f"left running: {ray_processes() + haproxy_processes()}"
 

@@ -5,6 +5,11 @@ a model replica killed under load, the management replica killed during a burst 
 scale requests, and last the worker node itself lost (its raylet killed) while a batch job runs and
 inference traffic flows. Each test prints what it measured (``pytest -s`` shows it); BENCHMARKS.md
 records a run.
+
+A joined cluster runs two management replicas (``--management-replicas`` defaults to 2 there), so before the kills
+come the checks that both answer and that racing changes through both stay consistent (every change goes through
+the one registry writer). They ran on the integration package's cluster before, redeployed there with two replicas
+and back to one around them (~20 s of redeploys this cluster does not need).
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ import psutil
 import pytest
 import requests
 
+from modelpool.deployments.app_names import MANAGEMENT_APP, REPLICA_HEADER
 from tests.multinode.cluster import TwoNodeCluster, kill, post_ok, two_node_cluster, wait_until
 
 pytestmark = pytest.mark.integration
@@ -157,11 +163,96 @@ def test_a_killed_replica_costs_under_one_percent_of_requests_and_is_back_within
     assert recovery_s < 15
 
 
-def kill_management() -> None:
+
+# ------------------------------------------------------------------ two management replicas, racing changes
+def management_replicas() -> list[dict]:
+    return running(MANAGEMENT_APP)
+
+
+def answering_replicas(nodes: TwoNodeCluster, calls: int = 60) -> set[str]:
+    def one(_: int) -> str:
+        with requests.Session() as session:
+            session.headers.update(nodes.auth)
+            answer = session.get(f"{nodes.url}/models", timeout=30)
+            assert answer.status_code == 200, answer.text
+            return answer.headers.get(REPLICA_HEADER, "")
+    with ThreadPoolExecutor(8) as pool:
+        return set(pool.map(one, range(calls)))
+
+
+def test_both_management_replicas_serve(nodes):
+    assert wait_until(lambda: len(management_replicas()) == 2, timeout_s=60), management_replicas()
+    seen = answering_replicas(nodes)
+    assert "" not in seen, "a management answer without x-modelpool-replica"
+    assert len(seen) == 2, f"answers came from {seen}"
+    assert seen == {r["replica_id"] for r in management_replicas()}
+
+
+def test_racing_registrations_through_both_replicas_one_wins(nodes):
+    def register(i: int) -> requests.Response:
+        with requests.Session() as session:
+            session.headers.update(nodes.auth)
+            return session.post(f"{nodes.url}/models", params={"url": "iris-1.zip", "model_name": "mr-race"}, timeout=120)
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(register, range(8)))
+    codes = sorted(a.status_code for a in answers)
+    assert codes == [200] + [409] * 7, [(a.status_code, a.text) for a in answers]
+    assert len({a.headers.get(REPLICA_HEADER) for a in answers}) == 2, "the race did not go through both replicas"
+
+
+def test_racing_registrations_with_one_key_all_get_the_first_answer(nodes):
+    def register(i: int) -> requests.Response:
+        with requests.Session() as session:
+            session.headers.update({**nodes.auth, "Idempotency-Key": "mr-key-1"})
+            return session.post(f"{nodes.url}/models", params={"url": "iris-1.zip", "model_name": "mr-same"}, timeout=120)
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(register, range(8)))
+    assert {(a.status_code, a.text) for a in answers} == {(answers[0].status_code, answers[0].text)}
+    assert answers[0].status_code == 200
+
+
+def test_racing_scales_through_both_replicas_lose_nothing(nodes, admin):
+    """8 scales at once (4 of batch_size, 4 of max_batch_delay) through both replicas; they apply one at a time
+    (the cluster's apply lease), so 8 race as well as the 16 this once sent, in half the time."""
+    assert admin.post(f"{nodes.url}/models", params={"url": "iris-1.zip", "model_name": "mr-scale"}).status_code == 200
+    batch_sizes = [8 + i for i in range(4)]
+    delays = [20 + i for i in range(4)]
+
+    def scale(i: int) -> requests.Response:
+        params = {"batch_size": batch_sizes[i // 2]} if i % 2 == 0 else {"max_batch_delay": delays[i // 2]}
+        with requests.Session() as session:
+            session.headers.update(nodes.auth)
+            return session.put(f"{nodes.url}/models/mr-scale/1", params=params, timeout=120)
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(scale, range(8)))
+    assert [a.status_code for a in answers] == [202] * 8, [(a.status_code, a.text) for a in answers]
+    print(f"\nscales answered by {sorted({a.headers.get(REPLICA_HEADER) for a in answers})}")
+    described = admin.get(f"{nodes.url}/models/mr-scale/1").json()[0]
+    assert described["batchSize"] in batch_sizes and described["maxBatchDelay"] in delays, described
+
+
+def test_the_writer_actor_restarted_loses_nothing(nodes, admin):
+    """The registry writer is killed (Ray restarts it): calls during the restart wait for it, none fails."""
     import ray
 
-    victim = replicas("management")[0]
+    from modelpool.cluster.runtime import NAMESPACE
+    from modelpool.management.registry_writer import WRITER_NAME
+
+    writers = [a for a in ray.util.list_named_actors(all_namespaces=True)
+               if a["namespace"] == NAMESPACE and a["name"].startswith(WRITER_NAME)]
+    assert len(writers) == 1, writers
+    ray.kill(ray.get_actor(writers[0]["name"], namespace=NAMESPACE), no_restart=False)
+    assert admin.post(f"{nodes.url}/models", params={"url": "iris-1.zip", "model_name": "mr-after-writer"},
+                      timeout=120).status_code == 200
+
+
+def kill_management() -> dict:
+    """SIGKILL one of the two management replicas (no restart: Serve must start a new one); returns it."""
+    import ray
+
+    victim = running(MANAGEMENT_APP)[0]
     ray.kill(ray.get_actor(victim["actor_name"], namespace="serve"), no_restart=True)
+    return victim
 
 
 def management_answers(nodes: TwoNodeCluster, admin: requests.Session) -> bool:
@@ -175,13 +266,22 @@ def max_workers(nodes: TwoNodeCluster, admin: requests.Session, name: str) -> in
     return admin.get(f"{nodes.url}/models/{name}/1").json()[0]["maxWorkers"]
 
 
-def test_management_killed_during_a_raw_http_burst_leaves_nothing_half_done(nodes, admin):
-    """At the HTTP level a lost answer is unavoidable (the replica may die after the registry write), so
-    the contract is: a 2xx is durable; an error leaves either no trace or the whole change, and the same
-    request sent again (same Idempotency-Key) then succeeds instead of conflicting."""
+def test_management_killed_during_a_burst_of_raw_http_and_sdk_calls(nodes, admin):
+    """One of the two management replicas is killed during a burst of registrations and scales, sent both as raw
+    HTTP and through the client SDK (one kill for both: each costs a replacement).
+
+    At the HTTP level a lost answer is unavoidable (the replica may die after the registry write), so the contract
+    is: a 2xx is durable; an error leaves either no trace or the whole change, and the same request sent again (same
+    Idempotency-Key) then succeeds instead of conflicting. Through the SDK (retries with one Idempotency-Key per call)
+    a user sees only successes, each change made once. Serve replaces the killed replica and both answer again."""
+    from modelpool.client import Client
+
     names = [f"raw{i}" for i in range(6)]
     scaled = ["diabetes", "iris_report"]
     keys = {name: f"key-{name}" for name in names}
+    sdk_names = [f"sdk{i}" for i in range(6)]
+    sdk_scaled = "iris"  # version 1; the raw calls scale the other two
+    sdk_errors: list[str] = []
     outcomes: dict[str, int] = {}
 
     def register(name: str) -> int:
@@ -197,19 +297,47 @@ def test_management_killed_during_a_raw_http_burst_leaves_nothing_half_done(node
         except requests.RequestException:
             return 0
 
+    def sdk_register(name: str) -> None:
+        try:
+            with Client(nodes.url, token=nodes.token, retry_for=90) as client:
+                client.register_model("iris-1.zip", model_name=name)
+        except Exception as exc:  # noqa: BLE001 - collected and asserted below
+            sdk_errors.append(f"{name}: {exc!r}")
+
+    def sdk_scale_up(name: str) -> None:
+        try:
+            with Client(nodes.url, token=nodes.token, retry_for=90) as client:
+                client.scale_model(name, "1", min_worker=1, max_worker=4)
+        except Exception as exc:  # noqa: BLE001
+            sdk_errors.append(f"scale {name}: {exc!r}")
+
     before = {name: max_workers(nodes, admin, name) for name in scaled}
     assert all(value != 3 for value in before.values())
-    with ThreadPoolExecutor(max_workers=8) as pool:
+    assert max_workers(nodes, admin, sdk_scaled) != 4
+    with ThreadPoolExecutor(max_workers=16) as pool:
         calls = {name: pool.submit(register, name) for name in names[:3]}
         calls.update({name: pool.submit(scale_up, name) for name in scaled})
+        sdk_calls = [pool.submit(sdk_register, name) for name in sdk_names[:3]] + [pool.submit(sdk_scale_up, sdk_scaled)]
         time.sleep(0.05)
-        kill_management()
+        victim = kill_management()
         calls.update({name: pool.submit(register, name) for name in names[3:]})
+        sdk_calls += [pool.submit(sdk_register, name) for name in sdk_names[3:]]
         outcomes = {name: call.result() for name, call in calls.items()}
+        for call in sdk_calls:
+            call.result()
     assert wait_until(lambda: management_answers(nodes, admin), timeout_s=90), "management did not come back"
     print(f"\nraw burst outcomes (0 = connection lost): {outcomes}")
     assert any(status == 0 or status >= 500 for status in outcomes.values()), "the kill hit no request: proves nothing"
 
+    # through the SDK: only successes, each change made once
+    assert not sdk_errors, sdk_errors
+    assert max_workers(nodes, admin, sdk_scaled) == 4
+    listed = {m["modelName"] for m in admin.get(f"{nodes.url}/models", params={"limit": 1000}).json()["models"]}
+    assert set(sdk_names) <= listed
+    for name in sdk_names:  # left registered, as the raw ones below
+        assert len(admin.get(f"{nodes.url}/models/{name}/all").json()) == 1, f"{name} registered twice"
+
+    # raw HTTP: every 2xx durable, every error retried with its key succeeds
     lost_after_commit = 0
     to_retry = []
     for name in names:
@@ -235,43 +363,13 @@ def test_management_killed_during_a_raw_http_burst_leaves_nothing_half_done(node
     for name in names:
         assert served[name], f"{name} is registered but never served: half done"
     print(f"requests whose answer was lost after they took effect: {lost_after_commit}")
-    # left registered (an unregister costs ~1.5 s): later tests use other names, and the module's cluster goes at the end
-
-
-def test_management_killed_during_an_sdk_burst_every_call_succeeds_once(nodes, admin):
-    """Through the client SDK (retries with one Idempotency-Key per call), a user sees only successes."""
-    from modelpool.client import Client
-
-    names = [f"sdk{i}" for i in range(6)]
-    errors: list[str] = []
-
-    def register(name: str) -> None:
-        try:
-            with Client(nodes.url, token=nodes.token, retry_for=90) as client:
-                client.register_model("iris-1.zip", model_name=name)
-        except Exception as exc:  # noqa: BLE001 - collected and asserted below
-            errors.append(f"{name}: {exc!r}")
-
-    def scale_up(name: str) -> None:
-        try:
-            with Client(nodes.url, token=nodes.token, retry_for=90) as client:
-                client.scale_model(name, "1", min_worker=1, max_worker=4)
-        except Exception as exc:  # noqa: BLE001
-            errors.append(f"scale {name}: {exc!r}")
-
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        calls = [pool.submit(register, name) for name in names[:3]] + [pool.submit(scale_up, "diabetes")]
-        time.sleep(0.05)
-        kill_management()
-        calls += [pool.submit(register, name) for name in names[3:]]
-        for call in calls:
-            call.result()
-    assert not errors, errors
-    assert max_workers(nodes, admin, "diabetes") == 4
-    listed = {m["modelName"] for m in admin.get(f"{nodes.url}/models", params={"limit": 100}).json()["models"]}
+    listed = {m["modelName"] for m in admin.get(f"{nodes.url}/models", params={"limit": 1000}).json()["models"]}
     assert set(names) <= listed
-    for name in names:  # left registered, as in the test above
-        assert len(admin.get(f"{nodes.url}/models/{name}/all").json()) == 1, f"{name} registered twice"
+    replaced = wait_until(lambda: len(ids := {r["replica_id"] for r in management_replicas()}) == 2
+                          and victim["replica_id"] not in ids, timeout_s=120)
+    assert replaced, f"Serve did not replace the killed management replica: {management_replicas()}"
+    assert len(answering_replicas(nodes)) == 2
+    # left registered (an unregister costs ~1.5 s): the module's cluster goes at the end
 
 
 def test_losing_the_worker_node_under_load_loses_no_batch_row_and_serving_recovers(nodes, admin, tmp_path):
