@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install start stop status test unit bench bench-graph bench-tracing bench-overload bench-management-race loadtest soak clean
+.PHONY: install start stop status test unit bench bench-graph bench-tracing bench-overload bench-front-shedding bench-management-race loadtest soak clean
 
 $(BIN)/.installed: pyproject.toml cluster/version.py  # the version is read from cluster/version.py at install
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,10 @@ bench-tracing: install ## tracing off vs the build without it, tracing at 1% vs 
 bench-overload: install ## overload: 4x the saturating concurrency against saturation, refusals, recovery (needs wrk; ~6 min)
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python -m loadtests.bench_overload
+
+bench-front-shedding: install ## the front's load shedding alone: accepted p99 at 1x, 4x and 8x a replica's limit (needs wrk; no Ray; ~20 s)
+	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	$(BIN)/python -m loadtests.bench_front_shedding
 
 bench-management-race: install ## 16 clients over 2 management replicas register and scale the same names for 2 min: lost updates, double registrations (~4 min)
 	$(BIN)/python -m loadtests.bench_management_race

@@ -19,11 +19,10 @@ import uvicorn
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from loadtests.port_on_its_loop import PortOnItsLoop
 from modelpool.cluster.net import free_port
 from modelpool.deployments.front import Front, FrontProcess
 from modelpool.deployments.front_config import REST_TIMEOUT_MESSAGE, Listeners
-from modelpool.deployments.replica_port import ReplicaPort
-from modelpool.deployments.rest_entry import RestApp
 
 APP = "model:iris:1"
 V2_APP = "model:iris:2"
@@ -53,7 +52,7 @@ class ServeIngress:
         self.thread.join(5)
 
 
-class Replica:
+class Replica(PortOnItsLoop):
     """A replica's port answering REST with its name, on its own event loop."""
 
     def __init__(self, name: str) -> None:
@@ -64,17 +63,11 @@ class Replica:
             return JSONResponse({"served_by": name, "path": request.scope["path"], "body": len(body),
                                  "below_root": request.scope["path"][len(request.scope["root_path"]):]})
 
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.port = ReplicaPort({}, {}, rest=RestApp(answer, "/v2/models/iris", APP, log_context=lambda *_: None))
-        self.address = asyncio.run_coroutine_threadsafe(self.port.start("127.0.0.1"), self.loop).result(10)
+        super().__init__(answer, "/v2/models/iris", APP)
 
     def close(self) -> None:
         """Drained: a slow request the front gave up on still ends here before the port closes."""
-        asyncio.run_coroutine_threadsafe(self.port.stop(SLOW_S + 1), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
+        super().close(SLOW_S + 1)
 
 
 @pytest.fixture(scope="module")
