@@ -224,7 +224,8 @@ class Round:
 
 
 def scale_queue(cluster: BenchCluster, max_queued: int) -> None:
-    answer = requests.put(f"{cluster.url}/models/iris/1", params={"max_queued_requests": max_queued,
+    # the version the benchmark's path calls: iris's default (PUT /models/{name} scales it, as TorchServe's does)
+    answer = requests.put(f"{cluster.url}/models/iris", params={"max_queued_requests": max_queued,
                                                                   "synchronous": "true"},
                           headers={"Authorization": f"Bearer {cluster.token}"}, timeout=120)
     answer.raise_for_status()
