@@ -4,7 +4,7 @@ One fresh local cluster (``make start``'s settings), the iris V2 REST path, one 
 (``loadtests.bench_serving.BODY``), all in one run:
 
 1. **Saturation, measured first.** wrk at c = 4, 8, ... 256 (``--sweep-s`` each); the saturating concurrency
-   ``c_sat`` is the smallest whose req/s is within 5% of the best.
+   ``c_sat`` is the smallest whose req/s is within 5% of the best. ``--max-queued-requests`` is applied after it.
 2. **Rounds**, alternating: wrk at ``c_sat``, then at ``4 x c_sat``, ``--seconds`` each. Each wrk connection is a
    client that honours ``Retry-After`` as modelpool's SDK does (the time asked plus up to half again at random,
    ``client_core.Retries``); ``--harsh`` makes a refused connection send again at once instead, the harshest
@@ -241,14 +241,16 @@ def measure(args: argparse.Namespace) -> tuple[list[WrkRun], int, list[Round]]:
     with bench_cluster(server_settings(args)) as cluster:
         url = cluster.url + V2_PATH
         wait_http(url)
-        if args.max_queued_requests is not None:
-            scale_queue(cluster, args.max_queued_requests)
         run_wrk(url, 64, 5)  # warm
         sweep = []
         for connections in SWEEP:
             sweep.append(run_wrk(url, connections, args.sweep_s, not args.harsh))
             print(f"sweep c={connections}: {sweep[-1].ok_per_s:,.0f} req/s p99 {sweep[-1].p99_ms:.1f} ms", flush=True)
         c_sat = saturating(sweep)
+        # the limit comes after the sweep: with it in place, refused clients wait and answered req/s hardly moves
+        # with concurrency, so the saturating concurrency is the model's, measured as the server leaves it
+        if args.max_queued_requests is not None:
+            scale_queue(cluster, args.max_queued_requests)
         print(f"saturating concurrency: {c_sat}; overload at {OVERLOAD_FACTOR * c_sat}", flush=True)
         rounds = []
         with Probe(url) as probe:
