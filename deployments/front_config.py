@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
+from modelpool.deployments.admission import LIMIT_FIELD
 from modelpool.deployments.codecs import kserve_v1, torchserve
 from modelpool.deployments.replica_port import MAX_CALLS_PER_CONNECTION
 
@@ -35,7 +36,6 @@ REST_UNAVAILABLE_MESSAGE = ("no replica of this model could take the request (it
                             "retry after the Retry-After seconds")
 LOAD_TABLE = "app_load"  # calls in flight to replica ports, by app: its trackers are the count
 SHED_TABLES = {"rest": "shed_rest", "grpc": "shed_grpc"}  # refusals by app (gpc0), per protocol
-LIMIT_FIELD = "max_queued_requests"
 #: A refusal, in HAProxy's log-format (the model's name and the app's limit filled in per call). Names and
 #: versions are checked at register (letters, digits, ``_.-``), and only a routed (registered) name is refused.
 FRONT_REFUSAL = ("model '%[var(txn.model_name)]' is at its limit: %[var(txn.limit)] calls in flight on its replicas "

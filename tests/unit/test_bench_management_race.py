@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from loadtests.bench_management_race import (
+from loadtests.race_judging import (
     FIELDS, Answer, Round, Write, doubles_in, judge_round, lost_updates, owners, percentile, registry_counts,
     revision_mismatches,
 )
