@@ -1,6 +1,6 @@
 """A value fetched at most once per ``ttl_s``: for controller round trips that quick calls repeat.
 
-``serve.status()`` and the controller's instance details cost a few milliseconds each and return
+Serve's status overviews and the controller's instance details cost milliseconds each and return
 facts that change on the scale of seconds (replicas starting, apps deploying), while health probes
 and describe calls may come many times a second. Callers that must see a change at once (a
 synchronous scale waiting for its replicas) call the function itself, not the cache.

@@ -57,6 +57,7 @@ from modelpool.management.model_manager import ModelManager
 from modelpool.management.params import RegisterParams
 from modelpool.deployments.app_names import MODEL_APP_PREFIX
 from modelpool.management.serve_configs import AppConfig
+from modelpool.management.serve_state import AppStatus
 from modelpool.management.ttl_cache import TtlCache
 from tests.unit.in_process_actors import Gate, InProcessActors
 
@@ -165,12 +166,9 @@ class InProcessServe:
     def has_replicas(self, app_names: Iterable[str], app_name: str, at_least: int) -> bool:
         return self.running(app_name) >= at_least
 
-    def application_statuses(self) -> dict[str, Any]:
-        """``serve.status().applications``: what the deployer's own ``wait_until_running`` reads."""
-        class Overview:
-            def __init__(self, status: str, message: str) -> None:
-                self.status, self.message = status, message
-        return {name: Overview("DEPLOY_FAILED", self.failed[name]) if name in self.failed else Overview("RUNNING", "")
+    def application_statuses(self) -> dict[str, AppStatus]:
+        """``serve_state.applications``: what the deployer's own ``wait_until_running`` reads."""
+        return {name: AppStatus("DEPLOY_FAILED", self.failed[name]) if name in self.failed else AppStatus("RUNNING")
                 for name in self.apps}
 
     def wait_for_replicas(self, app_name: str, at_least: int, timeout_s: float) -> None:
