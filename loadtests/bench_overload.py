@@ -10,18 +10,21 @@ One fresh local cluster (``make start``'s settings), the iris V2 REST path, one 
    ``client_core.Retries``); ``--harsh`` makes a refused connection send again at once instead, the harshest
    client there is, whose refusals then cost the machine's cores as much as answers do. Beside wrk, a
    *probe* (two keep-alive connections, a request every 20 ms each) records every answer's status and the
-   latency its client saw, so accepted and refused calls are timed apart (wrk only has one histogram).
+   latency its client saw, so accepted and refused calls are timed apart (wrk only has one histogram). The
+   probe sends from 127.0.0.2, and tcpdump times its exchanges on the loopback wire too
+   (``loadtests.wire_timing``): the server's share of each latency, apart from the probe's own waits for a core
+   on the two the server shares with it.
 3. **Recovery**: after each overload run the probe goes on alone; the time from wrk's end until ten
    answers in a row are 200 within twice the saturation p99 is "full service back".
 
 Reported (each a ratio or figure from the same run): accepted p99 at 4x over p99 at saturation (target
-<= 2x), refusals' p99 and max latency (target <= 10 ms), wrk's connection errors and timeouts (target 0),
+<= 2x), refusals' p99 and max latency as the probe saw them and on the wire (target <= 10 ms), wrk's connection errors and timeouts (target 0),
 recovery time (target <= 15 s), and the share refused. ``--max-queued-requests`` scales the model before
 measuring; ``--threads`` and ``--batch-size`` start the cluster with those settings (``--threads`` may not be
 below the batch size; default: as ``make start`` leaves them). The front refuses a call past replicas x (running + waiting), so these size what
 a model holds: the defaults (128 + 100 per replica) accept far more than saturates a replica on this machine.
 
-Needs wrk. Run under ``flock /tmp/modelpool-ray.lock`` where other clusters run.
+Needs wrk and tcpdump (and root, to capture). Run under ``flock /tmp/modelpool-ray.lock`` where other clusters run.
 ``python -m loadtests.bench_overload [--seconds 20] [--rounds 3] [--sweep-s 8] [--max-queued-requests N]
 [--threads N] [--batch-size N] [--harsh] [--out results/bench_overload.md]``
 """
@@ -37,12 +40,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
+from urllib.parse import urlsplit
 
 import requests
 
 from loadtests.bench_serving import BODY, V2_PATH, wait_http
 from loadtests.local_cluster import BenchCluster, bench_cluster
 from loadtests.report import publish
+from loadtests.wire_timing import PROBE_SOURCE, Exchange, FromAddress, LoopbackCapture
 from loadtests.wrk import require_wrk
 
 SWEEP = (4, 8, 16, 32, 64, 128, 256)
@@ -138,7 +143,8 @@ def saturating(runs: Sequence[WrkRun], share: float = SATURATED_SHARE) -> int:
 
 @dataclass
 class Probe:
-    """A few keep-alive connections sending one request at a time beside wrk: (sent at, status, ms) each."""
+    """A few keep-alive connections sending one request at a time beside wrk: (sent at, status, ms) each. They
+    leave from ``PROBE_SOURCE``, so a ``LoopbackCapture`` times them on the wire."""
 
     url: str
     samples: list[tuple[float, int, float]] = field(default_factory=list)
@@ -158,6 +164,7 @@ class Probe:
 
     def _loop(self) -> None:
         with requests.Session() as session:
+            session.mount("http://", FromAddress(PROBE_SOURCE))
             while not self._stop.is_set():
                 sent = time.monotonic()
                 try:
@@ -202,6 +209,7 @@ class Round:
     saturated_probe: list[tuple[float, int, float]]
     overloaded_probe: list[tuple[float, int, float]]
     recovery_s: Optional[float]
+    overloaded_wire: list[Exchange] = field(default_factory=list)
 
     def accepted_p99_ms(self, probe: list[tuple[float, int, float]]) -> float:
         return percentile([ms for _, status, ms in probe if status == 200], 99)
@@ -217,6 +225,10 @@ class Round:
     @property
     def refusals_ms(self) -> list[float]:
         return [ms for _, status, ms in self.overloaded_probe if status == 429]
+
+    @property
+    def wire_refusals_ms(self) -> list[float]:
+        return [e.ms for e in self.overloaded_wire if e.status == 429]
 
     @property
     def probe_failures(self) -> int:
@@ -237,7 +249,8 @@ def server_settings(args: argparse.Namespace) -> dict[str, str]:
                                                          ("MODELPOOL_MAX_BATCH_SIZE", args.batch_size)) if value}
 
 
-def measure(args: argparse.Namespace) -> tuple[list[WrkRun], int, list[Round]]:
+def measure(args: argparse.Namespace) -> tuple[list[WrkRun], int, list[Round], int]:
+    """The sweep, the saturating concurrency, the rounds, and the segments the wire capture lost."""
     with bench_cluster(server_settings(args)) as cluster:
         url = cluster.url + V2_PATH
         wait_http(url)
@@ -253,7 +266,8 @@ def measure(args: argparse.Namespace) -> tuple[list[WrkRun], int, list[Round]]:
             scale_queue(cluster, args.max_queued_requests)
         print(f"saturating concurrency: {c_sat}; overload at {OVERLOAD_FACTOR * c_sat}", flush=True)
         rounds = []
-        with Probe(url) as probe:
+        windows = []
+        with LoopbackCapture(urlsplit(url).port) as wire, Probe(url) as probe:
             for number in range(args.rounds):
                 time.sleep(3)
                 start = time.monotonic()
@@ -264,16 +278,20 @@ def measure(args: argparse.Namespace) -> tuple[list[WrkRun], int, list[Round]]:
                 overloaded = run_wrk(url, OVERLOAD_FACTOR * c_sat, args.seconds, not args.harsh)
                 load_end = time.monotonic()
                 time.sleep(RECOVERY_LIMIT_S if number == args.rounds - 1 else 15)
+                windows.append((start, load_end))
                 taken = Round(saturated, overloaded, saturated_probe, probe.between(start, load_end), None)
                 taken.recovery_s = recovery_s(probe.between(load_end, time.monotonic()), load_end,
                                               2 * taken.saturation_p99_ms)
                 rounds.append(taken)
                 print(f"round {number + 1}: saturation p99 {taken.saturation_p99_ms:.1f} ms, 4x accepted p99 "
                       f"{taken.overload_p99_ms:.1f} ms, refused {overloaded.shed:,} of "
-                      f"{overloaded.ok + overloaded.shed:,}, refusal p99 {percentile(taken.refusals_ms, 99):.1f} ms,"
+                      f"{overloaded.ok + overloaded.shed:,}, refusal p99 {percentile(taken.refusals_ms, 99):.1f} ms"
+                      f" (probe),"
                       f" socket errors {overloaded.socket_errors}, timeouts {overloaded.timeouts}, recovery "
                       f"{taken.recovery_s if taken.recovery_s is None else round(taken.recovery_s, 1)} s", flush=True)
-    return sweep, c_sat, rounds
+        for taken, (start, load_end) in zip(rounds, windows):  # the capture is read once tcpdump has stopped
+            taken.overloaded_wire = wire.between(start, load_end)
+    return sweep, c_sat, rounds, wire.dropped
 
 
 def settings_line(args: argparse.Namespace) -> str:
@@ -285,9 +303,11 @@ def settings_line(args: argparse.Namespace) -> str:
             f"max_queued_requests {shown(args.max_queued_requests)}")
 
 
-def report(sweep: Sequence[WrkRun], c_sat: int, rounds: Sequence[Round], args: argparse.Namespace) -> str:
+def report(sweep: Sequence[WrkRun], c_sat: int, rounds: Sequence[Round], args: argparse.Namespace,
+           wire_dropped: int = 0) -> str:
     ratios = [r.overload_p99_ms / r.saturation_p99_ms for r in rounds]
     refusals = [ms for r in rounds for ms in r.refusals_ms]
+    wire_refusals = [ms for r in rounds for ms in r.wire_refusals_ms]
     errors = sum(r.overloaded.socket_errors + r.overloaded.timeouts + r.saturated.socket_errors
                  + r.saturated.timeouts for r in rounds)
     recoveries = [r.recovery_s for r in rounds]
@@ -301,13 +321,14 @@ def report(sweep: Sequence[WrkRun], c_sat: int, rounds: Sequence[Round], args: a
     lines += [f"| {run.connections} | {run.ok_per_s:,.0f} | {run.p99_ms:.1f} |" for run in sweep]
     lines += ["", f"Saturating concurrency: **{c_sat}** (smallest within 5% of the best); overload at "
               f"**{OVERLOAD_FACTOR * c_sat}**.", "",
-              "| round | req/s at c_sat | p99 at c_sat (probe) | req/s 200 at 4x | refused at 4x | accepted p99 at 4x | ratio | refusal p99 / max ms | socket errors + timeouts | recovery s |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+              "| round | req/s at c_sat | p99 at c_sat (probe) | req/s 200 at 4x | refused at 4x | accepted p99 at 4x | ratio | refusal p99 / max ms (probe) | refusal p99 / max ms (wire) | socket errors + timeouts | recovery s |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for number, r in enumerate(rounds, 1):
         lines.append(f"| {number} | {r.saturated.ok_per_s:,.0f} | {r.saturation_p99_ms:.1f} | "
                      f"{r.overloaded.ok_per_s:,.0f} | {r.overloaded.shed:,} | {r.overload_p99_ms:.1f} | "
                      f"{r.overload_p99_ms / r.saturation_p99_ms:.2f}x | {percentile(r.refusals_ms, 99):.1f} / "
-                     f"{max(r.refusals_ms, default=float('nan')):.1f} | "
+                     f"{max(r.refusals_ms, default=float('nan')):.1f} | {percentile(r.wire_refusals_ms, 99):.1f} / "
+                     f"{max(r.wire_refusals_ms, default=float('nan')):.1f} | "
                      f"{r.overloaded.socket_errors + r.overloaded.timeouts} | "
                      f"{'not back' if r.recovery_s is None else f'{r.recovery_s:.1f}'} |")
     lines += ["", "| figure | measured | target |", "| --- | --- | --- |",
@@ -315,6 +336,10 @@ def report(sweep: Sequence[WrkRun], c_sat: int, rounds: Sequence[Round], args: a
               f"<= {TARGETS['accepted_p99_ratio']}x |",
               f"| refusal latency p99 (all rounds, probe) | {percentile(refusals, 99):.1f} ms ({len(refusals):,} "
               f"refusals timed) | <= {TARGETS['refusal_p99_ms']:.0f} ms |",
+              f"| refusal latency p99 (all rounds, on the wire: the server's share) | "
+              f"{percentile(wire_refusals, 99):.1f} ms ({len(wire_refusals):,} refusals timed) | "
+              f"<= {TARGETS['refusal_p99_ms']:.0f} ms |",
+              f"| segments the wire capture lost (tcpdump's count) | {wire_dropped} | 0 |",
               f"| connection errors and timeouts (wrk, all runs) | {errors} | 0 |",
               f"| probe answers neither 200 nor 429 | {sum(r.probe_failures for r in rounds)} | 0 |",
               f"| full service back after the load drops (worst round) | "
@@ -336,8 +361,8 @@ def main() -> None:
     parser.add_argument("--out", default="results/bench_overload.md")
     args = parser.parse_args()
     require_wrk()
-    sweep, c_sat, rounds = measure(args)
-    publish(report(sweep, c_sat, rounds, args), args.out)
+    sweep, c_sat, rounds, wire_dropped = measure(args)
+    publish(report(sweep, c_sat, rounds, args, wire_dropped), args.out)
 
 
 if __name__ == "__main__":

@@ -6,11 +6,13 @@
 #   tests/unit/test_h2load.py.
 #   wrk: the load generator of the serving benchmarks; tests/unit/test_bench_overload.py runs its overload
 #   script for real (a refused connection waits out Retry-After).
+#   tcpdump: times the overload benchmark's probe on the loopback wire (loadtests/wire_timing.py), run for real
+#   by tests/unit/test_wire_timing.py.
 #   chromium: the status page's browser tests (tests/browser.py drives Debian's chromium with playwright).
 # Needs root (or sudo) and Debian/Ubuntu's apt; elsewhere it says what is missing and leaves it to you.
 set -euo pipefail
 
-declare -A needs=([/usr/sbin/sshd]=openssh-server [rsync]=rsync [nc]=netcat-openbsd [h2load]=nghttp2-client [wrk]=wrk [/usr/bin/chromium]=chromium)
+declare -A needs=([/usr/sbin/sshd]=openssh-server [rsync]=rsync [nc]=netcat-openbsd [h2load]=nghttp2-client [wrk]=wrk [tcpdump]=tcpdump [/usr/bin/chromium]=chromium)
 missing=()
 for tool in "${!needs[@]}"; do
   if [[ "$tool" == /* ]]; then [[ -x "$tool" ]] || missing+=("${needs[$tool]}")
