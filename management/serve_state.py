@@ -15,6 +15,7 @@ status, deploy waits) is its own.
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -83,6 +84,18 @@ def running_replicas(app_name: str) -> int:
     """RUNNING replicas of ``app_name`` now (0 when Serve does not run it)."""
     app = serve_details().get("applications", {}).get(app_name)
     return running_in(app) if app else 0
+
+
+def application_rows(details: dict) -> dict[str, dict]:
+    """App name -> its status and each deployment's status and replicas by state (``modelpool status``)."""
+    rows = {}
+    for name, app in details.get("applications", {}).items():
+        deployments = {}
+        for deployment_name, deployment in app.get("deployments", {}).items():
+            states = Counter(status_name(replica.get("state")) for replica in deployment.get("replicas", []))
+            deployments[deployment_name] = {"status": status_name(deployment.get("status", "")), "replicas": dict(states)}
+        rows[name] = {"status": status_name(app.get("status", "")), "deployments": deployments}
+    return rows
 
 
 def running_by_model(details: dict) -> dict[tuple[str, str], int]:

@@ -113,11 +113,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     except Exception as exc:  # noqa: BLE001 - report, not crash
         print(f"cannot reach Ray at {address}: {exc}")
         return 1
-    from modelpool.management.serve_state import applications, status_name
+    from modelpool.management.serve_state import application_rows, serve_details
 
-    rows = {name: {"status": status_name(app.status), "deployments": {d: {"status": status_name(s.status), "replicas": s.replica_states}
-                                                              for d, s in app.deployments.items()}}
-            for name, app in applications().items()}
+    rows = application_rows(serve_details())
     if args.json:
         print(json.dumps({"address": address, "url": (state or {}).get("url", settings.http_url), "applications": rows}, indent=2))
     else:

@@ -15,6 +15,11 @@ def test_status_lists_every_application_with_its_replicas(cluster):
     apps = status["applications"]
     assert {"management", "model:iris:1", "model:iris:2", "model:diabetes:1", "model:iris_report:1"} <= set(apps)
     assert all(app["status"] == "RUNNING" for name, app in apps.items() if name.startswith("model:iris"))
+    (iris,) = apps["model:iris:1"]["deployments"].values()
+    assert iris["status"] == "HEALTHY" and iris["replicas"].get("RUNNING", 0) >= 1, iris
+    table = cluster.cli("status").stdout
+    assert any(line.split()[0] == "model:iris:1" and "replicas=" in line and not line.endswith("replicas=0")
+               for line in table.splitlines()[1:]), table
 
 
 def test_start_with_an_address_joins_the_running_cluster_without_restarting_models(cluster, http):
