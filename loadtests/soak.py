@@ -38,6 +38,7 @@ from loadtests.soak_load import IRIS, InferenceClient, Management, Recorder
 from loadtests.soak_report import Kill, SoakReport, build
 from loadtests.soak_schedule import (BATCH, KILL_MANAGEMENT, KILL_REPLICA, SCALE_DOWN, SCALE_UP, ChaosPlan, Event,
                                      events, parse_duration, plan_for)
+from modelpool.deployments.app_names import app_name
 
 SCALED = ("iris", "1")               # the model version scaled up and down
 BATCH_SERVICE = ("iris_report", "1")  # writes an artifact per row: the most keys a job leaves
@@ -84,11 +85,14 @@ class Chaos:
         self._lock = threading.Lock()
         self.low, self.high = management.workers(*SCALED)
         self.up = (self.low + 1, max(self.high, self.low + 1))
+        self.wanted = self.low  # the fewest replicas of SCALED the last scale sent asks for
 
     def do(self, event: Event) -> None:
         try:
             if event.kind in (SCALE_UP, SCALE_DOWN):
                 low, high = self.up if event.kind == SCALE_UP else (self.low, self.high)
+                with self._lock:
+                    self.wanted = low  # from the moment it is sent: a replica killed just before may not come back
                 done = self.management.scale(event.kind.replace("_", " "), *SCALED, low, high)
                 self.log(f"{event.kind.replace('_', ' ')} {SCALED[0]} v{SCALED[1]} to {low}..{high}: "
                          f"{'done' if done else 'FAILED'}")
@@ -119,10 +123,18 @@ class Chaos:
         if app == "management":
             back = self.management.answering(RECOVERY_S)
         else:
-            back = soak_procs.wait_replaced(self.session, app, pid, count, RECOVERY_S)
+            back = soak_procs.wait_replaced(self.session, app, pid, lambda: self._replicas_owed(app, count), RECOVERY_S)
         with self._lock:
             self.kills[index] = dataclasses.replace(self.kills[index], back_after_s=back)
         self.log(f"{app}: {'back after %.1f s' % back if back is not None else 'NOT back'}")
+
+    def _replicas_owed(self, app: str, before_kill: int) -> int:
+        """The replicas a kill's replacement restores: as many as ran before it, unless a scale-down since wants
+        fewer (then Serve replaces none, and the app is back once it runs what it is asked for)."""
+        if app != app_name(*SCALED):
+            return before_kill
+        with self._lock:
+            return min(before_kill, self.wanted)
 
     def restore(self) -> bool:
         """iris v1 back to its workers, and management answering (waits out a management restart)."""

@@ -121,12 +121,14 @@ def kill_replica(session: str, app: str) -> Optional[tuple[int, str, int]]:
     return victim.pid, role, len(running)
 
 
-def wait_replaced(session: str, app: str, killed_pid: int, count: int, timeout_s: float) -> Optional[float]:
-    """Seconds until ``app`` has ``count`` replica processes again without ``killed_pid``; None past the timeout."""
+def wait_replaced(session: str, app: str, killed_pid: int, count: Callable[[], int], timeout_s: float,
+                  ) -> Optional[float]:
+    """Seconds until ``app`` has ``count()`` replica processes again without ``killed_pid`` (asked each time: a
+    scale-down meanwhile lowers it); None past the timeout."""
     started = time.monotonic()
     while time.monotonic() - started < timeout_s:
         alive = [p for p in replicas(cluster_processes(session), app) if p.pid != killed_pid]
-        if len(alive) >= count:
+        if len(alive) >= count():
             return time.monotonic() - started
         time.sleep(0.5)
     return None
