@@ -5,7 +5,6 @@ import ipaddress
 import random
 import socket
 
-
 #: Ports handed out by this process: two calls never return the same one.
 _HANDED_OUT: set[int] = set()
 _LOW_PORT = 20000

@@ -46,3 +46,8 @@ def objects_dir(home: Path) -> Path:
 def cache_dir(home: Path) -> Path:
     """Unpacked archives and downloads."""
     return Path(home) / "cache"
+
+
+def bin_dir(home: Path) -> Path:
+    """Programs ``start`` writes for Ray to run (the HAProxy wrapper that keeps its stats on loopback)."""
+    return Path(home) / "bin"

@@ -21,8 +21,9 @@ from typing import Sequence
 
 import psutil
 
-from modelpool.cluster import tracing
+from modelpool.cluster import paths, tracing
 from modelpool.cluster.front_directories import FRONT_DIRECTORY_PREFIX, remove_stale_front_directories
+from modelpool.cluster.haproxy_loopback import BINARY_SETTING, write_wrapper
 
 from modelpool.cluster.settings import Settings
 
@@ -78,9 +79,13 @@ def ensure_ray_token(env: dict) -> None:
 
 
 def start_local_head(settings: Settings) -> str:
-    """Run ``ray start --head`` with the Serve environment; return the cluster address."""
+    """Run ``ray start --head`` with the Serve environment; return the cluster address.
+
+    Serve's HAProxy keeps its stats page and exporter on loopback (``haproxy_loopback``)."""
     env = {**SERVE_ENV, **os.environ}
     ensure_ray_token(env)
+    if BINARY_SETTING not in env:  # someone who chose their own HAProxy binary chose its binds too
+        env[BINARY_SETTING] = str(write_wrapper(paths.bin_dir(settings.home_path)))
     command = [
         ray_executable(), "start", "--head",
         f"--port={settings.ray_port}",
