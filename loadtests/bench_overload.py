@@ -209,7 +209,8 @@ class Round:
     saturated_probe: list[tuple[float, int, float]]
     overloaded_probe: list[tuple[float, int, float]]
     recovery_s: Optional[float]
-    overloaded_wire: list[Exchange] = field(default_factory=list)
+    overload_window: tuple[float, float] = (0.0, 0.0)  # time.monotonic() at the 4x load's start and end
+    overloaded_wire: list[Exchange] = field(default_factory=list)  # filled once the capture has stopped
 
     def accepted_p99_ms(self, probe: list[tuple[float, int, float]]) -> float:
         return percentile([ms for _, status, ms in probe if status == 200], 99)
@@ -266,7 +267,6 @@ def measure(args: argparse.Namespace) -> tuple[list[WrkRun], int, list[Round], i
             scale_queue(cluster, args.max_queued_requests)
         print(f"saturating concurrency: {c_sat}; overload at {OVERLOAD_FACTOR * c_sat}", flush=True)
         rounds = []
-        windows = []
         with LoopbackCapture(urlsplit(url).port) as wire, Probe(url) as probe:
             for number in range(args.rounds):
                 time.sleep(3)
@@ -278,8 +278,8 @@ def measure(args: argparse.Namespace) -> tuple[list[WrkRun], int, list[Round], i
                 overloaded = run_wrk(url, OVERLOAD_FACTOR * c_sat, args.seconds, not args.harsh)
                 load_end = time.monotonic()
                 time.sleep(RECOVERY_LIMIT_S if number == args.rounds - 1 else 15)
-                windows.append((start, load_end))
-                taken = Round(saturated, overloaded, saturated_probe, probe.between(start, load_end), None)
+                taken = Round(saturated, overloaded, saturated_probe, probe.between(start, load_end), None,
+                              (start, load_end))
                 taken.recovery_s = recovery_s(probe.between(load_end, time.monotonic()), load_end,
                                               2 * taken.saturation_p99_ms)
                 rounds.append(taken)
@@ -289,8 +289,8 @@ def measure(args: argparse.Namespace) -> tuple[list[WrkRun], int, list[Round], i
                       f" (probe),"
                       f" socket errors {overloaded.socket_errors}, timeouts {overloaded.timeouts}, recovery "
                       f"{taken.recovery_s if taken.recovery_s is None else round(taken.recovery_s, 1)} s", flush=True)
-        for taken, (start, load_end) in zip(rounds, windows):  # the capture is read once tcpdump has stopped
-            taken.overloaded_wire = wire.between(start, load_end)
+        for taken in rounds:  # the capture is read once tcpdump has stopped
+            taken.overloaded_wire = wire.between(*taken.overload_window)
     return sweep, c_sat, rounds, wire.dropped
 
 
