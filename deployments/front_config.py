@@ -43,6 +43,12 @@ FRONT_REFUSAL = ("model '%[var(txn.model_name)]' is at its limit: %[var(txn.limi
                  f"seconds, or add workers (scale max_worker) or raise {LIMIT_FIELD}")
 REST_TIMEOUT_MESSAGE = ("the model did not answer within the request timeout of the server (--request-timeout-s); "
                         "retry, or raise the timeout")
+#: Serve's HAProxy answers a bare ``500 Internal Server Error`` (text/plain) when the replica it chose for a request
+#: could not answer: its own 502, 503 and 504 are rewritten to that one page (Serve's ``haproxy_templates``).
+SERVE_LOST_MESSAGE = ("the replica that took this request was lost before it answered (a replica or a node stopped); "
+                      "retry after the Retry-After seconds. A read was already retried; a change may have been "
+                      "applied, so read the state before sending it again")
+SERVE_RETRIED_STATUSES = "500 502 503 504"
 
 
 def route_key(name: str, version: str = "") -> str:
@@ -114,6 +120,22 @@ def _error(status: int, message: str) -> str:
     return f"http-error status {status} content-type application/json hdr Retry-After 1 string '{body}'"
 
 
+def _serve_lost_rules() -> str:
+    """Serve's bare 500 for a lost replica: a read is sent again (Serve's HAProxy then picks a replica that answers),
+    and whatever still gets it is answered in modelpool's shape, as the retryable 503 it is.
+
+    Serve answers a bare 500 for nothing else that reaches it from the front: management answers its own errors
+    in JSON (``management.api``), and so do the generic pool and the protocol fronts. A change (POST, PUT,
+    DELETE) is not sent twice: it may have been applied before the replica was lost.
+    """
+    body = json.dumps({"error": SERVE_LOST_MESSAGE, "field": "request"})
+    if "'" in body:
+        raise ValueError(f"an http-response body cannot hold a single quote: {body}")
+    return f"""retry-on conn-failure empty-response {SERVE_RETRIED_STATUSES}
+    http-request disable-l7-retry unless METH_GET
+    http-response return status 503 content-type application/json hdr Retry-After 1 string '{body}' if {{ status 500 }} {{ res.hdr(content-type) -m beg text/plain }}"""
+
+
 def _shed_rules(limits_path: Path, protocol: str, refusal: str, condition: str) -> str:
     """Count a routed call in flight to its app's replicas; past the app's limit, count and answer ``refusal``."""
     return f"""
@@ -168,6 +190,7 @@ frontend http
 
 backend serve_http
     http-reuse always
+    {_serve_lost_rules()}
     server serve {listeners.http_upstream}
 
 backend replica_rest

@@ -15,6 +15,7 @@ from typing import Any, Optional
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from ray import exceptions as ray_errors
 
 from modelpool.deployments.app_names import REPLICA_HEADER
 from modelpool.deployments.errors import RequestError
@@ -53,6 +54,32 @@ async def _request_error(_: Request, exc: RequestError) -> Response:
     """The replicas' error answer: loader and Serve messages lose server paths and tracebacks unless --debug."""
     return error_response(exc, None, state.debug)
 
+
+
+#: What a call needs beyond this replica and may find again on a retry: a Ray actor or node lost (a worker node
+#: died, an actor is being restarted), a task or object gone with it, object storage not answering (OSError).
+UNAVAILABLE_ERRORS = (ray_errors.RayActorError, ray_errors.GetTimeoutError, ray_errors.ObjectLostError,
+                      ray_errors.NodeDiedError, ray_errors.RaySystemError, OSError)
+
+
+def unexpected_error(exc: Exception) -> RequestError:
+    """What a caller is told of an error no route expected: a retryable 503 when a part of the cluster was lost,
+    else a 500, in the one JSON shape either way (never Starlette's bare text, which the front reads as a lost
+    replica). The traceback goes to the replica's log: Starlette raises the error on after this answer."""
+    name = type(exc).__name__
+    if isinstance(exc, UNAVAILABLE_ERRORS):
+        return RequestError(f"a part of the cluster this call needs did not answer ({name}); retry after the "
+                            "Retry-After seconds", status=503)
+    return RequestError(f"internal error ({name}) in the management replica; its log holds the traceback, and "
+                        "the call may be retried", status=500)
+
+
+@api.exception_handler(Exception)
+async def _unexpected_error(_: Request, exc: Exception) -> Response:
+    error = unexpected_error(exc)
+    if state.debug:
+        error.message += f": {exc}"
+    return error_response(error, None, state.debug)
 
 
 class TrailingSlashAsNone:

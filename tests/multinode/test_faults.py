@@ -407,21 +407,21 @@ def test_losing_the_worker_node_under_load_loses_no_batch_row_and_serving_recove
     recovery_s = time.monotonic() - killed_at
     result = load.result()
 
-    # Known defect (seen once, 2026-12-02, in make test): a status read after the node loss answered 500 with a plain-text
-    # body, not modelpool's JSON error. Counted and printed, not hidden; the job's end and its rows are still asserted.
-    odd_answers: list[str] = []
+    # A status read may meet the management replica that was on the lost node (Serve's HAProxy answered it a bare
+    # text 500 once, seen 2026-12-02): the front sends a read again, and what still fails is a JSON 503 to retry.
+    unavailable: list[str] = []
 
     def ended() -> bool:
         answer = admin.get(url)
         if answer.status_code != 200:
-            odd_answers.append(f"{answer.status_code} {answer.text[:80]!r}")
+            assert answer.status_code == 503 and answer.headers["content-type"] == "application/json" \
+                and "Retry-After" in answer.headers, f"not a retryable JSON answer: {answer.status_code} {answer.text!r}"
+            unavailable.append(answer.json()["error"][:80])
             return False
         return answer.json()["state"] in ("Complete", "Failed", "Cancelled")
 
     done = wait_until(ended, timeout_s=240)
-    if odd_answers:
-        print(f"\nstatus reads that were not 200 after the node loss: {odd_answers}")
-    assert len(odd_answers) <= 3, f"the job's status stayed unreadable: {odd_answers}"
+    print(f"\nstatus reads answered 503 after the node loss: {unavailable}")
     body = admin.get(url).json()
     rows, offset = [], 0
     while offset is not None:

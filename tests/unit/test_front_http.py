@@ -11,33 +11,49 @@ import json
 import socket
 import threading
 import time
+from collections import Counter
 from typing import Iterator
 
 import httpx
 import pytest
 import uvicorn
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from loadtests.port_on_its_loop import PortOnItsLoop
 from modelpool.cluster.net import free_port
 from modelpool.deployments.front import Front, FrontProcess
-from modelpool.deployments.front_config import REST_TIMEOUT_MESSAGE, Listeners
+from modelpool.deployments.front_config import REST_TIMEOUT_MESSAGE, SERVE_LOST_MESSAGE, Listeners
 
 APP = "model:iris:1"
 V2_APP = "model:iris:2"
 SLOW_S = 1.5
+SERVE_ERROR_PAGE = "Internal Server Error"  # the body of Serve's HAProxy's errorfile for its 502, 503 and 504
 
 
 class ServeIngress:
-    """A stand-in for Serve's HTTP ingress on a thread: every request is answered ``serve``."""
+    """A stand-in for Serve's HTTP ingress on a thread: every request is answered ``serve``, except below ``/lost``.
+
+    There it answers as Serve's HAProxy does when the replica it chose is lost: its one error page, a bare text
+    ``500 Internal Server Error``. ``/lost-once/...`` does so to the first request of each path only; ``/broken``
+    answers a JSON 500, as an application's own error. ``calls`` counts the requests of each path."""
 
     def __init__(self) -> None:
+        self.calls: Counter[str] = Counter()
+
         async def app(scope, receive, send):
             if scope["type"] != "http":
                 return
             body = await Request(scope, receive).body()
-            await JSONResponse({"served_by": "serve", "path": scope["path"], "body": len(body)})(scope, receive, send)
+            path = scope["path"]
+            self.calls[path] += 1
+            if path.startswith("/lost/") or (path.startswith("/lost-once/") and self.calls[path] == 1):
+                answer: Response = PlainTextResponse(SERVE_ERROR_PAGE, status_code=500)
+            elif path == "/broken":
+                answer = JSONResponse({"error": "the application's own error"}, status_code=500)
+            else:
+                answer = JSONResponse({"served_by": "serve", "path": path, "body": len(body)})
+            await answer(scope, receive, send)
 
         self.port = free_port()
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_config=None,
@@ -188,6 +204,33 @@ def test_a_request_past_the_timeout_is_a_json_504_naming_the_setting(front):
         assert answer.json() == {"error": REST_TIMEOUT_MESSAGE, "field": "model_name"}
     finally:
         replica.close()
+
+
+def test_a_read_that_serve_answered_for_a_lost_replica_is_sent_again(front, serve_ingress):
+    _, client = front
+    answer = client.get("/lost-once/batches/1")
+    assert answer.status_code == 200 and answer.json()["served_by"] == "serve"
+    assert serve_ingress.calls["/lost-once/batches/1"] == 2
+
+
+def test_a_change_serve_answered_for_a_lost_replica_is_a_json_503_and_not_sent_twice(front, serve_ingress):
+    _, client = front
+    for method in ("POST", "PUT", "DELETE"):
+        path = f"/lost-once/models/{method}"
+        answer = client.request(method, path, content=b"{}")
+        assert answer.status_code == 503, (method, answer.text)
+        assert answer.headers["content-type"] == "application/json" and answer.headers["retry-after"] == "1"
+        assert answer.json() == {"error": SERVE_LOST_MESSAGE, "field": "request"}
+        assert serve_ingress.calls[path] == 1, f"a {method} may have been applied: it must not be replayed"
+
+
+def test_a_read_lost_on_every_try_is_a_json_503_and_an_applications_own_500_passes(front, serve_ingress):
+    _, client = front
+    answer = client.get("/lost/models")
+    assert answer.status_code == 503 and answer.json()["error"] == SERVE_LOST_MESSAGE
+    assert serve_ingress.calls["/lost/models"] == 3, "tried once and retried twice (the front's retries)"
+    own = client.post("/broken", content=b"{}")
+    assert own.status_code == 500 and own.json() == {"error": "the application's own error"}
 
 
 def test_a_busy_http_port_is_a_clear_error_naming_the_flag(serve_ingress):
