@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -21,9 +20,10 @@ from typing import Sequence
 
 import psutil
 
-from modelpool.cluster import paths, tracing
+from modelpool.cluster import paths, ray_loopback, tracing
 from modelpool.cluster.front_directories import FRONT_DIRECTORY_PREFIX, remove_stale_front_directories
 from modelpool.cluster.haproxy_loopback import BINARY_SETTING, write_wrapper
+from modelpool.cluster.net import is_loopback_host
 
 from modelpool.cluster.settings import Settings
 
@@ -79,15 +79,18 @@ def ensure_ray_token(env: dict) -> None:
 
 
 def start_local_head(settings: Settings) -> str:
-    """Run ``ray start --head`` with the Serve environment; return the cluster address.
+    """Run ``ray start --head`` with the Serve environment, on 127.0.0.1 only; return the cluster address.
 
-    Serve's HAProxy keeps its stats page and exporter on loopback (``haproxy_loopback``)."""
-    env = {**SERVE_ENV, **os.environ}
+    Every process of the head listens on loopback (``ray_loopback``), and Serve's HAProxy keeps its stats page and
+    exporter there too (``haproxy_loopback``). A cluster of several machines is started with ``ray start`` (as
+    ``ray up`` does) and joined with ``--address``."""
+    env = {**SERVE_ENV, **os.environ, **ray_loopback.head_environment()}
     ensure_ray_token(env)
     if BINARY_SETTING not in env:  # someone who chose their own HAProxy binary chose its binds too
         env[BINARY_SETTING] = str(write_wrapper(paths.bin_dir(settings.home_path)))
     command = [
         ray_executable(), "start", "--head",
+        f"--node-ip-address={ray_loopback.NODE_IP}",
         f"--port={settings.ray_port}",
         "--include-dashboard=false",
         "--disable-usage-stats",
@@ -98,17 +101,18 @@ def start_local_head(settings: Settings) -> str:
     result = subprocess.run(command, env=env, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"`{' '.join(command)}` failed:\n{result.stdout}\n{result.stderr}")
-    match = re.search(r"ray start --address='([^']+)'", result.stdout + result.stderr)
-    if match is None:
-        raise RuntimeError(f"could not find the cluster address in the output of `ray start`:\n{result.stdout}")
-    return match.group(1)
+    return f"{ray_loopback.NODE_IP}:{settings.ray_port}"  # Ray prints no join command for a loopback head
 
 
 def connect(address: str) -> None:
+    """Join the cluster at ``address`` as a driver; a loopback-only head is joined on loopback (``ray_loopback``)."""
     import ray
 
     if ray.is_initialized():
         return
+    host, _, port = address.rpartition(":")
+    ray_loopback.join_loopback_only(is_loopback_host(host.strip("[]")) and port.isdigit()
+                                    and ray_loopback.listens_on_loopback_only(int(port)))
     ray.init(address=address, namespace=NAMESPACE, logging_level=logging.WARNING, log_to_driver=False)
 
 

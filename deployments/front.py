@@ -53,6 +53,7 @@ from modelpool.deployments.app_names import parse_app_name
 from modelpool.deployments.front_config import (SHED_TABLES, Listeners, app_limits, port_slots, read_shed_counts,
                                                 render_config, render_map)
 from modelpool.deployments.metrics import record_front_shed
+from modelpool.deployments.serve_binds import pin_grpc_binds
 
 logger = logging.getLogger("ray.serve")
 
@@ -228,6 +229,7 @@ class Front:
 
     def __init__(self, listeners: dict, workers: int, management_app: str, pool_app: str) -> None:
         """``listeners``: the fields of :class:`Listeners` (a plain dict: Serve's init arguments are fingerprinted)."""
+        pin_grpc_binds()  # before Serve binds this replica's gRPC servers
         self.front = FrontProcess(Listeners(**listeners), workers=workers, management_app=management_app,
                                   pool_app=pool_app)
         self.ports: dict[str, dict[str, str]] = {}  # app -> replica -> host:port

@@ -42,6 +42,7 @@ from modelpool.deployments.http_io import JSON, codec_headers, read_protocol_req
 from modelpool.deployments.log_flush import start_log_flusher
 from modelpool.deployments.model_calls import ProtocolAnswer, protocol_answer, protocol_error
 from modelpool.deployments.redact import public_message
+from modelpool.deployments.serve_binds import pin_grpc_binds
 from modelpool.deployments.serving_options import ServingOptions
 
 logger = logging.getLogger("ray.serve")
@@ -71,6 +72,7 @@ class ProtocolFront:
     """One protocol's routes; not decorated here: management wraps it with Serve options (like ModelServer)."""
 
     def __init__(self, protocol: str, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
+        pin_grpc_binds()  # before Serve binds this replica's gRPC servers
         self.protocol = protocol
         self.codec = PROTOCOLS[protocol]
         self.max_body_bytes = max_body_bytes

@@ -48,6 +48,7 @@ from modelpool.deployments.model_calls import (ModelCall, ProtocolAnswer, answer
 from modelpool.deployments.protos import open_inference_pb2 as pb
 from modelpool.deployments.replica_port import GrpcMethod
 from modelpool.deployments.rest_entry import RestApp
+from modelpool.deployments.serve_binds import pin_grpc_binds
 from modelpool.deployments.serving_options import RequestBudget, ServingOptions
 from modelpool.deployments.tensors import InferenceRequest
 
@@ -74,6 +75,7 @@ class ReplicaBase:
 
     def __init__(self, cache_dir: str, object_store: Optional[dict], max_body_bytes: int,
                  headers: Mapping[str, str] = ()) -> None:
+        pin_grpc_binds()  # before Serve binds this replica's gRPC servers
         self.replica_id = replica_id()
         self.cache_dir = Path(cache_dir)
         self.store = open_store(object_store)

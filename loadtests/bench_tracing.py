@@ -177,7 +177,8 @@ def resolved_files(env: Mapping[str, str], cwd: Path, modules: Sequence[str] = C
 _REPLICA_PROBE = """
 import json, sys
 import ray
-ray.init(address=sys.argv[1], logging_level="ERROR", log_to_driver=False)
+from modelpool.cluster.runtime import connect
+connect(sys.argv[1])  # a head of modelpool start's listens on loopback only: its drivers must keep to loopback too
 def files(_replica):
     import os, sys
     return {n: os.path.realpath(m.__file__) for n, m in list(sys.modules.items())

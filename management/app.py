@@ -35,6 +35,9 @@ class Management:
     ``--management-replicas``; their registry writes meet in one writer actor, their applies take turns)."""
 
     def __init__(self, settings: dict, token: str) -> None:
+        from modelpool.deployments.serve_binds import pin_grpc_binds
+
+        pin_grpc_binds()  # before Serve binds this replica's gRPC servers
         # Imported here, not at module level: Serve pickles this class by value, which would give
         # it a private copy of a module-level ``state`` instead of the one the routes read.
         from modelpool.management import api as routes

@@ -1,0 +1,61 @@
+"""A Ray head for one machine that listens on 127.0.0.1 only, and the drivers that join it.
+
+``ray start --head --node-ip-address=127.0.0.1`` alone changes nothing: Ray turns a loopback node address into
+the machine's network address (``services.resolve_ip_for_localhost``) so that other nodes could reach it, and its
+GCS, raylet, agents, metrics export and Ray Client server then bind that address. Ray keeps loopback only where
+it knows clusters are off, its macOS and Windows mode: ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``. With it set in
+``ray start``'s environment every process of the head (workers inherit it) binds 127.0.0.1, Ray prints no join
+command, and a worker node is refused, which is right for a cluster of one machine.
+
+Every driver of such a head needs the setting too: ``ray.init("127.0.0.1:PORT")`` turns the address into the
+network address as well, and then waits for a GCS that is not there. A driver cannot know from the address
+alone (a head started by ``ray start --head`` answers on 127.0.0.1 as well, but on every interface), so
+:func:`join_loopback_only` reads it from the kernel: the head is loopback-only when its GCS port listens on
+loopback addresses only.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import psutil
+
+from modelpool.cluster.net import is_loopback_host
+
+#: Ray's own switch (``ray_constants.ENABLE_RAY_CLUSTER``); "0" keeps every address of a node on loopback.
+CLUSTERS_SETTING = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+NODE_IP = "127.0.0.1"
+#: The setting as this process was started with it: restored for a driver that joins a head of several nodes.
+_STARTED_WITH = os.environ.get(CLUSTERS_SETTING)
+
+
+def head_environment() -> dict[str, str]:
+    """What ``ray start --head`` needs in its environment (with ``--node-ip-address=127.0.0.1``)."""
+    return {CLUSTERS_SETTING: "0"}
+
+
+def listens_on_loopback_only(port: int) -> bool:
+    """True when something listens on TCP ``port`` and only on loopback addresses (read from /proc/net/tcp{,6})."""
+    hosts = {c.laddr.ip for c in psutil.net_connections(kind="tcp")
+             if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port}
+    return bool(hosts) and all(is_loopback_host(host) for host in hosts)
+
+
+def join_loopback_only(loopback_only: bool) -> None:
+    """Make this process's next ``ray.init`` keep (or not keep) a loopback address as it is.
+
+    Ray reads the setting once, when it is imported; a process that imported Ray already (the CLI, a test
+    session joining one cluster after another) has its constant set here too. The environment carries it to
+    the drivers this process starts.
+    """
+    if loopback_only:
+        os.environ[CLUSTERS_SETTING] = "0"
+    elif _STARTED_WITH is None:
+        os.environ.pop(CLUSTERS_SETTING, None)
+    else:
+        os.environ[CLUSTERS_SETTING] = _STARTED_WITH
+    constants = sys.modules.get("ray._private.ray_constants")
+    if constants is not None:
+        from ray._common.utils import env_bool
+
+        constants.ENABLE_RAY_CLUSTER = env_bool(CLUSTERS_SETTING, not constants.IS_WINDOWS_OR_OSX)
