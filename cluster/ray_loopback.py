@@ -15,9 +15,6 @@ loopback addresses only.
 """
 from __future__ import annotations
 
-import os
-import sys
-
 import psutil
 
 from modelpool.cluster.net import is_loopback_host
@@ -25,8 +22,6 @@ from modelpool.cluster.net import is_loopback_host
 #: Ray's own switch (``ray_constants.ENABLE_RAY_CLUSTER``); "0" keeps every address of a node on loopback.
 CLUSTERS_SETTING = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 NODE_IP = "127.0.0.1"
-#: The setting as this process was started with it: restored for a driver that joins a head of several nodes.
-_STARTED_WITH = os.environ.get(CLUSTERS_SETTING)
 
 
 def head_environment() -> dict[str, str]:
@@ -44,18 +39,12 @@ def listens_on_loopback_only(port: int) -> bool:
 def join_loopback_only(loopback_only: bool) -> None:
     """Make this process's next ``ray.init`` keep (or not keep) a loopback address as it is.
 
-    Ray reads the setting once, when it is imported; a process that imported Ray already (the CLI, a test
-    session joining one cluster after another) has its constant set here too. The environment carries it to
-    the drivers this process starts.
+    Ray reads the setting into a constant when it is imported, and a process that imported Ray already (the CLI, a
+    test session joining one cluster after another) must change the constant itself. The environment is left alone:
+    what this process starts (``ray start`` for another cluster's worker node) must not inherit a choice made for
+    this driver; a driver started from here joins through :func:`modelpool.cluster.runtime.connect` itself.
     """
-    if loopback_only:
-        os.environ[CLUSTERS_SETTING] = "0"
-    elif _STARTED_WITH is None:
-        os.environ.pop(CLUSTERS_SETTING, None)
-    else:
-        os.environ[CLUSTERS_SETTING] = _STARTED_WITH
-    constants = sys.modules.get("ray._private.ray_constants")
-    if constants is not None:
-        from ray._common.utils import env_bool
+    import ray._private.ray_constants as constants
+    from ray._common.utils import env_bool
 
-        constants.ENABLE_RAY_CLUSTER = env_bool(CLUSTERS_SETTING, not constants.IS_WINDOWS_OR_OSX)
+    constants.ENABLE_RAY_CLUSTER = not loopback_only and env_bool(CLUSTERS_SETTING, not constants.IS_WINDOWS_OR_OSX)
