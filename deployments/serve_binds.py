@@ -9,6 +9,11 @@ caller of these servers (handles, Serve's HAProxy) dials the node's address anyw
 Both servers are bound after the replica's constructor has run, so the constructor calls :func:`pin_grpc_binds`
 first: from then on, a gRPC server of this process asked for every interface gets the node's loopback address.
 On a node with a network address nothing changes: other nodes must reach these servers.
+
+Serve's proxies bind one more, their gRPC ingress (the head's fallback proxy: ``[::]:9500``), and run none of
+modelpool's code but one hook: Serve's HTTP proxy callback (``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH``), which
+each proxy calls at its start, before its gRPC server binds, for the middlewares it should add.
+:func:`proxy_started` is that callback: it pins the binds and adds no middleware.
 """
 from __future__ import annotations
 
@@ -17,6 +22,9 @@ from typing import Any, Callable
 
 from modelpool.cluster.net import is_loopback_host
 
+#: Serve's setting naming the callback its proxies call at start (``ray.serve._private.http_util``)
+PROXY_CALLBACK_SETTING = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
+PROXY_CALLBACK = "modelpool.deployments.serve_binds.proxy_started"
 #: How gRPC names "every interface" in a bind address (Serve uses the first).
 WILDCARD_HOSTS = ("[::]", "0.0.0.0", "")
 
@@ -58,3 +66,9 @@ def pin_grpc_binds(node_ip: str | None = None) -> bool:
             if getattr(bind, "modelpool_pinned_to", None) is None:
                 setattr(server_class, method, _pinning(bind, node_ip))
     return True
+
+
+def proxy_started() -> list:
+    """Serve's HTTP proxy callback (``PROXY_CALLBACK``): pins this proxy's gRPC binds; no middleware to add."""
+    pin_grpc_binds()
+    return []

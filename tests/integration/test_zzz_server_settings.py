@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import socket
+import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -17,10 +18,13 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
+from modelpool.cluster.net import is_loopback_host
+from tests.integration.conftest import MODELPOOL
 from tests.integration.handler_models import FRAGILE_HANDLER, register_handler_model, store_handler_archive
 from tests.integration.test_management import register_together
 from tests.integration.test_observability import replica_log_text
 from tests.integration.test_serving import v2_body
+from tests.listening import cluster_processes, listening_sockets, listing
 
 pytestmark = pytest.mark.integration
 
@@ -140,7 +144,10 @@ def test_restart_with_every_setting_turned_restores_models_defaults_and_pools(cl
     if ray.is_initialized():
         ray.shutdown()
     assert cluster.cli("stop", check=False).returncode == 0
-    started = cluster.cli("start", *TURNED, "--pidfile", str(pidfile_of(cluster)), check=False)
+    # and listening on every interface, which a given management token allows (the generated one stays loopback's)
+    started = subprocess.run([*MODELPOOL, "start", *TURNED, "--http-host", "0.0.0.0", "--pidfile",
+                              str(pidfile_of(cluster))], env={**cluster.env, "MODELPOOL_MANAGEMENT_TOKEN": cluster.token},
+                             capture_output=True, text=True, timeout=300)
     assert started.returncode == 0, started.stdout + started.stderr
     from ray.serve.context import _set_global_client
 
@@ -167,6 +174,14 @@ def test_restart_with_every_setting_turned_restores_models_defaults_and_pools(cl
 def turned(defaults_then_turned):
     if not defaults_then_turned["restarted"]:
         pytest.fail("the restart with turned settings failed")
+
+
+def test_a_wide_http_host_opens_the_fronts_two_ports_and_nothing_else(cluster, turned):
+    sockets = listening_sockets(cluster_processes())
+    wide = {address: owner for address, owner in sockets.items() if not is_loopback_host(address[0])}
+    assert set(wide) == {("0.0.0.0", int(cluster.env["MODELPOOL_HTTP_PORT"])),
+                         ("0.0.0.0", int(cluster.env["MODELPOOL_GRPC_PORT"]))}, listing(wide)
+    assert all(" haproxy " in owner for owner in wide.values()), listing(wide)
 
 
 def test_keep_alive_closes_idle_connections_sooner(cluster, turned):

@@ -61,6 +61,9 @@ import requests
 import yaml
 
 from modelpool.cluster.runtime import haproxy_processes, kill_haproxy, ray_executable, ray_processes
+from modelpool.cluster.net import is_loopback_host
+from tests.listening import cluster_processes, listening_sockets, listing
+from tests.readme_ports import table, undocumented
 from tests.sshd import LoopbackSshd, make_key, missing_tools, running_sshd
 
 pytestmark = pytest.mark.integration
@@ -341,6 +344,14 @@ def test_ray_up_serves_inferences_and_ray_down_leaves_nothing(local_cluster: Loc
     # The shipped object-store line reached modelpool on the node: the registry is there.
     assert any("iris" in str(p) for p in cluster.object_store.rglob("*") if p.is_file()), \
         sorted(str(p) for p in cluster.object_store.rglob("*"))
+
+    # A head that ray up started listens on the network for its worker nodes: every such socket is in the README's
+    # port table for a cluster.
+    reachable = {address: owner for address, owner in listening_sockets(cluster_processes()).items()
+                 if not is_loopback_host(address[0])}
+    assert any(port == 6379 for _, port in reachable), f"the GCS is not reachable for worker nodes:\n{listing(reachable)}"
+    missing = undocumented(reachable, table("A cluster"))
+    assert not missing, f"reachable from other machines, but not in the README's port table:\n{listing(missing)}"
 
     down = cluster.down()
     assert down.returncode == 0, cluster.explain(down)

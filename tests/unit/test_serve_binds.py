@@ -60,3 +60,14 @@ def test_on_a_node_with_a_network_address_nothing_changes():
 
 def test_outside_a_ray_worker_nothing_is_pinned():
     assert pin_grpc_binds() is False
+
+
+def test_serve_calls_the_proxy_callback_that_start_sets_and_takes_its_answer():
+    from ray.serve._private.http_util import validate_http_proxy_callback_return
+    from ray.serve._private.utils import call_function_from_import_path
+
+    from modelpool.cluster.runtime import SERVE_ENV
+    from modelpool.deployments.serve_binds import PROXY_CALLBACK, PROXY_CALLBACK_SETTING
+
+    assert SERVE_ENV[PROXY_CALLBACK_SETTING] == PROXY_CALLBACK, "the head's environment names this module's callback"
+    assert validate_http_proxy_callback_return(call_function_from_import_path(PROXY_CALLBACK)) == [], "no middleware added"
