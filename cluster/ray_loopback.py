@@ -15,6 +15,8 @@ loopback addresses only.
 """
 from __future__ import annotations
 
+from typing import Mapping, Optional
+
 import psutil
 
 from modelpool.cluster.net import is_loopback_host
@@ -22,11 +24,17 @@ from modelpool.cluster.net import is_loopback_host
 #: Ray's own switch (``ray_constants.ENABLE_RAY_CLUSTER``); "0" keeps every address of a node on loopback.
 CLUSTERS_SETTING = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 NODE_IP = "127.0.0.1"
+#: Serve's HTTP proxy callback, called in each of its proxies at start; ours is ``serve_binds.proxy_started`` (named
+#: here as text: this layer imports no service code)
+PROXY_CALLBACK_SETTING = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
+PROXY_CALLBACK = "modelpool.deployments.serve_binds.proxy_started"
 
 
-def head_environment() -> dict[str, str]:
-    """What ``ray start --head`` needs in its environment (with ``--node-ip-address=127.0.0.1``)."""
-    return {CLUSTERS_SETTING: "0"}
+def head_environment(environ: Optional[Mapping[str, str]] = None) -> dict[str, str]:
+    """What ``ray start --head`` needs in its environment (with ``--node-ip-address=127.0.0.1``): Ray's setting, and
+    Serve's proxy callback, which pins the gRPC port Serve's proxies bind to every interface in code
+    (``deployments/serve_binds.py``; a callback of your own in ``environ`` is kept, and that port then stays wide)."""
+    return {CLUSTERS_SETTING: "0", PROXY_CALLBACK_SETTING: (environ or {}).get(PROXY_CALLBACK_SETTING, PROXY_CALLBACK)}
 
 
 def listens_on_loopback_only(port: int) -> bool:

@@ -40,9 +40,6 @@ SERVE_ENV = {
     # replicas ~10 s sooner (BENCHMARKS.md, faults). Read by the GCS on the head; cluster configs set it too.
     "RAY_health_check_period_ms": "1000",
     "RAY_health_check_failure_threshold": "5",
-    # Serve's proxies call this at their start (its HTTP proxy callback, which may add middlewares): on a loopback
-    # node it keeps their gRPC ingress, which Serve binds to every interface in code, on loopback (serve_binds.py)
-    "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "modelpool.deployments.serve_binds.proxy_started",
     # Serve's controller loop every 0.5 s instead of 0.1 s: its idle CPU drops from 13% to 5% of a core (BENCHMARKS.md,
     # issue 15); deploys and autoscaling decisions, which take seconds, start up to 0.4 s later
     "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5",
@@ -87,7 +84,7 @@ def start_local_head(settings: Settings) -> str:
     Every process of the head listens on loopback (``ray_loopback``), and Serve's HAProxy keeps its stats page and
     exporter there too (``haproxy_loopback``). A cluster of several machines is started with ``ray start`` (as
     ``ray up`` does) and joined with ``--address``."""
-    env = {**SERVE_ENV, **os.environ, **ray_loopback.head_environment()}
+    env = {**SERVE_ENV, **os.environ, **ray_loopback.head_environment(os.environ)}
     ensure_ray_token(env)
     if BINARY_SETTING not in env:  # someone who chose their own HAProxy binary chose its binds too
         env[BINARY_SETTING] = str(write_wrapper(paths.bin_dir(settings.home_path)))

@@ -22,9 +22,6 @@ from typing import Any, Callable
 
 from modelpool.cluster.net import is_loopback_host
 
-#: Serve's setting naming the callback its proxies call at start (``ray.serve._private.http_util``)
-PROXY_CALLBACK_SETTING = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
-PROXY_CALLBACK = "modelpool.deployments.serve_binds.proxy_started"
 #: How gRPC names "every interface" in a bind address (Serve uses the first).
 WILDCARD_HOSTS = ("[::]", "0.0.0.0", "")
 

@@ -11,13 +11,14 @@ from modelpool.cluster.runtime import haproxy_processes, ray_processes_to_stop
 def cluster_processes(*, this_driver: bool = False) -> list[psutil.Process]:
     """Every process of the cluster on this machine: Ray's (as `ray stop` finds them), what they started, the
     haproxys, and with ``this_driver`` this process (when it joined the cluster as a driver)."""
-    extra = [psutil.Process(os.getpid())] if this_driver else []
-    found = {p.pid: p for p in [*ray_processes_to_stop(), *haproxy_processes(), *extra]}
+    found = {p.pid: p for p in [*ray_processes_to_stop(), *haproxy_processes()]}
     for process in list(found.values()):
         try:
             found.update({child.pid: child for child in process.children(recursive=True)})
         except psutil.NoSuchProcess:
             continue
+    if this_driver:  # itself only: what a test started (an S3 server, say) is not the cluster's
+        found[os.getpid()] = psutil.Process(os.getpid())
     return list(found.values())
 
 

@@ -64,10 +64,13 @@ def test_outside_a_ray_worker_nothing_is_pinned():
 
 def test_serve_calls_the_proxy_callback_that_start_sets_and_takes_its_answer():
     from ray.serve._private.http_util import validate_http_proxy_callback_return
+    from ray._common.utils import import_attr
     from ray.serve._private.utils import call_function_from_import_path
 
-    from modelpool.cluster.runtime import SERVE_ENV
-    from modelpool.deployments.serve_binds import PROXY_CALLBACK, PROXY_CALLBACK_SETTING
+    from modelpool.cluster.ray_loopback import PROXY_CALLBACK, PROXY_CALLBACK_SETTING, head_environment
+    from modelpool.deployments import serve_binds
 
-    assert SERVE_ENV[PROXY_CALLBACK_SETTING] == PROXY_CALLBACK, "the head's environment names this module's callback"
+    assert import_attr(PROXY_CALLBACK) is serve_binds.proxy_started, "the head's environment names this callback"
+    assert head_environment()[PROXY_CALLBACK_SETTING] == PROXY_CALLBACK
+    assert head_environment({PROXY_CALLBACK_SETTING: "mine.callback"})[PROXY_CALLBACK_SETTING] == "mine.callback"
     assert validate_http_proxy_callback_return(call_function_from_import_path(PROXY_CALLBACK)) == [], "no middleware added"
