@@ -114,10 +114,16 @@ class Listeners:
 
 def _error(status: int, message: str) -> str:
     """An ``http-error`` line answering in modelpool's error shape (single quotes: HAProxy takes the JSON as is)."""
-    body = json.dumps({"error": message, "field": "model_name"})
+    return (f"http-error status {status} content-type application/json hdr Retry-After 1 "
+            f"string '{_quotable_json(message, 'model_name')}'")
+
+
+def _quotable_json(message: str, field: str) -> str:
+    """modelpool's error body, for HAProxy's single-quoted ``string`` argument (which takes the JSON as is)."""
+    body = json.dumps({"error": message, "field": field})
     if "'" in body:
-        raise ValueError(f"an http-error body cannot hold a single quote: {body}")
-    return f"http-error status {status} content-type application/json hdr Retry-After 1 string '{body}'"
+        raise ValueError(f"an HAProxy answer body cannot hold a single quote: {body}")
+    return body
 
 
 def _serve_lost_rules() -> str:
@@ -128,9 +134,7 @@ def _serve_lost_rules() -> str:
     in JSON (``management.api``), and so do the generic pool and the protocol fronts. A change (POST, PUT,
     DELETE) is not sent twice: it may have been applied before the replica was lost.
     """
-    body = json.dumps({"error": SERVE_LOST_MESSAGE, "field": "request"})
-    if "'" in body:
-        raise ValueError(f"an http-response body cannot hold a single quote: {body}")
+    body = _quotable_json(SERVE_LOST_MESSAGE, "request")
     return f"""retry-on conn-failure empty-response {SERVE_RETRIED_STATUSES}
     http-request disable-l7-retry unless METH_GET
     http-response return status 503 content-type application/json hdr Retry-After 1 string '{body}' if {{ status 500 }} {{ res.hdr(content-type) -m beg text/plain }}"""
