@@ -34,7 +34,7 @@ from modelpool.deployments.graph_deployment import GraphServer
 from modelpool.deployments.model_deployment import ModelServer
 from modelpool.deployments.protocol_front import ProtocolFront
 from modelpool.management import route_probe
-from modelpool.deployments.app_names import GRAPH_APP_PREFIX, MODEL_APP_PREFIX
+from modelpool.deployments.app_names import GRAPH_APP_PREFIX, MODEL_APP_PREFIX, parse_app_name
 from modelpool.management.serve_configs import AppConfig
 from modelpool.management.serve_state import CONFIG_ID, LiveApp, applications, live_apps, replica_apps, running_replicas
 from modelpool.cluster.version import __version__
@@ -221,6 +221,19 @@ def wait_until_running(app_names: Iterable[str], timeout_s: float) -> None:
             time.sleep(0.25)
     if pending:
         raise TimeoutError(f"applications not running after {timeout_s:.0f}s: {sorted(pending)}")
+
+
+def wait_for_routes(ingress: route_probe.Ingress, app_names: Iterable[str]) -> list[str]:
+    """Wait until this node's ingress sends each running model app's route to that app; returns the late prefixes.
+
+    A synchronous call's replicas can be RUNNING in the controller's eyes before Serve's HAProxy has reloaded with
+    them (or with the route a concurrent registration just moved to them): the caller's next request would reach
+    the prefix's previous owner or no server. Apps without running replicas are not probed."""
+    live = live_apps()
+    owners = {state.route_prefix: name for name in app_names
+              if parse_app_name(name) is not None and (state := live.get(name)) is not None
+              and state.status == "RUNNING" and state.running and state.route_prefix}
+    return route_probe.wait_for_owners(ingress, owners, replica_apps) if owners else []
 
 
 def wait_for_replicas(app_name: str, at_least: int, timeout_s: float) -> None:

@@ -271,7 +271,7 @@ class ModelManager(RepositoryCalls, GraphCalls):
             return 200, {"status": answers.registered(name, version, 0)}
         if apps is not None and params.synchronous:
             wait_for_rollout(apps, params.startup_timeout, f"model '{name}'",
-                             min_running=(name, version, workers_wanted), field="startup_timeout")
+                             min_running=(name, version, workers_wanted), field="startup_timeout", ingress=self.ingress)
             return 200, {"status": answers.registered(name, version, workers_wanted)}
         return 202, {"status": answers.PROCESSING}
 
@@ -304,7 +304,7 @@ class ModelManager(RepositoryCalls, GraphCalls):
             return (200, {"status": scaled}) if done else (202, {"status": answers.PROCESSING})
         wait_s = params.timeout if params.timeout > 0 else record.startup_timeout_s
         wait_for_rollout(apps, wait_s, f"model '{name}'", min_running=target,
-                         field="timeout" if params.timeout > 0 else "startup_timeout")
+                         field="timeout" if params.timeout > 0 else "startup_timeout", ingress=self.ingress)
         return 200, {"status": scaled}
 
     def _update_model(self, record: ModelRecord, change) -> tuple:

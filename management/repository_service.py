@@ -42,7 +42,7 @@ class RepositoryCalls:
         if refused:
             raise refused[0]
         wait_for_rollout(apps, RegisterParams.model_fields["startup_timeout"].default, f"model '{name}'",
-                         field="model_name")
+                         field="model_name", ingress=self.ingress)
 
     def unload(self, name: str) -> None:
         """Unregister every version of ``name`` (Triton unloads a model with all its versions)."""

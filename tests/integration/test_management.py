@@ -169,7 +169,8 @@ def test_set_default_moves_the_unversioned_route(cluster, admin, http):
                                               "synchronous": "true"} for archive in ("iris-1.zip", "iris-2.zip")])
     assert [r.status_code for r in registered] == [200, 200], [r.text for r in registered]
     try:
-        assert http.post(f"{cluster.url}/v2/models/flower/infer", json=ROW).json()["model_version"] == "2"
+        first = http.post(f"{cluster.url}/v2/models/flower/infer", json=ROW)  # the very next request: served by 2
+        assert first.status_code == 200 and first.json()["model_version"] == "2", (first.status_code, first.text)
         assert admin.put(f"{url}/flower/1/set-default").status_code == 200
         moved = wait_for(lambda: version_answering(http, f"{cluster.url}/v2/models/flower/infer") == "1")
         assert moved, "the unversioned path did not move to version 1"

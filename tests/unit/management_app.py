@@ -42,7 +42,7 @@ import pytest
 import ray
 import uvicorn
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse
 
 from modelpool.cluster.object_store import ObjectStore
 from modelpool.cluster.settings import load_settings
@@ -57,7 +57,7 @@ from modelpool.management.model_manager import ModelManager
 from modelpool.management.params import RegisterParams
 from modelpool.deployments.app_names import MODEL_APP_PREFIX
 from modelpool.management.serve_configs import AppConfig
-from modelpool.management.serve_state import AppStatus
+from modelpool.management.serve_state import AppStatus, LiveApp
 from modelpool.management.ttl_cache import TtlCache
 from tests.unit.in_process_actors import Gate, InProcessActors
 
@@ -140,7 +140,10 @@ class InProcessServe:
         if app.deployment_name == GENERIC_POOL_DEPLOYMENT:
             return _in_process_pool(app.init_kwargs)
         if app.app_name.startswith(MODEL_APP_PREFIX):
-            return ModelServer(**app.init_kwargs)
+            server = ModelServer(**app.init_kwargs)
+            server.replica_id = replica_name(app.app_name, 0)  # as Serve's details name it (the ingress probe reads it)
+            server._headers[REPLICA_HEADER] = server.replica_id
+            return server
         if app.app_name.startswith(GRAPH_APP_PREFIX):
             return GraphReplicaStandIn(app.app_name)
         return None  # the gRPC and protocol fronts: not served here
@@ -190,6 +193,11 @@ class InProcessServe:
         if self.gradual_start:
             self._start_one_more()
         return {"applications": applications}
+
+    def live_apps(self) -> dict[str, LiveApp]:
+        """``serve_state.live_apps``: each app's route, status and RUNNING replicas."""
+        return {name: LiveApp(app.route_prefix, "DEPLOY_FAILED" if name in self.failed else "RUNNING",
+                              self.running(name)) for name, app in self.apps.items()}
 
     def replica_apps(self) -> dict[str, str]:
         """``serve_state.replica_apps``: replica id -> its application."""
@@ -258,21 +266,24 @@ class Seen:
 class Proxy:
     """The cluster's ingress in one ASGI app: a model's route to its replica, the rest to the management API.
 
-    It records every request (``seen``) and every connection (``connections``), and, like HAProxy with
-    no management replica behind it, answers the next ``ingress_failures`` requests with its plain-text 500;
-    like a model whose queue is full, the next ``overloaded`` requests get a 429 with ``Retry-After: retry_after``.
+    It records every request (``seen``; management's route probes apart, in ``probes``) and every connection
+    (``connections``), and, like HAProxy with no management replica behind it, answers the next ``ingress_failures``
+    requests with its plain-text 500; like a model whose queue is full, the next ``overloaded`` requests get a 429 with ``Retry-After: retry_after``.
     ``forged`` (path -> JSON) plays a hostile or broken server: a GET of that path is answered with it,
-    for the client defences the real server never puts to the test.
+    for the client defences the real server never puts to the test. ``route_lag`` plays HAProxy before it
+    reloads with a new app's servers: the next that many requests to a model's route find no server (its 503).
     """
 
     def __init__(self, serve: InProcessServe) -> None:
         self.serve = serve
         self.seen: list[Seen] = []
+        self.probes: list[Seen] = []  # management's own ``GET {route}/-``: is the route at its new owner yet?
         self.connections: list[int] = []
         self.ingress_failures = 0
         self.overloaded = 0
         self.retry_after = "1"
         self.forged: dict[str, Any] = {}
+        self.route_lag = 0
         self.url = ""  # where it listens, once it does
 
     def requests_to(self, path: str, method: Optional[str] = None) -> list[Seen]:
@@ -299,6 +310,11 @@ class Proxy:
         if replica is None:
             await management_api.api(scope, receive, send)
             return
+        if self.route_lag > 0 and isinstance(replica, ModelServer):
+            self.route_lag -= 1
+            await HTMLResponse("<html><body><h1>503 Service Unavailable</h1>No server is available to handle "
+                               "this request.</body></html>", status_code=503)(scope, receive, send)
+            return
         scope = {**scope, "root_path": prefix}
         response = await replica(Request(scope, receive))
         await response(scope, receive, send)
@@ -316,9 +332,11 @@ class Proxy:
         if port not in self.connections:
             self.connections.append(port)
         path = scope.get("raw_path", scope["path"].encode()).decode("latin-1")  # as sent: %2F stays
-        self.seen.append(Seen(scope["method"], path, dict(parse_qsl(scope.get("query_string", b"").decode())),
-                              json.loads(body) if body else None, headers.get("authorization"), port,
-                              headers.get("user-agent"), headers.get("idempotency-key")))
+        probe = scope["method"] == "GET" and path.endswith(route_probe.PROBE_SUFFIX)  # management's, not a client's
+        seen = Seen(scope["method"], path, dict(parse_qsl(scope.get("query_string", b"").decode())),
+                    json.loads(body) if body else None, headers.get("authorization"), port,
+                    headers.get("user-agent"), headers.get("idempotency-key"))
+        (self.probes if probe else self.seen).append(seen)
         replayed = False
 
         async def replay() -> dict:
@@ -384,6 +402,8 @@ def management_fixture(tmp_path: Path, model_store: Path, monkeypatch: pytest.Mo
     for name in ("deploy_apps", "delete_app", "model_app_names", "has_replicas", "wait_for_replicas"):
         monkeypatch.setattr(deployer, name, getattr(serve, name))
     monkeypatch.setattr(deployer, "applications", serve.application_statuses)
+    monkeypatch.setattr(deployer, "live_apps", serve.live_apps)
+    monkeypatch.setattr(deployer, "replica_apps", serve.replica_apps)
     monkeypatch.setattr(serve_state, "applications", serve.application_statuses)  # what the graph calls read
     monkeypatch.setattr(serve_state, "replica_apps", serve.replica_apps)
     monkeypatch.setattr(workers, "ray", LocalRay)
