@@ -13,7 +13,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import threading
 import time
 import urllib.error
@@ -21,10 +20,10 @@ import urllib.request
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from modelpool.cluster import paths, pidfile, runtime
+from modelpool.cluster import paths, pidfile, runtime, start_checks
 from modelpool.cluster.settings import Settings, check_exposure
 
-#: Lines for the person starting the cluster (progress) and for what went wrong (trouble).
+#: Lines for the person starting the cluster (progress); what went wrong is raised, for the caller's one line.
 Say = Callable[[str], None]
 
 
@@ -83,10 +82,11 @@ def management_token(settings: Settings) -> str:
 
 # ------------------------------------------------------------------------------------------ start and stop
 def prepare_home(settings: Settings, block: bool = False) -> None:
-    """Refuse an unsafe exposure or an unusable ``--pidfile`` before anything exists (a refused start leaves
-    nothing behind), then make the home folder and the model store. ``block``: ``start --block``."""
+    """Refuse an unsafe exposure, an unusable ``--pidfile``, a running cluster or a busy port before anything
+    exists (a refused start leaves nothing behind), then make the home folder and the model store. ``block``: ``start --block``."""
     check_exposure(settings)
     pidfile.check_pidfile(settings.pidfile, block=block, joined=bool(settings.address))
+    check_can_start(settings)
     settings.home_path.mkdir(parents=True, exist_ok=True)
     settings.model_store_path.mkdir(parents=True, exist_ok=True)
 
@@ -109,37 +109,14 @@ def wait_until_ready(url: str, timeout_s: float) -> None:
     raise TimeoutError(f"{url}/v2/health/ready not ready after {timeout_s:.0f}s ({last})")
 
 
-def busy_ports(settings: Settings) -> list[str]:
-    """The ports a local start binds on this machine that something else holds, each with the flag that moves it.
-
-    The front and Serve's ingresses bind them only once Ray and the applications are up, a minute later;
-    a port found busy then fails the start only after its whole timeout.
-    """
-    wanted = {settings.http_port: ("--http-port", settings.http_host)}
-    if settings.http_front:
-        wanted[settings.serve_http_port] = ("--serve-http-port", "127.0.0.1")
-    if settings.grpc_enabled:
-        wanted[settings.grpc_port] = ("--grpc-port", settings.http_host)
-        wanted[settings.grpc_ingress_port] = ("--grpc-ingress-port", settings.http_host)
-    busy = []
-    for port, (flag, host) in wanted.items():
-        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do: TIME_WAIT is no conflict
-            try:
-                probe.bind((host.strip("[]"), port))
-            except OSError:
-                busy.append(f"port {port} is in use: choose another with {flag}")
-    return busy
-
-
-def check_ports_free(settings: Settings) -> None:
-    busy = busy_ports(settings)
-    if busy:
-        raise RuntimeError("; ".join(busy))
+def check_can_start(settings: Settings) -> None:
+    """Refuse at once, in one line, a start that cannot succeed (``start_checks``): this home's cluster already
+    runs, or a port the start binds is taken. Nothing has started yet, so nothing is left behind."""
+    start_checks.check(settings, read_state(settings.home_path), os.environ)
 
 
 def start(settings: Settings, deploy: Callable[[str], None], grpc_servicer_functions: Sequence[str] = (),
-          progress: Say = _quiet, trouble: Say = _quiet, block: bool = False) -> None:
+          progress: Say = _quiet, block: bool = False) -> None:
     """Start a local Ray head (or join ``settings.address``) and Serve, ``deploy(token)``, wait until served,
     then write ``--pidfile``.
 
@@ -151,8 +128,8 @@ def start(settings: Settings, deploy: Callable[[str], None], grpc_servicer_funct
     started_here = not settings.address
     # again here for callers that skip prepare_home: a refused pidfile must stop the start before Ray does
     pidfile.check_pidfile(settings.pidfile, block=block, joined=not started_here)
+    check_can_start(settings)
     if started_here:
-        check_ports_free(settings)
         progress(f"starting a local Ray head on 127.0.0.1:{settings.ray_port} ...")
         address = runtime.start_local_head(settings)
     else:
@@ -173,7 +150,7 @@ def start(settings: Settings, deploy: Callable[[str], None], grpc_servicer_funct
             write_state(settings.home_path, {**(read_state(settings.home_path) or {}), "pidfile": str(written),
                                              "pid": holder})
     except BaseException:
-        trouble("start failed; stopping what was started")
+        progress("start failed; stopping what was started")  # the error itself is the caller's one line
         stop(settings)
         raise
 

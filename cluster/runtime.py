@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -100,8 +101,17 @@ def start_local_head(settings: Settings) -> str:
         command.append(f"--num-cpus={settings.num_cpus}")
     result = subprocess.run(command, env=env, capture_output=True, text=True)
     if result.returncode != 0:
-        raise RuntimeError(f"`{' '.join(command)}` failed:\n{result.stdout}\n{result.stderr}")
+        raise RuntimeError(f"`ray start` failed: {ray_start_cause(result.stdout + result.stderr)}\n"
+                           f"{' '.join(command)}\n{result.stdout}\n{result.stderr}")
     return f"{ray_loopback.NODE_IP}:{settings.ray_port}"  # Ray prints no join command for a loopback head
+
+
+def ray_start_cause(output: str) -> str:
+    """The line of ``ray start``'s output that says what went wrong: its last error line (a Python exception's
+    ``SomethingError: ...``, or Ray's own ``Error: ...``), else its last line. A user reads one line; --debug the rest."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    errors = [line for line in lines if re.match(r"^([A-Za-z_.]*Error|Exception)\b:?", line)]
+    return (errors or lines or ["no output"])[-1]
 
 
 def connect(address: str) -> None:

@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 import time
+import traceback
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional, Sequence
@@ -14,6 +15,7 @@ from modelpool.cluster import local_cluster, runtime
 from modelpool.cluster.net import is_loopback_host
 from modelpool.cluster.paths import state_path
 from modelpool.cluster.pidfile import PidfileError
+from modelpool.cluster.start_checks import StartRefused
 from modelpool.cluster.settings import Settings, SettingsError, add_settings_arguments, settings_from_args
 
 EXAMPLE_REQUEST = '{"inputs":[{"name":"input-0","shape":[1,4],"datatype":"FP64","data":[5.1,3.5,1.4,0.2]}]}'
@@ -24,10 +26,6 @@ GRPC_SERVICER_FUNCTION = "modelpool.deployments.protos.service.add_inference_ser
 
 def _say(line: str) -> None:
     print(line, flush=True)
-
-
-def _complain(line: str) -> None:
-    print(line, file=sys.stderr)
 
 
 def cmd_start(args: argparse.Namespace) -> int:
@@ -48,15 +46,15 @@ def cmd_start(args: argparse.Namespace) -> int:
         deploy_management(settings, token)
 
     started = time.monotonic()
-    local_cluster.start(settings, deploy, [GRPC_SERVICER_FUNCTION], progress=_say, trouble=_complain, block=args.block)
-    _print_banner(settings, time.monotonic() - started)
+    local_cluster.start(settings, deploy, [GRPC_SERVICER_FUNCTION], progress=_say, block=args.block)
+    _print_banner(settings, time.monotonic() - started, (local_cluster.read_state(settings.home_path) or {}).get("address"))
     if args.block:
         local_cluster.wait_for_signal()
         local_cluster.stop(settings)
     return 0
 
 
-def _print_banner(settings: Settings, elapsed_s: float) -> None:
+def _print_banner(settings: Settings, elapsed_s: float, ray_address: Optional[str]) -> None:
     from modelpool.deployments.app_names import parse_app_name
     from modelpool.management.serve_state import applications
 
@@ -65,13 +63,18 @@ def _print_banner(settings: Settings, elapsed_s: float) -> None:
         parsed = parse_app_name(name)
         if parsed:
             models.setdefault(parsed[0], []).append(parsed[1])
-    print("\n".join(banner_lines(settings, models, elapsed_s)))
+    print("\n".join(banner_lines(settings, models, elapsed_s, ray_address)))
 
 
-def banner_lines(settings: Settings, models: dict[str, list[str]], elapsed_s: float) -> list[str]:
-    """What ``start`` prints: where to send requests, and where the token is, never the token itself."""
+def banner_lines(settings: Settings, models: dict[str, list[str]], elapsed_s: float,
+                 ray_address: Optional[str] = None) -> list[str]:
+    """What ``start`` prints: where to send requests, and where the token is, never the token itself.
+
+    Every address is one the cluster listens on (tests/integration/test_start_errors.py checks them against the
+    sockets); a wildcard bind is said as such beside the loopback address that reaches it from here."""
     url = settings.http_url
-    lines = [f"modelpool is serving on {url} (ready in {elapsed_s:.0f}s)"]
+    wide = f"; bound to {settings.http_host}, every interface" if settings.http_host in ("0.0.0.0", "::") else ""
+    lines = [f"modelpool is serving on {url} (ready in {elapsed_s:.0f}s{wide})"]
     for name, versions in sorted(models.items()):
         lines.append(f"  model {name} (versions {', '.join(sorted(versions))}): {url}/v2/models/{name}/infer")
     lines.append("  health:  curl -s " + f"{url}/v2/health/ready")
@@ -90,6 +93,8 @@ def banner_lines(settings: Settings, models: dict[str, list[str]], elapsed_s: fl
     if not settings.inference_token and not is_loopback_host(settings.http_host):
         lines.append(f"  note:    inference is open to anyone who reaches {settings.http_host}:{settings.http_port}; "
                      "--inference-token puts it behind a token")
+    if ray_address:
+        lines.append(f"  Ray:     {ray_address} (modelpool status lists what runs there)")
     lines.append("  stop:    modelpool stop")
     return lines
 
@@ -183,17 +188,44 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except SettingsError as exc:
         print(f"modelpool: bad setting: {exc}", file=sys.stderr)
         return 2
-    except PidfileError as exc:  # a cluster still holds the pidfile: the message says which and what to do
+    except (PidfileError, StartRefused) as exc:  # refused before anything started: the message says why and what to do
         print(f"modelpool: {exc}", file=sys.stderr)
         return 1
-    except Exception as exc:  # noqa: BLE001 - a CLI reports, it does not dump tracebacks
+    except Exception as exc:  # noqa: BLE001 - a CLI reports in one line; --debug shows the traceback
         from modelpool.deployments.errors import RequestError
 
         if isinstance(exc, RequestError):
             print(f"modelpool: {exc.message}" + (f" (field {exc.field})" if exc.field else ""), file=sys.stderr)
             return 2
-        print(f"modelpool: {type(exc).__name__}: {exc}", file=sys.stderr)
+        if _debug(args):
+            traceback.print_exc()
+        print(f"modelpool: {one_line(exc)}" + ("" if _debug(args) else " (--debug shows the whole error)"),
+              file=sys.stderr)
         return 1
+
+
+def one_line(exc: BaseException) -> str:
+    """The error's cause in one line: the innermost exception Ray wrapped it in (a ``RayTaskError``'s ``cause``,
+    or ``raise ... from``), and the first line of its message, which names what failed (details follow it)."""
+    seen = {id(exc)}
+    while True:
+        inner = getattr(exc, "cause", None) or exc.__cause__
+        if not isinstance(inner, BaseException) or id(inner) in seen:
+            break
+        seen.add(id(inner))
+        exc = inner
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
+def _debug(args: argparse.Namespace) -> bool:
+    """--debug (or MODELPOOL_DEBUG) for the commands that take the settings."""
+    if not hasattr(args, "debug"):
+        return False
+    try:
+        return settings_from_args(args).debug
+    except SettingsError:
+        return bool(args.debug)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ class RunningCluster(ManagementAccess):
     metrics_url: str = ""
     grpc_target: str = ""
     traces: Optional[OtlpReceiver] = None  # the OTLP receiver the cluster's spans go to (it runs with --tracing)
+    start_output: str = ""  # what `modelpool start` printed
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         return subprocess.run([*MODELPOOL, *args], env=self.env, capture_output=True, text=True, check=check, timeout=300)
@@ -82,7 +83,7 @@ def cluster(tmp_path_factory, traces) -> RunningCluster:
     started = subprocess.run([*MODELPOOL, "start"], env=env, capture_output=True, text=True, timeout=400)
     running = RunningCluster(url=f"http://127.0.0.1:{http_port}", home=home, address=f"127.0.0.1:{ray_port}", env=env,
                              metrics_url=f"http://127.0.0.1:{metrics_port}/metrics",
-                             grpc_target=f"127.0.0.1:{grpc_port}", traces=traces)
+                             grpc_target=f"127.0.0.1:{grpc_port}", traces=traces, start_output=started.stdout)
     if started.returncode != 0:
         running.cli("stop", check=False)
         pytest.fail(f"modelpool start failed:\n{started.stdout}\n{started.stderr}")

@@ -151,6 +151,8 @@ def _fake_cluster(monkeypatch) -> list[str]:
     monkeypatch.setattr(runtime, "start_serve", lambda *_: calls.append("serve"))
     monkeypatch.setattr(runtime, "stop_local_head", lambda: calls.append("stopped"))
     monkeypatch.setattr(local_cluster, "wait_until_ready", lambda *_: calls.append("ready"))
+    # nothing binds a port here, and a cluster the suite runs beside holds Serve's and Ray's fixed ones
+    monkeypatch.setattr(local_cluster, "check_can_start", lambda settings: None)
     return calls
 
 
