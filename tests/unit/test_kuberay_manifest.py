@@ -1,10 +1,9 @@
-"""cluster/kuberay-rayservice.yaml: what can be checked without a Kubernetes cluster or KubeRay's CRD.
+"""cluster/kuberay-rayservice.yaml: what can be checked without a Kubernetes cluster.
 
-KubeRay's CRD schema (rayservices.ray.io) is not shipped by any package on the registries reachable
-here, so the manifest is not validated against it (the manifest's header says so). These tests check
-the parts whose rules are at hand: the Serve config against Ray Serve's own schema, the import path
-built the way Serve's controller builds it, and the image, Ray version, ports and environment against
-pyproject.toml, cluster.yaml and the code that `modelpool start` runs.
+The whole resource against KubeRay's own RayService CRD (v1.7.0, tests/data/kuberay), with unknown fields as errors
+(the API server would drop them silently); the Serve config against Ray Serve's own schema; the import path built
+the way Serve's controller builds it; and the image, Ray version, ports and environment against pyproject.toml,
+cluster.yaml and the code that `modelpool start` runs.
 """
 from __future__ import annotations
 
@@ -14,6 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Iterator
 
+import jsonschema
 import pytest
 import yaml
 from packaging.specifiers import SpecifierSet
@@ -25,6 +25,7 @@ from ray.serve.schema import ServeApplicationSchema, ServeDeploySchema
 
 from modelpool.cluster.runtime import SERVE_ENV
 from modelpool.cluster.settings import Settings, env_name, load_settings
+from tests import crd_schema
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFEST = ROOT / "cluster" / "kuberay-rayservice.yaml"
@@ -33,19 +34,7 @@ TOKEN = "test-token-from-the-secret"
 # Values the manifest takes from Secrets, as the kubelet would resolve them: (secret, key) -> value.
 SECRETS = {("modelpool", "management-token"): TOKEN}
 
-# Field names of KubeRay's ray.io/v1 Go types (RayServiceSpec, RayClusterSpec, HeadGroupSpec,
-# WorkerGroupSpec), copied by hand as a guard against misspelt keys, which Kubernetes would drop
-# silently. This is not KubeRay's CRD schema and checks no types or nesting below these levels.
-RAYSERVICE_SPEC_FIELDS = {"serveConfigV2", "rayClusterConfig", "upgradeStrategy", "serveService",
-                          "excludeHeadPodFromServeSvc", "rayClusterDeletionDelaySeconds",
-                          "serviceUnhealthySecondThreshold", "deploymentUnhealthySecondThreshold"}
-RAYCLUSTER_SPEC_FIELDS = {"rayVersion", "enableInTreeAutoscaling", "autoscalerOptions", "authOptions",
-                          "headGroupSpec", "workerGroupSpecs", "headServiceAnnotations", "suspend",
-                          "managedBy", "gcsFaultToleranceOptions", "upgradeStrategy"}
-HEAD_GROUP_FIELDS = {"template", "rayStartParams", "serviceType", "headService", "enableIngress",
-                     "resources", "labels"}
-WORKER_GROUP_FIELDS = {"groupName", "replicas", "minReplicas", "maxReplicas", "idleTimeoutSeconds",
-                       "rayStartParams", "template", "scaleStrategy", "numOfHosts", "resources", "labels", "suspend"}
+CRD = ROOT / "tests" / "data" / "kuberay" / "ray.io_rayservices.yaml"
 
 
 def manifest() -> dict:
@@ -108,18 +97,76 @@ def pinned_ray_version() -> str:
     return pin.group(1)
 
 
-def test_the_manifest_is_a_rayservice_with_known_field_names():
+@pytest.fixture(scope="module")
+def rayservice_schema() -> jsonschema.Draft7Validator:
+    return crd_schema.validator(CRD, "v1")
+
+
+def test_the_manifest_passes_kuberays_own_crd_with_unknown_fields_as_errors(rayservice_schema):
     doc = manifest()
     assert (doc["apiVersion"], doc["kind"]) == ("ray.io/v1", "RayService")
-    spec = doc["spec"]
-    cluster = spec["rayClusterConfig"]
-    assert set(spec) <= RAYSERVICE_SPEC_FIELDS
-    assert set(cluster) <= RAYCLUSTER_SPEC_FIELDS
-    assert set(cluster["headGroupSpec"]) <= HEAD_GROUP_FIELDS
-    for group in cluster["workerGroupSpecs"]:
-        assert set(group) <= WORKER_GROUP_FIELDS
-        assert all(isinstance(v, str) for v in group["rayStartParams"].values()), "KubeRay wants strings"
-    assert all(isinstance(v, str) for v in cluster["headGroupSpec"]["rayStartParams"].values())
+    assert crd_schema.problems(rayservice_schema, doc) == []
+
+
+def _worker_group(doc: dict) -> dict:
+    return doc["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]
+
+
+def _head_container(doc: dict) -> dict:
+    return doc["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+
+
+@pytest.mark.parametrize("where, right, wrong", [
+    (lambda doc: doc["spec"], "serveConfigV2", "serveConfigv2"),
+    (lambda doc: doc["spec"]["rayClusterConfig"], "enableInTreeAutoscaling", "enableInTreeAutoScaling"),
+    (lambda doc: doc["spec"]["rayClusterConfig"]["autoscalerOptions"], "idleTimeoutSeconds", "idleTimeoutSecond"),
+    (_worker_group, "maxReplicas", "maxReplica"),
+    (_head_container, "resources", "resource"),
+    (lambda doc: _head_container(doc)["ports"][0], "containerPort", "containerport"),
+])
+def test_a_misspelt_key_is_an_error_naming_it(rayservice_schema, where, right, wrong):
+    doc = manifest()
+    parent = where(doc)
+    parent[wrong] = parent.pop(right)
+    found = crd_schema.problems(rayservice_schema, doc)
+    assert any(f"'{wrong}' was unexpected" in problem for problem in found), found
+
+
+@pytest.mark.parametrize("change, expected", [
+    (lambda doc: _head_container(doc)["ports"][0].update(containerPort="6379"), "'6379' is not of type 'integer'"),
+    (lambda doc: _worker_group(doc).update(replicas=[1]), "[1] is not of type 'integer'"),
+    (lambda doc: _head_container(doc)["resources"]["limits"].update(cpu=[2]), "[2] is not valid"),
+    (lambda doc: doc["spec"]["rayClusterConfig"]["headGroupSpec"]["rayStartParams"].update(port=6379),
+     "6379 is not of type 'string'"),
+])
+def test_a_value_of_the_wrong_type_is_an_error(rayservice_schema, change, expected):
+    doc = manifest()
+    change(doc)
+    found = crd_schema.problems(rayservice_schema, doc)
+    assert any(expected in problem for problem in found), found
+
+
+def test_kubernetes_extensions_read_as_the_api_server_reads_them():
+    """int-or-string, nullable, preserve-unknown-fields and embedded resources, on small structural schemas."""
+    schema = crd_schema.to_json_schema({"type": "object", "properties": {
+        "quantity": {"x-kubernetes-int-or-string": True, "anyOf": [{"type": "integer"}, {"type": "string"}]},
+        "port": {"x-kubernetes-int-or-string": True},
+        "maybe": {"type": "string", "nullable": True},
+        "open": {"type": "object", "x-kubernetes-preserve-unknown-fields": True,
+                 "properties": {"known": {"type": "integer"}}},
+        "pod": {"type": "object", "x-kubernetes-embedded-resource": True, "properties": {"spec": {"type": "object"}}},
+    }})
+    check = jsonschema.Draft7Validator(schema)
+
+    def ok(resource: dict) -> bool:
+        return not list(check.iter_errors(resource))
+
+    assert ok({"quantity": 2}) and ok({"quantity": "500m"}) and ok({"port": "http"}) and ok({"port": 8000})
+    assert not ok({"port": 1.5}) and not ok({"port": ["http"]})
+    assert ok({"maybe": None}) and ok({"maybe": "x"}) and not ok({"maybe": 3})
+    assert ok({"open": {"known": 1, "anything": {"else": True}}}) and not ok({"open": {"known": "one"}})
+    assert ok({"pod": {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {}}})
+    assert not ok({"pod": {"spek": {}}}) and not ok({"unknown": 1})
 
 
 def test_serve_config_passes_ray_serves_own_schema():
