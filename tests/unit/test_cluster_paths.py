@@ -44,7 +44,9 @@ def test_the_state_file_round_trips_and_a_missing_or_torn_one_means_not_running(
     assert local_cluster.read_state(home) is None
 
 
-def test_prepare_home_refuses_a_network_host_before_making_anything(tmp_path):
+def test_prepare_home_refuses_a_network_host_before_making_anything(tmp_path, monkeypatch):
+    # the port checks are test_start_ports.py's; a cluster the suite runs beside holds Serve's fixed ports
+    monkeypatch.setattr(local_cluster, "check_can_start", lambda settings: None)
     home = tmp_path / "home"
     settings = load_settings({"home": str(home), "http_host": "0.0.0.0"}, {})
     with pytest.raises(SettingsError, match="--management-token"):
