@@ -79,8 +79,9 @@ def run(command: list[str], env: dict, timeout: float = 300) -> subprocess.Compl
 
 
 @contextmanager
-def two_node_cluster(home: Path, extra_env: Optional[dict] = None) -> Iterator[TwoNodeCluster]:
-    """Head + worker raylet + modelpool; always torn down, and checked to leave nothing running."""
+def two_node_cluster(home: Path, extra_env: Optional[dict] = None, start_worker: bool = True) -> Iterator[TwoNodeCluster]:
+    """Head + worker raylet + modelpool; always torn down, and checked to leave nothing running. ``start_worker``
+    False: the head alone, until the caller joins the worker (``start_worker_node``)."""
     http_port, ray_port = free_port(), free_port()
     env = {
         **os.environ, **SERVE_ENV,
@@ -105,7 +106,8 @@ def two_node_cluster(home: Path, extra_env: Optional[dict] = None) -> Iterator[T
         ensure_ray_token(env)  # as `modelpool start` does: `ray start` makes none on a fresh machine
         run([ray_executable(), "start", "--head", f"--port={ray_port}", "--num-cpus=2", "--include-dashboard=false",
              "--disable-usage-stats", f"--metrics-export-port={free_port()}"], env)
-        cluster.start_worker_node()
+        if start_worker:
+            cluster.start_worker_node()
         run([*MODELPOOL, "start", "--address", address], env, timeout=400)
         yield cluster
     finally:
