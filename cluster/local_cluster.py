@@ -83,7 +83,8 @@ def management_token(settings: Settings) -> str:
 # ------------------------------------------------------------------------------------------ start and stop
 def prepare_home(settings: Settings, block: bool = False) -> None:
     """Refuse an unsafe exposure, an unusable ``--pidfile``, a running cluster or a busy port before anything
-    exists (a refused start leaves nothing behind), then make the home folder and the model store. ``block``: ``start --block``."""
+    exists (a refused start leaves nothing behind), then make the home folder and the model store.
+    ``block``: ``start --block``."""
     check_exposure(settings)
     pidfile.check_pidfile(settings.pidfile, block=block, joined=bool(settings.address))
     check_can_start(settings)

@@ -108,7 +108,8 @@ def start_local_head(settings: Settings) -> str:
 
 def ray_start_cause(output: str) -> str:
     """The line of ``ray start``'s output that says what went wrong: its last error line (a Python exception's
-    ``SomethingError: ...``, or Ray's own ``Error: ...``), else its last line. A user reads one line; --debug the rest."""
+    ``SomethingError: ...``, or Ray's own ``Error: ...``), else its last line. A user reads one line; --debug shows
+    the rest."""
     lines = [line.strip() for line in output.splitlines() if line.strip()]
     errors = [line for line in lines if re.match(r"^([A-Za-z_.]*Error|Exception)\b:?", line)]
     return (errors or lines or ["no output"])[-1]

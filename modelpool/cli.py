@@ -47,7 +47,8 @@ def cmd_start(args: argparse.Namespace) -> int:
 
     started = time.monotonic()
     local_cluster.start(settings, deploy, [GRPC_SERVICER_FUNCTION], progress=_say, block=args.block)
-    _print_banner(settings, time.monotonic() - started, (local_cluster.read_state(settings.home_path) or {}).get("address"))
+    ray_address = (local_cluster.read_state(settings.home_path) or {}).get("address")
+    _print_banner(settings, time.monotonic() - started, ray_address)
     if args.block:
         local_cluster.wait_for_signal()
         local_cluster.stop(settings)
@@ -197,6 +198,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if isinstance(exc, RequestError):
             print(f"modelpool: {exc.message}" + (f" (field {exc.field})" if exc.field else ""), file=sys.stderr)
             return 2
+        if not hasattr(args, "debug"):  # the remote commands: the client's errors are one line already
+            print(f"modelpool: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return 1
         if _debug(args):
             traceback.print_exc()
         print(f"modelpool: {one_line(exc)}" + ("" if _debug(args) else " (--debug shows the whole error)"),
@@ -205,15 +209,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def one_line(exc: BaseException) -> str:
-    """The error's cause in one line: the innermost exception Ray wrapped it in (a ``RayTaskError``'s ``cause``,
-    or ``raise ... from``), and the first line of its message, which names what failed (details follow it)."""
-    seen = {id(exc)}
-    while True:
-        inner = getattr(exc, "cause", None) or exc.__cause__
-        if not isinstance(inner, BaseException) or id(inner) in seen:
-            break
-        seen.add(id(inner))
-        exc = inner
+    """The error's cause in one line: the exception a Ray call wrapped (a ``RayTaskError``'s ``cause``; modelpool's
+    own errors are written for the user and kept), and the first line of its message, which names what failed."""
+    ray_exceptions = sys.modules.get("ray.exceptions")  # not imported: the error cannot be Ray's
+    while ray_exceptions is not None and isinstance(exc, ray_exceptions.RayTaskError) \
+            and isinstance(exc.cause, BaseException) and exc.cause is not exc:
+        exc = exc.cause
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 

@@ -79,7 +79,8 @@ def run(command: list[str], env: dict, timeout: float = 300) -> subprocess.Compl
 
 
 @contextmanager
-def two_node_cluster(home: Path, extra_env: Optional[dict] = None, start_worker: bool = True) -> Iterator[TwoNodeCluster]:
+def two_node_cluster(home: Path, extra_env: Optional[dict] = None,
+                     start_worker: bool = True) -> Iterator[TwoNodeCluster]:
     """Head + worker raylet + modelpool; always torn down, and checked to leave nothing running. ``start_worker``
     False: the head alone, until the caller joins the worker (``start_worker_node``)."""
     http_port, ray_port = free_port(), free_port()

@@ -268,7 +268,8 @@ class Proxy:
 
     It records every request (``seen``; management's route probes apart, in ``probes``) and every connection
     (``connections``), and, like HAProxy with no management replica behind it, answers the next ``ingress_failures``
-    requests with its plain-text 500; like a model whose queue is full, the next ``overloaded`` requests get a 429 with ``Retry-After: retry_after``.
+    requests with its plain-text 500; like a model whose queue is full, the next ``overloaded`` requests get a 429
+    with ``Retry-After: retry_after``.
     ``forged`` (path -> JSON) plays a hostile or broken server: a GET of that path is answered with it,
     for the client defences the real server never puts to the test. ``route_lag`` plays HAProxy before it
     reloads with a new app's servers: the next that many requests to a model's route find no server (its 503).

@@ -14,20 +14,21 @@ HAPROXY_FAILURE = RuntimeError("HAProxy failed to start: cannot bind socket (Add
 def wrapped_by_ray(cause: Exception) -> RayTaskError:
     """What ``ray.get`` raises when an actor's method failed: the cause inside a RayTaskError, whose text is the
     remote traceback."""
-    remote = f"Traceback (most recent call last):\n  File \"haproxy.py\", line 1, in ready\n{type(cause).__name__}: {cause}"
+    remote = (f"Traceback (most recent call last):\n  File \"haproxy.py\", line 1, in ready\n"
+              f"{type(cause).__name__}: {cause}")
     return RayTaskError("HAProxyManager.ready", remote, cause)
 
 
 def test_the_line_is_the_innermost_causes_first_line():
     assert cli.one_line(wrapped_by_ray(HAPROXY_FAILURE)) == (
         "RuntimeError: HAProxy failed to start: cannot bind socket (Address already in use) [0.0.0.0:8000]")
-    try:
+    try:  # an error of modelpool's own, raised from another, is written for the user: kept
         try:
             raise KeyError("inner")
         except KeyError as exc:
-            raise ValueError("outer") from exc
+            raise ValueError("outer\ndetails") from exc
     except ValueError as exc:
-        assert cli.one_line(exc) == "KeyError: 'inner'"
+        assert cli.one_line(exc) == "ValueError: outer"
     assert cli.one_line(RuntimeError("")) == "RuntimeError"
 
 
@@ -50,9 +51,25 @@ def test_a_failing_command_prints_one_line_and_debug_adds_the_traceback(monkeypa
     monkeypatch.setenv("MODELPOOL_HOME", str(tmp_path))
     assert cli.main(["stop", *(["--debug"] if debug else [])]) == 1
     lines = capsys.readouterr().err.strip().splitlines()
-    line = "modelpool: RuntimeError: HAProxy failed to start: cannot bind socket (Address already in use) [0.0.0.0:8000]"
+    line = ("modelpool: RuntimeError: HAProxy failed to start: cannot bind socket (Address already in use) "
+            "[0.0.0.0:8000]")
     if debug:
         assert lines[0] == "Traceback (most recent call last):" and lines[-1] == line
         assert any("[ALERT] more alerts" in text for text in lines), "the whole error, with its details"
     else:
         assert lines == [line + " (--debug shows the whole error)"]
+
+
+def test_a_remote_command_keeps_the_clients_message_and_offers_no_debug_flag(monkeypatch, capsys):
+    def failing(args):
+        raise RuntimeError("cannot reach http://127.0.0.1:1 (is modelpool running?)")
+
+    parser = cli.build_parser()
+    args = parser.parse_args(["models", "list"])
+    assert not hasattr(args, "debug")
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    monkeypatch.setattr(args, "func", failing, raising=False)
+    monkeypatch.setattr(parser, "parse_args", lambda argv: args)
+    assert cli.main(["models", "list"]) == 1
+    assert capsys.readouterr().err == ("modelpool: RuntimeError: cannot reach http://127.0.0.1:1 "
+                                       "(is modelpool running?)\n")
