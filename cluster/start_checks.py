@@ -53,7 +53,7 @@ def _setting(field: str) -> str:
 
 def ports_a_start_binds(settings: Settings, environ: Mapping[str, str]) -> list[PortUse]:
     """Every port a local start binds on this machine, with the setting that moves each one."""
-    http_what = "the HTTP front (inference and management)" if settings.http_front else "Serve's HTTP ingress"
+    http_what = "the HTTP front" if settings.http_front else "Serve's HTTP ingress"
     uses = [PortUse(settings.http_port, settings.http_host, http_what, _setting("http_port"))]
     if settings.http_front:
         uses.append(PortUse(settings.serve_http_port, LOOPBACK, "Serve's HTTP ingress behind the front",

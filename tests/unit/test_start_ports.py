@@ -84,7 +84,7 @@ def test_two_settings_on_one_port_are_refused_naming_both(tmp_path):
     settings = _settings(tmp_path)
     settings = settings.model_copy(update={"grpc_port": settings.http_port})
     assert start_checks.clashes(start_checks.ports_a_start_binds(settings, {})) == [
-        f"the HTTP front (inference and management) and the gRPC front are both set to port {settings.http_port}: "
+        f"the HTTP front and the gRPC front are both set to port {settings.http_port}: "
         "move one with --grpc-port (or MODELPOOL_GRPC_PORT)"]
 
 
