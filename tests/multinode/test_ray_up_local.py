@@ -60,6 +60,7 @@ import pytest
 import requests
 import yaml
 
+from modelpool.cluster.front_directories import FRONT_DIRECTORY_PREFIX
 from modelpool.cluster.runtime import haproxy_processes, kill_haproxy, ray_executable, ray_processes
 from modelpool.cluster.net import is_loopback_host
 from tests.listening import cluster_processes, listening_sockets, listing
@@ -89,6 +90,7 @@ class LocalCluster:
     log: Path
     is_down: bool = False
     dashboard_dirs: tuple[Path, ...] = ()
+    front_dirs: tuple[Path, ...] = ()
 
     def ray(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
         """A `ray` CLI command as the user runs it (from the checkout, HOME=local_home).
@@ -114,8 +116,10 @@ class LocalCluster:
         return subprocess.CompletedProcess(args, code, output, "")
 
     def down(self) -> subprocess.CompletedProcess:
-        """`ray down`, noting first the temp dirs of the head's dashboard, which `ray stop` leaves behind."""
+        """`ray down`, noting first the temp dirs of the head's dashboard and of its front, which `ray stop` leaves
+        behind (a killed front cannot remove its own; the next front or `modelpool stop` would)."""
         self.dashboard_dirs = tuple(dashboard_temp_dirs())
+        self.front_dirs = tuple(cluster_front_dirs())
         self.is_down = True
         return self.ray("down", "-y", str(self.config_path), timeout=120)
 
@@ -196,6 +200,17 @@ def launcher_temp_files(cluster_name: str) -> list[str]:
     return found
 
 
+def cluster_front_dirs() -> list[Path]:
+    """The temp dirs of the fronts this Ray runs: those of haproxys started under a raylet (the unit tests running
+    beside this one start fronts of their own, which are not the cluster's)."""
+    dirs = set()
+    for process in haproxy_processes():
+        with contextlib.suppress(psutil.Error):
+            if any(parent.name() == "raylet" for parent in process.parents()):
+                dirs |= {Path(part).parent for part in process.cmdline() if FRONT_DIRECTORY_PREFIX in part}
+    return sorted(dirs)
+
+
 def dashboard_temp_dirs() -> list[Path]:
     """/tmp/pymp-* of the running Ray dashboard: its multiprocessing forkserver's listener socket, which `ray stop`
     (SIGTERM, then SIGKILL) leaves behind. Only this test's Ray runs here (the fixture checked)."""
@@ -272,7 +287,7 @@ def local_cluster() -> Iterator[LocalCluster]:
         for path in (get_state_path(cluster_name), get_lock_path(cluster_name), *launcher_temp_files(cluster_name)):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
-        for path in (cluster.dashboard_dirs if cluster is not None else ()):
+        for path in ((*cluster.dashboard_dirs, *cluster.front_dirs) if cluster is not None else ()):
             shutil.rmtree(path, ignore_errors=True)
         if cluster is not None and os.environ.get("MODELPOOL_KEEP_RAY_UP_LOG"):
             shutil.copy(cluster.log, os.environ["MODELPOOL_KEEP_RAY_UP_LOG"])
