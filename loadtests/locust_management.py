@@ -51,6 +51,7 @@ ARCHIVE = os.environ.get("MODELPOOL_LOCUST_ARCHIVE", "iris-1.zip")
 WAIT_S = float(os.environ.get("MODELPOOL_LOCUST_WAIT_S", "1.0"))
 PAGE = int(os.environ.get("MODELPOOL_LOCUST_PAGE", "2"))
 MAX_PAGES = 50           # a list walk is bounded even if paging never ends
+WHOLE_LIST = 1000        # the largest page the server gives: the whole registry of a load test in one answer
 READ_MODELS = ("iris", "diabetes", "iris_report")  # the examples; describing them needs no model of our own
 INTERRUPTED_REGISTER_WAIT_S = 15.0
 
@@ -139,8 +140,9 @@ class ManagementUser(FastHttpUser):
             token = body.get("nextPageToken")
             if not token:
                 break
-        if self.model and not token and self.model not in seen:
-            self._fail(LIST_FIRST, f"{self.model} is registered but missing from the {page + 1} list pages")
+        if self.model and not token and self.model not in seen and not self._listed_whole(self.model):
+            self._fail(LIST_FIRST, f"{self.model} is registered but missing from the {page + 1} list pages "
+                                   "and from a one-page list")
 
     @task(3)
     def scale(self) -> None:
@@ -203,6 +205,13 @@ class ManagementUser(FastHttpUser):
                 return response.json()
             except ValueError:
                 return {}
+
+    def _listed_whole(self, name: str) -> bool:
+        """True when one page as long as the registry lists ``name``. A page walk is no snapshot: tokens are
+        positions (TorchServe's), so another user's unregister on an earlier page moves the rest up by one and the
+        walk can step over a name (seen once in make test). One page cannot."""
+        body = self._call("GET", f"/models?limit={WHOLE_LIST}", LIST_FIRST, (200,))
+        return body is not None and name in [m["modelName"] for m in body["models"]]
 
     def _fail(self, name: str, message: str) -> None:
         self.environment.events.request.fire(request_type="CHECK", name=name, response_time=0, response_length=0,
