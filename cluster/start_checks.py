@@ -17,8 +17,8 @@ import psutil
 
 from modelpool.cluster.settings import Settings, env_name, flag_name
 
-#: Ports Ray and Serve bind on a local head whatever modelpool's settings say: (port, what it is for, how to move
-#: it). Serve reads its variables in each of its processes, so a value set in start's environment reaches them.
+#: Ports Serve binds on a local head whatever modelpool's settings say: (the variable that moves it, its default,
+#: what it is for). Serve reads its variables in each of its processes, so a value in start's environment reaches them.
 RAY_FIXED_PORTS = (
     ("RAY_SERVE_HAPROXY_STATS_PORT", 8404, "Serve's HAProxy stats page"),
     ("RAY_SERVE_HAPROXY_METRICS_PORT", 9101, "Serve's HAProxy exporter"),
@@ -181,8 +181,11 @@ def refusals(settings: Settings, state: Optional[Mapping], environ: Mapping[str,
     if running:
         return [running]
     uses = ports_a_start_binds(settings, environ)
+    clashing = clashes(uses)
+    if clashing:
+        return clashing
     busy = busy_ports(uses)
-    return clashes(uses) or ([busy_ports_message(busy)] if busy else [])
+    return [busy_ports_message(busy)] if busy else []
 
 
 def check(settings: Settings, state: Optional[Mapping], environ: Mapping[str, str]) -> None:

@@ -224,15 +224,18 @@ def wait_until_running(app_names: Iterable[str], timeout_s: float) -> None:
 
 
 def wait_for_routes(ingress: route_probe.Ingress, app_names: Iterable[str]) -> list[str]:
-    """Wait until this node's ingress sends each running model app's route to that app; returns the late prefixes.
+    """Wait until this node's ingress sends each running model or graph app's route to that app; returns the late
+    prefixes.
 
     A synchronous call's replicas can be RUNNING in the controller's eyes before Serve's HAProxy has reloaded with
     them (or with the route a concurrent registration just moved to them): the caller's next request would reach
-    the prefix's previous owner or no server. Apps without running replicas are not probed."""
+    the prefix's previous owner or no server. Apps without running replicas are not probed, nor the generic pool
+    and the fronts a call also deploys (their routes do not move)."""
     live = live_apps()
     owners = {state.route_prefix: name for name in app_names
-              if parse_app_name(name) is not None and (state := live.get(name)) is not None
-              and state.status == "RUNNING" and state.running and state.route_prefix}
+              if (parse_app_name(name) is not None or name.startswith(GRAPH_APP_PREFIX))
+              and (state := live.get(name)) is not None and state.status == "RUNNING" and state.running
+              and state.route_prefix}
     return route_probe.wait_for_owners(ingress, owners, replica_apps) if owners else []
 
 

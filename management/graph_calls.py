@@ -16,7 +16,7 @@ from typing import Optional
 
 from modelpool.deployments import app_names
 from modelpool.deployments.errors import RequestError
-from modelpool.management import deployer, graph_configs, graph_spec, route_probe, serve_state
+from modelpool.management import deployer, graph_configs, graph_spec, serve_state
 from modelpool.management.graph_spec import GraphSpec
 from modelpool.management.registry import GraphRecord, ModelRecord
 from modelpool.management.registry_cas import TAKEN
@@ -51,10 +51,7 @@ class GraphCalls:
                                    f"/v2/models/{name}; choose another name for the graph", status=409, field="name")
             self.apply()
         app = app_names.graph_app_name(name)
-        wait_for_rollout([app], GRAPH_START_TIMEOUT_S, f"graph '{name}'")
-        late = route_probe.wait_for_owners(self.ingress, {graph_configs.graph_route(name): app}, serve_state.replica_apps)
-        if late:
-            logger.warning("the ingress does not route %s to graph %s yet", late, name)
+        wait_for_rollout([app], GRAPH_START_TIMEOUT_S, f"graph '{name}'", ingress=self.ingress)
         verb = "updated" if existing else "created"
         return (200 if existing else 201), {"status": f'Graph "{name}" {verb}', "name": name,
                                             "endpoint": f"{graph_configs.graph_route(name)}/infer"}

@@ -43,12 +43,13 @@ from modelpool.management.describe import describe_record
 from modelpool.management.model_source import resolve_model_url
 from modelpool.management.url_checks import UrlPolicy
 from modelpool.management.url_download import s3_fetcher
-from modelpool.management.params import ListParams, PoolParams, RegisterParams, ScaleParams
+from modelpool.management.params import ListParams, RegisterParams, ScaleParams
 from modelpool.management.graph_calls import GraphCalls
+from modelpool.management.pool_calls import PoolCalls
 from modelpool.management.repository_service import RepositoryCalls
 from modelpool.management.rollout_wait import wait_for_rollout
 from modelpool.management.ttl_cache import TtlCache
-from modelpool.management.registry import ModelRecord, PoolRecord, Registry, check_model_name, check_model_version
+from modelpool.management.registry import ModelRecord, Registry, check_model_name, check_model_version
 from modelpool.management.registry_cas import MISSING, TAKEN
 from modelpool.management.registry_writer import SERVE_LEASE, STORE_SCAN_LEASE, LeaseHolder, WriterClient
 
@@ -78,7 +79,7 @@ def scaled_record(record: ModelRecord, params: ScaleParams) -> tuple[ModelRecord
     return updated, low, high
 
 
-class ModelManager(RepositoryCalls, GraphCalls):
+class ModelManager(RepositoryCalls, GraphCalls, PoolCalls):
     """Register, scale, describe, unregister models; session pools; services."""
 
     def __init__(self, settings: Settings, store: Optional[ObjectStore] = None,
@@ -420,45 +421,6 @@ class ModelManager(RepositoryCalls, GraphCalls):
                 self.record(name, version)  # the 404 naming the versions there are
             self.apply(only_model=name)
         return {"status": answers.default_set(name, version)}
-
-    # ------------------------------------------------------------------ session pools (ML Server)
-    def put_pool(self, name: str, version: str, params: PoolParams) -> dict:
-        with self._lock:
-            record = self.record(name, version)
-            pool = PoolRecord(name=record.name, version=record.version, initial_pool_size=params.initial_pool_size,
-                              max_pool_size=params.max_pool_size)
-            if self.writer.put_pool(pool.model_dump(mode="json")).status == MISSING:  # unregistered meanwhile
-                self.record(record.name, record.version)
-            self.apply(only_model=record.name)
-        return {"status": f'Pool for "{record.name}" version "{record.version}" set to '
-                          f"{params.initial_pool_size}..{params.max_pool_size} replicas"}
-
-    def pool_status(self, name: str, version: str) -> list[dict]:
-        record = self.record(name, version)
-        dedicated = placement.is_dedicated(record, self.registry.get_pool(record.name, record.version))
-        details = self._details.get() if dedicated else {}
-        return workers.pool_status(details, app_names.app_name(record.name, record.version))
-
-    def delete_pool(self, name: str, version: str) -> dict:
-        """The dedicated replicas go; the service returns to the generic pool. Repeating it is harmless."""
-        with self._lock:
-            record = self.record(name, version)
-            self.writer.delete("pools", record.name, record.version)
-            if record.max_workers:
-                self._update_model(record, lambda current: current.model_copy(update={
-                    "min_workers": 0, "max_workers": 0, "initial_workers": 0, "updated_at": time.time()}))
-            self.apply(only_model=record.name)
-        return {"status": f'Pool for "{record.name}" version "{record.version}" deleted; served by the generic pool'}
-
-    def services(self) -> list[dict]:
-        details = self._details.get()
-        result = []
-        for record, app in self._serving_apps():
-            result.append({"name": record.name, "version": record.version,
-                           "pool": "generic" if app == serve_configs.GENERIC_POOL_APP else "dedicated",
-                           "state": workers.serving(details, app).status,
-                           "isDefault": self.registry.get_default(record.name) == record.version})
-        return result
 
     def _serving_apps(self) -> list[tuple[ModelRecord, str]]:
         """Every registered version and the Serve application that serves it (its own, or the generic pool)."""

@@ -20,8 +20,8 @@ def wait_for_rollout(apps: list[str], timeout_s: float, what: str,
                      min_running: Optional[tuple[str, str, int]] = None, field: str = "synchronous",
                      ingress: Optional[route_probe.Ingress] = None) -> None:
     """Until ``apps`` run and, with ``min_running`` (name, version, n), that version has n replicas; given this
-    node's ``ingress``, until it also routes each model app's prefix to that app (the caller's next request is
-    answered by what it just started).
+    node's ``ingress``, until it also routes each model or graph app's prefix to that app (the caller's next request
+    is answered by what it just started).
 
     ``what`` begins the error message (e.g. ``model 'iris'``); ``field`` is the parameter a 504 names.
     """
